@@ -1,0 +1,468 @@
+"""The public functional API: 2-D convolution, max-pooling and their gradients.
+
+Every function here validates its arguments, repacks the operands into the layouts the
+compiled kernels want (see :mod:`fastconv.kernels.conv`), allocates the outputs and calls
+one or more kernels. Nothing here loops over the data in Python.
+
+Conventions (the same as PyTorch's ``torch.nn.functional`` and cs231n's layers):
+
+- Arrays are NumPy ``ndarray`` in NCHW order; weights are ``(F, C, KH, KW)``.
+  Any memory layout is accepted (views, Fortran order, negative strides, read-only);
+  inputs are never modified, outputs are new C-contiguous arrays.
+- The operation is a cross-correlation (the kernel is not flipped).
+- ``stride``, ``padding`` and ``kernel_size`` are an int or an ``(h, w)`` pair.
+- Output size: ``Ho = (H + 2*ph - KH) // sh + 1`` (likewise ``Wo``); rows or columns
+  left over by the stride are dropped.
+- float32 and float64 are supported; all float arguments of one call must share a dtype,
+  which is the dtype of the results. Other dtypes raise ``TypeError``.
+- NaN and infinities propagate as in IEEE arithmetic (and as in PyTorch).
+- Results are bitwise reproducible for the same inputs and number of threads.
+"""
+
+from collections import namedtuple
+
+import numba
+import numpy as np
+
+from . import _validation as V
+from .kernels import conv as _conv
+from .kernels import pool as _pool
+
+__all__ = [
+    "conv2d",
+    "conv2d_backward",
+    "conv2d_backward_input",
+    "conv2d_backward_weight",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "set_num_threads",
+    "get_num_threads",
+]
+
+_X = "(N, C, H, W)"
+_W = "(F, C, KH, KW)"
+_DY = "(N, F, Ho, Wo)"
+
+_ConvGeometry = namedtuple("_ConvGeometry", "N C H W F KH KW sh sw ph pw Ho Wo")
+
+
+def _conv_geometry(func, x_shape, w_shape, stride, padding, x_name="x", w_name="w"):
+    """Check that an input of ``x_shape`` and a weight of ``w_shape`` form a valid convolution."""
+    sh, sw = V.as_pair(stride, "stride", func, minimum=1)
+    ph, pw = V.as_pair(padding, "padding", func, minimum=0)
+    N, C, H, W = x_shape
+    F, Cw, KH, KW = w_shape
+    if Cw != C:
+        raise ValueError(
+            f"{func}: {w_name} has {Cw} input channels but {x_name} has {C} "
+            f"({x_name}.shape={tuple(x_shape)}, {w_name}.shape={tuple(w_shape)})"
+        )
+    V.check_nonempty(func, x_name, tuple(x_shape), (1, 2, 3), _X)
+    V.check_nonempty(func, w_name, tuple(w_shape), (0, 2, 3), _W)
+    if KH > H + 2 * ph or KW > W + 2 * pw:
+        raise ValueError(
+            f"{func}: kernel ({KH}, {KW}) is larger than the padded input ({H + 2 * ph}, {W + 2 * pw}) "
+            f"({x_name}.shape={tuple(x_shape)}, {w_name}.shape={tuple(w_shape)}, padding={(ph, pw)})"
+        )
+    Ho = (H + 2 * ph - KH) // sh + 1
+    Wo = (W + 2 * pw - KW) // sw + 1
+    return _ConvGeometry(N, C, H, W, F, KH, KW, sh, sw, ph, pw, Ho, Wo)
+
+
+def _check_dy(func, dy, g):
+    expected = (g.N, g.F, g.Ho, g.Wo)
+    if dy.shape != expected:
+        raise ValueError(
+            f"{func}: dy must have shape {expected} (N, F, Ho, Wo) for this convolution; got {dy.shape}"
+        )
+
+
+def _nhwc(a, ph=0, pw=0):
+    """Copy an NCHW array into a new zero-padded NHWC array (one parallel pass)."""
+    N, C, H, W = a.shape
+    out = np.empty((N, H + 2 * ph, W + 2 * pw, C), dtype=a.dtype)
+    _conv.pack_nhwc_padded(np.ascontiguousarray(a), ph, pw, out)
+    return out
+
+
+def _forward_weights(w):
+    """(F, C, KH, KW) -> (KH, KW, C, F): the filter axis becomes the contiguous vector axis."""
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+
+
+def _rotated_weights(w):
+    """(F, C, KH, KW) -> (KH, KW, F, C): the 180-degree-rotated, channel-transposed kernel."""
+    return np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1))
+
+
+def conv2d(x, w, b=None, stride=1, padding=0):
+    """2-D cross-correlation of a batch of images with a bank of filters.
+
+    ``y[n, f, oh, ow] = b[f] + sum_{c, i, j} xpad[n, c, oh*sh + i, ow*sw + j] * w[f, c, i, j]``,
+    where ``xpad`` is ``x`` zero-padded by ``padding`` on both sides.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W), float32 or float64
+        Input batch.
+    w : ndarray, shape (F, C, KH, KW), same dtype as ``x``
+        Filters.
+    b : ndarray, shape (F,), optional
+        Bias, added to every output position of its filter.
+    stride : int or (int, int), default 1
+        Step of the window, ``(sh, sw)``; must be positive.
+    padding : int or (int, int), default 0
+        Zeros added on both sides, ``(ph, pw)``; must be non-negative.
+
+    Returns
+    -------
+    y : ndarray, shape (N, F, Ho, Wo)
+        ``Ho = (H + 2*ph - KH) // sh + 1``, ``Wo = (W + 2*pw - KW) // sw + 1``.
+
+    Raises
+    ------
+    TypeError
+        Non-array input, a dtype other than float32/float64, mixed dtypes, or a non-integer
+        ``stride``/``padding``.
+    ValueError
+        Wrong number of dimensions, channel mismatch between ``x`` and ``w``, a bias of the
+        wrong length, a kernel larger than the padded input, ``stride <= 0``, ``padding < 0``,
+        or an empty channel/spatial/filter axis.
+
+    See Also
+    --------
+    conv2d_backward : all three gradients. The derivation is in ``docs/backprop.md``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> x = np.arange(9, dtype=np.float64).reshape(1, 1, 3, 3)
+    >>> w = np.ones((1, 1, 2, 2))
+    >>> fc.conv2d(x, w)[0, 0]
+    array([[ 8., 12.],
+           [20., 24.]])
+    """
+    func = "conv2d"
+    V.check_float_array(x, "x", func, 4, _X)
+    V.check_float_array(w, "w", func, 4, _W)
+    if b is not None:
+        V.check_float_array(b, "b", func, 1, "(F,)")
+    V.check_same_dtype(func, x=x, w=w, b=b)
+    g = _conv_geometry(func, x.shape, w.shape, stride, padding)
+    if b is not None and b.shape[0] != g.F:
+        raise ValueError(f"{func}: b must have shape ({g.F},) to match w.shape={w.shape}; got {b.shape}")
+    out = np.empty((g.N, g.F, g.Ho, g.Wo), dtype=x.dtype)
+    if g.N == 0:
+        return out
+    bias = np.zeros(g.F, dtype=x.dtype) if b is None else np.ascontiguousarray(b)
+    _conv.conv2d_forward(_nhwc(x, g.ph, g.pw), _forward_weights(w), bias, g.sh, g.sw, out)
+    return out
+
+
+def _input_grad(dy_nhwc, w, g, dtype):
+    dx = np.empty((g.N, g.C, g.H, g.W), dtype=dtype)
+    _conv.conv2d_backward_input(dy_nhwc, _rotated_weights(w), g.sh, g.sw, g.ph, g.pw, dx)
+    return dx
+
+
+def _weight_grad(xp, dy_nhwc, g, dtype):
+    threads = max(1, min(numba.get_num_threads(), g.N * g.Ho))
+    partial = np.empty((threads, g.KH, g.KW, g.C, g.F), dtype=dtype)
+    _conv.conv2d_backward_weight(xp, dy_nhwc, g.sh, g.sw, partial)
+    # (KH, KW, C, F) -> (F, C, KH, KW); partials are summed in thread order.
+    return np.ascontiguousarray(partial.sum(axis=0).transpose(3, 2, 0, 1))
+
+
+def _bias_grad(dy):
+    db = np.zeros(dy.shape[1], dtype=dy.dtype)
+    _conv.conv2d_backward_bias(np.ascontiguousarray(dy), db)
+    return db
+
+
+def conv2d_backward_input(dy, w, input_shape, stride=1, padding=0):
+    """Gradient of :func:`conv2d` with respect to its input.
+
+    Computed as the *full* convolution of the output gradient with the kernel rotated by
+    180 degrees (and its channel axes swapped): ``dy`` is dilated with ``sh - 1`` /
+    ``sw - 1`` zeros between its elements when the stride is larger than one, padded
+    with ``KH - 1 - ph`` / ``KW - 1 - pw`` zeros, and correlated with the rotated kernel
+    at stride 1 (the kernel skips the dilation zeros instead of multiplying them).
+    See ``docs/backprop.md``, section 2.
+
+    Parameters
+    ----------
+    dy : ndarray, shape (N, F, Ho, Wo)
+        Gradient of the loss with respect to the convolution's output.
+    w : ndarray, shape (F, C, KH, KW), same dtype as ``dy``
+        Filters of the forward pass.
+    input_shape : tuple of 4 ints
+        ``(N, C, H, W)``, the shape of the forward input.
+    stride, padding : int or (int, int)
+        As given to :func:`conv2d`.
+
+    Returns
+    -------
+    dx : ndarray, shape ``input_shape``
+        Input positions that no window covered (left over by the stride) get zero.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`conv2d`; also ``ValueError`` when ``dy`` does not have the shape the
+        forward pass would produce, or ``input_shape`` disagrees with ``w``.
+    """
+    func = "conv2d_backward_input"
+    V.check_float_array(dy, "dy", func, 4, _DY)
+    V.check_float_array(w, "w", func, 4, _W)
+    V.check_same_dtype(func, dy=dy, w=w)
+    shape = V.as_shape(input_shape, "input_shape", func, 4)
+    g = _conv_geometry(func, shape, w.shape, stride, padding, x_name="input_shape")
+    _check_dy(func, dy, g)
+    if g.N == 0:
+        return np.zeros(shape, dtype=dy.dtype)
+    return _input_grad(_nhwc(dy), w, g, dy.dtype)
+
+
+def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0):
+    """Gradient of :func:`conv2d` with respect to its filters.
+
+    ``dw[f, c, i, j] = sum_{n, oh, ow} dy[n, f, oh, ow] * xpad[n, c, oh*sh + i, ow*sw + j]``:
+    the correlation of the (padded) input with the output gradient. See
+    ``docs/backprop.md``, section 1.
+
+    Parameters
+    ----------
+    dy : ndarray, shape (N, F, Ho, Wo)
+        Gradient of the loss with respect to the convolution's output.
+    x : ndarray, shape (N, C, H, W), same dtype as ``dy``
+        Input of the forward pass.
+    weight_shape : tuple of 4 ints
+        ``(F, C, KH, KW)``, the shape of the filters.
+    stride, padding : int or (int, int)
+        As given to :func:`conv2d`.
+
+    Returns
+    -------
+    dw : ndarray, shape ``weight_shape``
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`conv2d`; also ``ValueError`` when ``dy`` does not have the shape the
+        forward pass would produce.
+    """
+    func = "conv2d_backward_weight"
+    V.check_float_array(dy, "dy", func, 4, _DY)
+    V.check_float_array(x, "x", func, 4, _X)
+    V.check_same_dtype(func, dy=dy, x=x)
+    shape = V.as_shape(weight_shape, "weight_shape", func, 4)
+    g = _conv_geometry(func, x.shape, shape, stride, padding, w_name="weight_shape")
+    _check_dy(func, dy, g)
+    if g.N == 0:
+        return np.zeros(shape, dtype=dy.dtype)
+    return _weight_grad(_nhwc(x, g.ph, g.pw), _nhwc(dy), g, dy.dtype)
+
+
+def conv2d_backward(dy, x, w, stride=1, padding=0):
+    """All three gradients of :func:`conv2d`: ``(dx, dw, db)``.
+
+    Equivalent to ``conv2d_backward_input(dy, w, x.shape, ...)``,
+    ``conv2d_backward_weight(dy, x, w.shape, ...)`` and ``dy.sum(axis=(0, 2, 3))``, but
+    validates and repacks ``dy`` once.
+
+    Parameters
+    ----------
+    dy : ndarray, shape (N, F, Ho, Wo)
+        Gradient of the loss with respect to the convolution's output.
+    x : ndarray, shape (N, C, H, W)
+        Input of the forward pass.
+    w : ndarray, shape (F, C, KH, KW)
+        Filters of the forward pass.
+    stride, padding : int or (int, int)
+        As given to :func:`conv2d`.
+
+    Returns
+    -------
+    dx : ndarray, shape (N, C, H, W)
+    dw : ndarray, shape (F, C, KH, KW)
+    db : ndarray, shape (F,)
+        Returned whether or not the forward pass used a bias.
+    """
+    func = "conv2d_backward"
+    V.check_float_array(dy, "dy", func, 4, _DY)
+    V.check_float_array(x, "x", func, 4, _X)
+    V.check_float_array(w, "w", func, 4, _W)
+    V.check_same_dtype(func, dy=dy, x=x, w=w)
+    g = _conv_geometry(func, x.shape, w.shape, stride, padding)
+    _check_dy(func, dy, g)
+    if g.N == 0:
+        return (np.zeros(x.shape, dtype=x.dtype), np.zeros(w.shape, dtype=x.dtype), np.zeros(g.F, dtype=x.dtype))
+    dy_nhwc = _nhwc(dy)
+    dx = _input_grad(dy_nhwc, w, g, x.dtype)
+    dw = _weight_grad(_nhwc(x, g.ph, g.pw), dy_nhwc, g, x.dtype)
+    return dx, dw, _bias_grad(dy)
+
+
+def _pool_geometry(func, x_shape, kernel_size, stride, padding, x_name="x"):
+    kh, kw = V.as_pair(kernel_size, "kernel_size", func, minimum=1)
+    sh, sw = (kh, kw) if stride is None else V.as_pair(stride, "stride", func, minimum=1)
+    ph, pw = V.as_pair(padding, "padding", func, minimum=0)
+    if ph > kh // 2 or pw > kw // 2:
+        raise ValueError(
+            f"{func}: padding {(ph, pw)} must be at most half the kernel_size {(kh, kw)} "
+            f"(every window must hold at least one real element)"
+        )
+    N, C, H, W = x_shape
+    V.check_nonempty(func, x_name, tuple(x_shape), (1, 2, 3), _X)
+    if kh > H + 2 * ph or kw > W + 2 * pw:
+        raise ValueError(
+            f"{func}: kernel_size {(kh, kw)} is larger than the padded input {(H + 2 * ph, W + 2 * pw)} "
+            f"({x_name}.shape={tuple(x_shape)}, padding={(ph, pw)})"
+        )
+    Ho = (H + 2 * ph - kh) // sh + 1
+    Wo = (W + 2 * pw - kw) // sw + 1
+    return (kh, kw, sh, sw, ph, pw, Ho, Wo)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0):
+    """2-D max-pooling that also returns the position of each maximum.
+
+    ``y[n, c, oh, ow] = max over the window xpad[n, c, oh*sh : oh*sh+kh, ow*sw : ow*sw+kw]``,
+    where ``xpad`` is ``x`` padded with ``-inf``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W), float32 or float64
+        Input batch.
+    kernel_size : int or (int, int)
+        Window size ``(kh, kw)``.
+    stride : int or (int, int), optional
+        Window step; defaults to ``kernel_size``. A stride smaller than the window gives
+        overlapping windows.
+    padding : int or (int, int), default 0
+        ``-inf`` padding on both sides; at most half the window (as in PyTorch).
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, Ho, Wo)
+        ``Ho = (H + 2*ph - kh) // sh + 1``, likewise ``Wo``.
+    indices : ndarray of int64, shape (N, C, Ho, Wo)
+        Flat index ``h * W + w`` of each window's winner inside its ``(n, c)`` plane of
+        ``x`` (PyTorch's ``return_indices=True`` convention). Ties go to the first maximum
+        in row-major window order; a NaN in the window wins (value NaN, index of the last
+        NaN, as PyTorch's CPU kernel).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Non-float input, non-integer parameters, wrong ndim, ``kernel_size``/``stride``
+        not positive, negative padding or padding over half the window, a window larger
+        than the padded input, or an empty channel/spatial axis.
+
+    See Also
+    --------
+    max_pool2d_backward
+    """
+    func = "max_pool2d"
+    V.check_float_array(x, "x", func, 4, _X)
+    kh, kw, sh, sw, ph, pw, Ho, Wo = _pool_geometry(func, x.shape, kernel_size, stride, padding)
+    N, C, H, W = x.shape
+    out = np.empty((N, C, Ho, Wo), dtype=x.dtype)
+    indices = np.empty((N, C, Ho, Wo), dtype=np.int64)
+    if N == 0:
+        return out, indices
+    planes = np.ascontiguousarray(x).reshape(N * C, H, W)
+    _pool.max_pool2d_forward(
+        planes, kh, kw, sh, sw, ph, pw, out.reshape(N * C, Ho, Wo), indices.reshape(N * C, Ho, Wo)
+    )
+    return out, indices
+
+
+def max_pool2d_backward(dy, indices, input_shape):
+    """Gradient of :func:`max_pool2d`: route each ``dy`` element to its window's winner.
+
+    ``dx[n, c].flat[indices[n, c, oh, ow]] += dy[n, c, oh, ow]``; every other input gets
+    zero. Where windows overlap, a winner shared by several windows receives the sum.
+
+    Parameters
+    ----------
+    dy : ndarray, shape (N, C, Ho, Wo), float32 or float64
+        Gradient of the loss with respect to the pooled output.
+    indices : ndarray of integers, shape (N, C, Ho, Wo)
+        As returned by :func:`max_pool2d`.
+    input_shape : tuple of 4 ints
+        ``(N, C, H, W)``, the shape of the forward input.
+
+    Returns
+    -------
+    dx : ndarray, shape ``input_shape``, dtype of ``dy``
+
+    Raises
+    ------
+    TypeError
+        Non-float ``dy`` or non-integer ``indices``.
+    ValueError
+        Shapes that disagree, or an index outside ``[0, H*W)``.
+    """
+    func = "max_pool2d_backward"
+    V.check_float_array(dy, "dy", func, 4, "(N, C, Ho, Wo)")
+    if not isinstance(indices, np.ndarray):
+        raise TypeError(f"{func}: indices must be a numpy.ndarray; got {type(indices).__name__}")
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"{func}: indices must have an integer dtype; got {indices.dtype} (shape {indices.shape})")
+    if indices.shape != dy.shape:
+        raise ValueError(f"{func}: indices must have dy's shape {dy.shape}; got {indices.shape}")
+    N, C, H, W = V.as_shape(input_shape, "input_shape", func, 4)
+    if (N, C) != dy.shape[:2]:
+        raise ValueError(
+            f"{func}: input_shape {(N, C, H, W)} must share (N, C) with dy.shape={dy.shape}"
+        )
+    V.check_nonempty(func, "input_shape", (N, C, H, W), (1, 2, 3), _X)
+    dx = np.empty((N, C, H, W), dtype=dy.dtype)
+    if dy.size == 0:
+        dx[...] = 0
+        return dx
+    lo, hi = int(indices.min()), int(indices.max())
+    if lo < 0 or hi >= H * W:
+        raise ValueError(
+            f"{func}: indices must lie in [0, H*W) = [0, {H * W}) for input_shape {(N, C, H, W)}; "
+            f"got values in [{lo}, {hi}]"
+        )
+    P = N * C
+    _pool.max_pool2d_backward(
+        np.ascontiguousarray(dy).reshape(P, -1),
+        np.ascontiguousarray(indices, dtype=np.int64).reshape(P, -1),
+        dx.reshape(P, H * W),
+    )
+    return dx
+
+
+def set_num_threads(n):
+    """Set how many threads fastconv's kernels use (for calls from the current thread).
+
+    Parameters
+    ----------
+    n : int
+        Between 1 and the size of Numba's thread pool, ``numba.config.NUMBA_NUM_THREADS``
+        (set it with the ``NUMBA_NUM_THREADS`` environment variable before the first import
+        of numba; it defaults to the number of cores).
+
+    Notes
+    -----
+    This is Numba's ``set_num_threads``: the setting is per calling thread and also applies
+    to any other Numba-parallel code in the process. The weight gradient's partial sums are
+    split per thread, so results are bitwise reproducible for a fixed thread count.
+    """
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"set_num_threads: n must be an int; got {n!r}")
+    limit = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= n <= limit:
+        raise ValueError(
+            f"set_num_threads: n must be between 1 and {limit} (NUMBA_NUM_THREADS); got {n}"
+        )
+    numba.set_num_threads(int(n))
+
+
+def get_num_threads():
+    """Number of threads fastconv's kernels use for calls from the current thread."""
+    return numba.get_num_threads()

@@ -1,0 +1,1 @@
+"""Compiled kernels (``@njit`` only). See :mod:`fastconv.functional` for the public API."""
