@@ -86,8 +86,9 @@ def _nhwc(a, ph=0, pw=0):
 
 
 def _forward_weights(w):
-    """(F, C, KH, KW) -> (KH, KW, C, F): the filter axis becomes the contiguous vector axis."""
-    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+    """(F, C, KH, KW) -> (F, KW * KH * C), ordered (f, j, i, c) as the forward kernel reads the input."""
+    F, C, KH, KW = w.shape
+    return np.ascontiguousarray(w.transpose(0, 3, 2, 1)).reshape(F, KW * KH * C)
 
 
 def _rotated_weights(w):
@@ -155,22 +156,32 @@ def conv2d(x, w, b=None, stride=1, padding=0):
     if g.N == 0:
         return out
     bias = np.zeros(g.F, dtype=x.dtype) if b is None else np.ascontiguousarray(b)
-    _conv.conv2d_forward(_nhwc(x, g.ph, g.pw), _forward_weights(w), bias, g.sh, g.sw, out)
+    _conv.conv2d_forward(_nhwc(x, g.ph, g.pw), _forward_weights(w), g.KH, bias, g.sh, g.sw, out)
     return out
 
 
-def _input_grad(dy_nhwc, w, g, dtype):
-    dx = np.empty((g.N, g.C, g.H, g.W), dtype=dtype)
-    _conv.conv2d_backward_input(dy_nhwc, _rotated_weights(w), g.sh, g.sw, g.ph, g.pw, dx)
+def _input_grad(dy, w, g):
+    """dx: the full correlation of dy with the 180-degree-rotated, channel-transposed kernel."""
+    dx = np.empty((g.N, g.C, g.H, g.W), dtype=dy.dtype)
+    full_h, full_w = g.KH - 1 - g.ph, g.KW - 1 - g.pw
+    if g.sh == g.sw == 1 and full_h >= 0 and full_w >= 0:
+        # Stride 1: no dilation, so this is exactly a forward convolution of dy padded
+        # by K-1-p with the rotated kernel (F input channels -> C output channels).
+        wrot = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        zeros = np.zeros(g.C, dtype=dy.dtype)
+        _conv.conv2d_forward(_nhwc(dy, full_h, full_w), _forward_weights(wrot), g.KH, zeros, 1, 1, dx)
+    else:
+        _conv.conv2d_backward_input(_nhwc(dy), _rotated_weights(w), g.sh, g.sw, g.ph, g.pw, dx)
     return dx
 
 
-def _weight_grad(xp, dy_nhwc, g, dtype):
+def _weight_grad(xp, dy, g):
     threads = max(1, min(numba.get_num_threads(), g.N * g.Ho))
-    partial = np.empty((threads, g.KH, g.KW, g.C, g.F), dtype=dtype)
-    _conv.conv2d_backward_weight(xp, dy_nhwc, g.sh, g.sw, partial)
-    # (KH, KW, C, F) -> (F, C, KH, KW); partials are summed in thread order.
-    return np.ascontiguousarray(partial.sum(axis=0).transpose(3, 2, 0, 1))
+    partial = np.empty((threads, g.F, g.KW * g.KH * g.C), dtype=dy.dtype)
+    _conv.conv2d_backward_weight(xp, np.ascontiguousarray(dy), g.KH, g.sh, g.sw, partial)
+    # Partials are summed in thread order; (F, KW, KH, C) -> (F, C, KH, KW).
+    dw = partial.sum(axis=0).reshape(g.F, g.KW, g.KH, g.C)
+    return np.ascontiguousarray(dw.transpose(0, 3, 2, 1))
 
 
 def _bias_grad(dy):
@@ -220,7 +231,7 @@ def conv2d_backward_input(dy, w, input_shape, stride=1, padding=0):
     _check_dy(func, dy, g)
     if g.N == 0:
         return np.zeros(shape, dtype=dy.dtype)
-    return _input_grad(_nhwc(dy), w, g, dy.dtype)
+    return _input_grad(dy, w, g)
 
 
 def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0):
@@ -260,7 +271,7 @@ def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0):
     _check_dy(func, dy, g)
     if g.N == 0:
         return np.zeros(shape, dtype=dy.dtype)
-    return _weight_grad(_nhwc(x, g.ph, g.pw), _nhwc(dy), g, dy.dtype)
+    return _weight_grad(_nhwc(x, g.ph, g.pw), dy, g)
 
 
 def conv2d_backward(dy, x, w, stride=1, padding=0):
@@ -297,10 +308,8 @@ def conv2d_backward(dy, x, w, stride=1, padding=0):
     _check_dy(func, dy, g)
     if g.N == 0:
         return (np.zeros(x.shape, dtype=x.dtype), np.zeros(w.shape, dtype=x.dtype), np.zeros(g.F, dtype=x.dtype))
-    dy_nhwc = _nhwc(dy)
-    dx = _input_grad(dy_nhwc, w, g, x.dtype)
-    dw = _weight_grad(_nhwc(x, g.ph, g.pw), dy_nhwc, g, x.dtype)
-    return dx, dw, _bias_grad(dy)
+    dy = np.ascontiguousarray(dy)
+    return _input_grad(dy, w, g), _weight_grad(_nhwc(x, g.ph, g.pw), dy, g), _bias_grad(dy)
 
 
 def _pool_geometry(func, x_shape, kernel_size, stride, padding, x_name="x"):

@@ -32,7 +32,7 @@ be added later as further ints without changing the layouts.
 import numpy as np
 from numba import njit, prange
 
-from ..config import PARALLEL_JIT
+from ..config import PARALLEL_JIT, SERIAL_JIT
 
 
 @njit(**PARALLEL_JIT)
@@ -62,16 +62,40 @@ def pack_nhwc_padded(x, ph, pw, out):
                 row[pw + w, c] = src[w]
 
 
+@njit(**SERIAL_JIT, inline="always")
+def _stack_rows(xp, n, h0, KH, buf):
+    """``buf[w, i, c] = xp[n, h0 + i, w, c]``: the KH input rows one output row reads, interleaved.
+
+    With this layout the whole receptive field of output column ``ow`` -- taps
+    ``(j, i)`` and channels ``c`` -- is the contiguous run ``buf[ow*sw : ow*sw + KW]``,
+    so the reduction of the forward pass (and the weight gradient's vector loop) runs
+    over ``KW * KH * C`` contiguous elements instead of ``C``.
+    """
+    for i in range(KH):
+        src = xp[n, h0 + i]
+        for w in range(src.shape[0]):
+            buf[w, i, :] = src[w]
+
+
 @njit(**PARALLEL_JIT)
-def conv2d_forward(xp, wt, b, sh, sw, out):
-    """Direct cross-correlation: ``out[n, f, oh, ow] = b[f] + sum xp[n, oh*sh+i, ow*sw+j, c] * wt[i, j, c, f]``.
+def conv2d_forward(xp, wt, KH, b, sh, sw, out):
+    """Direct cross-correlation, register-tiled: ``out = b + sum xp[...] * wt[...]``.
+
+    ``out[n, f, oh, ow] = b[f] + sum_{j, i, c} xp[n, oh*sh + i, ow*sw + j, c] * wt[f, (j*KH + i)*C + c]``.
+
+    Each parallel job computes one output row ``(n, oh)``. It interleaves the KH input
+    rows it needs (see :func:`_stack_rows`) so that every output pixel's receptive field
+    is one contiguous vector, then computes 4 filters x 4 pixels at a time as 16
+    dot products sharing their loads (16 vector accumulators held in registers).
 
     Parameters
     ----------
     xp : (N, Hp, Wp, C) array
-        Zero-padded input in NHWC.
-    wt : (KH, KW, C, F) array
-        Weights with the filter axis last (contiguous).
+        Zero-padded input, NHWC.
+    wt : (F, KW * KH * C) array
+        Weights ordered ``(f, j, i, c)`` (columns, then rows, then channels).
+    KH : int
+        Kernel height.
     b : (F,) array
         Bias (zeros when the layer has none).
     sh, sw : int
@@ -80,31 +104,101 @@ def conv2d_forward(xp, wt, b, sh, sw, out):
         Output, NCHW, fully overwritten.
     """
     N, Hp, Wp, C = xp.shape
-    KH, KW, _, F = wt.shape
+    F, R = wt.shape
     Ho = out.shape[2]
     Wo = out.shape[3]
+    step = sw * KH * C
+    F4 = F - F % 4
+    W4 = Wo - Wo % 4
+    zero = np.zeros(1, dtype=out.dtype)[0]
     for job in prange(N * Ho):
         n = job // Ho
         oh = job - n * Ho
-        acc = np.empty((Wo, F), dtype=out.dtype)
-        for ow in range(Wo):
-            acc[ow, :] = b
-        for i in range(KH):
-            xrow = xp[n, oh * sh + i]
-            for j in range(KW):
-                wtap = wt[i, j]
-                for ow in range(Wo):
-                    xpix = xrow[ow * sw + j]
-                    arow = acc[ow]
-                    for c in range(C):
-                        xv = xpix[c]
-                        wrow = wtap[c]
-                        for f in range(F):
-                            arow[f] += xv * wrow[f]
-        for f in range(F):
-            orow = out[n, f, oh]
+        buf = np.empty((Wp, KH, C), dtype=xp.dtype)
+        _stack_rows(xp, n, oh * sh, KH, buf)
+        bf = buf.reshape(Wp * KH * C)
+        for f0 in range(0, F4, 4):
+            w0 = wt[f0]
+            w1 = wt[f0 + 1]
+            w2 = wt[f0 + 2]
+            w3 = wt[f0 + 3]
+            o0 = out[n, f0, oh]
+            o1 = out[n, f0 + 1, oh]
+            o2 = out[n, f0 + 2, oh]
+            o3 = out[n, f0 + 3, oh]
+            for ow in range(0, W4, 4):
+                a = ow * step
+                x0 = bf[a:a + R]
+                x1 = bf[a + step:a + step + R]
+                x2 = bf[a + 2 * step:a + 2 * step + R]
+                x3 = bf[a + 3 * step:a + 3 * step + R]
+                s00 = s01 = s02 = s03 = zero
+                s10 = s11 = s12 = s13 = s00
+                s20 = s21 = s22 = s23 = s00
+                s30 = s31 = s32 = s33 = s00
+                for r in range(R):
+                    v0 = w0[r]
+                    v1 = w1[r]
+                    v2 = w2[r]
+                    v3 = w3[r]
+                    u = x0[r]
+                    s00 += u * v0
+                    s01 += u * v1
+                    s02 += u * v2
+                    s03 += u * v3
+                    u = x1[r]
+                    s10 += u * v0
+                    s11 += u * v1
+                    s12 += u * v2
+                    s13 += u * v3
+                    u = x2[r]
+                    s20 += u * v0
+                    s21 += u * v1
+                    s22 += u * v2
+                    s23 += u * v3
+                    u = x3[r]
+                    s30 += u * v0
+                    s31 += u * v1
+                    s32 += u * v2
+                    s33 += u * v3
+                o0[ow] = s00 + b[f0]
+                o1[ow] = s01 + b[f0 + 1]
+                o2[ow] = s02 + b[f0 + 2]
+                o3[ow] = s03 + b[f0 + 3]
+                o0[ow + 1] = s10 + b[f0]
+                o1[ow + 1] = s11 + b[f0 + 1]
+                o2[ow + 1] = s12 + b[f0 + 2]
+                o3[ow + 1] = s13 + b[f0 + 3]
+                o0[ow + 2] = s20 + b[f0]
+                o1[ow + 2] = s21 + b[f0 + 1]
+                o2[ow + 2] = s22 + b[f0 + 2]
+                o3[ow + 2] = s23 + b[f0 + 3]
+                o0[ow + 3] = s30 + b[f0]
+                o1[ow + 3] = s31 + b[f0 + 1]
+                o2[ow + 3] = s32 + b[f0 + 2]
+                o3[ow + 3] = s33 + b[f0 + 3]
+            for ow in range(W4, Wo):
+                x0 = bf[ow * step:ow * step + R]
+                s0 = s1 = s2 = s3 = zero
+                for r in range(R):
+                    u = x0[r]
+                    s0 += u * w0[r]
+                    s1 += u * w1[r]
+                    s2 += u * w2[r]
+                    s3 += u * w3[r]
+                o0[ow] = s0 + b[f0]
+                o1[ow] = s1 + b[f0 + 1]
+                o2[ow] = s2 + b[f0 + 2]
+                o3[ow] = s3 + b[f0 + 3]
+        for f in range(F4, F):
+            w0 = wt[f]
+            o0 = out[n, f, oh]
             for ow in range(Wo):
-                orow[ow] = acc[ow, f]
+                x0 = bf[ow * step:ow * step + R]
+                s0 = zero
+                for r in range(R):
+                    s0 += x0[r] * w0[r]
+                o0[ow] = s0 + b[f]
 
 
 @njit(**PARALLEL_JIT)
@@ -171,48 +265,108 @@ def conv2d_backward_input(dy, wrot, sh, sw, ph, pw, dx):
 
 
 @njit(**PARALLEL_JIT)
-def conv2d_backward_weight(xp, dy, sh, sw, partial):
+def conv2d_backward_weight(xp, dy, KH, sh, sw, partial):
     """Per-thread partial weight gradients: the correlation of ``xp`` with ``dy``.
 
-    ``partial[t, i, j, c, f]`` receives ``sum xp[n, oh*sh+i, ow*sw+j, c] * dy[n, oh, ow, f]``
-    over the ``t``-th contiguous chunk of the ``N * Ho`` output rows. The caller sums
-    ``partial`` over ``t``. Each chunk is written by one iteration only.
+    ``partial[t, f, (j*KH + i)*C + c]`` receives
+    ``sum dy[n, f, oh, ow] * xp[n, oh*sh + i, ow*sw + j, c]`` over the ``t``-th contiguous
+    chunk of the ``N * Ho`` output rows; the caller sums ``partial`` over ``t`` in order.
+    Each chunk belongs to one iteration, so nothing is written by two threads.
+
+    For each output row the KH input rows are interleaved (:func:`_stack_rows`), so an
+    output pixel's receptive field is one contiguous vector; the update is then a
+    rank-4 outer product per 4 filters x 4 pixels, accumulated along that vector.
 
     Parameters
     ----------
     xp : (N, Hp, Wp, C) array
         Zero-padded input, NHWC.
-    dy : (N, Ho, Wo, F) array
-        Output gradient, NHWC.
-    sh, sw : int
-        Strides.
-    partial : (T, KH, KW, C, F) array
+    dy : (N, F, Ho, Wo) array
+        Output gradient, NCHW.
+    KH, sh, sw : int
+        Kernel height and strides.
+    partial : (T, F, KW * KH * C) array
         Fully overwritten.
     """
-    N, Ho, Wo, F = dy.shape
-    T, KH, KW, C, _ = partial.shape
+    N, Hp, Wp, C = xp.shape
+    F = dy.shape[1]
+    Ho = dy.shape[2]
+    Wo = dy.shape[3]
+    T = partial.shape[0]
+    R = partial.shape[2]
+    step = sw * KH * C
+    F4 = F - F % 4
+    W4 = Wo - Wo % 4
     rows = N * Ho
     for t in prange(T):
         part = partial[t]
-        part[:] = 0
-        start = (rows * t) // T
-        stop = (rows * (t + 1)) // T
-        for i in range(KH):
-            for j in range(KW):
-                block = part[i, j]
-                for r in range(start, stop):
-                    n = r // Ho
-                    oh = r - n * Ho
-                    xrow = xp[n, oh * sh + i]
-                    dyrow = dy[n, oh]
-                    for ow in range(Wo):
-                        xpix = xrow[ow * sw + j]
-                        g = dyrow[ow]
-                        for c in range(C):
-                            xv = xpix[c]
-                            brow = block[c]
-                            for f in range(F):
-                                brow[f] += xv * g[f]
+        part[:, :] = 0
+        buf = np.empty((Wp, KH, C), dtype=xp.dtype)
+        bf = buf.reshape(Wp * KH * C)
+        for row in range((rows * t) // T, (rows * (t + 1)) // T):
+            n = row // Ho
+            oh = row - n * Ho
+            _stack_rows(xp, n, oh * sh, KH, buf)
+            for f0 in range(0, F4, 4):
+                g0 = dy[n, f0, oh]
+                g1 = dy[n, f0 + 1, oh]
+                g2 = dy[n, f0 + 2, oh]
+                g3 = dy[n, f0 + 3, oh]
+                p0 = part[f0]
+                p1 = part[f0 + 1]
+                p2 = part[f0 + 2]
+                p3 = part[f0 + 3]
+                for ow in range(0, W4, 4):
+                    a = ow * step
+                    x0 = bf[a:a + R]
+                    x1 = bf[a + step:a + step + R]
+                    x2 = bf[a + 2 * step:a + 2 * step + R]
+                    x3 = bf[a + 3 * step:a + 3 * step + R]
+                    d00 = g0[ow]
+                    d01 = g0[ow + 1]
+                    d02 = g0[ow + 2]
+                    d03 = g0[ow + 3]
+                    d10 = g1[ow]
+                    d11 = g1[ow + 1]
+                    d12 = g1[ow + 2]
+                    d13 = g1[ow + 3]
+                    d20 = g2[ow]
+                    d21 = g2[ow + 1]
+                    d22 = g2[ow + 2]
+                    d23 = g2[ow + 3]
+                    d30 = g3[ow]
+                    d31 = g3[ow + 1]
+                    d32 = g3[ow + 2]
+                    d33 = g3[ow + 3]
+                    for r in range(R):
+                        u0 = x0[r]
+                        u1 = x1[r]
+                        u2 = x2[r]
+                        u3 = x3[r]
+                        p0[r] += d00 * u0 + d01 * u1 + d02 * u2 + d03 * u3
+                        p1[r] += d10 * u0 + d11 * u1 + d12 * u2 + d13 * u3
+                        p2[r] += d20 * u0 + d21 * u1 + d22 * u2 + d23 * u3
+                        p3[r] += d30 * u0 + d31 * u1 + d32 * u2 + d33 * u3
+                for ow in range(W4, Wo):
+                    x0 = bf[ow * step:ow * step + R]
+                    d0 = g0[ow]
+                    d1 = g1[ow]
+                    d2 = g2[ow]
+                    d3 = g3[ow]
+                    for r in range(R):
+                        u0 = x0[r]
+                        p0[r] += d0 * u0
+                        p1[r] += d1 * u0
+                        p2[r] += d2 * u0
+                        p3[r] += d3 * u0
+            for f in range(F4, F):
+                g0 = dy[n, f, oh]
+                p0 = part[f]
+                for ow in range(Wo):
+                    x0 = bf[ow * step:ow * step + R]
+                    d0 = g0[ow]
+                    for r in range(R):
+                        p0[r] += d0 * x0[r]
 
 
 @njit(**PARALLEL_JIT)
