@@ -91,11 +91,6 @@ def _forward_weights(w):
     return np.ascontiguousarray(w.transpose(0, 3, 2, 1)).reshape(F, KW * KH * C)
 
 
-def _rotated_weights(w):
-    """(F, C, KH, KW) -> (KH, KW, F, C): the 180-degree-rotated, channel-transposed kernel."""
-    return np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1))
-
-
 def conv2d(x, w, b=None, stride=1, padding=0):
     """2-D cross-correlation of a batch of images with a bank of filters.
 
@@ -161,18 +156,45 @@ def conv2d(x, w, b=None, stride=1, padding=0):
 
 
 def _input_grad(dy, w, g):
-    """dx: the full correlation of dy with the 180-degree-rotated, channel-transposed kernel."""
-    dx = np.empty((g.N, g.C, g.H, g.W), dtype=dy.dtype)
+    """dx: the full correlation of dy (dilated by the stride) with the 180-degree-rotated kernel.
+
+    Stride 1: dy padded by ``K-1-p`` correlated with the rotated, channel-transposed
+    kernel is exactly a forward convolution (F input channels -> C output channels), so
+    the forward kernel computes it.
+
+    Stride > 1: the dilated dy is zero except on every ``s``-th row and column, so each
+    tap only ever meets real dy elements at input positions of one residue modulo ``s``.
+    Splitting dx into its ``sh * sw`` phases (input positions ``a = rho + s*q``) turns the
+    dilated full convolution into one undilated stride-1 full convolution per phase,
+    with the sub-kernel of the taps ``i = rho + s*t`` -- the same arithmetic without the
+    multiplications by dilation zeros. The phases are computed in padded coordinates and
+    cropped.
+    """
     full_h, full_w = g.KH - 1 - g.ph, g.KW - 1 - g.pw
     if g.sh == g.sw == 1 and full_h >= 0 and full_w >= 0:
-        # Stride 1: no dilation, so this is exactly a forward convolution of dy padded
-        # by K-1-p with the rotated kernel (F input channels -> C output channels).
-        wrot = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        zeros = np.zeros(g.C, dtype=dy.dtype)
-        _conv.conv2d_forward(_nhwc(dy, full_h, full_w), _forward_weights(wrot), g.KH, zeros, 1, 1, dx)
-    else:
-        _conv.conv2d_backward_input(_nhwc(dy), _rotated_weights(w), g.sh, g.sw, g.ph, g.pw, dx)
-    return dx
+        dx = np.empty((g.N, g.C, g.H, g.W), dtype=dy.dtype)
+        _full_correlation(dy, w, full_h, full_w, dx)
+        return dx
+    Hp, Wp = g.H + 2 * g.ph, g.W + 2 * g.pw
+    dxp = np.zeros((g.N, g.C, Hp, Wp), dtype=dy.dtype)
+    for rh in range(min(g.sh, g.KH)):
+        for rw in range(min(g.sw, g.KW)):
+            sub = w[:, :, rh::g.sh, rw::g.sw]
+            th, tw = sub.shape[2], sub.shape[3]
+            phase = np.empty((g.N, g.C, g.Ho + th - 1, g.Wo + tw - 1), dtype=dy.dtype)
+            _full_correlation(dy, sub, th - 1, tw - 1, phase)
+            target = dxp[:, :, rh::g.sh, rw::g.sw]
+            rows, cols = min(target.shape[2], phase.shape[2]), min(target.shape[3], phase.shape[3])
+            target[:, :, :rows, :cols] = phase[:, :, :rows, :cols]
+    return np.ascontiguousarray(dxp[:, :, g.ph:g.ph + g.H, g.pw:g.pw + g.W])
+
+
+def _full_correlation(dy, w, pad_h, pad_w, out):
+    """out = correlation of dy (padded by pad_h/pad_w) with w rotated by 180 degrees, channels swapped."""
+    KH = w.shape[2]
+    wrot = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    zeros = np.zeros(wrot.shape[0], dtype=dy.dtype)
+    _conv.conv2d_forward(_nhwc(dy, pad_h, pad_w), _forward_weights(wrot), KH, zeros, 1, 1, out)
 
 
 def _weight_grad(xp, dy, g):
@@ -197,7 +219,8 @@ def conv2d_backward_input(dy, w, input_shape, stride=1, padding=0):
     180 degrees (and its channel axes swapped): ``dy`` is dilated with ``sh - 1`` /
     ``sw - 1`` zeros between its elements when the stride is larger than one, padded
     with ``KH - 1 - ph`` / ``KW - 1 - pw`` zeros, and correlated with the rotated kernel
-    at stride 1 (the kernel skips the dilation zeros instead of multiplying them).
+    at stride 1. For strides above one the dilation zeros are never multiplied: dx is
+    split into its ``sh * sw`` phases, each an undilated full convolution with a sub-kernel.
     See ``docs/backprop.md``, section 2.
 
     Parameters

@@ -6,27 +6,29 @@ below (one pass over the data each), allocate the outputs and call these kernels
 
 Layouts
 -------
-Activations are repacked to zero-padded NHWC (``xp[n, h, w, c]``) so that the channel
-axis -- the reduction axis of the forward pass -- is contiguous, and so that the
-innermost loops of every kernel run over a contiguous axis that LLVM vectorises:
+Activations are repacked to zero-padded NHWC (``xp[n, h, w, c]``). Each parallel job
+then interleaves the ``KH`` input rows that one output row reads into a small buffer
+``buf[w, i, c]`` (:func:`_stack_rows`), so that the receptive field of an output pixel
+-- taps ``(j, i)`` and channels ``c`` -- is one contiguous run of ``KW * KH * C``
+elements. Weights are repacked to ``(F, KW * KH * C)`` in the same order.
 
-================================  ============================  =========================
-kernel                            innermost (vector) loop       reduction (register row)
-================================  ============================  =========================
-``conv2d_forward``                output filters ``f``          taps x input channels
-``conv2d_backward_input``         input channels ``c``          taps x output filters
-``conv2d_backward_weight``        output filters ``f``          batch x output pixels
-================================  ============================  =========================
+- ``conv2d_forward``: each job owns one output row ``(n, oh)``; 4 filters x 4 output
+  pixels are computed as 16 dot products along that contiguous run, held in vector
+  registers and written straight to the NCHW output.
+- ``conv2d_backward_weight``: each job owns a contiguous chunk of the ``N * Ho`` output
+  rows and its own partial buffer ``(F, KW * KH * C)``; a rank-4 update per 4 filters
+  x 4 pixels runs along the same contiguous run. The caller sums the partials in a
+  fixed order: no atomics, no races, bitwise reproducible for a given thread count.
+- The input gradient has no kernel of its own: it is a full correlation of ``dy``
+  with the rotated kernel, which :mod:`fastconv.functional` computes with
+  ``conv2d_forward`` (per stride phase when the stride is above one).
 
-Each parallel job owns one output row (``n, oh``) and accumulates it in a small
-row buffer, which is written back to NCHW transposed, so parallel iterations write
-disjoint memory. The weight gradient sums over the whole batch: each thread
-accumulates its own contiguous chunk of output rows into its own partial buffer, and the
-partials are summed afterwards in a fixed order -- no atomics, no races, and results
-are bitwise reproducible for a given thread count.
+Indexing goes through slices taken before each inner loop, so the loop index is a
+``range`` variable LLVM knows to be non-negative. With a run-time offset in the index
+expression, Numba's negative-index wraparound blocks vector loads.
 
-Geometry arguments (strides, paddings) are plain ints so that dilation and groups can
-be added later as further ints without changing the layouts.
+Geometry arguments (strides, kernel height) are plain ints so that dilation and groups
+can be added later as further ints without changing the layouts.
 """
 
 import numpy as np
@@ -199,69 +201,6 @@ def conv2d_forward(xp, wt, KH, b, sh, sw, out):
                 for r in range(R):
                     s0 += x0[r] * w0[r]
                 o0[ow] = s0 + b[f]
-
-
-@njit(**PARALLEL_JIT)
-def conv2d_backward_input(dy, wrot, sh, sw, ph, pw, dx):
-    """Input gradient as a full correlation of ``dy`` with the 180-degree-rotated kernel.
-
-    Conceptually ``dy`` is dilated (``sh - 1`` zeros between rows, ``sw - 1`` between
-    columns) and zero-padded by ``KH - 1 - ph`` / ``KW - 1 - pw``; ``dx`` is then the
-    stride-1 correlation of that array with ``wrot``. The dilation zeros are skipped
-    rather than multiplied: a tap contributes only where the dilated position holds a
-    real ``dy`` element.
-
-    Parameters
-    ----------
-    dy : (N, Ho, Wo, F) array
-        Output gradient, NHWC.
-    wrot : (KH, KW, F, C) array
-        ``wrot[i, j, f, c] == w[f, c, KH-1-i, KW-1-j]``: the kernel rotated by 180
-        degrees with its channel axes swapped.
-    sh, sw, ph, pw : int
-        Stride and padding of the forward convolution.
-    dx : (N, C, H, W) array
-        Input gradient, NCHW, fully overwritten.
-    """
-    N, Ho, Wo, F = dy.shape
-    KH, KW, _, C = wrot.shape
-    H = dx.shape[2]
-    W = dx.shape[3]
-    # Offset of dy[0, 0] inside the dilated, padded gradient.
-    oh_off = KH - 1 - ph
-    ow_off = KW - 1 - pw
-    for job in prange(N * H):
-        n = job // H
-        ih = job - n * H
-        acc = np.zeros((W, C), dtype=dx.dtype)
-        for i in range(KH):
-            u = ih + i - oh_off
-            if u < 0 or u % sh != 0:
-                continue
-            oh = u // sh
-            if oh >= Ho:
-                continue
-            dyrow = dy[n, oh]
-            for j in range(KW):
-                wtap = wrot[i, j]
-                for iw in range(W):
-                    v = iw + j - ow_off
-                    if v < 0 or v % sw != 0:
-                        continue
-                    ow = v // sw
-                    if ow >= Wo:
-                        continue
-                    g = dyrow[ow]
-                    arow = acc[iw]
-                    for f in range(F):
-                        gv = g[f]
-                        wrow = wtap[f]
-                        for c in range(C):
-                            arow[c] += gv * wrow[c]
-        for c in range(C):
-            drow = dx[n, c, ih]
-            for iw in range(W):
-                drow[iw] = acc[iw, c]
 
 
 @njit(**PARALLEL_JIT)
