@@ -27,6 +27,7 @@ import numpy as np
 from . import _validation as V
 from .kernels import conv as _conv
 from .kernels import pool as _pool
+from ._runtime import launch
 
 __all__ = [
     "conv2d",
@@ -81,7 +82,7 @@ def _nhwc(a, ph=0, pw=0):
     """Copy an NCHW array into a new zero-padded NHWC array (one parallel pass)."""
     N, C, H, W = a.shape
     out = np.empty((N, H + 2 * ph, W + 2 * pw, C), dtype=a.dtype)
-    _conv.pack_nhwc_padded(np.ascontiguousarray(a), ph, pw, out)
+    launch(_conv.pack_nhwc_padded, np.ascontiguousarray(a), ph, pw, out)
     return out
 
 
@@ -151,7 +152,7 @@ def conv2d(x, w, b=None, stride=1, padding=0):
     if g.N == 0:
         return out
     bias = np.zeros(g.F, dtype=x.dtype) if b is None else np.ascontiguousarray(b)
-    _conv.conv2d_forward(_nhwc(x, g.ph, g.pw), _forward_weights(w), g.KH, bias, g.sh, g.sw, out)
+    launch(_conv.conv2d_forward, _nhwc(x, g.ph, g.pw), _forward_weights(w), g.KH, bias, g.sh, g.sw, out)
     return out
 
 
@@ -194,13 +195,13 @@ def _full_correlation(dy, w, pad_h, pad_w, out):
     KH = w.shape[2]
     wrot = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
     zeros = np.zeros(wrot.shape[0], dtype=dy.dtype)
-    _conv.conv2d_forward(_nhwc(dy, pad_h, pad_w), _forward_weights(wrot), KH, zeros, 1, 1, out)
+    launch(_conv.conv2d_forward, _nhwc(dy, pad_h, pad_w), _forward_weights(wrot), KH, zeros, 1, 1, out)
 
 
 def _weight_grad(xp, dy, g):
     threads = max(1, min(numba.get_num_threads(), g.N * g.Ho))
     partial = np.empty((threads, g.F, g.KW * g.KH * g.C), dtype=dy.dtype)
-    _conv.conv2d_backward_weight(xp, np.ascontiguousarray(dy), g.KH, g.sh, g.sw, partial)
+    launch(_conv.conv2d_backward_weight, xp, np.ascontiguousarray(dy), g.KH, g.sh, g.sw, partial)
     # Partials are summed in thread order; (F, KW, KH, C) -> (F, C, KH, KW).
     dw = partial.sum(axis=0).reshape(g.F, g.KW, g.KH, g.C)
     return np.ascontiguousarray(dw.transpose(0, 3, 2, 1))
@@ -208,7 +209,7 @@ def _weight_grad(xp, dy, g):
 
 def _bias_grad(dy):
     db = np.zeros(dy.shape[1], dtype=dy.dtype)
-    _conv.conv2d_backward_bias(np.ascontiguousarray(dy), db)
+    launch(_conv.conv2d_backward_bias, np.ascontiguousarray(dy), db)
     return db
 
 
@@ -404,7 +405,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     if N == 0:
         return out, indices
     planes = np.ascontiguousarray(x).reshape(N * C, H, W)
-    _pool.max_pool2d_forward(
+    launch(
+        _pool.max_pool2d_forward,
         planes, kh, kw, sh, sw, ph, pw, out.reshape(N * C, Ho, Wo), indices.reshape(N * C, Ho, Wo)
     )
     return out, indices
@@ -461,7 +463,8 @@ def max_pool2d_backward(dy, indices, input_shape):
             f"got values in [{lo}, {hi}]"
         )
     P = N * C
-    _pool.max_pool2d_backward(
+    launch(
+        _pool.max_pool2d_backward,
         np.ascontiguousarray(dy).reshape(P, -1),
         np.ascontiguousarray(indices, dtype=np.int64).reshape(P, -1),
         dx.reshape(P, H * W),

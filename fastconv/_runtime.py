@@ -1,0 +1,65 @@
+"""How compiled kernels are launched: safe across Python threads and after ``fork``.
+
+Numba runs ``prange`` loops on one of three threading layers, with different limits:
+
+- ``omp`` (GNU OpenMP, the usual one on Linux): safe for calls from several Python
+  threads at once, but a process that forks after using it cannot start a parallel
+  region in the child -- Numba terminates the child (``fork() called from a process
+  already using GNU OpenMP``). fastconv notices the fork and runs the child's calls
+  through serial builds of the same kernels (compiled on first use in the child).
+- ``workqueue`` (the fallback when neither TBB nor OpenMP is available): fork-safe but
+  not safe for concurrent launches, so launches are serialised with a lock.
+- ``tbb``: safe for both; nothing to do.
+"""
+
+import os
+import threading
+
+import numba
+
+from .config import SERIAL_JIT
+
+_workqueue_lock = threading.Lock()
+_serial_builds = {}
+_serial_lock = threading.Lock()
+_in_child_of_omp_parent = False
+
+
+def _threading_layer():
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel region has run yet in this process
+        return None
+
+
+def _after_fork_in_child():
+    global _in_child_of_omp_parent
+    if _threading_layer() == "omp":
+        _in_child_of_omp_parent = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _serial(kernel):
+    """A serial (``parallel=False``) build of ``kernel``, compiled once per process."""
+    with _serial_lock:
+        build = _serial_builds.get(kernel)
+        if build is None:
+            # Not cached on disk: the serial build shares the parallel one's source and
+            # name, and the two must never read each other's cache entries.
+            options = dict(SERIAL_JIT, cache=False)
+            build = numba.njit(**options)(kernel.py_func)
+            _serial_builds[kernel] = build
+        return build
+
+
+def launch(kernel, *args):
+    """Run a compiled parallel kernel the way this process can run it safely."""
+    if _in_child_of_omp_parent:
+        return _serial(kernel)(*args)
+    if _threading_layer() == "workqueue":
+        with _workqueue_lock:
+            return kernel(*args)
+    return kernel(*args)
