@@ -86,6 +86,21 @@ def _nhwc(a, ph=0, pw=0):
     return out
 
 
+#: Receptive fields (KH * KW * C) shorter than this use the few-channels forward kernel,
+#: whose vector axis is the filters rather than the receptive field.
+_SHORT_REDUCTION = 32
+
+
+def _forward(xp, w, b, sh, sw, out):
+    """Run the forward kernel suited to ``w``'s receptive field on padded NHWC ``xp``."""
+    F, C, KH, KW = w.shape
+    if KH * KW * C < _SHORT_REDUCTION:
+        wk = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+        launch(_conv.conv2d_forward_few_channels, xp, wk, b, sh, sw, out)
+    else:
+        launch(_conv.conv2d_forward, xp, _forward_weights(w), KH, b, sh, sw, out)
+
+
 def _forward_weights(w):
     """(F, C, KH, KW) -> (F, KW * KH * C), ordered (f, j, i, c) as the forward kernel reads the input."""
     F, C, KH, KW = w.shape
@@ -152,7 +167,7 @@ def conv2d(x, w, b=None, stride=1, padding=0):
     if g.N == 0:
         return out
     bias = np.zeros(g.F, dtype=x.dtype) if b is None else np.ascontiguousarray(b)
-    launch(_conv.conv2d_forward, _nhwc(x, g.ph, g.pw), _forward_weights(w), g.KH, bias, g.sh, g.sw, out)
+    _forward(_nhwc(x, g.ph, g.pw), w, bias, g.sh, g.sw, out)
     return out
 
 
@@ -192,10 +207,8 @@ def _input_grad(dy, w, g):
 
 def _full_correlation(dy, w, pad_h, pad_w, out):
     """out = correlation of dy (padded by pad_h/pad_w) with w rotated by 180 degrees, channels swapped."""
-    KH = w.shape[2]
     wrot = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    zeros = np.zeros(wrot.shape[0], dtype=dy.dtype)
-    launch(_conv.conv2d_forward, _nhwc(dy, pad_h, pad_w), _forward_weights(wrot), KH, zeros, 1, 1, out)
+    _forward(_nhwc(dy, pad_h, pad_w), wrot, np.zeros(wrot.shape[0], dtype=dy.dtype), 1, 1, out)
 
 
 def _weight_grad(xp, dy, g):

@@ -15,6 +15,8 @@ elements. Weights are repacked to ``(F, KW * KH * C)`` in the same order.
 - ``conv2d_forward``: each job owns one output row ``(n, oh)``; 4 filters x 4 output
   pixels are computed as 16 dot products along that contiguous run, held in vector
   registers and written straight to the NCHW output.
+- ``conv2d_forward_few_channels``: the same result for receptive fields too short to
+  fill a vector (first layers, C = 1 or 3): the vector axis is the filter axis.
 - ``conv2d_backward_weight``: each job owns a contiguous chunk of the ``N * Ho`` output
   rows and its own partial buffer ``(F, KW * KH * C)``; a rank-4 update per 4 filters
   x 4 pixels runs along the same contiguous run. The caller sums the partials in a
@@ -201,6 +203,56 @@ def conv2d_forward(xp, wt, KH, b, sh, sw, out):
                 for r in range(R):
                     s0 += x0[r] * w0[r]
                 o0[ow] = s0 + b[f]
+
+
+@njit(**PARALLEL_JIT)
+def conv2d_forward_few_channels(xp, wk, b, sh, sw, out):
+    """Direct cross-correlation for short reductions (few input channels, small kernels).
+
+    Same result as :func:`conv2d_forward`, for layers whose receptive field
+    ``KH * KW * C`` is too short to fill a vector (the first layer of a network: C = 1
+    or 3). Here the vector axis is the filter axis instead: each output pixel's ``F``
+    accumulators form a contiguous row, updated by ``x * w[i, j, c, :]`` for every tap.
+
+    Parameters
+    ----------
+    xp : (N, Hp, Wp, C) array
+        Zero-padded input, NHWC.
+    wk : (KH, KW, C, F) array
+        Weights with the filter axis last.
+    b : (F,) array
+        Bias.
+    sh, sw : int
+        Strides.
+    out : (N, F, Ho, Wo) array
+        Output, NCHW, fully overwritten.
+    """
+    N, Hp, Wp, C = xp.shape
+    KH, KW, _, F = wk.shape
+    Ho = out.shape[2]
+    Wo = out.shape[3]
+    for job in prange(N * Ho):
+        n = job // Ho
+        oh = job - n * Ho
+        acc = np.empty((Wo, F), dtype=out.dtype)
+        for ow in range(Wo):
+            acc[ow, :] = b
+        for i in range(KH):
+            xrow = xp[n, oh * sh + i]
+            for j in range(KW):
+                wtap = wk[i, j]
+                for ow in range(Wo):
+                    xpix = xrow[ow * sw + j]
+                    arow = acc[ow]
+                    for c in range(C):
+                        xv = xpix[c]
+                        wrow = wtap[c]
+                        for f in range(F):
+                            arow[f] += xv * wrow[f]
+        for f in range(F):
+            orow = out[n, f, oh]
+            for ow in range(Wo):
+                orow[ow] = acc[ow, f]
 
 
 @njit(**PARALLEL_JIT)
