@@ -20,6 +20,9 @@ from .functional import (
     set_num_threads,
 )
 
+from . import nn, optim, serialization
+from .serialization import CheckpointError, load, save
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -31,4 +34,10 @@ __all__ = [
     "max_pool2d_backward",
     "set_num_threads",
     "get_num_threads",
+    "nn",
+    "optim",
+    "serialization",
+    "save",
+    "load",
+    "CheckpointError",
 ]

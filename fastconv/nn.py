@@ -1,0 +1,1078 @@
+"""PyTorch-style layers on fastconv's kernels, with explicit backward passes.
+
+The layers keep PyTorch's names, arguments, parameter shapes, default initialisation and
+``state_dict`` keys, so a network written for ``torch.nn`` reads the same here. There is
+no autograd: every layer's :meth:`~Module.forward` caches what its backward pass needs,
+and :meth:`~Module.backward` takes the gradient of the loss with respect to the layer's
+output, *adds* the parameter gradients into each ``Parameter.grad`` (as PyTorch
+accumulates into ``.grad``) and returns the gradient with respect to the input::
+
+    import numpy as np
+    from fastconv import nn, optim
+
+    nn.manual_seed(0)                         # seeds every default initialisation
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+    loss_fn = nn.CrossEntropyLoss()
+    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    logits = model(x)                         # x: float32 (N, 1, 28, 28)
+    loss = loss_fn(logits, y)                 # y: integer labels (N,)
+    model.backward(loss_fn.backward())        # fills every parameter's .grad
+    opt.step()
+    opt.zero_grad()
+
+Convolution and max-pooling call :mod:`fastconv.functional`; the other layers are a few
+NumPy operations.
+
+Random numbers
+--------------
+Initialisation and dropout draw from a :class:`numpy.random.Generator`. Every layer that
+needs one takes ``rng=None``: an existing ``Generator`` (used as is, so several layers can
+share it), an int seed (a new ``Generator`` for that layer), or ``None`` for the
+module-wide default generator. :func:`manual_seed` replaces the default generator, so
+``nn.manual_seed(s)`` before building a model makes its initialisation reproducible (the
+layers draw in construction order), and before training makes default dropout masks
+reproducible.
+
+Gradient caching
+----------------
+Forward passes cache their inputs (or masks/indices) for backward. Under
+``with nn.no_grad():`` nothing is cached, which saves memory when evaluating; calling
+``backward`` after such a forward raises an error. The cache holds references, not
+copies: do not modify an input in place between ``forward`` and ``backward``.
+"""
+
+import contextlib
+import math
+import numbers
+import threading
+from collections import OrderedDict, namedtuple
+from collections.abc import Mapping
+
+import numpy as np
+
+from . import _validation as _V
+from . import functional as _F
+
+__all__ = [
+    "Parameter",
+    "Module",
+    "Sequential",
+    "Conv2d",
+    "MaxPool2d",
+    "ReLU",
+    "Flatten",
+    "Linear",
+    "Dropout",
+    "CrossEntropyLoss",
+    "manual_seed",
+    "default_generator",
+    "no_grad",
+    "is_grad_enabled",
+]
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# ---------------------------------------------------------------------------------------
+# Random numbers and grad mode
+# ---------------------------------------------------------------------------------------
+
+_default_rng = np.random.default_rng()
+
+
+def manual_seed(seed):
+    """Replace the module-wide default generator by ``numpy.random.default_rng(seed)``.
+
+    Layers built afterwards with ``rng=None`` draw their initial weights from it, in
+    construction order, and :class:`Dropout` layers with ``rng=None`` draw their masks
+    from it. Layers given their own ``rng`` are not affected.
+
+    Parameters
+    ----------
+    seed : int or numpy.random.SeedSequence
+        Anything :func:`numpy.random.default_rng` accepts, except a ``Generator``.
+
+    Returns
+    -------
+    numpy.random.Generator
+        The new default generator.
+    """
+    global _default_rng
+    if isinstance(seed, (bool, np.bool_)) or isinstance(seed, np.random.Generator):
+        raise TypeError(f"manual_seed: seed must be an int or a SeedSequence; got {seed!r}")
+    _default_rng = np.random.default_rng(seed)
+    return _default_rng
+
+
+def default_generator():
+    """The module-wide default :class:`numpy.random.Generator` (see :func:`manual_seed`)."""
+    return _default_rng
+
+
+def _generator(rng, owner):
+    """Resolve a layer's ``rng`` argument to a Generator (None -> the current default)."""
+    if rng is None:
+        return _default_rng
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, numbers.Integral) and not isinstance(rng, (bool, np.bool_)):
+        return np.random.default_rng(int(rng))
+    raise TypeError(f"{owner}: rng must be None, an int seed or a numpy.random.Generator; got {rng!r}")
+
+
+_grad_mode = threading.local()
+
+
+def is_grad_enabled():
+    """True unless the calling thread is inside a :class:`no_grad` block."""
+    return getattr(_grad_mode, "enabled", True)
+
+
+class no_grad(contextlib.ContextDecorator):
+    """Context manager (or decorator) that stops forward passes from caching for backward.
+
+    Like ``torch.no_grad``: use it for evaluation to save memory. The setting is per
+    thread. A ``backward`` call after a forward pass run under ``no_grad`` raises
+    ``RuntimeError``.
+
+    Examples
+    --------
+    >>> with nn.no_grad():                                   # doctest: +SKIP
+    ...     predictions = model(x_test).argmax(axis=1)
+    """
+
+    def __enter__(self):
+        # A per-thread stack, so one instance (e.g. a decorator) is safe to share.
+        stack = getattr(_grad_mode, "stack", None)
+        if stack is None:
+            stack = _grad_mode.stack = []
+        stack.append(is_grad_enabled())
+        _grad_mode.enabled = False
+        return self
+
+    def __exit__(self, *exc):
+        _grad_mode.enabled = _grad_mode.stack.pop()
+        return False
+
+
+# ---------------------------------------------------------------------------------------
+# Argument checking
+# ---------------------------------------------------------------------------------------
+
+
+def _positive_int(value, name, owner):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: {name} must be an int; got {value!r} of type {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{owner}: {name} must be positive; got {value}")
+    return int(value)
+
+
+def _float_dtype(dtype, owner):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{owner}: dtype must be float32 or float64; got {dtype!r}") from None
+    if dt not in _FLOAT_DTYPES:
+        raise TypeError(f"{owner}: dtype must be float32 or float64; got {dt}")
+    return dt
+
+
+def _check_bool(value, name, owner):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{owner}: {name} must be True or False; got {value!r}")
+    return bool(value)
+
+
+def _check_input(x, owner, ndim=None, layout="", dtype=None):
+    """Check a layer input: a float32/float64 ndarray, optionally of ``ndim`` dims and ``dtype``."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{owner}: input must be a numpy.ndarray{' of shape ' + layout if layout else ''}; "
+                        f"got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{owner}: input must have dtype float32 or float64; got {x.dtype} (shape {x.shape})")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{owner}: input must be {ndim}-D with shape {layout}; got shape {x.shape}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(
+            f"{owner}: input has dtype {x.dtype} but the layer's parameters are {dtype}; "
+            f"convert the input with x.astype(np.{dtype}) or the model with model.to(np.{x.dtype})"
+        )
+
+
+def _check_dout(dout, owner, shape, dtype):
+    """Check that ``dout`` has the shape and dtype of the forward output."""
+    if not isinstance(dout, np.ndarray):
+        raise TypeError(f"{owner}.backward: dout must be a numpy.ndarray of shape {shape}; got {type(dout).__name__}")
+    if dout.shape != shape:
+        raise ValueError(f"{owner}.backward: dout must have the forward output's shape {shape}; got {dout.shape}")
+    if dout.dtype != dtype:
+        raise TypeError(f"{owner}.backward: dout must have the forward output's dtype {dtype}; got {dout.dtype}")
+
+
+def _no_cache_error(owner):
+    return RuntimeError(
+        f"{owner}.backward() called without a cached forward pass: call forward() first "
+        f"(outside fastconv.nn.no_grad())"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Parameter and Module
+# ---------------------------------------------------------------------------------------
+
+
+class Parameter:
+    """A trainable array and its gradient.
+
+    Parameters
+    ----------
+    data : ndarray, float32 or float64
+        The value. Stored as given when it is already a C-contiguous float array (no copy),
+        otherwise as a C-contiguous copy.
+
+    Attributes
+    ----------
+    data : ndarray
+        The value; optimizers update it in place.
+    grad : ndarray
+        Same shape and dtype as ``data``, zero at creation; backward passes *add* into it
+        and ``zero_grad()`` resets it to zero.
+    """
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data):
+        if not isinstance(data, np.ndarray):
+            raise TypeError(f"Parameter: data must be a numpy.ndarray; got {type(data).__name__}")
+        if data.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"Parameter: data must have dtype float32 or float64; got {data.dtype}")
+        self.data = np.ascontiguousarray(data)
+        self.grad = np.zeros_like(self.data)
+
+    @property
+    def shape(self):
+        """Shape of :attr:`data`."""
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        """dtype of :attr:`data`."""
+        return self.data.dtype
+
+    @property
+    def size(self):
+        """Number of elements of :attr:`data`."""
+        return self.data.size
+
+    def zero_grad(self):
+        """Reset :attr:`grad` to zeros (reallocated if ``data`` changed shape or dtype)."""
+        if self.grad is None or self.grad.shape != self.data.shape or self.grad.dtype != self.data.dtype:
+            self.grad = np.zeros_like(self.data)
+        else:
+            self.grad.fill(0)
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+IncompatibleKeys = namedtuple("IncompatibleKeys", "missing_keys unexpected_keys")
+IncompatibleKeys.__doc__ = "Keys reported by :meth:`Module.load_state_dict` (as PyTorch's ``_IncompatibleKeys``)."
+
+
+def _indent(text, spaces):
+    lines = text.split("\n")
+    return "\n".join(lines[:1] + [" " * spaces + line for line in lines[1:]])
+
+
+class Module:
+    """Base class of every layer and container.
+
+    Subclasses call ``super().__init__()`` first, then assign :class:`Parameter` and
+    :class:`Module` attributes, which are registered in assignment order (that order is
+    the order of :meth:`parameters` and of the :meth:`state_dict` keys, as in PyTorch).
+    They implement :meth:`forward` and :meth:`backward`.
+
+    Attributes
+    ----------
+    training : bool
+        True in training mode (the default), False after :meth:`eval`. Only
+        :class:`Dropout` behaves differently.
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    # -- attribute registration ------------------------------------------------------
+    def __setattr__(self, name, value):
+        params = self.__dict__.get("_parameters")
+        if params is None:
+            if isinstance(value, (Parameter, Module)):
+                raise AttributeError(
+                    f"cannot assign {type(value).__name__} '{name}' before Module.__init__() was called"
+                )
+            object.__setattr__(self, name, value)
+            return
+        modules = self.__dict__["_modules"]
+        # Re-assigning a registered name keeps its place in the order (as in PyTorch).
+        if isinstance(value, Parameter):
+            modules.pop(name, None)
+            self.__dict__.pop(name, None)
+            params[name] = value
+        elif isinstance(value, Module):
+            params.pop(name, None)
+            self.__dict__.pop(name, None)
+            modules[name] = value
+        else:
+            params.pop(name, None)
+            modules.pop(name, None)
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        # Only called when normal lookup fails: look in the registries.
+        d = self.__dict__
+        if name in d.get("_parameters", ()):
+            return d["_parameters"][name]
+        if name in d.get("_modules", ()):
+            return d["_modules"][name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def __delattr__(self, name):
+        if name in self._parameters:
+            del self._parameters[name]
+        elif name in self._modules:
+            del self._modules[name]
+        else:
+            object.__delattr__(self, name)
+
+    # -- computation -----------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        """Compute the output (and cache what :meth:`backward` needs)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward()")
+
+    def backward(self, dout):
+        """Back-propagate ``dout`` (gradient w.r.t. the last forward's output); return the input gradient."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # -- traversal -------------------------------------------------------------------
+    def named_children(self):
+        """List of ``(name, module)`` for the direct submodules, in registration order."""
+        return list(self._modules.items())
+
+    def children(self):
+        """List of the direct submodules."""
+        return list(self._modules.values())
+
+    def named_modules(self, prefix=""):
+        """List of ``(dotted_name, module)`` for this module and all submodules, depth first."""
+        out, seen = [], set()
+
+        def visit(module, name):
+            if id(module) in seen:
+                return
+            seen.add(id(module))
+            out.append((name, module))
+            for child_name, child in module._modules.items():
+                visit(child, f"{name}.{child_name}" if name else child_name)
+
+        visit(self, prefix)
+        return out
+
+    def modules(self):
+        """List of this module and all its submodules."""
+        return [m for _, m in self.named_modules()]
+
+    def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
+        """List of ``(dotted_name, Parameter)`` in PyTorch's order.
+
+        Parameters
+        ----------
+        prefix : str
+            Prepended (with a dot) to every name.
+        recurse : bool
+            Include submodules' parameters.
+        remove_duplicate : bool
+            List a parameter shared by several modules once (under its first name).
+        """
+        out, seen = [], set()
+
+        def visit(module, name):
+            for pname, p in module._parameters.items():
+                if remove_duplicate:
+                    if id(p) in seen:
+                        continue
+                    seen.add(id(p))
+                out.append((f"{name}.{pname}" if name else pname, p))
+            if recurse:
+                for child_name, child in module._modules.items():
+                    visit(child, f"{name}.{child_name}" if name else child_name)
+
+        visit(self, prefix)
+        return out
+
+    def parameters(self, recurse=True):
+        """List of the :class:`Parameter` objects, in PyTorch's order (what optimizers take)."""
+        return [p for _, p in self.named_parameters(recurse=recurse)]
+
+    def zero_grad(self):
+        """Reset every parameter's ``.grad`` to zero."""
+        for p in self.parameters():
+            p.zero_grad()
+
+    # -- modes and dtype -------------------------------------------------------------
+    def train(self, mode=True):
+        """Set training mode (``mode=True``) or evaluation mode on this module and all submodules.
+
+        Returns ``self``.
+        """
+        mode = _check_bool(mode, "mode", f"{type(self).__name__}.train")
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode (``train(False)``); returns ``self``."""
+        return self.train(False)
+
+    def to(self, dtype):
+        """Cast every parameter (and its gradient) to ``dtype`` (float32 or float64), in place.
+
+        The :class:`Parameter` objects are kept, so an optimizer built before still updates
+        them; its state (momentum buffers...) is not cast. Returns ``self``.
+        """
+        dt = _float_dtype(dtype, f"{type(self).__name__}.to")
+        for p in self.parameters():
+            if p.data.dtype != dt:
+                p.data = p.data.astype(dt)
+                p.grad = p.grad.astype(dt)
+        return self
+
+    def float(self):
+        """Cast the parameters to float32 (see :meth:`to`)."""
+        return self.to(np.float32)
+
+    def double(self):
+        """Cast the parameters to float64 (see :meth:`to`)."""
+        return self.to(np.float64)
+
+    # -- state -----------------------------------------------------------------------
+    def state_dict(self):
+        """Copies of every parameter, keyed by dotted name (``"0.weight"``, ``"0.bias"``, ...).
+
+        Returns
+        -------
+        collections.OrderedDict of str -> ndarray
+            Copies, so later training does not change a saved state (PyTorch returns
+            views instead).
+        """
+        return OrderedDict(
+            (name, p.data.copy()) for name, p in self.named_parameters(remove_duplicate=False)
+        )
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy the arrays of ``state_dict`` into the parameters, in place.
+
+        Everything is checked before anything is copied, so a failed load leaves the model
+        unchanged. Unlike PyTorch, a dtype mismatch is an error rather than a silent cast.
+
+        Parameters
+        ----------
+        state_dict : mapping of str -> ndarray
+            As returned by :meth:`state_dict` (possibly after :func:`fastconv.save` /
+            :func:`fastconv.load`).
+        strict : bool, default True
+            Require the keys to match exactly. With ``strict=False``, missing and
+            unexpected keys are reported in the return value instead; shapes and dtypes of
+            the keys present are always checked.
+
+        Returns
+        -------
+        IncompatibleKeys
+            ``(missing_keys, unexpected_keys)``, lists of str.
+
+        Raises
+        ------
+        TypeError
+            ``state_dict`` is not a mapping or one of its values is not an ndarray.
+        ValueError
+            Missing or unexpected keys (when ``strict``), or an array whose shape or dtype
+            differs from the parameter's; the message lists every problem.
+        """
+        owner = f"{type(self).__name__}.load_state_dict"
+        strict = _check_bool(strict, "strict", owner)
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                f"{owner}: state_dict must be a mapping of name -> ndarray; got {type(state_dict).__name__}"
+            )
+        own = OrderedDict(self.named_parameters(remove_duplicate=False))
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        problems = []
+        for name, p in own.items():
+            if name not in state_dict:
+                continue
+            value = state_dict[name]
+            if not isinstance(value, np.ndarray):
+                raise TypeError(f"{owner}: state_dict[{name!r}] must be a numpy.ndarray; got {type(value).__name__}")
+            if value.shape != p.data.shape:
+                problems.append(f"{name!r}: shape {value.shape} in state_dict, {p.data.shape} in the model")
+            elif value.dtype != p.data.dtype:
+                problems.append(f"{name!r}: dtype {value.dtype} in state_dict, {p.data.dtype} in the model")
+        if strict and missing:
+            problems.append("missing key(s): " + ", ".join(map(repr, missing)))
+        if strict and unexpected:
+            problems.append("unexpected key(s): " + ", ".join(map(repr, unexpected)))
+        if problems:
+            raise ValueError(f"{owner}: error(s) in loading state_dict:\n    " + "\n    ".join(problems))
+        for name, p in own.items():
+            if name in state_dict:
+                np.copyto(p.data, state_dict[name])
+        return IncompatibleKeys(missing, unexpected)
+
+    # -- printing --------------------------------------------------------------------
+    def extra_repr(self):
+        """The text between the parentheses of this module's repr (its settings)."""
+        return ""
+
+    def __repr__(self):
+        extra = self.extra_repr()
+        extra_lines = extra.split("\n") if extra else []
+        child_lines = [f"({name}): " + _indent(repr(m), 2) for name, m in self._modules.items()]
+        lines = extra_lines + child_lines
+        text = type(self).__name__ + "("
+        if lines:
+            if len(extra_lines) == 1 and not child_lines:
+                text += extra_lines[0]
+            else:
+                text += "\n  " + "\n  ".join(lines) + "\n"
+        return text + ")"
+
+
+# ---------------------------------------------------------------------------------------
+# Containers
+# ---------------------------------------------------------------------------------------
+
+
+class Sequential(Module):
+    """A chain of modules: ``forward`` feeds each output to the next, ``backward`` runs in reverse.
+
+    Parameters
+    ----------
+    *modules : Module
+        Registered under the names ``"0"``, ``"1"``, ... (so the ``state_dict`` keys are
+        ``"0.weight"``, ``"0.bias"``, ... as in PyTorch). A single ``OrderedDict`` of
+        name -> module may be given instead.
+
+    Examples
+    --------
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))  # doctest: +SKIP
+    >>> list(model.state_dict())                                           # doctest: +SKIP
+    ['0.weight', '0.bias', '2.weight', '2.bias']
+    """
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], OrderedDict):
+            items = list(modules[0].items())
+        else:
+            items = [(str(i), m) for i, m in enumerate(modules)]
+        for name, m in items:
+            if not isinstance(name, str) or not name or "." in name:
+                raise ValueError(f"Sequential: module names must be non-empty strings without '.'; got {name!r}")
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: element {name!r} must be a Module; got {type(m).__name__}")
+            self._modules[name] = m
+
+    def append(self, module):
+        """Add ``module`` at the end (named ``str(len(self))``); returns ``self``."""
+        if not isinstance(module, Module):
+            raise TypeError(f"Sequential.append: expected a Module; got {type(module).__name__}")
+        self._modules[str(len(self._modules))] = module
+        return self
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, idx):
+        items = list(self._modules.items())
+        if isinstance(idx, slice):
+            return Sequential(OrderedDict(items[idx]))
+        if isinstance(idx, (bool, np.bool_)) or not isinstance(idx, numbers.Integral):
+            raise TypeError(f"Sequential indices must be ints or slices; got {type(idx).__name__}")
+        n = len(items)
+        if not -n <= idx < n:
+            raise IndexError(f"Sequential index {idx} out of range for {n} modules")
+        return items[idx][1]
+
+    def forward(self, x):
+        """Apply every module in order."""
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def backward(self, dout):
+        """Run every module's backward in reverse order; return the gradient w.r.t. the input."""
+        for m in reversed(self._modules.values()):
+            dout = m.backward(dout)
+        return dout
+
+
+# ---------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------
+
+
+class Conv2d(Module):
+    r"""2-D convolution (a cross-correlation, as in PyTorch) over an ``(N, C_in, H, W)`` batch.
+
+    ``out[n, f] = bias[f] + sum_c weight[f, c] \star x_pad[n, c]``, computed by
+    :func:`fastconv.functional.conv2d`.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        ``C_in`` and ``C_out``.
+    kernel_size : int or (int, int)
+        ``(KH, KW)``.
+    stride : int or (int, int), default 1
+    padding : int or (int, int), default 0
+        Zero padding on both sides.
+    bias : bool, default True
+    dtype : float32 or float64, default float32
+        dtype of the parameters; inputs must have the same dtype.
+    rng : None, int or numpy.random.Generator
+        Source of the initial weights (see the module docstring).
+
+    Attributes
+    ----------
+    weight : Parameter, shape (C_out, C_in, KH, KW)
+        Initialised from ``U(-k, k)`` with ``k = 1 / sqrt(C_in * KH * KW)``: PyTorch's
+        ``kaiming_uniform_(a=sqrt(5))``.
+    bias : Parameter, shape (C_out,), or None
+        ``U(-k, k)`` with the same ``k``.
+
+    Notes
+    -----
+    Shapes: input ``(N, C_in, H, W)``; output ``(N, C_out, Ho, Wo)`` with
+    ``Ho = (H + 2*padding[0] - KH) // stride[0] + 1`` and likewise ``Wo``.
+
+    Examples
+    --------
+    >>> conv = nn.Conv2d(1, 32, 3, padding=1)           # doctest: +SKIP
+    >>> conv(np.zeros((8, 1, 28, 28), np.float32)).shape  # doctest: +SKIP
+    (8, 32, 28, 28)
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 dtype=np.float32, rng=None):
+        super().__init__()
+        owner = "Conv2d"
+        self.in_channels = _positive_int(in_channels, "in_channels", owner)
+        self.out_channels = _positive_int(out_channels, "out_channels", owner)
+        self.kernel_size = _V.as_pair(kernel_size, "kernel_size", owner, minimum=1)
+        self.stride = _V.as_pair(stride, "stride", owner, minimum=1)
+        self.padding = _V.as_pair(padding, "padding", owner, minimum=0)
+        bias = _check_bool(bias, "bias", owner)
+        dt = _float_dtype(dtype, owner)
+        gen = _generator(rng, owner)
+        kh, kw = self.kernel_size
+        bound = 1.0 / math.sqrt(self.in_channels * kh * kw)
+        shape = (self.out_channels, self.in_channels, kh, kw)
+        self.weight = Parameter(gen.uniform(-bound, bound, size=shape).astype(dt))
+        self.bias = Parameter(gen.uniform(-bound, bound, size=self.out_channels).astype(dt)) if bias else None
+        self._cache = None
+
+    def forward(self, x):
+        """Convolve ``x`` of shape ``(N, C_in, H, W)``; returns ``(N, C_out, Ho, Wo)``."""
+        _check_input(x, "Conv2d", 4, "(N, C_in, H, W)", self.weight.data.dtype)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"Conv2d: expected input with {self.in_channels} channels, shape (N, {self.in_channels}, H, W); "
+                f"got shape {x.shape}"
+            )
+        b = None if self.bias is None else self.bias.data
+        out = _F.conv2d(x, self.weight.data, b, self.stride, self.padding)
+        self._cache = (x, out.shape) if is_grad_enabled() else None
+        return out
+
+    def backward(self, dout):
+        """Add ``dL/dweight`` (and ``dL/dbias``) into ``.grad``; return ``dL/dx``."""
+        if self._cache is None:
+            raise _no_cache_error("Conv2d")
+        x, out_shape = self._cache
+        _check_dout(dout, "Conv2d", out_shape, x.dtype)
+        dx, dw, db = _F.conv2d_backward(dout, x, self.weight.data, self.stride, self.padding)
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += db
+        return dx
+
+    def extra_repr(self):
+        text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}")
+        if self.padding != (0, 0):
+            text += f", padding={self.padding}"
+        if self.bias is None:
+            text += ", bias=False"
+        return text
+
+
+class MaxPool2d(Module):
+    """2-D max-pooling over an ``(N, C, H, W)`` batch (:func:`fastconv.functional.max_pool2d`).
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+        Window ``(kh, kw)``.
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int, int), default 0
+        ``-inf`` padding on both sides, at most half the window.
+
+    Notes
+    -----
+    Shapes: input ``(N, C, H, W)``; output ``(N, C, Ho, Wo)`` with
+    ``Ho = (H + 2*ph - kh) // sh + 1`` and likewise ``Wo``.
+
+    Backward routes each output gradient to the window's maximum (the first one on ties);
+    where windows overlap, the gradients add up.
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        owner = "MaxPool2d"
+        kh, kw = _V.as_pair(kernel_size, "kernel_size", owner, minimum=1)
+        if stride is not None:
+            _V.as_pair(stride, "stride", owner, minimum=1)
+        ph, pw = _V.as_pair(padding, "padding", owner, minimum=0)
+        if ph > kh // 2 or pw > kw // 2:
+            raise ValueError(f"{owner}: padding {padding!r} must be at most half the kernel_size {kernel_size!r}")
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.padding = padding
+        self._cache = None
+
+    def forward(self, x):
+        """Pool ``x`` of shape ``(N, C, H, W)``."""
+        _check_input(x, "MaxPool2d", 4, "(N, C, H, W)")
+        out, indices = _F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        self._cache = (indices, x.shape, x.dtype) if is_grad_enabled() else None
+        return out
+
+    def backward(self, dout):
+        """Route ``dout`` to the positions of the maxima; return ``dL/dx``."""
+        if self._cache is None:
+            raise _no_cache_error("MaxPool2d")
+        indices, x_shape, dtype = self._cache
+        _check_dout(dout, "MaxPool2d", indices.shape, dtype)
+        return _F.max_pool2d_backward(dout, indices, x_shape)
+
+    def extra_repr(self):
+        # PyTorch prints its two fixed options too; fastconv supports only these values.
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation=1, ceil_mode=False")
+
+
+class ReLU(Module):
+    """Rectified linear unit, ``max(x, 0)`` elementwise, for inputs of any shape.
+
+    The gradient is ``dout`` where ``x > 0`` and zero where ``x <= 0``; NaN inputs give
+    NaN and pass their gradient through, as in PyTorch.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._cache = None
+
+    def forward(self, x):
+        """``max(x, 0)``, same shape and dtype as ``x``."""
+        _check_input(x, "ReLU")
+        out = np.maximum(x, x.dtype.type(0))
+        # PyTorch's rule: the gradient is blocked where x <= 0 (so NaN lets it through).
+        self._cache = (np.logical_not(x <= 0), x.dtype) if is_grad_enabled() else None
+        return out
+
+    def backward(self, dout):
+        """``dout`` where the input was positive, else 0."""
+        if self._cache is None:
+            raise _no_cache_error("ReLU")
+        mask, dtype = self._cache
+        _check_dout(dout, "ReLU", mask.shape, dtype)
+        return np.where(mask, dout, dtype.type(0))
+
+
+class Flatten(Module):
+    """Flatten dimensions ``start_dim`` to ``end_dim`` into one (default: all but the batch axis).
+
+    Parameters
+    ----------
+    start_dim : int, default 1
+    end_dim : int, default -1
+
+    Notes
+    -----
+    Shapes: ``(N, C, H, W)`` -> ``(N, C*H*W)`` with the defaults. The output is a view of the input
+    when possible (as ``numpy.reshape``).
+    """
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        for name, v in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+                raise TypeError(f"Flatten: {name} must be an int; got {v!r}")
+        self.start_dim = int(start_dim)
+        self.end_dim = int(end_dim)
+        self._cache = None
+
+    def forward(self, x):
+        """Reshape ``x`` with the flattened axes merged."""
+        _check_input(x, "Flatten")
+        nd = x.ndim
+        s = self.start_dim + nd if self.start_dim < 0 else self.start_dim
+        e = self.end_dim + nd if self.end_dim < 0 else self.end_dim
+        if not (0 <= s < nd and 0 <= e < nd) or s > e:
+            raise ValueError(
+                f"Flatten: start_dim={self.start_dim}, end_dim={self.end_dim} are invalid for an input "
+                f"of shape {x.shape}"
+            )
+        shape = x.shape[:s] + (math.prod(x.shape[s:e + 1]),) + x.shape[e + 1:]
+        out = x.reshape(shape)
+        self._cache = (x.shape, out.shape, x.dtype) if is_grad_enabled() else None
+        return out
+
+    def backward(self, dout):
+        """Reshape ``dout`` back to the input's shape."""
+        if self._cache is None:
+            raise _no_cache_error("Flatten")
+        x_shape, out_shape, dtype = self._cache
+        _check_dout(dout, "Flatten", out_shape, dtype)
+        return dout.reshape(x_shape)
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+class Linear(Module):
+    """Affine layer ``y = x @ weight.T + bias`` over the last axis.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool, default True
+    dtype : float32 or float64, default float32
+    rng : None, int or numpy.random.Generator
+        Source of the initial weights (see the module docstring).
+
+    Attributes
+    ----------
+    weight : Parameter, shape (out_features, in_features)
+        ``U(-k, k)`` with ``k = 1 / sqrt(in_features)`` (PyTorch's default).
+    bias : Parameter, shape (out_features,), or None
+        ``U(-k, k)``.
+
+    Notes
+    -----
+    Shapes: input ``(*, in_features)``; output ``(*, out_features)``.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None):
+        super().__init__()
+        owner = "Linear"
+        self.in_features = _positive_int(in_features, "in_features", owner)
+        self.out_features = _positive_int(out_features, "out_features", owner)
+        bias = _check_bool(bias, "bias", owner)
+        dt = _float_dtype(dtype, owner)
+        gen = _generator(rng, owner)
+        bound = 1.0 / math.sqrt(self.in_features)
+        self.weight = Parameter(gen.uniform(-bound, bound, size=(self.out_features, self.in_features)).astype(dt))
+        self.bias = Parameter(gen.uniform(-bound, bound, size=self.out_features).astype(dt)) if bias else None
+        self._cache = None
+
+    def forward(self, x):
+        """``x @ weight.T + bias`` for ``x`` of shape ``(*, in_features)``."""
+        _check_input(x, "Linear", dtype=self.weight.data.dtype)
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"Linear: expected input of shape (*, {self.in_features}) (in_features={self.in_features}); "
+                f"got shape {x.shape}"
+            )
+        out = x @ self.weight.data.T
+        if self.bias is not None:
+            out += self.bias.data
+        self._cache = x if is_grad_enabled() else None
+        return out
+
+    def backward(self, dout):
+        """Add ``dL/dweight`` (and ``dL/dbias``) into ``.grad``; return ``dL/dx``."""
+        if self._cache is None:
+            raise _no_cache_error("Linear")
+        x = self._cache
+        _check_dout(dout, "Linear", x.shape[:-1] + (self.out_features,), x.dtype)
+        x2 = x.reshape(-1, self.in_features)
+        d2 = dout.reshape(-1, self.out_features)
+        self.weight.grad += d2.T @ x2
+        if self.bias is not None:
+            self.bias.grad += d2.sum(axis=0)
+        return (d2 @ self.weight.data).reshape(x.shape)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Dropout(Module):
+    """Inverted dropout: in training, zero each element with probability ``p`` and scale the rest by ``1/(1-p)``.
+
+    In evaluation mode (:meth:`Module.eval`) it is the identity. With ``p = 1`` the output
+    is all zeros (as in PyTorch).
+
+    Parameters
+    ----------
+    p : float, default 0.5
+        Drop probability, in ``[0, 1]``.
+    rng : None, int or numpy.random.Generator
+        Source of the masks. ``None`` uses the module-wide default generator at each
+        forward call (see :func:`manual_seed`); an int or a Generator gives this layer its
+        own stream.
+    """
+
+    def __init__(self, p=0.5, rng=None):
+        super().__init__()
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
+            raise TypeError(f"Dropout: p must be a float in [0, 1]; got {p!r}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be between 0 and 1; got {p}")
+        self.p = float(p)
+        self._rng = None if rng is None else _generator(rng, "Dropout")
+        self._cache = None
+
+    def forward(self, x):
+        """Apply a fresh random mask in training mode; return ``x`` unchanged in eval mode."""
+        _check_input(x, "Dropout")
+        if not self.training or self.p == 0.0:
+            out, mask = x, None
+        else:
+            gen = self._rng if self._rng is not None else _default_rng
+            if self.p == 1.0:
+                mask = np.zeros(x.shape, dtype=x.dtype)
+            else:
+                keep = gen.random(x.shape) >= self.p
+                mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+            out = x * mask
+        self._cache = (mask, x.shape, x.dtype) if is_grad_enabled() else None
+        return out
+
+    def backward(self, dout):
+        """``dout`` times the forward mask (or ``dout`` itself in eval mode)."""
+        if self._cache is None:
+            raise _no_cache_error("Dropout")
+        mask, shape, dtype = self._cache
+        _check_dout(dout, "Dropout", shape, dtype)
+        return dout if mask is None else dout * mask
+
+    def extra_repr(self):
+        return f"p={self.p}, inplace=False"
+
+
+class CrossEntropyLoss(Module):
+    """Softmax cross-entropy between logits and integer class labels.
+
+    ``loss = -mean_n log_softmax(input[n])[target[n]]`` (or the sum with
+    ``reduction="sum"``), computed with a max-shifted, numerically stable log-softmax in
+    float64.
+
+    Parameters
+    ----------
+    reduction : {"mean", "sum"}, default "mean"
+
+    Examples
+    --------
+    >>> loss_fn = nn.CrossEntropyLoss()            # doctest: +SKIP
+    >>> loss = loss_fn(logits, labels)             # a Python float
+    >>> dlogits = loss_fn.backward()               # (N, C), dtype of logits
+    """
+
+    def __init__(self, reduction="mean"):
+        super().__init__()
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"CrossEntropyLoss: reduction must be 'mean' or 'sum'; got {reduction!r}")
+        self.reduction = reduction
+        self._cache = None
+
+    def forward(self, input, target):
+        """Loss of ``input`` (logits, ``(N, C)`` float) against ``target`` (``(N,)`` ints in ``[0, C)``).
+
+        Returns
+        -------
+        float
+        """
+        owner = "CrossEntropyLoss"
+        if not isinstance(input, np.ndarray):
+            raise TypeError(f"{owner}: input must be a numpy.ndarray of logits (N, C); got {type(input).__name__}")
+        if input.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{owner}: input must have dtype float32 or float64; got {input.dtype}")
+        if input.ndim != 2:
+            raise ValueError(f"{owner}: input must be 2-D logits (N, C); got shape {input.shape}")
+        N, C = input.shape
+        if N == 0 or C == 0:
+            raise ValueError(f"{owner}: input must have at least one sample and one class; got shape {input.shape}")
+        target = np.asarray(target)
+        if target.dtype.kind not in "iu":
+            raise TypeError(f"{owner}: target must hold integer class labels; got dtype {target.dtype}")
+        if target.ndim != 1 or target.shape[0] != N:
+            raise ValueError(f"{owner}: target must have shape ({N},) to match input.shape={input.shape}; "
+                             f"got {target.shape}")
+        lo, hi = int(target.min()), int(target.max())
+        if lo < 0 or hi >= C:
+            raise ValueError(f"{owner}: target labels must lie in [0, {C}) for {C} classes; got values in [{lo}, {hi}]")
+        z = input.astype(np.float64)
+        z -= z.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(z).sum(axis=1))
+        rows = np.arange(N)
+        picked = z[rows, target] - log_norm
+        total = -float(picked.sum())
+        loss = total / N if self.reduction == "mean" else total
+        if is_grad_enabled():
+            probs = np.exp(z - log_norm[:, None])
+            self._cache = (probs, target.astype(np.intp), input.dtype)
+        else:
+            self._cache = None
+        return loss
+
+    def backward(self, dout=1.0):
+        """Gradient w.r.t. the logits: ``(softmax(input) - onehot(target)) * dout`` (``/ N`` for the mean).
+
+        Parameters
+        ----------
+        dout : float, default 1.0
+            Gradient of the final objective with respect to the loss.
+
+        Returns
+        -------
+        ndarray, shape (N, C), dtype of the logits
+        """
+        if self._cache is None:
+            raise _no_cache_error("CrossEntropyLoss")
+        if isinstance(dout, np.ndarray) and dout.ndim == 0:
+            dout = dout.item()
+        if isinstance(dout, (bool, np.bool_)) or not isinstance(dout, numbers.Real):
+            raise TypeError(f"CrossEntropyLoss.backward: dout must be a real scalar; got {dout!r}")
+        probs, target, dtype = self._cache
+        grad = probs.copy()
+        grad[np.arange(grad.shape[0]), target] -= 1.0
+        scale = float(dout) / grad.shape[0] if self.reduction == "mean" else float(dout)
+        grad *= scale
+        return grad.astype(dtype, copy=False)
+
+    def extra_repr(self):
+        return "" if self.reduction == "mean" else f"reduction={self.reduction!r}"

@@ -1,0 +1,320 @@
+"""Save and load checkpoints as ``.npz`` files, atomically and without pickle.
+
+:func:`save` stores a nested structure of dicts, lists, tuples, arrays and plain scalars,
+for example ``{"model": model.state_dict(), "optim": opt.state_dict(), "epoch": 3}``, and
+:func:`load` gives the same structure back.
+
+File format
+-----------
+A standard NumPy ``.npz`` (zip) archive, readable with
+``numpy.load(path, allow_pickle=False)``:
+
+- one ``.npy`` member per array, named after its place in the structure with ``/`` between
+  levels (``model/0.weight``, ``optim/state/0/momentum_buffer``);
+- a member ``__fastconv__`` holding UTF-8 JSON: ``{"format": "fastconv-checkpoint",
+  "version": 1, "tree": ...}``, where ``tree`` describes the structure. Every node is
+  tagged: ``{"t": "dict", "items": [[key, node], ...]}`` (keys are str or int),
+  ``"list"``/``"tuple"`` with ``"items"``, ``"array"``/``"scalar"`` (a NumPy scalar) with
+  the member name ``"k"``, ``"int"``/``"str"``/``"bool"`` with ``"v"``, ``"float"`` with
+  ``"v"`` in :meth:`float.hex` form (exact, NaN and infinities included), and ``"none"``.
+
+Nothing is ever pickled: object arrays and other Python objects are refused at save time,
+and loading never runs code from the file.
+
+Atomicity
+---------
+:func:`save` writes to a temporary file in the target's directory, flushes and
+``fsync``-s it, renames it over the target with :func:`os.replace` (atomic on POSIX and
+Windows) and ``fsync``-s the directory. At every moment the target name holds either the
+complete old file or the complete new one, so a crash or an exception while saving never
+destroys the previous checkpoint. If the process is killed, a hidden
+``.<name>.<random>.tmp`` file may be left next to the target.
+"""
+
+import io
+import json
+import os
+import secrets
+import zipfile
+from collections.abc import Mapping
+
+import numpy as np
+
+__all__ = ["save", "load", "CheckpointError", "FORMAT", "FORMAT_VERSION"]
+
+#: Value of the ``"format"`` field in the metadata member.
+FORMAT = "fastconv-checkpoint"
+#: Newest format version this module writes and reads.
+FORMAT_VERSION = 1
+_META = "__fastconv__"
+
+
+class CheckpointError(ValueError):
+    """A file is not a readable fastconv checkpoint (corrupt, truncated, foreign or too new)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------------------
+
+
+class _Encoder:
+    def __init__(self):
+        self.arrays = {}
+        self._active = set()
+
+    def _member(self, path):
+        base = "/".join(map(str, path)) or "root"
+        name, n = base, 1
+        while name in self.arrays or name == _META:
+            name = f"{base}~{n}"
+            n += 1
+        return name
+
+    def _array(self, a, path, tag):
+        if a.dtype.hasobject:
+            raise TypeError(f"save: cannot store an array of dtype {a.dtype} at {_where(path)} (it would need pickle)")
+        name = self._member(path)
+        self.arrays[name] = a
+        return {"t": tag, "k": name}
+
+    def encode(self, obj, path=()):
+        if obj is None:
+            return {"t": "none"}
+        if isinstance(obj, np.ndarray):
+            return self._array(obj, path, "array")
+        if isinstance(obj, np.generic):
+            return self._array(np.asarray(obj), path, "scalar")
+        if isinstance(obj, bool):
+            return {"t": "bool", "v": obj}
+        if isinstance(obj, int):
+            return {"t": "int", "v": int(obj)}
+        if isinstance(obj, float):
+            return {"t": "float", "v": float(obj).hex()}
+        if isinstance(obj, str):
+            return {"t": "str", "v": obj}
+        if isinstance(obj, (Mapping, list, tuple)):
+            if id(obj) in self._active:
+                raise ValueError(f"save: circular reference at {_where(path)}")
+            self._active.add(id(obj))
+            try:
+                if isinstance(obj, Mapping):
+                    items = []
+                    for key, value in obj.items():
+                        if isinstance(key, bool) or not isinstance(key, (str, int)):
+                            raise TypeError(f"save: dict keys must be str or int; got {key!r} at {_where(path)}")
+                        items.append([key, self.encode(value, path + (key,))])
+                    return {"t": "dict", "items": items}
+                tag = "list" if isinstance(obj, list) else "tuple"
+                return {"t": tag, "items": [self.encode(v, path + (i,)) for i, v in enumerate(obj)]}
+            finally:
+                self._active.discard(id(obj))
+        raise TypeError(
+            f"save: cannot store a {type(obj).__name__} at {_where(path)}; supported: dict, list, tuple, "
+            f"numpy arrays and scalars, int, float, str, bool, None"
+        )
+
+
+def _where(path):
+    return "the top level" if not path else "[" + "][".join(repr(p) for p in path) + "]"
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------
+
+
+def _fsync_directory(directory):
+    if os.name == "nt":  # directories cannot be opened for fsync on Windows
+        return
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems do not support it; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_npz(f, arrays, meta, compress):
+    compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(f, mode="w", compression=compression, allowZip64=True) as zf:
+        zf.writestr(_META, meta)
+        for name, a in arrays.items():
+            with zf.open(name + ".npy", mode="w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(a), allow_pickle=False)
+
+
+def save(obj, path, *, compress=False):
+    """Write ``obj`` to ``path`` as an ``.npz`` checkpoint, atomically.
+
+    Parameters
+    ----------
+    obj : dict, list, tuple, ndarray, numpy scalar, int, float, str, bool or None
+        Nested arbitrarily; dict keys must be str or int. ``model.state_dict()`` and
+        ``optimizer.state_dict()`` fit as they are.
+    path : str or os.PathLike
+        Used exactly as given (no extension is added). Its directory must exist.
+    compress : bool, default False
+        Deflate the members (smaller, slower).
+
+    Raises
+    ------
+    TypeError
+        An unsupported object (the message says where in ``obj``), an object array, or a
+        key that is neither str nor int.
+    FileNotFoundError
+        The directory does not exist.
+
+    Notes
+    -----
+    The previous file at ``path``, if any, stays intact until the new one is complete;
+    see the module docstring.
+    """
+    path = os.fsdecode(os.fspath(path))
+    encoder = _Encoder()
+    tree = encoder.encode(obj)
+    meta = json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "tree": tree},
+                      allow_nan=False, ensure_ascii=False)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"save: directory {directory!r} does not exist (saving {path!r})")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"save: {path!r} is a directory")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _write_npz(f, encoder.arrays, meta.encode("utf-8"), compress)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_directory(directory)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------
+
+
+class _Decoder:
+    def __init__(self, zf, path):
+        self.zf = zf
+        self.path = path
+
+    def fail(self, reason):
+        return CheckpointError(f"{self.path}: not a valid fastconv checkpoint: {reason}")
+
+    def array(self, name):
+        member = f"{name}.npy"
+        try:
+            data = self.zf.read(member)  # verifies the CRC
+        except KeyError:
+            raise self.fail(f"the array member {member!r} is missing") from None
+        return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+
+    def decode(self, node):
+        if not isinstance(node, dict) or "t" not in node:
+            raise self.fail(f"malformed structure entry {node!r:.80}")
+        tag = node["t"]
+        if tag == "none":
+            return None
+        if tag in ("bool", "int", "str"):
+            value = node.get("v")
+            expected = {"bool": bool, "int": int, "str": str}[tag]
+            if type(value) is not expected:
+                raise self.fail(f"malformed {tag} entry {node!r:.80}")
+            return value
+        if tag == "float":
+            try:
+                return float.fromhex(node["v"])
+            except (KeyError, TypeError, ValueError):
+                raise self.fail(f"malformed float entry {node!r:.80}") from None
+        if tag in ("array", "scalar"):
+            if not isinstance(node.get("k"), str):
+                raise self.fail(f"malformed array entry {node!r:.80}")
+            a = self.array(node["k"])
+            if tag == "scalar":
+                if a.ndim != 0:
+                    raise self.fail(f"scalar member {node['k']!r} has shape {a.shape}")
+                return a[()]
+            return a
+        if tag in ("dict", "list", "tuple"):
+            items = node.get("items")
+            if not isinstance(items, list):
+                raise self.fail(f"malformed {tag} entry")
+            if tag == "dict":
+                out = {}
+                for item in items:
+                    if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], (str, int))):
+                        raise self.fail("malformed dict item")
+                    out[item[0]] = self.decode(item[1])
+                return out
+            values = [self.decode(v) for v in items]
+            return values if tag == "list" else tuple(values)
+        raise self.fail(f"unknown entry type {tag!r}")
+
+
+def load(path):
+    """Read a checkpoint written by :func:`save`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    object
+        The saved structure: dicts (plain ``dict``, in the saved order), lists, tuples,
+        ndarrays (writable), NumPy scalars, int, float, str, bool and None, with the saved
+        types, shapes and dtypes.
+
+    Raises
+    ------
+    FileNotFoundError, PermissionError, IsADirectoryError
+        From opening the file.
+    CheckpointError (a ValueError)
+        The file is not a complete fastconv checkpoint: not a zip archive, truncated,
+        corrupted (CRC mismatch), a plain ``.npz``/``.npy`` without fastconv metadata, or
+        written by a newer format version. The message names the file.
+    """
+    path_str = os.fsdecode(os.fspath(path))
+    with open(path_str, "rb") as f:
+        try:
+            with zipfile.ZipFile(f) as zf:
+                decoder = _Decoder(zf, path_str)
+                try:
+                    raw = zf.read(_META)
+                except KeyError:
+                    raise decoder.fail(f"it has no {_META!r} metadata member (a plain .npz file?)") from None
+                try:
+                    meta = json.loads(raw.decode("utf-8"))
+                except ValueError as exc:
+                    raise decoder.fail(f"unreadable metadata ({exc})") from None
+                if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                    raise decoder.fail("the metadata does not identify a fastconv checkpoint")
+                version = meta.get("version")
+                if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                    raise decoder.fail(f"invalid format version {version!r}")
+                if version > FORMAT_VERSION:
+                    raise CheckpointError(
+                        f"{path_str}: written with checkpoint format version {version}, but this fastconv "
+                        f"reads versions up to {FORMAT_VERSION}; upgrade fastconv"
+                    )
+                if "tree" not in meta:
+                    raise decoder.fail("the metadata has no 'tree'")
+                return decoder.decode(meta["tree"])
+        except CheckpointError:
+            raise
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError, RecursionError) as exc:
+            # BadZipFile: not a zip, truncated, or a CRC mismatch; ValueError: a bad .npy header.
+            raise CheckpointError(
+                f"{path_str}: not a valid fastconv checkpoint (corrupt or truncated?): {exc}"
+            ) from exc
+

@@ -1,0 +1,384 @@
+"""fastconv.compat: the cs231n drop-in (fast_layers.py, layer_utils.py, layers.py names).
+
+Every function is compared with the textbook formula written out below with loops
+(float64) and its gradients with central finite differences, as cs231n's own
+gradient checks do; the caches and dict keys follow cs231n's conventions.
+"""
+
+import numpy as np
+import pytest
+
+import fastconv.compat as compat
+from fastconv.compat import (
+    affine_backward,
+    affine_forward,
+    affine_relu_backward,
+    affine_relu_forward,
+    conv_backward_fast,
+    conv_backward_naive,
+    conv_forward_fast,
+    conv_forward_naive,
+    conv_relu_backward,
+    conv_relu_forward,
+    conv_relu_pool_backward,
+    conv_relu_pool_forward,
+    max_pool_backward_fast,
+    max_pool_backward_naive,
+    max_pool_forward_fast,
+    max_pool_forward_naive,
+    relu_backward,
+    relu_forward,
+    softmax_loss,
+    svm_loss,
+)
+
+
+def rel_error(x, y):
+    """cs231n's relative error."""
+    return np.max(np.abs(x - y) / np.maximum(1e-8, np.abs(x) + np.abs(y)))
+
+
+def assert_grad_close(analytic, numeric, name=""):
+    """Analytic vs finite-difference gradient; the tolerance covers the differencing noise only."""
+    assert analytic.shape == numeric.shape, name
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8 * max(1.0, np.abs(numeric).max()),
+                               err_msg=name)
+
+
+def num_grad_array(f, x, df, h=1e-5):
+    """Numerical gradient of ``sum(f() * df)`` w.r.t. ``x`` (perturbed in place), as cs231n's checker."""
+    grad = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
+    while not it.finished:
+        ix = it.multi_index
+        old = x[ix]
+        x[ix] = old + h
+        pos = np.sum(f() * df)
+        x[ix] = old - h
+        neg = np.sum(f() * df)
+        x[ix] = old
+        grad[ix] = (pos - neg) / (2 * h)
+        it.iternext()
+    return grad
+
+
+def conv_formula(x, w, b, stride, pad):
+    N, C, H, W = x.shape
+    F, _, HH, WW = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    Ho, Wo = 1 + (H + 2 * pad - HH) // stride, 1 + (W + 2 * pad - WW) // stride
+    out = np.zeros((N, F, Ho, Wo))
+    for n in range(N):
+        for f in range(F):
+            for i in range(Ho):
+                for j in range(Wo):
+                    window = xp[n, :, i * stride:i * stride + HH, j * stride:j * stride + WW]
+                    out[n, f, i, j] = np.sum(window * w[f]) + b[f]
+    return out
+
+
+def pool_formula(x, ph, pw, stride):
+    N, C, H, W = x.shape
+    Ho, Wo = 1 + (H - ph) // stride, 1 + (W - pw) // stride
+    out = np.zeros((N, C, Ho, Wo))
+    for i in range(Ho):
+        for j in range(Wo):
+            out[:, :, i, j] = x[:, :, i * stride:i * stride + ph, j * stride:j * stride + pw].max(axis=(2, 3))
+    return out
+
+
+CONV_CASES = [
+    pytest.param((2, 3, 4, 4), (3, 3, 4, 4), 2, 1, id="cs231n-notebook"),
+    pytest.param((2, 3, 5, 5), (2, 3, 3, 3), 1, 1, id="3x3-same"),
+    pytest.param((1, 2, 7, 6), (3, 2, 3, 2), 2, 0, id="stride2-leftover"),
+    pytest.param((2, 1, 4, 5), (2, 1, 1, 1), 1, 0, id="1x1"),
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, pad", CONV_CASES)
+def test_conv_forward_matches_formula_and_keeps_cs231n_cache(x_shape, w_shape, stride, pad, rng):
+    x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(w_shape[0])
+    conv_param = {"stride": stride, "pad": pad}
+    out, cache = conv_forward_fast(x, w, b, conv_param)
+    H, W = x_shape[2:]
+    assert out.shape == (x_shape[0], w_shape[0], 1 + (H + 2 * pad - w_shape[2]) // stride,
+                         1 + (W + 2 * pad - w_shape[3]) // stride)
+    assert out.dtype == np.float64
+    assert rel_error(out, conv_formula(x, w, b, stride, pad)) < 1e-12
+    assert isinstance(cache, tuple) and len(cache) == 4
+    assert cache[0] is x and cache[1] is w and cache[2] is b and cache[3] is conv_param
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, pad", CONV_CASES)
+def test_conv_backward_matches_finite_differences(x_shape, w_shape, stride, pad, rng):
+    x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(w_shape[0])
+    conv_param = {"stride": stride, "pad": pad}
+    out, cache = conv_forward_naive(x, w, b, conv_param)
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db = conv_backward_naive(dout, cache)
+
+    def f():
+        return conv_forward_naive(x, w, b, conv_param)[0]
+
+    assert_grad_close(dx, num_grad_array(f, x, dout))
+    assert_grad_close(dw, num_grad_array(f, w, dout))
+    assert_grad_close(db, num_grad_array(f, b, dout))
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == b.shape
+
+
+def test_fast_and_naive_are_the_same_kernels(rng):
+    assert conv_forward_naive is conv_forward_fast and conv_backward_naive is conv_backward_fast
+    assert max_pool_forward_naive is max_pool_forward_fast and max_pool_backward_naive is max_pool_backward_fast
+    for name in ("conv_forward_im2col", "conv_forward_strides"):
+        assert getattr(compat, name) is conv_forward_fast
+    for name in ("max_pool_forward_reshape", "max_pool_forward_im2col"):
+        assert getattr(compat, name) is max_pool_forward_fast
+
+
+def _distinct(rng, shape):
+    """Values 0.1 apart in random order: no ties, and no kink within a finite-difference step."""
+    return rng.permutation(int(np.prod(shape))).reshape(shape) * 0.1
+
+
+POOL_CASES = [
+    pytest.param((2, 3, 4, 4), 2, 2, 2, id="2x2-s2"),
+    pytest.param((2, 2, 7, 7), 3, 3, 2, id="3x3-s2-overlap"),
+    pytest.param((1, 2, 5, 8), 2, 3, 1, id="2x3-s1"),
+    pytest.param((2, 1, 5, 5), 2, 2, 2, id="leftover-row-col"),
+]
+
+
+@pytest.mark.parametrize("x_shape, ph, pw, stride", POOL_CASES)
+def test_max_pool_forward_and_cache(x_shape, ph, pw, stride, rng):
+    x = _distinct(rng, x_shape)
+    pool_param = {"pool_height": ph, "pool_width": pw, "stride": stride}
+    out, cache = max_pool_forward_fast(x, pool_param)
+    np.testing.assert_array_equal(out, pool_formula(x, ph, pw, stride))
+    assert isinstance(cache, tuple) and len(cache) == 3
+    assert cache[0] is x and cache[1] is pool_param
+    indices = cache[2]
+    assert indices.dtype == np.int64 and indices.shape == out.shape
+    W = x_shape[3]
+    planes = x.reshape(x_shape[0], x_shape[1], -1)
+    np.testing.assert_array_equal(np.take_along_axis(planes, indices.reshape(*out.shape[:2], -1), 2),
+                                  out.reshape(*out.shape[:2], -1))
+    assert (indices % W < W).all()
+
+
+@pytest.mark.parametrize("x_shape, ph, pw, stride", POOL_CASES)
+def test_max_pool_backward_matches_finite_differences(x_shape, ph, pw, stride, rng):
+    x = _distinct(rng, x_shape)
+    pool_param = {"pool_height": ph, "pool_width": pw, "stride": stride}
+    out, cache = max_pool_forward_naive(x, pool_param)
+    dout = rng.standard_normal(out.shape)
+    dx = max_pool_backward_naive(dout, cache)
+    expected = num_grad_array(lambda: max_pool_forward_naive(x, pool_param)[0], x, dout)
+    assert_grad_close(dx, expected)
+
+
+def test_max_pool_ties_go_to_the_first_maximum():
+    x = np.ones((1, 1, 2, 2))
+    out, cache = max_pool_forward_fast(x, {"pool_height": 2, "pool_width": 2, "stride": 2})
+    dx = max_pool_backward_fast(np.ones_like(out), cache)
+    np.testing.assert_array_equal(dx[0, 0], [[1.0, 0.0], [0.0, 0.0]])
+
+
+def test_relu(rng):
+    x = rng.uniform(0.1, 1.0, (3, 4, 5)) * rng.choice([-1.0, 1.0], (3, 4, 5))
+    out, cache = relu_forward(x)
+    assert cache is x
+    np.testing.assert_array_equal(out, np.where(x > 0, x, 0.0))
+    dout = rng.standard_normal(x.shape)
+    dx = relu_backward(dout, cache)
+    assert_grad_close(dx, num_grad_array(lambda: relu_forward(x)[0], x, dout))
+    np.testing.assert_array_equal(relu_backward(np.ones(2), np.array([0.0, 1.0])), [0.0, 1.0])  # 0 at x == 0
+
+
+def test_affine(rng):
+    x, w, b = rng.standard_normal((4, 2, 3)), rng.standard_normal((6, 5)), rng.standard_normal(5)
+    out, cache = affine_forward(x, w, b)
+    np.testing.assert_allclose(out, x.reshape(4, 6) @ w + b, rtol=1e-14)
+    assert cache[0] is x and cache[1] is w and cache[2] is b
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db = affine_backward(dout, cache)
+
+    def f():
+        return affine_forward(x, w, b)[0]
+
+    assert dx.shape == x.shape
+    assert_grad_close(dx, num_grad_array(f, x, dout))
+    assert_grad_close(dw, num_grad_array(f, w, dout))
+    assert_grad_close(db, num_grad_array(f, b, dout))
+
+
+@pytest.mark.parametrize("loss_fn", [softmax_loss, svm_loss], ids=["softmax", "svm"])
+def test_losses_match_finite_differences(loss_fn, rng):
+    x = rng.standard_normal((6, 4))
+    y = rng.integers(0, 4, 6)
+    loss, dx = loss_fn(x, y)
+    assert isinstance(loss, float)
+    h = 1e-6
+    num = np.zeros_like(x)
+    for ix in np.ndindex(x.shape):
+        old = x[ix]
+        x[ix] = old + h
+        pos = loss_fn(x, y)[0]
+        x[ix] = old - h
+        neg = loss_fn(x, y)[0]
+        x[ix] = old
+        num[ix] = (pos - neg) / (2 * h)
+    assert_grad_close(dx, num)
+
+
+def test_loss_values_match_formulas(rng):
+    x = rng.standard_normal((5, 3))
+    y = rng.integers(0, 3, 5)
+    p = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+    assert softmax_loss(x, y)[0] == pytest.approx(-np.mean(np.log(p[np.arange(5), y])), rel=1e-13)
+    margins = np.maximum(0, x - x[np.arange(5), y][:, None] + 1)
+    margins[np.arange(5), y] = 0
+    assert svm_loss(x, y)[0] == pytest.approx(margins.sum() / 5, rel=1e-13)
+    # cs231n's sanity checks: ~log(C) and ~C-1 for tiny scores
+    small = 1e-3 * rng.standard_normal((50, 10))
+    labels = rng.integers(0, 10, 50)
+    assert softmax_loss(small, labels)[0] == pytest.approx(np.log(10), rel=1e-2)
+    assert svm_loss(small, labels)[0] == pytest.approx(9, rel=1e-2)
+    assert np.isfinite(softmax_loss(1e4 * x, y)[0])  # stable for huge scores
+
+
+def test_conv_relu_and_conv_relu_pool(rng):
+    x, w, b = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((3, 3, 3, 3)), rng.standard_normal(3)
+    conv_param = {"stride": 1, "pad": 1}
+    pool_param = {"pool_height": 2, "pool_width": 2, "stride": 2}
+
+    out, cache = conv_relu_forward(x, w, b, conv_param)
+    conv_out, conv_cache = conv_forward_fast(x, w, b, conv_param)
+    np.testing.assert_array_equal(out, np.maximum(conv_out, 0))
+    assert len(cache) == 2 and cache[0][0] is x and cache[0][3] is conv_param
+
+    out2, cache2 = conv_relu_pool_forward(x, w, b, conv_param, pool_param)
+    np.testing.assert_array_equal(out2, pool_formula(np.maximum(conv_out, 0), 2, 2, 2))
+    assert len(cache2) == 3 and cache2[2][1] is pool_param
+
+    for forward, backward, extra, o in (
+        (conv_relu_forward, conv_relu_backward, (), out),
+        (conv_relu_pool_forward, conv_relu_pool_backward, (pool_param,), out2),
+    ):
+        dout = rng.standard_normal(o.shape)
+        dx, dw, db = backward(dout, forward(x, w, b, conv_param, *extra)[1])
+
+        def f():
+            return forward(x, w, b, conv_param, *extra)[0]
+
+        assert_grad_close(dx, num_grad_array(f, x, dout), forward.__name__)
+        assert_grad_close(dw, num_grad_array(f, w, dout), forward.__name__)
+        assert_grad_close(db, num_grad_array(f, b, dout), forward.__name__)
+
+
+def test_affine_relu(rng):
+    x, w, b = rng.standard_normal((3, 2, 2)), rng.standard_normal((4, 5)), rng.standard_normal(5)
+    out, cache = affine_relu_forward(x, w, b)
+    np.testing.assert_allclose(out, np.maximum(x.reshape(3, 4) @ w + b, 0), rtol=1e-14)
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db = affine_relu_backward(dout, cache)
+
+    def f():
+        return affine_relu_forward(x, w, b)[0]
+
+    assert_grad_close(dx, num_grad_array(f, x, dout))
+    assert_grad_close(dw, num_grad_array(f, w, dout))
+    assert_grad_close(db, num_grad_array(f, b, dout))
+
+
+def test_three_layer_convnet_gradient_check(rng):
+    """cs231n's ThreeLayerConvNet written against the drop-in: every parameter's gradient checks out."""
+    N, C, H, W, F, hidden, classes = 2, 1, 6, 6, 2, 5, 3
+    params = {
+        "W1": 0.5 * rng.standard_normal((F, C, 3, 3)), "b1": 0.1 * rng.standard_normal(F),
+        "W2": 0.5 * rng.standard_normal((F * (H // 2) * (W // 2), hidden)), "b2": 0.1 * rng.standard_normal(hidden),
+        "W3": 0.5 * rng.standard_normal((hidden, classes)), "b3": 0.1 * rng.standard_normal(classes),
+    }
+    X = rng.standard_normal((N, C, H, W))
+    y = rng.integers(0, classes, N)
+    conv_param = {"stride": 1, "pad": 1}
+    pool_param = {"pool_height": 2, "pool_width": 2, "stride": 2}
+
+    def loss_and_grads():
+        h1, c1 = conv_relu_pool_forward(X, params["W1"], params["b1"], conv_param, pool_param)
+        h2, c2 = affine_relu_forward(h1, params["W2"], params["b2"])
+        scores, c3 = affine_forward(h2, params["W3"], params["b3"])
+        loss, dscores = softmax_loss(scores, y)
+        grads = {}
+        dh2, grads["W3"], grads["b3"] = affine_backward(dscores, c3)
+        dh1, grads["W2"], grads["b2"] = affine_relu_backward(dh2, c2)
+        _, grads["W1"], grads["b1"] = conv_relu_pool_backward(dh1, c1)
+        return loss, grads
+
+    _, grads = loss_and_grads()
+    for name, value in params.items():
+        num = num_grad_array(lambda: np.array(loss_and_grads()[0]), value, np.array(1.0), h=1e-6)
+        assert_grad_close(grads[name], num, name)
+
+
+def test_dtypes(rng):
+    conv_param = {"stride": 1, "pad": 1}
+    x32 = rng.standard_normal((1, 2, 4, 4)).astype(np.float32)
+    w32 = rng.standard_normal((2, 2, 3, 3)).astype(np.float32)
+    b32 = np.zeros(2, np.float32)
+    out, cache = conv_forward_fast(x32, w32, b32, conv_param)
+    assert out.dtype == np.float32
+    assert all(g.dtype == np.float32 for g in conv_backward_fast(np.ones_like(out), cache))
+    # mixed float32/float64 and integer inputs are computed in float64
+    assert conv_forward_fast(x32, w32.astype(np.float64), b32, conv_param)[0].dtype == np.float64
+    xi = np.arange(32).reshape(1, 2, 4, 4)
+    out_i, _ = conv_forward_fast(xi, w32.astype(np.float64), np.zeros(2), conv_param)
+    assert out_i.dtype == np.float64
+    np.testing.assert_allclose(out_i, conv_formula(xi.astype(float), w32.astype(float), np.zeros(2), 1, 1),
+                               rtol=1e-12)
+    pooled, pcache = max_pool_forward_fast(x32, {"pool_height": 2, "pool_width": 2, "stride": 2})
+    assert pooled.dtype == np.float32 and max_pool_backward_fast(np.ones_like(pooled), pcache).dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda x, w, b: conv_forward_fast(x, w, b, {"stride": 1}), KeyError, "pad"),
+        (lambda x, w, b: conv_forward_fast(x, w, b, (1, 1)), TypeError, "conv_param"),
+        (lambda x, w, b: max_pool_forward_fast(x, {"pool_height": 2, "stride": 2}), KeyError, "pool_width"),
+        (lambda x, w, b: conv_backward_fast(np.zeros((1, 2, 4, 4)), (x, w, b)), TypeError, "cache"),
+        (lambda x, w, b: max_pool_backward_fast(np.zeros((1, 2, 2, 2)), (x, {})), TypeError, "cache"),
+        (lambda x, w, b: conv_forward_fast(x, w[:, :1], b, {"stride": 1, "pad": 1}), ValueError, "channels"),
+        (lambda x, w, b: affine_forward(x, np.zeros((5, 3)), np.zeros(3)), ValueError, "D ="),
+        (lambda x, w, b: softmax_loss(np.zeros((2, 3)), np.array([0, 3])), ValueError, r"\[0, 3\)"),
+        (lambda x, w, b: softmax_loss(np.zeros((2, 3)), np.array([0.0, 1.0])), TypeError, "integer"),
+    ],
+    ids=["conv-no-pad", "conv-param-tuple", "pool-no-width", "conv-bad-cache", "pool-bad-cache",
+         "conv-channels", "affine-shapes", "label-range", "float-labels"],
+)
+def test_errors(call, exc, match, rng):
+    x, w, b = rng.standard_normal((1, 2, 4, 4)), rng.standard_normal((2, 2, 3, 3)), np.zeros(2)
+    with pytest.raises(exc, match=match):
+        call(x, w, b)
+
+
+def test_star_import_provides_the_cs231n_names():
+    namespace = {}
+    exec("from fastconv.compat import *", namespace)
+    for name in ["conv_forward_fast", "conv_backward_fast", "conv_forward_naive", "conv_backward_naive",
+                 "max_pool_forward_fast", "max_pool_backward_fast", "max_pool_forward_naive",
+                 "max_pool_backward_naive", "conv_relu_forward", "conv_relu_backward", "conv_relu_pool_forward",
+                 "conv_relu_pool_backward", "relu_forward", "relu_backward", "affine_forward", "affine_backward",
+                 "affine_relu_forward", "affine_relu_backward", "softmax_loss", "svm_loss"]:
+        assert callable(namespace[name]), name
+
+
+def test_inputs_not_modified(rng):
+    x, w, b = rng.standard_normal((2, 2, 5, 5)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)
+    copies = [a.copy() for a in (x, w, b)]
+    out, cache = conv_relu_pool_forward(x, w, b, {"stride": 1, "pad": 1},
+                                        {"pool_height": 2, "pool_width": 2, "stride": 2})
+    dout = rng.standard_normal(out.shape)
+    dout_copy = dout.copy()
+    conv_relu_pool_backward(dout, cache)
+    for a, c in zip((x, w, b, dout), copies + [dout_copy]):
+        np.testing.assert_array_equal(a, c)
