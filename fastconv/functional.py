@@ -143,7 +143,7 @@ def conv2d(x, w, b=None, stride=1, padding=0):
 
     See Also
     --------
-    conv2d_backward : all three gradients. The derivation is in ``docs/backprop.md``.
+    conv2d_backward : all three gradients (derived in ``docs/backprop.md``).
 
     Examples
     --------
@@ -316,7 +316,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0):
 
     Equivalent to ``conv2d_backward_input(dy, w, x.shape, ...)``,
     ``conv2d_backward_weight(dy, x, w.shape, ...)`` and ``dy.sum(axis=(0, 2, 3))``, but
-    validates and repacks ``dy`` once.
+    validates and repacks ``dy`` once. See ``docs/backprop.md``, sections 1 and 2.
 
     Parameters
     ----------
@@ -407,7 +407,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
 
     See Also
     --------
-    max_pool2d_backward
+    max_pool2d_backward : the gradient. See ``docs/backprop.md``, section 3.
     """
     func = "max_pool2d"
     V.check_float_array(x, "x", func, 4, _X)
@@ -430,6 +430,7 @@ def max_pool2d_backward(dy, indices, input_shape):
 
     ``dx[n, c].flat[indices[n, c, oh, ow]] += dy[n, c, oh, ow]``; every other input gets
     zero. Where windows overlap, a winner shared by several windows receives the sum.
+    See ``docs/backprop.md``, section 3.
 
     Parameters
     ----------
