@@ -102,3 +102,20 @@ def numgrad():
     ``f`` takes no arguments and reads ``a`` (which is perturbed in place).
     """
     return numerical_gradient
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with fastconv on one thread, restoring the previous count afterwards.
+
+    For tests that make hundreds of tiny calls (finite differences): on a loaded machine
+    each parallel region on tiny data can wait milliseconds for a second core.
+    """
+    import fastconv.functional as fc
+
+    previous = fc.get_num_threads()
+    fc.set_num_threads(1)
+    try:
+        yield
+    finally:
+        fc.set_num_threads(previous)

@@ -1,0 +1,426 @@
+"""fastconv.functional.max_pool2d and max_pool2d_backward.
+
+Checked against the pure-NumPy reference, hand-derived expectations (ties, NaN,
+-inf, global pooling, overlapping windows), float64 finite differences and PyTorch.
+Maxima are exact, so values and indices must match bit for bit; only the backward
+pass, which sums where windows overlap, is compared with a tolerance.
+"""
+
+import zlib
+from typing import NamedTuple
+
+import hypothesis
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+
+import fastconv.functional as fc
+from fastconv import reference as ref
+
+DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
+
+
+def _pair(v):
+    return (v, v) if np.ndim(v) == 0 else tuple(v)
+
+
+class PoolCase(NamedTuple):
+    N: int
+    C: int
+    H: int
+    W: int
+    kernel: object
+    stride: object = None
+    padding: object = 0
+    name: str = ""
+
+    def __str__(self):
+        s = f"N{self.N}-C{self.C}-{self.H}x{self.W}-k{self.kernel}-s{self.stride}-p{self.padding}".replace(" ", "")
+        return f"{self.name}:{s}" if self.name else s
+
+    @property
+    def params(self):
+        """(kh, kw, sh, sw, ph, pw)"""
+        kh, kw = _pair(self.kernel)
+        sh, sw = (kh, kw) if self.stride is None else _pair(self.stride)
+        ph, pw = _pair(self.padding)
+        return kh, kw, sh, sw, ph, pw
+
+    @property
+    def x_shape(self):
+        return self.N, self.C, self.H, self.W
+
+    @property
+    def y_shape(self):
+        kh, kw, sh, sw, ph, pw = self.params
+        return self.N, self.C, (self.H + 2 * ph - kh) // sh + 1, (self.W + 2 * pw - kw) // sw + 1
+
+    def pool(self, x):
+        return fc.max_pool2d(x, self.kernel, stride=self.stride, padding=self.padding)
+
+    def ref_pool(self, x):
+        return ref.max_pool2d(x, self.kernel, self.stride, self.padding)
+
+
+CASES = [
+    *(PoolCase(2, 3, 9, 8, k, name="kernel") for k in (1, 2, 3, 4, 5)),
+    PoolCase(2, 3, 8, 8, 2, 2, 0, "k2s2"),
+    PoolCase(2, 3, 9, 9, 3, 1, 0, "overlap-s1"),
+    PoolCase(2, 3, 9, 10, 3, 2, 1, "overlap-s2p1"),
+    PoolCase(2, 2, 10, 9, 4, 2, 2, "overlap-k4p2"),
+    PoolCase(2, 2, 11, 11, 2, 3, 0, "stride-over-kernel"),
+    PoolCase(2, 2, 9, 9, 2, 1, 1, "k2p1"),
+    PoolCase(2, 2, 9, 11, 5, (1, 3), (2, 1), "k5p2"),
+    PoolCase(2, 3, 9, 10, (2, 3), (1, 2), (1, 1), "nonsquare"),
+    PoolCase(1, 2, 10, 7, (3, 1), (2, 1), (1, 0), "nonsquare-k3x1"),
+    PoolCase(2, 3, 7, 5, (7, 5), None, 0, "global"),
+    PoolCase(2, 3, 6, 6, 6, None, 0, "global-square"),
+    PoolCase(3, 1, 13, 7, 3, 2, 0, "odd"),
+    PoolCase(1, 2, 1, 1, 1, None, 0, "1x1"),
+    PoolCase(1, 2, 1, 3, (1, 3), 1, (0, 1), "one-row"),
+    PoolCase(2, 32, 28, 28, 2, 2, 0, "bench-mnist"),
+    PoolCase(1, 64, 56, 56, 3, 2, 1, "bench-resnet"),
+]
+
+VALUE_KINDS = ["normal", "ties", "nan", "-inf", "+inf"]
+
+
+def make_input(shape, kind, rng, dtype=np.float64):
+    """Input data of one kind: distinct normals, many ties, NaNs among ties, mostly -inf, some +inf."""
+    if kind == "normal":
+        x = rng.standard_normal(shape)
+    elif kind == "ties":
+        x = rng.integers(0, 3, shape).astype(np.float64)
+    elif kind == "nan":
+        x = rng.integers(0, 3, shape).astype(np.float64)
+        x[rng.random(shape) < 0.2] = np.nan
+    elif kind == "-inf":
+        x = np.where(rng.random(shape) < 0.8, -np.inf, rng.integers(-1, 1, shape)).astype(np.float64)
+    elif kind == "+inf":
+        x = np.where(rng.random(shape) < 0.2, np.inf, rng.standard_normal(shape))
+    else:
+        raise AssertionError(kind)
+    return x.astype(dtype)
+
+
+def _seed(*parts):
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+def assert_same_pool(y, idx, y_ref, idx_ref):
+    assert y.shape == y_ref.shape and idx.shape == idx_ref.shape
+    assert y.dtype == y_ref.dtype and idx.dtype == np.int64
+    np.testing.assert_array_equal(y, y_ref)  # NaN == NaN here
+    np.testing.assert_array_equal(idx, idx_ref)
+
+
+# ------------------------------------------------------------------------- against the reference
+# The large benchmark-like cases run with two value kinds only, to save time.
+REFERENCE_PARAMS = [
+    pytest.param(case, kind, id=f"{case}-{kind}")
+    for case in CASES
+    for kind in VALUE_KINDS
+    if not case.name.startswith("bench") or kind in ("normal", "nan")
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("case", "kind"), REFERENCE_PARAMS)
+def test_max_pool2d_matches_reference(case, kind, dtype, tol):
+    rng = np.random.default_rng(_seed(case, kind))
+    x = make_input(case.x_shape, kind, rng, dtype)
+    y, idx = case.pool(x)
+    assert y.shape == case.y_shape
+    y_ref, idx_ref = case.ref_pool(x)
+    assert_same_pool(y, idx, y_ref, idx_ref)
+
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = fc.max_pool2d_backward(dy, idx, x.shape)
+    assert dx.dtype == dtype and dx.shape == x.shape
+    kh, kw, sh, sw, _, _ = case.params
+    overlaps = -(-kh // sh) * -(-kw // sw)  # most windows one input can win
+    np.testing.assert_allclose(dx, ref.max_pool2d_backward(dy, idx_ref, x.shape), **tol(dtype, overlaps))
+
+
+# ------------------------------------------------------------------------- semantics, derived by hand
+def _first_real_element(case):
+    """Flat index of the first unpadded element of every window (what ties resolve to)."""
+    kh, kw, sh, sw, ph, pw = case.params
+    _, _, Ho, Wo = case.y_shape
+    rows = np.maximum(np.arange(Ho) * sh - ph, 0)
+    cols = np.maximum(np.arange(Wo) * sw - pw, 0)
+    return rows[:, None] * case.W + cols[None, :]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES[:-2], ids=str)
+def test_ties_go_to_the_first_maximum(case, dtype):
+    x = np.full(case.x_shape, 1.5, dtype=dtype)
+    y, idx = case.pool(x)
+    assert np.all(y == 1.5)
+    np.testing.assert_array_equal(idx, np.broadcast_to(_first_real_element(case), idx.shape))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES[:-2], ids=str)
+def test_all_minus_inf_windows_point_at_their_first_real_element(case, dtype):
+    """As PyTorch does; never into the padding."""
+    x = np.full(case.x_shape, -np.inf, dtype=dtype)
+    y, idx = case.pool(x)
+    assert np.all(y == -np.inf)
+    np.testing.assert_array_equal(idx, np.broadcast_to(_first_real_element(case), idx.shape))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_wins_with_the_index_of_the_last_nan(dtype):
+    x = np.zeros((1, 1, 4, 6), dtype=dtype)
+    x[0, 0, 0, 0] = 5.0
+    x[0, 0, 0, 1] = np.nan  # window (0, 0): one NaN after a larger value
+    x[0, 0, 0, 2] = np.nan  # window (0, 1): two NaNs and an inf
+    x[0, 0, 1, 3] = np.nan
+    x[0, 0, 1, 2] = np.inf
+    x[0, 0, 2, 4] = np.inf  # window (1, 2): +inf, no NaN
+    y, idx = fc.max_pool2d(x, 2)
+    expected_y = np.array([[np.nan, np.nan, 0.0], [0.0, 0.0, np.inf]], dtype=dtype)
+    np.testing.assert_array_equal(y[0, 0], expected_y)
+    np.testing.assert_array_equal(idx[0, 0], [[1, 9, 4], [12, 14, 16]])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_with_padding_and_overlap(dtype):
+    x = np.arange(25, dtype=dtype).reshape(1, 1, 5, 5)
+    x[0, 0, 0, 0] = np.nan
+    x[0, 0, 2, 2] = np.nan
+    y, idx = fc.max_pool2d(x, 3, stride=1, padding=1)
+    y_ref, idx_ref = ref.max_pool2d(x, 3, 1, 1)
+    assert_same_pool(y, idx, y_ref, idx_ref)
+    assert np.isnan(y[0, 0, 0, 0]) and idx[0, 0, 0, 0] == 0
+    assert np.isnan(y[0, 0, 1, 1]) and idx[0, 0, 1, 1] == 12  # both NaNs in the window: the last
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [c for c in CASES if c.name.startswith("global")], ids=str)
+def test_global_pooling_is_the_plane_maximum(case, dtype, rng):
+    x = rng.standard_normal(case.x_shape).astype(dtype)
+    y, idx = case.pool(x)
+    assert y.shape == (case.N, case.C, 1, 1)
+    flat = x.reshape(case.N, case.C, -1)
+    np.testing.assert_array_equal(y[..., 0, 0], flat.max(axis=2))
+    np.testing.assert_array_equal(idx[..., 0, 0], flat.argmax(axis=2))
+
+
+def test_default_stride_is_the_kernel_size(rng):
+    x = rng.standard_normal((2, 3, 11, 10))
+    for k in (2, 3, (2, 3)):
+        y, idx = fc.max_pool2d(x, k)
+        y_s, idx_s = fc.max_pool2d(x, k, stride=k)
+        y_n, idx_n = fc.max_pool2d(x, k, None, 0)
+        assert_same_pool(y, idx, y_s, idx_s)
+        assert_same_pool(y, idx, y_n, idx_n)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_overlapping_windows_accumulate_gradient(dtype, rng):
+    x = rng.uniform(-1, 0, (2, 3, 5, 5)).astype(dtype)
+    x[:, :, 2, 2] = 10.0  # wins every one of the nine 3x3 windows
+    y, idx = fc.max_pool2d(x, 3, stride=1)
+    assert np.all(idx == 12)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = fc.max_pool2d_backward(dy, idx, x.shape)
+    expected = np.zeros_like(x)
+    expected[:, :, 2, 2] = dy.sum(axis=(2, 3))
+    np.testing.assert_allclose(dx, expected, rtol=1e-6 if dtype == np.float32 else 1e-13)
+
+
+@pytest.mark.parametrize("case", CASES[:-2], ids=str)
+def test_backward_conserves_the_gradient_sum(case, rng):
+    """Every dy element lands on exactly one input: sum(dx) == sum(dy) per plane."""
+    x = make_input(case.x_shape, "ties", rng)
+    y, idx = case.pool(x)
+    dy = rng.standard_normal(y.shape)
+    dx = fc.max_pool2d_backward(dy, idx, x.shape)
+    np.testing.assert_allclose(dx.sum(axis=(2, 3)), dy.sum(axis=(2, 3)), rtol=1e-12, atol=1e-12)
+    planes_dx, planes_idx = dx.reshape(case.N * case.C, -1), idx.reshape(case.N * case.C, -1)
+    for plane_dx, plane_idx in zip(planes_dx, planes_idx):  # only winners receive gradient
+        assert set(np.flatnonzero(plane_dx)) <= set(plane_idx.tolist())
+
+
+def test_backward_accepts_any_integer_index_dtype(rng):
+    x = rng.standard_normal((2, 3, 8, 8))
+    y, idx = fc.max_pool2d(x, 3, 1, 1)
+    dy = rng.standard_normal(y.shape)
+    expected = fc.max_pool2d_backward(dy, idx, x.shape)
+    for dt in (np.int32, np.int16, np.uint16, np.uint32, np.uint64):
+        np.testing.assert_array_equal(fc.max_pool2d_backward(dy, idx.astype(dt), x.shape), expected)
+
+
+def test_backward_with_input_rows_in_no_window(rng):
+    """Stride over the kernel: inputs in no window, and leftovers, get zero gradient."""
+    x = rng.standard_normal((1, 2, 11, 11))
+    y, idx = fc.max_pool2d(x, 2, stride=3)
+    dx = fc.max_pool2d_backward(np.ones_like(y), idx, x.shape)
+    assert y.shape == (1, 2, 4, 4)  # windows start at 0, 3, 6, 9 and span two rows/cols
+    in_a_window = np.isin(np.arange(11), [0, 1, 3, 4, 6, 7, 9, 10])
+    covered = in_a_window[:, None] & in_a_window[None, :]
+    assert np.all(dx[:, :, ~covered] == 0)
+    assert dx.sum() == y.size
+
+
+# ------------------------------------------------------------------------- finite differences
+def distinct_values(shape, rng):
+    """Values at least 0.01 apart, so a perturbation of 1e-6 never changes a winner."""
+    n = int(np.prod(shape))
+    return (rng.permutation(n) * 0.01 + rng.uniform(0, 1e-3, n)).reshape(shape) - n * 0.005
+
+
+FD_CASES = [
+    PoolCase(2, 2, 6, 6, 2),
+    PoolCase(1, 2, 7, 6, 3, 1, 1),
+    PoolCase(2, 1, 7, 8, (2, 3), (3, 1), (1, 1)),
+    PoolCase(1, 2, 5, 4, (5, 4)),
+]
+
+
+@pytest.mark.parametrize("case", FD_CASES, ids=str)
+def test_max_pool2d_gradient_matches_finite_differences(case, rng, numgrad, one_thread):
+    x = distinct_values(case.x_shape, rng)
+    y, idx = case.pool(x)
+    dy = rng.standard_normal(y.shape)
+    dx = fc.max_pool2d_backward(dy, idx, x.shape)
+    np.testing.assert_allclose(dx, numgrad(lambda: np.sum(case.pool(x)[0] * dy), x), rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------------- hypothesis
+@st.composite
+def pool_cases(draw):
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    square = draw(st.booleans())
+    if square:
+        kw = kh
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    stride = draw(st.one_of(st.none(), st.integers(1, 4), st.tuples(st.integers(1, 4), st.integers(1, 4))))
+    padding = ph if square and draw(st.booleans()) else (ph, pw)
+    ph, pw = _pair(padding)
+    H = draw(st.integers(max(1, kh - 2 * ph), 12))
+    W = draw(st.integers(max(1, kw - 2 * pw), 12))
+    kernel = kh if square else (kh, kw)
+    return PoolCase(draw(st.integers(1, 3)), draw(st.integers(1, 3)), H, W, kernel, stride, padding)
+
+
+@hypothesis.given(
+    case=pool_cases(),
+    kind=st.sampled_from(VALUE_KINDS),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_hypothesis_max_pool2d_matches_reference(case, kind, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = make_input(case.x_shape, kind, rng, dtype)
+    y, idx = case.pool(x)
+    y_ref, idx_ref = case.ref_pool(x)
+    assert_same_pool(y, idx, y_ref, idx_ref)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    np.testing.assert_allclose(
+        fc.max_pool2d_backward(dy, idx, x.shape),
+        ref.max_pool2d_backward(dy, idx_ref, x.shape),
+        rtol=1e-5 if dtype == np.float32 else 1e-12,
+        atol=1e-5 if dtype == np.float32 else 1e-12,
+    )
+
+
+# ------------------------------------------------------------------------- PyTorch
+def _random_torch_cases(n, seed=11):
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(n):
+        kh, kw = (int(k) for k in rng.integers(1, 6, 2))
+        ph, pw = int(rng.integers(0, kh // 2 + 1)), int(rng.integers(0, kw // 2 + 1))
+        stride = None if rng.random() < 0.3 else tuple(int(s) for s in rng.integers(1, 5, 2))
+        H, W = int(rng.integers(max(1, kh - 2 * ph), 16)), int(rng.integers(max(1, kw - 2 * pw), 16))
+        cases.append(PoolCase(int(rng.integers(1, 4)), int(rng.integers(1, 5)), H, W, (kh, kw), stride, (ph, pw)))
+    return cases
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", VALUE_KINDS)
+@pytest.mark.parametrize("case", _random_torch_cases(12), ids=str)
+def test_max_pool2d_matches_torch(case, kind, dtype, tol):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(_seed(case, kind, "torch"))
+    x = make_input(case.x_shape, kind, rng, dtype)
+    kh, kw, sh, sw, ph, pw = case.params
+    tx = torch.tensor(x, requires_grad=True)
+    ty, tidx = torch.nn.functional.max_pool2d(tx, (kh, kw), (sh, sw), (ph, pw), return_indices=True)
+    dy = rng.standard_normal(tuple(ty.shape)).astype(dtype)
+    ty.backward(torch.from_numpy(dy))
+
+    y, idx = case.pool(x)
+    assert_same_pool(y, idx, ty.detach().numpy(), tidx.numpy())
+    dx = fc.max_pool2d_backward(dy, idx, x.shape)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), **tol(dtype, 4 * kh * kw))
+
+
+# ------------------------------------------------------------------------- layouts, purity, determinism
+def _layout(a, kind):
+    reverse = (slice(None, None, -1),) * a.ndim
+    if kind == "fortran":
+        return np.asfortranarray(a)
+    if kind == "sliced":
+        base = np.full(tuple(2 * n + 1 for n in a.shape), -1, dtype=a.dtype)
+        view = base[(slice(1, None, 2),) * a.ndim]
+        view[...] = a
+        return view
+    if kind == "channels-last-view":
+        return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    if kind == "negative-strides":
+        return a[reverse].copy()[reverse]
+    if kind == "readonly":
+        out = a.copy()
+        out.flags.writeable = False
+        return out
+    raise AssertionError(kind)
+
+
+LAYOUTS = ["fortran", "sliced", "channels-last-view", "negative-strides", "readonly"]
+LAYOUT_CASE = PoolCase(2, 3, 9, 10, (3, 2), (2, 1), (1, 1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_any_memory_layout_gives_the_same_result(layout, dtype):
+    rng = np.random.default_rng(_seed(layout, "layout"))
+    x = make_input(LAYOUT_CASE.x_shape, "ties", rng, dtype)
+    y, idx = LAYOUT_CASE.pool(x)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = fc.max_pool2d_backward(dy, idx, x.shape)
+
+    xl, dyl, idxl = (_layout(a, layout) for a in (x, dy, idx))
+    y2, idx2 = LAYOUT_CASE.pool(xl)
+    assert_same_pool(y2, idx2, y, idx)
+    np.testing.assert_array_equal(fc.max_pool2d_backward(dyl, idxl, x.shape), dx)
+    for arranged, original in ((xl, x), (dyl, dy), (idxl, idx)):
+        np.testing.assert_array_equal(arranged, original)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_inputs_are_not_modified_and_outputs_are_fresh(dtype, rng):
+    x = make_input(LAYOUT_CASE.x_shape, "nan", rng, dtype)
+    x_before = x.copy()
+    y, idx = LAYOUT_CASE.pool(x)
+    np.testing.assert_array_equal(x, x_before)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dy_before, idx_before = dy.copy(), idx.copy()
+    dx = fc.max_pool2d_backward(dy, idx, x.shape)
+    np.testing.assert_array_equal(dy, dy_before)
+    np.testing.assert_array_equal(idx, idx_before)
+    assert not np.shares_memory(y, x) and not np.shares_memory(dx, dy) and not np.shares_memory(dx, idx)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_repeated_calls_are_bitwise_identical(dtype, rng):
+    x = make_input((4, 16, 24, 24), "ties", rng, dtype)
+    (y1, i1), (y2, i2) = fc.max_pool2d(x, 3, 1, 1), fc.max_pool2d(x, 3, 1, 1)
+    assert y1.tobytes() == y2.tobytes() and i1.tobytes() == i2.tobytes()
+    dy = rng.standard_normal(y1.shape).astype(dtype)
+    assert fc.max_pool2d_backward(dy, i1, x.shape).tobytes() == fc.max_pool2d_backward(dy, i1, x.shape).tobytes()
