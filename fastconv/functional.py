@@ -78,11 +78,20 @@ def _check_dy(func, dy, g):
         )
 
 
+def _contiguous(a, dtype=None):
+    """``a`` as a C-contiguous, aligned, writeable-typed array: a view when it already is one.
+
+    Read-only inputs are copied: Numba types read-only arrays separately, and passing
+    one would compile (and cache) a second version of every kernel.
+    """
+    return np.require(a, dtype=dtype, requirements=["C", "A", "W"])
+
+
 def _nhwc(a, ph=0, pw=0):
     """Copy an NCHW array into a new zero-padded NHWC array (one parallel pass)."""
     N, C, H, W = a.shape
     out = np.empty((N, H + 2 * ph, W + 2 * pw, C), dtype=a.dtype)
-    launch(_conv.pack_nhwc_padded, np.ascontiguousarray(a), ph, pw, out)
+    launch(_conv.pack_nhwc_padded, _contiguous(a), ph, pw, out, work=out.size)
     return out
 
 
@@ -95,16 +104,16 @@ def _forward(xp, w, b, sh, sw, out):
     """Run the forward kernel suited to ``w``'s receptive field on padded NHWC ``xp``."""
     F, C, KH, KW = w.shape
     if KH * KW * C < _SHORT_REDUCTION:
-        wk = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
-        launch(_conv.conv2d_forward_few_channels, xp, wk, b, sh, sw, out)
+        wk = _contiguous(w.transpose(2, 3, 1, 0))
+        launch(_conv.conv2d_forward_few_channels, xp, wk, b, sh, sw, out, work=out.size * C * KH * KW)
     else:
-        launch(_conv.conv2d_forward, xp, _forward_weights(w), KH, b, sh, sw, out)
+        launch(_conv.conv2d_forward, xp, _forward_weights(w), KH, b, sh, sw, out, work=out.size * C * KH * KW)
 
 
 def _forward_weights(w):
     """(F, C, KH, KW) -> (F, KW * KH * C), ordered (f, j, i, c) as the forward kernel reads the input."""
     F, C, KH, KW = w.shape
-    return np.ascontiguousarray(w.transpose(0, 3, 2, 1)).reshape(F, KW * KH * C)
+    return _contiguous(w.transpose(0, 3, 2, 1)).reshape(F, KW * KH * C)
 
 
 def conv2d(x, w, b=None, stride=1, padding=0):
@@ -166,7 +175,7 @@ def conv2d(x, w, b=None, stride=1, padding=0):
     out = np.empty((g.N, g.F, g.Ho, g.Wo), dtype=x.dtype)
     if g.N == 0:
         return out
-    bias = np.zeros(g.F, dtype=x.dtype) if b is None else np.ascontiguousarray(b)
+    bias = np.zeros(g.F, dtype=x.dtype) if b is None else _contiguous(b)
     _forward(_nhwc(x, g.ph, g.pw), w, bias, g.sh, g.sw, out)
     return out
 
@@ -202,27 +211,27 @@ def _input_grad(dy, w, g):
             target = dxp[:, :, rh::g.sh, rw::g.sw]
             rows, cols = min(target.shape[2], phase.shape[2]), min(target.shape[3], phase.shape[3])
             target[:, :, :rows, :cols] = phase[:, :, :rows, :cols]
-    return np.ascontiguousarray(dxp[:, :, g.ph:g.ph + g.H, g.pw:g.pw + g.W])
+    return _contiguous(dxp[:, :, g.ph:g.ph + g.H, g.pw:g.pw + g.W])
 
 
 def _full_correlation(dy, w, pad_h, pad_w, out):
     """out = correlation of dy (padded by pad_h/pad_w) with w rotated by 180 degrees, channels swapped."""
-    wrot = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    wrot = _contiguous(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
     _forward(_nhwc(dy, pad_h, pad_w), wrot, np.zeros(wrot.shape[0], dtype=dy.dtype), 1, 1, out)
 
 
 def _weight_grad(xp, dy, g):
     threads = max(1, min(numba.get_num_threads(), g.N * g.Ho))
     partial = np.empty((threads, g.F, g.KW * g.KH * g.C), dtype=dy.dtype)
-    launch(_conv.conv2d_backward_weight, xp, np.ascontiguousarray(dy), g.KH, g.sh, g.sw, partial)
+    launch(_conv.conv2d_backward_weight, xp, _contiguous(dy), g.KH, g.sh, g.sw, partial, work=dy.size * partial[0, 0].size)
     # Partials are summed in thread order; (F, KW, KH, C) -> (F, C, KH, KW).
     dw = partial.sum(axis=0).reshape(g.F, g.KW, g.KH, g.C)
-    return np.ascontiguousarray(dw.transpose(0, 3, 2, 1))
+    return _contiguous(dw.transpose(0, 3, 2, 1))
 
 
 def _bias_grad(dy):
     db = np.zeros(dy.shape[1], dtype=dy.dtype)
-    launch(_conv.conv2d_backward_bias, np.ascontiguousarray(dy), db)
+    launch(_conv.conv2d_backward_bias, _contiguous(dy), db, work=dy.size)
     return db
 
 
@@ -345,7 +354,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0):
     _check_dy(func, dy, g)
     if g.N == 0:
         return (np.zeros(x.shape, dtype=x.dtype), np.zeros(w.shape, dtype=x.dtype), np.zeros(g.F, dtype=x.dtype))
-    dy = np.ascontiguousarray(dy)
+    dy = _contiguous(dy)
     return _input_grad(dy, w, g), _weight_grad(_nhwc(x, g.ph, g.pw), dy, g), _bias_grad(dy)
 
 
@@ -417,10 +426,11 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     indices = np.empty((N, C, Ho, Wo), dtype=np.int64)
     if N == 0:
         return out, indices
-    planes = np.ascontiguousarray(x).reshape(N * C, H, W)
+    planes = _contiguous(x).reshape(N * C, H, W)
     launch(
         _pool.max_pool2d_forward,
-        planes, kh, kw, sh, sw, ph, pw, out.reshape(N * C, Ho, Wo), indices.reshape(N * C, Ho, Wo)
+        planes, kh, kw, sh, sw, ph, pw, out.reshape(N * C, Ho, Wo), indices.reshape(N * C, Ho, Wo),
+        work=out.size * kh * kw,
     )
     return out, indices
 
@@ -479,9 +489,10 @@ def max_pool2d_backward(dy, indices, input_shape):
     P = N * C
     launch(
         _pool.max_pool2d_backward,
-        np.ascontiguousarray(dy).reshape(P, -1),
-        np.ascontiguousarray(indices, dtype=np.int64).reshape(P, -1),
+        _contiguous(dy).reshape(P, -1),
+        _contiguous(indices, np.int64).reshape(P, -1),
         dx.reshape(P, H * W),
+        work=dx.size + dy.size,
     )
     return dx
 
