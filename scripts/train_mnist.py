@@ -1,0 +1,312 @@
+#!/usr/bin/env python
+"""Train the reference CNN on MNIST with fastconv.
+
+Examples
+--------
+Full run (downloads MNIST into the user cache on first use)::
+
+    python scripts/train_mnist.py --checkpoint mnist.npz --metrics-out metrics.json --plot curves.png
+
+Continue an interrupted run (Ctrl-C saves where it stopped)::
+
+    python scripts/train_mnist.py --checkpoint mnist.npz --resume
+
+Smoke test on 2,000 images::
+
+    python scripts/train_mnist.py --limit 2000 --epochs 1
+
+Exit status: 0 on success, 1 for a data or checkpoint problem, 2 for bad arguments,
+130 after Ctrl-C (with the checkpoint saved).
+"""
+
+import argparse
+import math
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from fastconv import functional, nn, optim, serialization, training
+from fastconv.datasets import CorruptFileError, load_mnist
+
+INTERRUPT_CHECKPOINT = "train_mnist_interrupted.npz"
+DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3}
+# Flags that change the trajectory of training: a resumed run must use the checkpoint's values.
+TRAJECTORY_FLAGS = ("optimizer", "lr", "momentum", "lr_schedule", "batch_size", "seed", "dtype", "limit")
+
+
+class ResumeError(Exception):
+    """The checkpoint cannot be resumed with the given flags."""
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text):
+    value = float(text)
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="Train the reference CNN (conv32-pool-conv64-pool-fc128-fc10) on MNIST with fastconv.",
+        epilog="Exit status: 0 done, 1 data/checkpoint error, 2 bad arguments, 130 interrupted (checkpoint saved).")
+    p.add_argument("--epochs", type=positive_int, metavar="N", default=3, help="total epochs to train (default: 3)")
+    p.add_argument("--batch-size", type=positive_int, metavar="N", default=64, help="images per step (default: 64)")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="default: sgd")
+    p.add_argument("--lr", type=positive_float, metavar="LR", default=None,
+                   help="peak learning rate (default: 0.05 for sgd, 0.001 for adam)")
+    p.add_argument("--momentum", type=float, metavar="M", default=0.9, help="SGD momentum (default: 0.9)")
+    p.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
+                   help="cosine: decay the learning rate to 0 over all steps of --epochs (default)")
+    p.add_argument("--seed", type=int, metavar="S", default=0,
+                   help="seeds the initial weights and the shuffling (default: 0)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="default: float32")
+    p.add_argument("--threads", type=positive_int, metavar="N", default=None,
+                   help="threads for the kernels (default: all cores; results are bitwise reproducible "
+                        "for a given thread count)")
+    p.add_argument("--data-dir", type=Path, metavar="DIR", default=None,
+                   help="directory holding the four MNIST files (default: $FASTCONV_DATA_DIR, then the cache)")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing MNIST files")
+    p.add_argument("--limit", type=positive_int, metavar="N", default=None,
+                   help="train on the first N training images only")
+    p.add_argument("--test-limit", type=positive_int, metavar="N", default=None,
+                   help="evaluate on the first N test images only (for smoke tests)")
+    p.add_argument("--checkpoint", type=Path, metavar="PATH", default=None,
+                   help="save model, optimizer and progress here (atomically) after every epoch and on Ctrl-C")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    p.add_argument("--metrics-out", type=Path, metavar="FILE.json", default=None,
+                   help="write per-epoch metrics as JSON")
+    p.add_argument("--plot", type=Path, metavar="FILE.png", default=None,
+                   help="write loss and accuracy curves as PNG (needs matplotlib)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
+    args = p.parse_args(argv)
+    if args.resume and args.checkpoint is None:
+        p.error("--resume needs --checkpoint PATH")
+    if not 0 <= args.momentum < 1:
+        p.error(f"--momentum must be in [0, 1), got {args.momentum}")
+    if args.lr is None:
+        args.lr = DEFAULT_LR[args.optimizer]
+    return args
+
+
+def config_of(args):
+    """The settings stored in the checkpoint and metrics (everything that defines the run)."""
+    return {"model": "reference_cnn", "optimizer": args.optimizer, "lr": args.lr,
+            "momentum": args.momentum if args.optimizer == "sgd" else None, "lr_schedule": args.lr_schedule,
+            "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "dtype": args.dtype,
+            "limit": args.limit, "test_limit": args.test_limit, "threads": functional.get_num_threads()}
+
+
+def make_optimizer(model, args):
+    if args.optimizer == "sgd":
+        return optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+    return optim.Adam(model.parameters(), lr=args.lr)
+
+
+def learning_rate(args, step, total_steps):
+    """Learning rate of ``step`` (0-based) out of ``total_steps``."""
+    if args.lr_schedule == "constant":
+        return args.lr
+    return 0.5 * args.lr * (1 + math.cos(math.pi * step / total_steps))
+
+
+class InterruptFlag:
+    """Turn the first Ctrl-C into a request to stop at the next batch boundary.
+
+    Stopping between steps keeps the model, the optimizer and the epoch's bookkeeping
+    consistent, so the checkpoint saved then resumes exactly. A second Ctrl-C aborts
+    at once (KeyboardInterrupt) without saving.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nInterrupted: finishing the current step, then saving a checkpoint "
+              "(Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def resume(path, args, model, opt, rng):
+    """Restore a checkpoint into ``model``, ``opt`` and ``rng``; return (history, epoch, order, progress)."""
+    ckpt = training.load_checkpoint(path)
+    saved, current = ckpt["config"], config_of(args)
+    names = TRAJECTORY_FLAGS + (("epochs",) if args.lr_schedule != "constant" else ())
+    diffs = [f"--{k.replace('_', '-')} {saved.get(k)} (checkpoint) vs {current[k]} (now)"
+             for k in names if saved.get(k) != current[k]]
+    if diffs:
+        raise ResumeError(f"{path} was trained with different settings; pass the same flags to resume:\n  "
+                          + "\n  ".join(diffs))
+    if saved.get("threads") != current["threads"]:
+        print(f"note: the checkpoint was trained with {saved.get('threads')} threads, now {current['threads']}: "
+              "the result may differ from an uninterrupted run in the last bits", file=sys.stderr)
+    if ckpt["progress"] is not None and ckpt["epoch"] >= args.epochs:
+        raise ResumeError(f"{path} stopped inside epoch {ckpt['epoch'] + 1}; pass --epochs {ckpt['epoch'] + 1} "
+                          "or more to finish it")
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    rng.bit_generator.state = ckpt["rng"]
+    return ckpt["history"], ckpt["epoch"], ckpt["order"], ckpt["progress"]
+
+
+def summary(history, config):
+    """The --metrics-out document."""
+    return {"epochs": history,
+            "test_accuracy": history[-1]["test_accuracy"] if history else None,
+            "images_per_second": float(np.mean([h["images_per_second"] for h in history])) if history else None,
+            "config": config}
+
+
+def plot(history, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        print(f"--plot {path}: matplotlib is not installed (pip install matplotlib); no plot written",
+              file=sys.stderr)
+        return
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    xs = [h["epoch"] - 1 + f for h in history for f, _ in h["loss_curve"]]
+    ax_loss.plot(xs, [loss for h in history for _, loss in h["loss_curve"]], label="train (running)")
+    ax_loss.plot([h["epoch"] for h in history], [h["test_loss"] for h in history], "o-", label="test")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", yscale="log", title="Loss")
+    epochs = [h["epoch"] for h in history]
+    ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], "o-", label="train")
+    ax_acc.plot(epochs, [100 * h["test_accuracy"] for h in history], "o-", label="test")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    ax_acc.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"plot written to {path}")
+
+
+def train(args):
+    if args.threads is not None:
+        functional.set_num_threads(args.threads)
+    dtype = np.dtype(args.dtype)
+    (x_train, y_train), (x_test, y_test) = load_mnist(args.data_dir, download=not args.no_download)
+    x_train, y_train = x_train[:args.limit], y_train[:args.limit]
+    x_test, y_test = x_test[:args.test_limit], y_test[:args.test_limit]
+    x_train, x_test = training.preprocess(x_train, dtype), training.preprocess(x_test, dtype)
+
+    rng = np.random.default_rng(args.seed)
+    model = training.reference_cnn(dtype, rng=rng)
+    opt = make_optimizer(model, args)
+    loss_fn = nn.CrossEntropyLoss()
+    config = config_of(args)
+    history, epoch, order, progress = [], 0, None, None
+    if args.resume:
+        history, epoch, order, progress = resume(args.checkpoint, args, model, opt, rng)
+        where = f"epoch {epoch + 1}, batch {progress.batch}" if progress else f"the end of epoch {epoch}"
+        print(f"resumed from {args.checkpoint} at {where}")
+    elif args.checkpoint is not None and args.checkpoint.exists():
+        print(f"note: {args.checkpoint} exists and will be overwritten (use --resume to continue it)",
+              file=sys.stderr)
+    print(f"training on {len(x_train)} images, testing on {len(x_test)}, {args.dtype}, "
+          f"{functional.get_num_threads()} threads, {args.optimizer} lr={args.lr:g} ({args.lr_schedule}), "
+          f"batch size {args.batch_size}")
+
+    print(f"compiling kernels (cached after the first run)... {training.warm_up(model, x_train):.1f} s")
+    n_batches = -(-len(x_train) // args.batch_size)
+    total_steps = args.epochs * n_batches
+    with InterruptFlag() as interrupt:
+        while epoch < args.epochs:
+            if progress is None:  # a fresh epoch (else: finish the interrupted one)
+                order, progress = rng.permutation(len(x_train)), training.EpochProgress()
+            first_step = epoch * n_batches
+
+            def before_step(k):
+                for group in opt.param_groups:
+                    group["lr"] = learning_rate(args, first_step + k, total_steps)
+
+            bar = training.ProgressBar(n_batches, f"epoch {epoch + 1}/{args.epochs}",
+                                       enabled=not args.no_progress, initial=progress.batch)
+            try:
+                training.train_epoch(model, loss_fn, opt, x_train, y_train, order, args.batch_size,
+                                     progress=progress, should_stop=lambda: interrupt.requested,
+                                     bar=bar, before_step=before_step)
+            finally:
+                bar.close()
+            save_to = args.checkpoint or Path(INTERRUPT_CHECKPOINT)
+            if progress.batch < n_batches:  # stopped by Ctrl-C between two steps
+                training.save_checkpoint(save_to, model, opt, rng, config, history, epoch, order, progress)
+                print(f"Stopped in epoch {epoch + 1} after batch {progress.batch}/{n_batches}; saved this "
+                      f"mid-epoch state to {save_to}. Continue with: --checkpoint {save_to} --resume",
+                      file=sys.stderr)
+                return 130
+
+            result = training.evaluate(model, x_test, y_test)
+            epoch += 1
+            history.append({
+                "epoch": epoch, "train_loss": progress.loss, "train_accuracy": progress.accuracy,
+                "test_loss": result.loss, "test_accuracy": result.accuracy,
+                "epoch_seconds": progress.seconds, "images_per_second": progress.images_per_second,
+                "eval_seconds": result.seconds, "loss_curve": progress.loss_curve})
+            print(f"epoch {epoch}/{args.epochs}: train loss {progress.loss:.4f}, "
+                  f"train acc {100 * progress.accuracy:.2f}%, test acc {100 * result.accuracy:.2f}%, "
+                  f"{progress.seconds:.1f} s, {progress.images_per_second:.0f} images/s", flush=True)
+            progress = None
+            if args.checkpoint is not None or interrupt.requested:
+                training.save_checkpoint(save_to, model, opt, rng, config, history, epoch)
+            if interrupt.requested:  # Ctrl-C during the evaluation
+                print(f"Stopped after epoch {epoch}; saved it to {save_to}. Continue with: "
+                      f"--checkpoint {save_to} --resume", file=sys.stderr)
+                return 130
+
+    if history:
+        final = history[-1]
+        print(f"final test accuracy {100 * final['test_accuracy']:.2f}% after {final['epoch']} epoch(s); "
+              f"mean {np.mean([h['images_per_second'] for h in history]):.0f} images/s")
+    if args.metrics_out is not None:
+        args.metrics_out.write_text(training.to_json(summary(history, config)) + "\n")
+        print(f"metrics written to {args.metrics_out}")
+    if args.plot is not None and history:
+        plot(history, args.plot)
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    threads_before = functional.get_num_threads()
+    try:
+        return train(args)
+    except (OSError, CorruptFileError, serialization.CheckpointError, ResumeError) as exc:  # OSError: files, downloads
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("Aborted; nothing saved since the last checkpoint.", file=sys.stderr)
+        return 130
+    finally:
+        functional.set_num_threads(threads_before)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
