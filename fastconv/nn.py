@@ -56,6 +56,8 @@ import numpy as np
 
 from . import _validation as _V
 from . import functional as _F
+from ._runtime import launch as _launch
+from .kernels import elementwise as _elementwise
 
 __all__ = [
     "Parameter",
@@ -798,18 +800,23 @@ class ReLU(Module):
     def forward(self, x):
         """``max(x, 0)``, same shape and dtype as ``x``."""
         _check_input(x, "ReLU")
-        out = np.maximum(x, x.dtype.type(0))
-        # PyTorch's rule: the gradient is blocked where x <= 0 (so NaN lets it through).
-        self._cache = (np.logical_not(x <= 0), x.dtype) if is_grad_enabled() else None
+        flat = _F._contiguous(x).reshape(-1)
+        out = np.empty(x.shape, dtype=x.dtype)
+        _launch(_elementwise.relu_forward, flat, out.reshape(-1), work=flat.size)
+        # Backward needs only the sign of the input (PyTorch's rule: the gradient is
+        # blocked where x <= 0, so NaN lets it through); keep the input, as Conv2d does.
+        self._cache = (flat, x.shape) if is_grad_enabled() else None
         return out
 
     def backward(self, dout):
-        """``dout`` where the input was positive, else 0."""
+        """``dout`` where the input was positive (or NaN), else 0."""
         if self._cache is None:
             raise _no_cache_error("ReLU")
-        mask, dtype = self._cache
-        _check_dout(dout, "ReLU", mask.shape, dtype)
-        return np.where(mask, dout, dtype.type(0))
+        x, shape = self._cache
+        _check_dout(dout, "ReLU", shape, x.dtype)
+        dx = np.empty(shape, dtype=x.dtype)
+        _launch(_elementwise.relu_backward, _F._contiguous(dout).reshape(-1), x, dx.reshape(-1), work=x.size)
+        return dx
 
 
 class Flatten(Module):
