@@ -57,6 +57,7 @@ import numpy as np
 from . import _validation as _V
 from . import functional as _F
 from ._runtime import launch as _launch
+from .kernels import dense as _dense
 from .kernels import elementwise as _elementwise
 
 __all__ = [
@@ -870,6 +871,15 @@ class Flatten(Module):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
+def _matmul(a, b):
+    """``a @ b`` on fastconv's thread pool (see :mod:`fastconv.kernels.dense` for why not BLAS)."""
+    a = _F._contiguous(a)
+    b = _F._contiguous(b)
+    out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    _launch(_dense.matmul, a, b, out, work=a.shape[0] * a.shape[1] * b.shape[1])
+    return out
+
+
 class Linear(Module):
     """Affine layer ``y = x @ weight.T + bias`` over the last axis.
 
@@ -914,11 +924,12 @@ class Linear(Module):
                 f"Linear: expected input of shape (*, {self.in_features}) (in_features={self.in_features}); "
                 f"got shape {x.shape}"
             )
-        out = x @ self.weight.data.T
+        x2 = x.reshape(-1, self.in_features)
+        out = _matmul(x2, self.weight.data.T)
         if self.bias is not None:
             out += self.bias.data
         self._cache = x if is_grad_enabled() else None
-        return out
+        return out.reshape(x.shape[:-1] + (self.out_features,))
 
     def backward(self, dout):
         """Add ``dL/dweight`` (and ``dL/dbias``) into ``.grad``; return ``dL/dx``."""
@@ -928,10 +939,10 @@ class Linear(Module):
         _check_dout(dout, "Linear", x.shape[:-1] + (self.out_features,), x.dtype)
         x2 = x.reshape(-1, self.in_features)
         d2 = dout.reshape(-1, self.out_features)
-        self.weight.grad += d2.T @ x2
+        self.weight.grad += _matmul(d2.T, x2)
         if self.bias is not None:
             self.bias.grad += d2.sum(axis=0)
-        return (d2 @ self.weight.data).reshape(x.shape)
+        return _matmul(d2, self.weight.data).reshape(x.shape)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
