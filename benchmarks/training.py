@@ -93,7 +93,7 @@ class FastconvStep:
 
     def __call__(self):
         loss = self.loss_fn(self.model(self.x), self.y)
-        self.model.backward(self.loss_fn.backward())
+        self.model.backward(self.loss_fn.backward(), input_grad=False)
         self.opt.step()
         self.opt.zero_grad()
         return float(loss)

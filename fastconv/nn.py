@@ -624,9 +624,23 @@ class Sequential(Module):
             x = m(x)
         return x
 
-    def backward(self, dout):
-        """Run every module's backward in reverse order; return the gradient w.r.t. the input."""
-        for m in reversed(self._modules.values()):
+    def backward(self, dout, input_grad=True):
+        """Run every module's backward in reverse order; return the gradient w.r.t. the input.
+
+        With ``input_grad=False`` the gradient w.r.t. the network's input is not needed
+        (the usual case in training, as when PyTorch's input does not require grad):
+        a first ``Conv2d`` then skips its input-gradient convolution, and ``None`` is
+        returned. Parameter gradients are the same either way.
+        """
+        modules = list(self._modules.values())
+        for i in range(len(modules) - 1, -1, -1):
+            m = modules[i]
+            if i == 0 and not input_grad:
+                if isinstance(m, Conv2d):
+                    m.backward(dout, input_grad=False)
+                else:
+                    m.backward(dout)
+                return None
             dout = m.backward(dout)
         return dout
 
@@ -709,13 +723,22 @@ class Conv2d(Module):
         self._cache = (x, out.shape) if is_grad_enabled() else None
         return out
 
-    def backward(self, dout):
-        """Add ``dL/dweight`` (and ``dL/dbias``) into ``.grad``; return ``dL/dx``."""
+    def backward(self, dout, input_grad=True):
+        """Add ``dL/dweight`` (and ``dL/dbias``) into ``.grad``; return ``dL/dx``.
+
+        With ``input_grad=False`` the input gradient is not computed and ``None`` is
+        returned (the first layer of a network needs only its parameter gradients).
+        """
         if self._cache is None:
             raise _no_cache_error("Conv2d")
         x, out_shape = self._cache
         _check_dout(dout, "Conv2d", out_shape, x.dtype)
-        dx, dw, db = _F.conv2d_backward(dout, x, self.weight.data, self.stride, self.padding)
+        if input_grad:
+            dx, dw, db = _F.conv2d_backward(dout, x, self.weight.data, self.stride, self.padding)
+        else:
+            dx = None
+            dw = _F.conv2d_backward_weight(dout, x, self.weight.shape, self.stride, self.padding)
+            db = _F._bias_grad(dout) if self.bias is not None else None
         self.weight.grad += dw
         if self.bias is not None:
             self.bias.grad += db

@@ -134,7 +134,7 @@ def warm_up(model, x):
     was_training = model.training
     model.train()
     out = model(x[:2])
-    model.backward(np.ones_like(out))
+    model.backward(np.ones_like(out), input_grad=False)
     model.zero_grad()
     with nn.no_grad():
         model.eval()(x[:2])
@@ -312,7 +312,7 @@ def train_epoch(model, loss_fn, optimizer, x, y, order, batch_size, progress=Non
         logits = model(xb)
         loss = float(loss_fn(logits, yb))
         model.zero_grad()
-        model.backward(loss_fn.backward())
+        model.backward(loss_fn.backward(), input_grad=False)
         optimizer.step()
 
         progress.batch = k + 1

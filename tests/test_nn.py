@@ -442,6 +442,25 @@ def test_backward_accumulates_and_zero_grad_resets(rng):
     assert all(not p.grad.any() for p in layer.parameters())
 
 
+@pytest.mark.parametrize("first", ["conv", "relu"])
+def test_sequential_backward_without_input_grad(first, rng):
+    """input_grad=False returns None and leaves every parameter gradient bit-identical."""
+    def build():
+        head = [nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64, rng=0)] if first == "conv" else [nn.ReLU()]
+        rest = [nn.Conv2d(2 if first == "relu" else 3, 4, 3, dtype=np.float64, rng=1), nn.ReLU(),
+                nn.Flatten(), nn.Linear(4 * 3 * 3, 5, dtype=np.float64, rng=2)]
+        return nn.Sequential(*head, *rest)
+    x = rng.standard_normal((2, 2, 5, 5))
+    a, b = build(), build()
+    dout = rng.standard_normal(a(x).shape)
+    b(x)
+    dx = a.backward(dout)
+    assert dx.shape == x.shape
+    assert b.backward(dout, input_grad=False) is None
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        np.testing.assert_array_equal(pa.grad, pb.grad, err_msg=name)
+
+
 @pytest.mark.parametrize(
     "layer, dout",
     [
