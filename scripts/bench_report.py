@@ -15,8 +15,9 @@ What it does, in order:
 2. For every row of the table in :mod:`benchmarks.cases` (implementation x op x case x dtype):
    checks the implementation against the naive reference (float64 oracle), then times it:
    one untimed warm-up call (Numba compilation happens there), then repeated timings; the
-   implementations of one (op, case, dtype) are timed round-robin so load changes on a
-   shared machine hit all of them alike; the median is reported. The naive NumPy loops are
+   implementations of one (op, case, dtype) are timed in alternating blocks (two rounds,
+   each block after a short pause so no library's idle threads are still spinning), so
+   load changes on a shared machine hit all of them alike; the median is reported. The naive NumPy loops are
    timed on one image and scaled to the batch (marked in the tables).
 3. The training step of the reference MNIST CNN (fastconv vs torch, batch 64 and 256).
 4. First-call (compile) time of every fastconv op in fresh processes: cold (empty
@@ -99,8 +100,20 @@ def _calls_per_sample(seconds_per_call, target=0.02):
     return max(1, math.ceil(target / max(seconds_per_call, 1e-9)))
 
 
-def time_round_robin(thunks, repeat, budget):
-    """Median seconds per call of each thunk, sampled in alternation.
+#: Pause before each block of one implementation. fastconv (Numba's OpenMP pool), torch
+#: (its own OpenMP pool) and NumPy's OpenBLAS each leave worker threads spinning after a
+#: call (OpenBLAS for up to about 0.1 s); timed straight after another library, a call
+#: shares the cores with those spinning threads and can take several times longer.
+SETTLE_S = 0.15
+
+
+def time_round_robin(thunks, repeat, budget, rounds=2):
+    """Median seconds per call of each thunk, timed in alternating blocks.
+
+    Each round times every implementation in turn, as one block of samples that starts
+    after a pause (:data:`SETTLE_S`) and one untimed call, so no implementation is timed
+    while another library's threads are still spinning. Two rounds spread slow drifts of
+    the machine's load over all implementations.
 
     Parameters
     ----------
@@ -110,6 +123,8 @@ def time_round_robin(thunks, repeat, budget):
         Maximum samples per thunk.
     budget : float
         Seconds per thunk to aim for; at least 3 samples are always taken.
+    rounds : int
+        Blocks per thunk.
 
     Returns
     -------
@@ -124,15 +139,19 @@ def time_round_robin(thunks, repeat, budget):
         loops[name] = _calls_per_sample(one)
         n_samples[name] = max(3, min(repeat, math.ceil(budget / (loops[name] * max(one, 1e-9)))))
         samples[name] = []
-    for r in range(max(n_samples.values(), default=0)):
+    for r in range(rounds):
         for name, fn in thunks.items():
-            if r >= n_samples[name]:
+            todo = n_samples[name] // rounds + (1 if r < n_samples[name] % rounds else 0)
+            if todo == 0:
                 continue
+            time.sleep(SETTLE_S)
+            fn()
             k = loops[name]
-            t0 = time.perf_counter()
-            for _ in range(k):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / k)
+            for _ in range(todo):
+                t0 = time.perf_counter()
+                for _ in range(k):
+                    fn()
+                samples[name].append((time.perf_counter() - t0) / k)
     return {name: {"median_s": statistics.median(s), "min_s": min(s), "samples": s} for name, s in samples.items()}
 
 
@@ -173,7 +192,7 @@ def run_ops(args, cases, log):
                 thunk()  # warm-up: compilation, caches, first-touch allocations
             entry.update(status="ok", timed_batch=timed.n, scale=case.n / timed.n)
             thunks[name], meta[name] = thunk, entry
-        # The naive loops take seconds: time them alone, the others round-robin.
+        # The naive loops take seconds: time them alone, the others in alternating blocks.
         fast = {k: v for k, v in thunks.items() if k != "naive"}
         timings = time_round_robin(fast, args.repeat, budget) if fast else {}
         if "naive" in thunks:
