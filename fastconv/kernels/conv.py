@@ -364,15 +364,16 @@ def conv2d_backward_weight(xp, dy, KH, sh, sw, partial):
 def conv2d_backward_bias(dy, db):
     """``db[f] += sum over n, h, w of dy[n, f, h, w]`` for NCHW ``dy``; one filter per job.
 
-    ``db`` must come in zeroed; the sum runs in ``db``'s dtype.
+    ``db`` must come in zeroed; the sum runs in ``db``'s dtype. Each ``(n, f)`` plane is
+    summed as one flat run, long enough to vectorise (a row of 14 is not).
     """
     N, F, Ho, Wo = dy.shape
+    L = Ho * Wo
+    planes = dy.reshape(N, F, L)
     for f in prange(F):
         s = db[f]
         for n in range(N):
-            plane = dy[n, f]
-            for oh in range(Ho):
-                row = plane[oh]
-                for ow in range(Wo):
-                    s += row[ow]
+            plane = planes[n, f]
+            for i in range(L):
+                s += plane[i]
         db[f] = s
