@@ -39,7 +39,11 @@ def _threading_layer():
 
 
 def _after_fork_in_child():
-    global _in_child_of_omp_parent
+    global _in_child_of_omp_parent, _workqueue_lock, _serial_lock
+    # Only the forking thread exists in the child: a lock another thread held at the
+    # fork would stay held forever. Start the child with fresh locks.
+    _workqueue_lock = threading.Lock()
+    _serial_lock = threading.Lock()
     if _threading_layer() == "omp":
         _in_child_of_omp_parent = True
 

@@ -12,6 +12,11 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+#: Largest stride, padding or kernel size accepted: the kernels index with int64, and
+#: sizes derived from these (H + 2*padding, ...) must not overflow it.
+MAX_PARAMETER = 2**60
+
+
 def as_pair(value, name, func, minimum):
     """Return ``value`` (an int or a pair of ints) as a tuple ``(h, w)`` of Python ints.
 
@@ -28,6 +33,8 @@ def as_pair(value, name, func, minimum):
     if pair[0] < minimum or pair[1] < minimum:
         bound = "positive" if minimum == 1 else f">= {minimum}"
         raise ValueError(f"{func}: {name} must be {bound}; got {value!r}")
+    if pair[0] > MAX_PARAMETER or pair[1] > MAX_PARAMETER:
+        raise ValueError(f"{func}: {name} must be at most 2**60; got {value!r}")
     return pair
 
 

@@ -175,6 +175,8 @@ def _positive_int(value, name, owner):
 
 
 def _float_dtype(dtype, owner):
+    if dtype is None:  # np.dtype(None) would be float64
+        raise TypeError(f"{owner}: dtype must be float32 or float64; got None")
     try:
         dt = np.dtype(dtype)
     except TypeError:

@@ -33,6 +33,7 @@ destroys the previous checkpoint. If the process is killed, a hidden
 
 import io
 import json
+import math
 import os
 import secrets
 import zipfile
@@ -217,7 +218,25 @@ class _Decoder:
             data = self.zf.read(member)  # verifies the CRC
         except KeyError:
             raise self.fail(f"the array member {member!r} is missing") from None
-        return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+        # Parse the .npy header ourselves and check the size it claims against the bytes
+        # present, so a forged header cannot make NumPy allocate terabytes.
+        fmt = np.lib.format
+        buf = io.BytesIO(data)
+        try:
+            version = fmt.read_magic(buf)
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran_order, dtype = read_header(buf)
+        except (ValueError, TypeError, SyntaxError) as exc:
+            raise self.fail(f"the array member {member!r} has a bad header ({exc})") from None
+        if dtype.hasobject:
+            raise self.fail(f"the array member {member!r} holds Python objects (pickled data is never loaded)")
+        count = math.prod(shape)
+        offset = buf.tell()
+        if count * dtype.itemsize != len(data) - offset:
+            raise self.fail(f"the array member {member!r} claims shape {shape} of {dtype} "
+                            f"({count * dtype.itemsize} bytes) but holds {len(data) - offset} bytes")
+        flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset).copy()
+        return flat.reshape(shape, order="F" if fortran_order else "C")
 
     def decode(self, node):
         if not isinstance(node, dict) or "t" not in node:
