@@ -19,6 +19,7 @@ import pytest
 
 import fastconv.functional as fc
 from fastconv import reference as ref
+from fastconv.kernels import conv as conv_kernels
 
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 
@@ -178,6 +179,23 @@ def test_conv2d_backward_weight_matches_reference(case, dtype, tol):
     assert dw.dtype == dtype and dw.shape == case.w_shape
     Ho, Wo = case.out_hw
     np.testing.assert_allclose(dw, d.dw, **tol(dtype, case.N * Ho * Wo))
+
+
+TILES = {"4x4": conv_kernels.conv2d_forward, "4x3": conv_kernels.conv2d_forward_4x3}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", GRID_CASES + KERNEL_CASES + SHAPE_CASES, ids=str)
+@pytest.mark.parametrize("tile", list(TILES))
+def test_every_register_tile_matches_reference(tile, case, dtype, tol, monkeypatch):
+    """Both forward tiles (the CPU picks one at import) give the reference forward and input gradient."""
+    monkeypatch.setattr(fc, "_TILED_FORWARD", TILES[tile])
+    d = conv_data(case)
+    x, w, b, dy = cast(d, dtype)
+    y = fc.conv2d(x, w, b, stride=case.stride, padding=case.padding)
+    np.testing.assert_allclose(y, d.y, **tol(dtype, case.C * case.KH * case.KW))
+    dx = fc.conv2d_backward_input(dy, w, case.x_shape, stride=case.stride, padding=case.padding)
+    np.testing.assert_allclose(dx, d.dx, **tol(dtype, case.F * case.KH * case.KW))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
