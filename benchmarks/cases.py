@@ -226,7 +226,9 @@ def make_inputs(case, dtype, seed=0):
     x = _normal(rng, case.x_shape, dtype)
     dy = _normal(rng, case.y_shape, dtype)
     _, indices = im2col.max_pool2d(x, case.k, case.stride, case.pad)
-    return {"x": x, "dy": dy, "indices": indices}
+    # im2col's indices are a transposed view; every library's forward pass returns
+    # C-contiguous indices, and that is what a backward pass gets in a real network.
+    return {"x": x, "dy": dy, "indices": np.ascontiguousarray(indices)}
 
 
 # ------------------------------------------------------------------ implementations
