@@ -97,19 +97,26 @@ def _nhwc(a, ph=0, pw=0):
     return out
 
 
-#: Receptive fields (KH * KW * C) shorter than this use the few-channels forward kernel,
-#: whose vector axis is the filters rather than the receptive field.
+#: Receptive fields (KH * KW * C) shorter than this do not fill the tiled kernels'
+#: vectors; they use ``conv2d_forward_flat`` (stride 1) or ``conv2d_forward_few_channels``.
 _SHORT_REDUCTION = 32
 
 
-def _forward(xp, w, b, sh, sw, out):
-    """Run the forward kernel suited to ``w``'s receptive field on padded NHWC ``xp``."""
+def _forward(x, ph, pw, w, b, sh, sw, out):
+    """``out = conv2d(x, w, b)`` with zero padding ``(ph, pw)``: packs ``x`` for the kernel
+    suited to ``w``'s receptive field and runs it."""
     F, C, KH, KW = w.shape
-    if KH * KW * C < _SHORT_REDUCTION:
-        wk = _contiguous(w.transpose(2, 3, 1, 0))
-        launch(_conv.conv2d_forward_few_channels, xp, wk, b, sh, sw, out, work=out.size * C * KH * KW)
+    work = out.size * C * KH * KW
+    if KH * KW * C >= _SHORT_REDUCTION:
+        launch(_TILED_FORWARD, _nhwc(x, ph, pw), _forward_weights(w), KH, b, sh, sw, out, work=work)
+    elif sh == sw == 1:
+        N, C, H, W = x.shape
+        xq = np.empty((N, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
+        launch(_conv.pack_nchw_padded, _contiguous(x), ph, pw, xq, work=xq.size)
+        launch(_conv.conv2d_forward_flat, xq, _contiguous(w), b, out, work=work)
     else:
-        launch(_TILED_FORWARD, xp, _forward_weights(w), KH, b, sh, sw, out, work=out.size * C * KH * KW)
+        wk = _contiguous(w.transpose(2, 3, 1, 0))
+        launch(_conv.conv2d_forward_few_channels, _nhwc(x, ph, pw), wk, b, sh, sw, out, work=work)
 
 
 def _tiled_forward_kernel():
@@ -193,7 +200,7 @@ def conv2d(x, w, b=None, stride=1, padding=0):
     if g.N == 0:
         return out
     bias = np.zeros(g.F, dtype=x.dtype) if b is None else _contiguous(b)
-    _forward(_nhwc(x, g.ph, g.pw), w, bias, g.sh, g.sw, out)
+    _forward(x, g.ph, g.pw, w, bias, g.sh, g.sw, out)
     return out
 
 
@@ -234,7 +241,7 @@ def _input_grad(dy, w, g):
 def _full_correlation(dy, w, pad_h, pad_w, out):
     """out = correlation of dy (padded by pad_h/pad_w) with w rotated by 180 degrees, channels swapped."""
     wrot = _contiguous(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    _forward(_nhwc(dy, pad_h, pad_w), wrot, np.zeros(wrot.shape[0], dtype=dy.dtype), 1, 1, out)
+    _forward(dy, pad_h, pad_w, wrot, np.zeros(wrot.shape[0], dtype=dy.dtype), 1, 1, out)
 
 
 def _weight_grad(xp, dy, g):

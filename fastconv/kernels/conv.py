@@ -304,6 +304,128 @@ def conv2d_forward_4x3(xp, wt, KH, b, sh, sw, out):
 
 
 @njit(**PARALLEL_JIT)
+def pack_nchw_padded(x, ph, pw, out):
+    """Copy ``x`` (N, C, H, W) into the interior of ``out`` (N, C, H+2ph, W+2pw); zero the border."""
+    N, C, H, W = x.shape
+    Hp = out.shape[2]
+    Wp = out.shape[3]
+    for job in prange(N * C):
+        n = job // C
+        c = job - n * C
+        plane = out[n, c]
+        for hp in range(Hp):
+            row = plane[hp]
+            h = hp - ph
+            if h < 0 or h >= H:
+                row[:] = 0
+                continue
+            row[:pw] = 0
+            row[pw + W:] = 0
+            src = x[n, c, h]
+            for w in range(W):
+                row[pw + w] = src[w]
+
+
+@njit(**SERIAL_JIT, inline="always")
+def _tap(t, KHW, KW, Wp):
+    """Channel and flat plane offset ``i * Wp + j`` of tap ``t = (c * KH + i) * KW + j``."""
+    c = t // KHW
+    r = t - c * KHW
+    i = r // KW
+    return c, i * Wp + (r - i * KW)
+
+
+@njit(**PARALLEL_JIT)
+def conv2d_forward_flat(xq, w, b, out):
+    """Stride-1 cross-correlation for short receptive fields, vectorised along whole images.
+
+    With the input zero-padded to width ``Wp`` and each plane read as one flat vector,
+    tap ``(c, i, j)`` adds ``w[f, c, i, j] * plane_c[p + i*Wp + j]`` to output position
+    ``p = oh*Wp + ow`` of an accumulator laid out like the padded image: one long
+    contiguous loop per tap, whatever the image width (the ``Wp - Wo`` columns past each
+    row's end are computed and dropped). Four taps and two filters share each pass, so
+    every accumulator load and store serves eight multiply-adds.
+
+    For the first layers (C = 1 or 3), where the tiled kernels' reductions are too short
+    to fill a vector. See ``benchmarks/NOTES.md``.
+
+    Parameters
+    ----------
+    xq : (N, C, Hp, Wp) array
+        Zero-padded input, NCHW.
+    w : (F, C, KH, KW) array
+        Filters (C-contiguous).
+    b : (F,) array
+        Bias.
+    out : (N, F, Ho, Wo) array
+        Output, fully overwritten; ``Ho = Hp - KH + 1``, ``Wo = Wp - KW + 1``.
+    """
+    N, C, Hp, Wp = xq.shape
+    F, _, KH, KW = w.shape
+    Ho = out.shape[2]
+    Wo = out.shape[3]
+    L = (Ho - 1) * Wp + Wo
+    KHW = KH * KW
+    T = C * KHW
+    T4 = T - T % 4
+    pairs = (F + 1) // 2
+    planes = xq.reshape(N * C, Hp * Wp)
+    wf = w.reshape(F, T)
+    for job in prange(N * pairs):
+        n = job // pairs
+        f = 2 * (job - n * pairs)
+        g = min(f + 1, F - 1)  # odd F: the last pair computes filter F - 1 twice
+        acc = np.empty((2, L), dtype=out.dtype)
+        a0 = acc[0]
+        a1 = acc[1]
+        a0[:] = b[f]
+        a1[:] = b[g]
+        wa = wf[f]
+        wb = wf[g]
+        for t0 in range(0, T4, 4):
+            c0, o0 = _tap(t0, KHW, KW, Wp)
+            c1, o1 = _tap(t0 + 1, KHW, KW, Wp)
+            c2, o2 = _tap(t0 + 2, KHW, KW, Wp)
+            c3, o3 = _tap(t0 + 3, KHW, KW, Wp)
+            s0 = planes[n * C + c0, o0:o0 + L]
+            s1 = planes[n * C + c1, o1:o1 + L]
+            s2 = planes[n * C + c2, o2:o2 + L]
+            s3 = planes[n * C + c3, o3:o3 + L]
+            v0 = wa[t0]
+            v1 = wa[t0 + 1]
+            v2 = wa[t0 + 2]
+            v3 = wa[t0 + 3]
+            u0 = wb[t0]
+            u1 = wb[t0 + 1]
+            u2 = wb[t0 + 2]
+            u3 = wb[t0 + 3]
+            for p in range(L):
+                x0 = s0[p]
+                x1 = s1[p]
+                x2 = s2[p]
+                x3 = s3[p]
+                a0[p] += v0 * x0 + v1 * x1 + v2 * x2 + v3 * x3
+                a1[p] += u0 * x0 + u1 * x1 + u2 * x2 + u3 * x3
+        for t in range(T4, T):
+            c0, o0 = _tap(t, KHW, KW, Wp)
+            s0 = planes[n * C + c0, o0:o0 + L]
+            v0 = wa[t]
+            u0 = wb[t]
+            for p in range(L):
+                x0 = s0[p]
+                a0[p] += v0 * x0
+                a1[p] += u0 * x0
+        for k in range(g - f + 1):
+            plane = out[n, f + k]
+            a = acc[k]
+            for oh in range(Ho):
+                row = plane[oh]
+                src = a[oh * Wp:oh * Wp + Wo]
+                for ow in range(Wo):
+                    row[ow] = src[ow]
+
+
+@njit(**PARALLEL_JIT)
 def conv2d_forward_few_channels(xp, wk, b, sh, sw, out):
     """Direct cross-correlation for short reductions (few input channels, small kernels).
 
