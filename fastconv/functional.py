@@ -226,12 +226,28 @@ def _input_grad(dy, w, g):
         return dx
     Hp, Wp = g.H + 2 * g.ph, g.W + 2 * g.pw
     dxp = np.zeros((g.N, g.C, Hp, Wp), dtype=dy.dtype)
+    # The phases' sub-kernels have at most ``t = ceil(K / s)`` taps per axis. When every
+    # phase runs on the tiled kernel, dy is packed once, padded for the largest
+    # sub-kernel; a smaller one then computes ``t - th`` surplus rows (columns) on each
+    # side, which are dropped.
+    tmax_h, tmax_w = -(-g.KH // g.sh), -(-g.KW // g.sw)
+    shared = g.F * max(g.KH // g.sh, 1) * max(g.KW // g.sw, 1) >= _SHORT_REDUCTION  # smallest sub-kernel
+    if shared:
+        dyp = _nhwc(dy, tmax_h - 1, tmax_w - 1)
+        zeros = np.zeros(g.C, dtype=dy.dtype)
     for rh in range(min(g.sh, g.KH)):
         for rw in range(min(g.sw, g.KW)):
             sub = w[:, :, rh::g.sh, rw::g.sw]
             th, tw = sub.shape[2], sub.shape[3]
-            phase = np.empty((g.N, g.C, g.Ho + th - 1, g.Wo + tw - 1), dtype=dy.dtype)
-            _full_correlation(dy, sub, th - 1, tw - 1, phase)
+            if shared:
+                wrot = _contiguous(sub[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+                big = np.empty((g.N, g.C, g.Ho + 2 * tmax_h - th - 1, g.Wo + 2 * tmax_w - tw - 1), dtype=dy.dtype)
+                launch(_TILED_FORWARD, dyp, _forward_weights(wrot), th, zeros, 1, 1, big,
+                       work=big.size * g.F * th * tw)
+                phase = big[:, :, tmax_h - th:, tmax_w - tw:]
+            else:
+                phase = np.empty((g.N, g.C, g.Ho + th - 1, g.Wo + tw - 1), dtype=dy.dtype)
+                _full_correlation(dy, sub, th - 1, tw - 1, phase)
             target = dxp[:, :, rh::g.sh, rw::g.sw]
             rows, cols = min(target.shape[2], phase.shape[2]), min(target.shape[3], phase.shape[3])
             target[:, :, :rows, :cols] = phase[:, :, :rows, :cols]

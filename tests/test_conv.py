@@ -88,6 +88,11 @@ SHAPE_CASES = [
     Case(2, 3, 1, 1, 4, 3, 3, 1, 1, "1x1-input-pad1"),
     Case(1, 2, 3, 3, 2, 1, 1, 1, 2, "1x1-kernel-pad2"),
     Case(2, 2, 4, 5, 3, 3, 3, 1, 3, "padding-over-kernel"),
+    # F >= 32 with stride > 1: the input gradient packs dy once for all its phases
+    Case(2, 3, 11, 9, 32, 3, 3, 2, 1, "F32-s2"),
+    Case(1, 2, 13, 12, 33, 4, 5, (2, 3), (2, 1), "F33-s2x3-k4x5"),
+    Case(1, 2, 9, 10, 40, 2, 2, 3, 0, "F40-s3-k2"),
+    Case(1, 2, 17, 16, 36, 7, 7, 2, 3, "F36-stem7"),
 ]
 
 # issue 5's benchmark shapes (N, C, H, W, F, k, stride, pad), at a reduced batch.
