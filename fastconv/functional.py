@@ -97,6 +97,14 @@ def _nhwc(a, ph=0, pw=0):
     return out
 
 
+def _nchw_padded(a, ph, pw):
+    """Copy an NCHW array into a new zero-padded NCHW array (one parallel pass)."""
+    N, C, H, W = a.shape
+    out = np.empty((N, C, H + 2 * ph, W + 2 * pw), dtype=a.dtype)
+    launch(_conv.pack_nchw_padded, _contiguous(a), ph, pw, out, work=out.size)
+    return out
+
+
 #: Receptive fields (KH * KW * C) shorter than this do not fill the tiled kernels'
 #: vectors; they use ``conv2d_forward_flat`` (stride 1) or ``conv2d_forward_few_channels``.
 _SHORT_REDUCTION = 32
@@ -110,10 +118,7 @@ def _forward(x, ph, pw, w, b, sh, sw, out):
     if KH * KW * C >= _SHORT_REDUCTION:
         launch(_TILED_FORWARD, _nhwc(x, ph, pw), _forward_weights(w), KH, b, sh, sw, out, work=work)
     elif sh == sw == 1:
-        N, C, H, W = x.shape
-        xq = np.empty((N, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
-        launch(_conv.pack_nchw_padded, _contiguous(x), ph, pw, xq, work=xq.size)
-        launch(_conv.conv2d_forward_flat, xq, _contiguous(w), b, out, work=work)
+        launch(_conv.conv2d_forward_flat, _nchw_padded(x, ph, pw), _contiguous(w), b, out, work=work)
     else:
         wk = _contiguous(w.transpose(2, 3, 1, 0))
         launch(_conv.conv2d_forward_few_channels, _nhwc(x, ph, pw), wk, b, sh, sw, out, work=work)
@@ -260,10 +265,20 @@ def _full_correlation(dy, w, pad_h, pad_w, out):
     _forward(dy, pad_h, pad_w, wrot, np.zeros(wrot.shape[0], dtype=dy.dtype), 1, 1, out)
 
 
-def _weight_grad(xp, dy, g):
-    threads = max(1, min(numba.get_num_threads(), g.N * g.Ho))
-    partial = np.empty((threads, g.F, g.KW * g.KH * g.C), dtype=dy.dtype)
-    launch(_conv.conv2d_backward_weight, xp, _contiguous(dy), g.KH, g.sh, g.sw, partial, work=dy.size * partial[0, 0].size)
+def _weight_grad(x, dy, g):
+    """dw: the correlation of x (zero-padded) with dy, summed over the batch."""
+    threads = numba.get_num_threads()
+    dy = _contiguous(dy)
+    # The flat kernel multiplies dy's zero gaps with real inputs: exact for finite x,
+    # but 0 * inf would put a NaN where the reference has none.
+    if g.sh == g.sw == 1 and g.C * g.KH * g.KW < _SHORT_REDUCTION and np.isfinite(x).all():
+        xq = _nchw_padded(x, g.ph, g.pw)
+        partial = np.empty((max(1, min(threads, g.N)), g.F, g.C * g.KH * g.KW), dtype=dy.dtype)
+        launch(_conv.conv2d_backward_weight_flat, xq, dy, g.KH, g.KW, partial, work=dy.size * partial[0, 0].size)
+        return partial.sum(axis=0).reshape(g.F, g.C, g.KH, g.KW)  # partials summed in thread order
+    partial = np.empty((max(1, min(threads, g.N * g.Ho)), g.F, g.KW * g.KH * g.C), dtype=dy.dtype)
+    launch(_conv.conv2d_backward_weight, _nhwc(x, g.ph, g.pw), dy, g.KH, g.sh, g.sw, partial,
+           work=dy.size * partial[0, 0].size)
     # Partials are summed in thread order; (F, KW, KH, C) -> (F, C, KH, KW).
     dw = partial.sum(axis=0).reshape(g.F, g.KW, g.KH, g.C)
     return _contiguous(dw.transpose(0, 3, 2, 1))
@@ -357,7 +372,7 @@ def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0):
     _check_dy(func, dy, g)
     if g.N == 0:
         return np.zeros(shape, dtype=dy.dtype)
-    return _weight_grad(_nhwc(x, g.ph, g.pw), dy, g)
+    return _weight_grad(x, dy, g)
 
 
 def conv2d_backward(dy, x, w, stride=1, padding=0):
@@ -395,7 +410,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0):
     if g.N == 0:
         return (np.zeros(x.shape, dtype=x.dtype), np.zeros(w.shape, dtype=x.dtype), np.zeros(g.F, dtype=x.dtype))
     dy = _contiguous(dy)
-    return _input_grad(dy, w, g), _weight_grad(_nhwc(x, g.ph, g.pw), dy, g), _bias_grad(dy)
+    return _input_grad(dy, w, g), _weight_grad(x, dy, g), _bias_grad(dy)
 
 
 def _pool_geometry(func, x_shape, kernel_size, stride, padding, x_name="x"):

@@ -208,6 +208,8 @@ def _kernel_cases():
         "conv2d_forward_few_channels": (conv_kernels.conv2d_forward_few_channels,
                                         (A(f, 4), A(f, 4), A(f, 1), i64, i64, A(f, 4))),
         "conv2d_backward_weight": (conv_kernels.conv2d_backward_weight, (A(f, 4), A(f, 4), i64, i64, i64, A(f, 3))),
+        "conv2d_backward_weight_flat": (conv_kernels.conv2d_backward_weight_flat,
+                                        (A(f, 4), A(f, 4), i64, i64, A(f, 3))),
         "conv2d_backward_bias": (conv_kernels.conv2d_backward_bias, (A(f, 4), A(f, 1))),
     }
 

@@ -581,6 +581,106 @@ def conv2d_backward_weight(xp, dy, KH, sh, sw, partial):
 
 
 @njit(**PARALLEL_JIT)
+def conv2d_backward_weight_flat(xq, dy, KH, KW, partial):
+    """Per-thread partial weight gradients at stride 1 for short receptive fields.
+
+    The mirror of :func:`conv2d_forward_flat`: with ``dy``'s rows copied at the padded
+    input's row pitch ``Wp`` (zeros in the ``Wp - Wo`` gaps), the gradient of tap
+    ``(c, i, j)`` of filter ``f`` is one dot product of that flat ``dy`` plane with
+    the input plane ``c`` shifted by ``i * Wp + j``: long contiguous loops whatever the
+    image width. Four taps and two filters share each pass (8 accumulators). The gaps
+    multiply real inputs by zero, so ``xq`` must be finite (the caller checks; with an
+    infinity, ``0 * inf`` would add a NaN).
+
+    Parameters
+    ----------
+    xq : (N, C, Hp, Wp) array
+        Zero-padded input, NCHW.
+    dy : (N, F, Ho, Wo) array
+        Output gradient; ``Ho = Hp - KH + 1``, ``Wo = Wp - KW + 1``.
+    KH, KW : int
+        Kernel size.
+    partial : (T, F, C * KH * KW) array
+        Fully overwritten: ``partial[t]`` sums the ``t``-th contiguous chunk of the
+        batch, taps ordered ``(c, i, j)``. The caller sums over ``t`` in order.
+    """
+    N, C, Hp, Wp = xq.shape
+    F = dy.shape[1]
+    Ho = dy.shape[2]
+    Wo = dy.shape[3]
+    T = partial.shape[0]
+    L = (Ho - 1) * Wp + Wo
+    KHW = KH * KW
+    R = C * KHW
+    R4 = R - R % 4
+    planes = xq.reshape(N * C, Hp * Wp)
+    zero = np.zeros(1, dtype=partial.dtype)[0]
+    for t in prange(T):
+        part = partial[t]
+        part[:, :] = 0
+        dyw = np.zeros((F, L), dtype=dy.dtype)
+        for n in range((N * t) // T, (N * (t + 1)) // T):
+            for f in range(F):
+                for oh in range(Ho):
+                    src = dy[n, f, oh]
+                    dst = dyw[f, oh * Wp:oh * Wp + Wo]
+                    for ow in range(Wo):
+                        dst[ow] = src[ow]
+            for f in range(0, F, 2):
+                g = min(f + 1, F - 1)  # odd F: the last pair is filter F - 1 twice, added once
+                da = dyw[f]
+                db = dyw[g]
+                pa = part[f]
+                pb = part[g]
+                for t0 in range(0, R4, 4):
+                    c0, o0 = _tap(t0, KHW, KW, Wp)
+                    c1, o1 = _tap(t0 + 1, KHW, KW, Wp)
+                    c2, o2 = _tap(t0 + 2, KHW, KW, Wp)
+                    c3, o3 = _tap(t0 + 3, KHW, KW, Wp)
+                    s0 = planes[n * C + c0, o0:o0 + L]
+                    s1 = planes[n * C + c1, o1:o1 + L]
+                    s2 = planes[n * C + c2, o2:o2 + L]
+                    s3 = planes[n * C + c3, o3:o3 + L]
+                    a0 = a1 = a2 = a3 = zero
+                    b0 = b1 = b2 = b3 = zero
+                    for p in range(L):
+                        u = da[p]
+                        v = db[p]
+                        x0 = s0[p]
+                        x1 = s1[p]
+                        x2 = s2[p]
+                        x3 = s3[p]
+                        a0 += u * x0
+                        a1 += u * x1
+                        a2 += u * x2
+                        a3 += u * x3
+                        b0 += v * x0
+                        b1 += v * x1
+                        b2 += v * x2
+                        b3 += v * x3
+                    pa[t0] += a0
+                    pa[t0 + 1] += a1
+                    pa[t0 + 2] += a2
+                    pa[t0 + 3] += a3
+                    if g != f:
+                        pb[t0] += b0
+                        pb[t0 + 1] += b1
+                        pb[t0 + 2] += b2
+                        pb[t0 + 3] += b3
+                for r in range(R4, R):
+                    c0, o0 = _tap(r, KHW, KW, Wp)
+                    s0 = planes[n * C + c0, o0:o0 + L]
+                    a0 = b0 = zero
+                    for p in range(L):
+                        x0 = s0[p]
+                        a0 += da[p] * x0
+                        b0 += db[p] * x0
+                    pa[r] += a0
+                    if g != f:
+                        pb[r] += b0
+
+
+@njit(**PARALLEL_JIT)
 def conv2d_backward_bias(dy, db):
     """``db[f] += sum over n, h, w of dy[n, f, h, w]`` for NCHW ``dy``; one filter per job.
 
