@@ -65,6 +65,7 @@ class PoolCase(NamedTuple):
 CASES = [
     *(PoolCase(2, 3, 9, 8, k, name="kernel") for k in (1, 2, 3, 4, 5)),
     PoolCase(2, 3, 8, 8, 2, 2, 0, "k2s2"),
+    PoolCase(2, 3, 7, 11, 2, 2, 0, "k2s2-odd"),  # the 2x2 kernel drops the last row and column
     PoolCase(2, 3, 9, 9, 3, 1, 0, "overlap-s1"),
     PoolCase(2, 3, 9, 10, 3, 2, 1, "overlap-s2p1"),
     PoolCase(2, 2, 10, 9, 4, 2, 2, "overlap-k4p2"),

@@ -122,3 +122,53 @@ def max_pool2d_backward(dy, indices, dx):
         irow = indices[p]
         for k in range(K):
             drow[irow[k]] += grow[k]
+
+
+@njit(**PARALLEL_JIT)
+def max_pool2d_forward_2x2(x, out, indices):
+    """:func:`max_pool2d_forward` for 2 x 2 windows at stride 2 without padding.
+
+    The most common pooling layer gets a kernel of its own: with the window and stride
+    known at compile time, the four taps of a row of windows are two stride-2 loads from
+    each of two input rows, which LLVM vectorises (de-interleaving shuffles) and merges
+    with branch-free selects. Same winner rule, same scan order ``(0,0), (0,1), (1,0),
+    (1,1)``: the first element is taken whatever it is, a later one replaces it when it is
+    strictly greater or NaN.
+
+    Parameters
+    ----------
+    x : (P, H, W) array
+        Input planes.
+    out : (P, H // 2, W // 2) array
+        Maxima, fully overwritten.
+    indices : (P, H // 2, W // 2) int64 array
+        Flat winner indices ``h * W + w``, fully overwritten.
+    """
+    P, H, W = x.shape
+    Ho = out.shape[1]
+    Wo = out.shape[2]
+    for p in prange(P):
+        plane = x[p]
+        for oh in range(Ho):
+            r0 = plane[2 * oh]
+            r1 = plane[2 * oh + 1]
+            orow = out[p, oh]
+            irow = indices[p, oh]
+            base = 2 * oh * W
+            for ow in range(Wo):
+                best = r0[2 * ow]
+                at = base + 2 * ow
+                v = r0[2 * ow + 1]
+                take = (v > best) | (v != v)
+                best = v if take else best
+                at = base + 2 * ow + 1 if take else at
+                v = r1[2 * ow]
+                take = (v > best) | (v != v)
+                best = v if take else best
+                at = base + W + 2 * ow if take else at
+                v = r1[2 * ow + 1]
+                take = (v > best) | (v != v)
+                best = v if take else best
+                at = base + W + 2 * ow + 1 if take else at
+                orow[ow] = best
+                irow[ow] = at
