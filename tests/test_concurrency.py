@@ -296,6 +296,10 @@ class _Interrupt(BaseException):
 
 
 def _call_pool(x):
+    return fc.max_pool2d(x, 3, stride=2, padding=1)
+
+
+def _call_pool_2x2(x):
     return fc.max_pool2d(x, 2)
 
 
@@ -309,9 +313,10 @@ def _call_conv_backward(x):
 @pytest.mark.parametrize(
     "module, kernel, call",
     [("pool", "max_pool2d_forward", _call_pool),
+     ("pool", "max_pool2d_forward_2x2", _call_pool_2x2),
      ("conv", "pack_nhwc_padded", _call_conv_backward),  # the first launch of the call
      ("conv", "conv2d_backward_bias", _call_conv_backward)],  # the last one
-    ids=["max_pool2d", "conv2d_backward-first-launch", "conv2d_backward-last-launch"],
+    ids=["max_pool2d", "max_pool2d-2x2", "conv2d_backward-first-launch", "conv2d_backward-last-launch"],
 )
 def test_thread_count_restored_when_a_kernel_raises(module, kernel, call, exc, size, monkeypatch,
                                                    restore_thread_count):

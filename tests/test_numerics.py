@@ -194,6 +194,7 @@ def _kernel_cases():
     i64, f = types.int64, types.float32
     return {
         "max_pool2d_forward": (pool_kernels.max_pool2d_forward, (A(f, 3), *[i64] * 6, A(f, 3), A(i64, 3))),
+        "max_pool2d_forward_2x2": (pool_kernels.max_pool2d_forward_2x2, (A(f, 3), A(f, 3), A(i64, 3))),
         "_window_max": (pool_kernels._window_max, (A(f, 2), i64, i64, i64, i64)),
         "max_pool2d_backward": (pool_kernels.max_pool2d_backward, (A(f, 2), A(i64, 2), A(f, 2))),
         "pack_nhwc_padded": (conv_kernels.pack_nhwc_padded, (A(f, 4), i64, i64, A(f, 4))),
