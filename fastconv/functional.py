@@ -110,18 +110,28 @@ def _nchw_padded(a, ph, pw):
 _SHORT_REDUCTION = 32
 
 
+#: ``x`` zero-padded and repacked for a kernel: ``layout`` is "nhwc" (N, Hp, Wp, C) or
+#: "nchw" (N, C, Hp, Wp). The forward pass returns it so that a layer can hand it to the
+#: weight gradient, which reads the same packing, instead of packing ``x`` again.
+_Packed = namedtuple("_Packed", "layout array")
+
+
 def _forward(x, ph, pw, w, b, sh, sw, out):
     """``out = conv2d(x, w, b)`` with zero padding ``(ph, pw)``: packs ``x`` for the kernel
-    suited to ``w``'s receptive field and runs it."""
+    suited to ``w``'s receptive field and runs it. Returns the packed ``x`` (a ``_Packed``)."""
     F, C, KH, KW = w.shape
     work = out.size * C * KH * KW
     if KH * KW * C >= _SHORT_REDUCTION:
-        launch(_TILED_FORWARD, _nhwc(x, ph, pw), _forward_weights(w), KH, b, sh, sw, out, work=work)
+        packed = _Packed("nhwc", _nhwc(x, ph, pw))
+        launch(_TILED_FORWARD, packed.array, _forward_weights(w), KH, b, sh, sw, out, work=work)
     elif sh == sw == 1:
-        launch(_conv.conv2d_forward_flat, _nchw_padded(x, ph, pw), _contiguous(w), b, out, work=work)
+        packed = _Packed("nchw", _nchw_padded(x, ph, pw))
+        launch(_conv.conv2d_forward_flat, packed.array, _contiguous(w), b, out, work=work)
     else:
+        packed = _Packed("nhwc", _nhwc(x, ph, pw))
         wk = _contiguous(w.transpose(2, 3, 1, 0))
-        launch(_conv.conv2d_forward_few_channels, _nhwc(x, ph, pw), wk, b, sh, sw, out, work=work)
+        launch(_conv.conv2d_forward_few_channels, packed.array, wk, b, sh, sw, out, work=work)
+    return packed
 
 
 def _tiled_forward_kernel():
@@ -192,6 +202,11 @@ def conv2d(x, w, b=None, stride=1, padding=0):
     array([[ 8., 12.],
            [20., 24.]])
     """
+    return _conv2d(x, w, b, stride, padding)[0]
+
+
+def _conv2d(x, w, b, stride, padding):
+    """:func:`conv2d`, also returning the packed input (``None`` for an empty batch)."""
     func = "conv2d"
     V.check_float_array(x, "x", func, 4, _X)
     V.check_float_array(w, "w", func, 4, _W)
@@ -203,10 +218,9 @@ def conv2d(x, w, b=None, stride=1, padding=0):
         raise ValueError(f"{func}: b must have shape ({g.F},) to match w.shape={w.shape}; got {b.shape}")
     out = np.empty((g.N, g.F, g.Ho, g.Wo), dtype=x.dtype)
     if g.N == 0:
-        return out
+        return out, None
     bias = np.zeros(g.F, dtype=x.dtype) if b is None else _contiguous(b)
-    _forward(x, g.ph, g.pw, w, bias, g.sh, g.sw, out)
-    return out
+    return out, _forward(x, g.ph, g.pw, w, bias, g.sh, g.sw, out)
 
 
 def _input_grad(dy, w, g):
@@ -265,19 +279,28 @@ def _full_correlation(dy, w, pad_h, pad_w, out):
     _forward(dy, pad_h, pad_w, wrot, np.zeros(wrot.shape[0], dtype=dy.dtype), 1, 1, out)
 
 
-def _weight_grad(x, dy, g):
-    """dw: the correlation of x (zero-padded) with dy, summed over the batch."""
+def _weight_grad(x, dy, g, packed=None):
+    """dw: the correlation of x (zero-padded) with dy, summed over the batch.
+
+    ``packed``: ``x`` as the forward pass packed it (a ``_Packed``), used when its layout is
+    the one this kernel reads; else ``x`` is packed here.
+    """
+    def pack(layout, pack_fn):
+        if packed is not None and packed.layout == layout:
+            return packed.array
+        return pack_fn(x, g.ph, g.pw)
+
     threads = numba.get_num_threads()
     dy = _contiguous(dy)
     # The flat kernel multiplies dy's zero gaps with real inputs: exact for finite x,
     # but 0 * inf would put a NaN where the reference has none.
     if g.sh == g.sw == 1 and g.C * g.KH * g.KW < _SHORT_REDUCTION and np.isfinite(x).all():
-        xq = _nchw_padded(x, g.ph, g.pw)
+        xq = pack("nchw", _nchw_padded)
         partial = np.empty((max(1, min(threads, g.N)), g.F, g.C * g.KH * g.KW), dtype=dy.dtype)
         launch(_conv.conv2d_backward_weight_flat, xq, dy, g.KH, g.KW, partial, work=dy.size * partial[0, 0].size)
         return partial.sum(axis=0).reshape(g.F, g.C, g.KH, g.KW)  # partials summed in thread order
     partial = np.empty((max(1, min(threads, g.N * g.Ho)), g.F, g.KW * g.KH * g.C), dtype=dy.dtype)
-    launch(_conv.conv2d_backward_weight, _nhwc(x, g.ph, g.pw), dy, g.KH, g.sh, g.sw, partial,
+    launch(_conv.conv2d_backward_weight, pack("nhwc", _nhwc), dy, g.KH, g.sh, g.sw, partial,
            work=dy.size * partial[0, 0].size)
     # Partials are summed in thread order; (F, KW, KH, C) -> (F, C, KH, KW).
     dw = partial.sum(axis=0).reshape(g.F, g.KW, g.KH, g.C)
@@ -400,6 +423,14 @@ def conv2d_backward(dy, x, w, stride=1, padding=0):
     db : ndarray, shape (F,)
         Returned whether or not the forward pass used a bias.
     """
+    return _conv2d_backward(dy, x, w, stride, padding)
+
+
+def _conv2d_backward(dy, x, w, stride, padding, packed=None, input_grad=True):
+    """:func:`conv2d_backward`; ``packed`` is what :func:`_conv2d` returned for this ``x``.
+
+    With ``input_grad=False``, dx is not computed and ``None`` is returned in its place.
+    """
     func = "conv2d_backward"
     V.check_float_array(dy, "dy", func, 4, _DY)
     V.check_float_array(x, "x", func, 4, _X)
@@ -408,9 +439,11 @@ def conv2d_backward(dy, x, w, stride=1, padding=0):
     g = _conv_geometry(func, x.shape, w.shape, stride, padding)
     _check_dy(func, dy, g)
     if g.N == 0:
-        return (np.zeros(x.shape, dtype=x.dtype), np.zeros(w.shape, dtype=x.dtype), np.zeros(g.F, dtype=x.dtype))
+        dx = np.zeros(x.shape, dtype=x.dtype) if input_grad else None
+        return dx, np.zeros(w.shape, dtype=x.dtype), np.zeros(g.F, dtype=x.dtype)
     dy = _contiguous(dy)
-    return _input_grad(dy, w, g), _weight_grad(x, dy, g), _bias_grad(dy)
+    dx = _input_grad(dy, w, g) if input_grad else None
+    return dx, _weight_grad(x, dy, g, packed), _bias_grad(dy)
 
 
 def _pool_geometry(func, x_shape, kernel_size, stride, padding, x_name="x"):

@@ -721,8 +721,10 @@ class Conv2d(Module):
                 f"got shape {x.shape}"
             )
         b = None if self.bias is None else self.bias.data
-        out = _F.conv2d(x, self.weight.data, b, self.stride, self.padding)
-        self._cache = (x, out.shape) if is_grad_enabled() else None
+        out, packed = _F._conv2d(x, self.weight.data, b, self.stride, self.padding)
+        # The zero-padded, repacked input is kept for the weight gradient, which reads
+        # the same packing: one pass over the input less per training step.
+        self._cache = (x, packed, out.shape) if is_grad_enabled() else None
         return out
 
     def backward(self, dout, input_grad=True):
@@ -733,14 +735,10 @@ class Conv2d(Module):
         """
         if self._cache is None:
             raise _no_cache_error("Conv2d")
-        x, out_shape = self._cache
+        x, packed, out_shape = self._cache
         _check_dout(dout, "Conv2d", out_shape, x.dtype)
-        if input_grad:
-            dx, dw, db = _F.conv2d_backward(dout, x, self.weight.data, self.stride, self.padding)
-        else:
-            dx = None
-            dw = _F.conv2d_backward_weight(dout, x, self.weight.shape, self.stride, self.padding)
-            db = _F._bias_grad(dout) if self.bias is not None else None
+        dx, dw, db = _F._conv2d_backward(dout, x, self.weight.data, self.stride, self.padding,
+                                         packed=packed, input_grad=input_grad)
         self.weight.grad += dw
         if self.bias is not None:
             self.bias.grad += db
