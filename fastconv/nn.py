@@ -903,6 +903,15 @@ def _matmul(a, b):
     return out
 
 
+def _matmul_nt(a, b):
+    """``a @ b.T`` without transposing ``b`` (:func:`fastconv.kernels.dense.matmul_nt`)."""
+    a = _F._contiguous(a)
+    b = _F._contiguous(b)
+    out = np.empty((a.shape[0], b.shape[0]), dtype=a.dtype)
+    _launch(_dense.matmul_nt, a, b, out, work=a.shape[0] * a.shape[1] * b.shape[0])
+    return out
+
+
 class Linear(Module):
     """Affine layer ``y = x @ weight.T + bias`` over the last axis.
 
@@ -948,7 +957,7 @@ class Linear(Module):
                 f"got shape {x.shape}"
             )
         x2 = x.reshape(-1, self.in_features)
-        out = _matmul(x2, self.weight.data.T)
+        out = _matmul_nt(x2, self.weight.data)
         if self.bias is not None:
             out += self.bias.data
         self._cache = x if is_grad_enabled() else None

@@ -141,6 +141,31 @@ def test_layer_matches_torch(case, dtype, rng, torch, tol):
     np.testing.assert_array_equal(x, x_before)  # input not modified
 
 
+# The Linear layer's compiled matrix products, against NumPy: shapes that leave remainders
+# of the 4 x 4 tiles (rows, columns), reductions longer than one chunk (matmul_nt cuts the
+# reduction axis at 1024) and of odd lengths, and a single element.
+MATMUL_SHAPES = [(1, 1, 1), (3, 5, 2), (4, 16, 4), (7, 13, 9), (64, 3136, 128), (5, 2049, 6), (9, 1024, 13)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", MATMUL_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("transposed", [False, True], ids=["a@b", "a@b.T"])
+def test_linear_matmul_kernels_match_numpy(shape, transposed, dtype, rng):
+    from fastconv.nn import _matmul, _matmul_nt
+
+    R, Q, K = shape
+    a = rng.standard_normal((R, Q)).astype(dtype)
+    b = rng.standard_normal((K, Q) if transposed else (Q, K)).astype(dtype)
+    a_before, b_before = a.copy(), b.copy()
+    got = _matmul_nt(a, b) if transposed else _matmul(a, b)
+    expected = a.astype(np.float64) @ (b.T if transposed else b).astype(np.float64)
+    assert got.dtype == dtype and got.shape == (R, K)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, expected, rtol=tol, atol=tol * np.sqrt(Q))
+    np.testing.assert_array_equal(a, a_before)
+    np.testing.assert_array_equal(b, b_before)
+
+
 def test_relu_nan_follows_torch(torch):
     x = np.array([[-1.0, 0.0, np.nan, 2.0]])
     layer = nn.ReLU()

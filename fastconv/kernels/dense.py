@@ -87,3 +87,100 @@ def matmul(A, B, C):
                     a00 = a0[q]
                     for k in range(k1 - k0):
                         c0[k] += a00 * b0[k]
+
+
+#: Reduction-axis chunk of :func:`matmul_nt`: 4 rows of A and 4 rows of B of this
+#: length (2 x 16 KiB in float32) stay in L1 while every tile of one row block is done.
+_CHUNK = 1024
+
+
+@njit(**PARALLEL_JIT)
+def matmul_nt(A, B, C):
+    """``C = A @ B.T`` for C-contiguous ``A`` (R, Q), ``B`` (K, Q) and ``C`` (R, K).
+
+    The layer's forward pass ``x @ weight.T``: both operands are contiguous along the
+    reduction axis, so each element of ``C`` is a dot product of two contiguous rows.
+    Tiles of 4 x 4 dot products share their loads (8 vector loads per 16 vector
+    multiply-adds); the reduction axis is cut into chunks of ``_CHUNK`` so a tile's rows
+    stay in L1, and each chunk's 16 sums are added into ``C``. ``matmul(A, B.T)`` needed
+    a transposed copy of the weights on every call. Each job owns 4 rows of ``C``; the
+    sums run in the same order whatever the thread count.
+    """
+    R, Q = A.shape
+    K = B.shape[0]
+    K4 = K - K % 4
+    zero = np.zeros(1, dtype=C.dtype)[0]
+    for rb in prange((R + 3) // 4):
+        r0 = rb * 4
+        r1 = min(R, r0 + 4)
+        C[r0:r1, :] = 0
+        for q0 in range(0, Q, _CHUNK):
+            q1 = min(Q, q0 + _CHUNK)
+            if r1 - r0 == 4:
+                a0 = A[r0, q0:q1]
+                a1 = A[r0 + 1, q0:q1]
+                a2 = A[r0 + 2, q0:q1]
+                a3 = A[r0 + 3, q0:q1]
+                for k0 in range(0, K4, 4):
+                    b0 = B[k0, q0:q1]
+                    b1 = B[k0 + 1, q0:q1]
+                    b2 = B[k0 + 2, q0:q1]
+                    b3 = B[k0 + 3, q0:q1]
+                    s00 = s01 = s02 = s03 = zero
+                    s10 = s11 = s12 = s13 = zero
+                    s20 = s21 = s22 = s23 = zero
+                    s30 = s31 = s32 = s33 = zero
+                    for q in range(q1 - q0):
+                        u0 = a0[q]
+                        u1 = a1[q]
+                        u2 = a2[q]
+                        u3 = a3[q]
+                        v0 = b0[q]
+                        v1 = b1[q]
+                        v2 = b2[q]
+                        v3 = b3[q]
+                        s00 += u0 * v0
+                        s01 += u0 * v1
+                        s02 += u0 * v2
+                        s03 += u0 * v3
+                        s10 += u1 * v0
+                        s11 += u1 * v1
+                        s12 += u1 * v2
+                        s13 += u1 * v3
+                        s20 += u2 * v0
+                        s21 += u2 * v1
+                        s22 += u2 * v2
+                        s23 += u2 * v3
+                        s30 += u3 * v0
+                        s31 += u3 * v1
+                        s32 += u3 * v2
+                        s33 += u3 * v3
+                    C[r0, k0] += s00
+                    C[r0, k0 + 1] += s01
+                    C[r0, k0 + 2] += s02
+                    C[r0, k0 + 3] += s03
+                    C[r0 + 1, k0] += s10
+                    C[r0 + 1, k0 + 1] += s11
+                    C[r0 + 1, k0 + 2] += s12
+                    C[r0 + 1, k0 + 3] += s13
+                    C[r0 + 2, k0] += s20
+                    C[r0 + 2, k0 + 1] += s21
+                    C[r0 + 2, k0 + 2] += s22
+                    C[r0 + 2, k0 + 3] += s23
+                    C[r0 + 3, k0] += s30
+                    C[r0 + 3, k0 + 1] += s31
+                    C[r0 + 3, k0 + 2] += s32
+                    C[r0 + 3, k0 + 3] += s33
+                k_lo = K4
+            else:
+                k_lo = 0
+            # What the 4 x 4 tiles left (the last columns; every column of a last
+            # block of fewer than 4 rows): one dot product at a time.
+            for r in range(r0, r1):
+                a0 = A[r, q0:q1]
+                for k in range(k_lo, K):
+                    b0 = B[k, q0:q1]
+                    s = zero
+                    for q in range(q1 - q0):
+                        s += a0[q] * b0[q]
+                    C[r, k] += s
