@@ -235,20 +235,20 @@ def _input_grad(dy, w, g):
     Splitting dx into its ``sh * sw`` phases (input positions ``a = rho + s*q``) turns the
     dilated full convolution into one undilated stride-1 full convolution per phase,
     with the sub-kernel of the taps ``i = rho + s*t`` -- the same arithmetic without the
-    multiplications by dilation zeros. The phases are computed in padded coordinates and
-    cropped.
+    multiplications by dilation zeros. Each phase is computed in padded coordinates and
+    scattered into dx (cropping the padding) by one parallel pass.
     """
     full_h, full_w = g.KH - 1 - g.ph, g.KW - 1 - g.pw
     if g.sh == g.sw == 1 and full_h >= 0 and full_w >= 0:
         dx = np.empty((g.N, g.C, g.H, g.W), dtype=dy.dtype)
         _full_correlation(dy, w, full_h, full_w, dx)
         return dx
-    Hp, Wp = g.H + 2 * g.ph, g.W + 2 * g.pw
-    dxp = np.zeros((g.N, g.C, Hp, Wp), dtype=dy.dtype)
+    # Positions of no phase (a stride larger than the kernel) or past every window stay 0.
+    dx = np.zeros((g.N, g.C, g.H, g.W), dtype=dy.dtype)
     # The phases' sub-kernels have at most ``t = ceil(K / s)`` taps per axis. When every
     # phase runs on the tiled kernel, dy is packed once, padded for the largest
     # sub-kernel; a smaller one then computes ``t - th`` surplus rows (columns) on each
-    # side, which are dropped.
+    # side, which are skipped.
     tmax_h, tmax_w = -(-g.KH // g.sh), -(-g.KW // g.sw)
     shared = g.F * max(g.KH // g.sh, 1) * max(g.KW // g.sw, 1) >= _SHORT_REDUCTION  # smallest sub-kernel
     if shared:
@@ -260,17 +260,18 @@ def _input_grad(dy, w, g):
             th, tw = sub.shape[2], sub.shape[3]
             if shared:
                 wrot = _contiguous(sub[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-                big = np.empty((g.N, g.C, g.Ho + 2 * tmax_h - th - 1, g.Wo + 2 * tmax_w - tw - 1), dtype=dy.dtype)
-                launch(_TILED_FORWARD, dyp, _forward_weights(wrot), th, zeros, 1, 1, big,
-                       work=big.size * g.F * th * tw)
-                phase = big[:, :, tmax_h - th:, tmax_w - tw:]
+                phase = np.empty((g.N, g.C, g.Ho + 2 * tmax_h - th - 1, g.Wo + 2 * tmax_w - tw - 1), dtype=dy.dtype)
+                launch(_TILED_FORWARD, dyp, _forward_weights(wrot), th, zeros, 1, 1, phase,
+                       work=phase.size * g.F * th * tw)
+                first_h, first_w = tmax_h - th, tmax_w - tw
             else:
                 phase = np.empty((g.N, g.C, g.Ho + th - 1, g.Wo + tw - 1), dtype=dy.dtype)
                 _full_correlation(dy, sub, th - 1, tw - 1, phase)
-            target = dxp[:, :, rh::g.sh, rw::g.sw]
-            rows, cols = min(target.shape[2], phase.shape[2]), min(target.shape[3], phase.shape[3])
-            target[:, :, :rows, :cols] = phase[:, :, :rows, :cols]
-    return _contiguous(dxp[:, :, g.ph:g.ph + g.H, g.pw:g.pw + g.W])
+                first_h = first_w = 0
+            # Phase element (q_h, q_w) is padded position (rh + sh*q_h, rw + sw*q_w).
+            launch(_conv.scatter_phase, phase, first_h, first_w, rh, rw, g.sh, g.sw, g.ph, g.pw, dx,
+                   work=phase.size)
+    return dx
 
 
 def _full_correlation(dy, w, pad_h, pad_w, out):

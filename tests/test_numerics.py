@@ -212,6 +212,7 @@ def _kernel_cases():
         "conv2d_backward_weight_flat": (conv_kernels.conv2d_backward_weight_flat,
                                         (A(f, 4), A(f, 4), i64, i64, A(f, 3))),
         "conv2d_backward_bias": (conv_kernels.conv2d_backward_bias, (A(f, 4), A(f, 1))),
+        "scatter_phase": (conv_kernels.scatter_phase, (A(f, 4), *[i64] * 8, A(f, 4))),
     }
 
 

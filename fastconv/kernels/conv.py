@@ -739,6 +739,39 @@ def conv2d_backward_weight_flat(xq, dy, KH, KW, partial):
 
 
 @njit(**PARALLEL_JIT)
+def scatter_phase(phase, first_h, first_w, rh, rw, sh, sw, ph, pw, dx):
+    """Write one stride phase of the input gradient into ``dx``, cropping the padding.
+
+    ``dx[n, c, rh + sh*qh - ph, rw + sw*qw - pw] = phase[n, c, first_h + qh, first_w + qw]``
+    for every ``qh, qw >= 0`` that lands inside ``dx`` and inside ``phase``; nothing else
+    is written. The phases of a strided convolution's input gradient write disjoint
+    positions. One job per ``(n, c)`` plane.
+
+    Parameters
+    ----------
+    phase : (N, C, Ph, Pw) array
+        The phase, computed in padded coordinates; rows (columns) before ``first_h``
+        (``first_w``) are surplus and skipped.
+    first_h, first_w, rh, rw, sh, sw, ph, pw : int
+        Offsets into ``phase``, the phase residues, strides and padding.
+    dx : (N, C, H, W) array
+    """
+    N, C, H, W = dx.shape
+    qh_lo = max(0, (ph - rh + sh - 1) // sh)
+    qh_hi = min(phase.shape[2] - first_h, (H + ph - rh + sh - 1) // sh)
+    qw_lo = max(0, (pw - rw + sw - 1) // sw)
+    qw_hi = min(phase.shape[3] - first_w, (W + pw - rw + sw - 1) // sw)
+    for job in prange(N * C):
+        n = job // C
+        c = job - n * C
+        for qh in range(qh_lo, qh_hi):
+            src = phase[n, c, first_h + qh]
+            dst = dx[n, c, rh + sh * qh - ph]
+            for qw in range(qw_lo, qw_hi):
+                dst[rw + sw * qw - pw] = src[first_w + qw]
+
+
+@njit(**PARALLEL_JIT)
 def conv2d_backward_bias(dy, db):
     """``db[f] += sum over n, h, w of dy[n, f, h, w]`` for NCHW ``dy``; one filter per job.
 
