@@ -573,20 +573,21 @@ def max_pool2d_backward(dy, indices, input_shape):
     if dy.size == 0:
         dx[...] = 0
         return dx
-    lo, hi = int(indices.min()), int(indices.max())
-    if lo < 0 or hi >= H * W:
-        raise ValueError(
-            f"{func}: indices must lie in [0, H*W) = [0, {H * W}) for input_shape {(N, C, H, W)}; "
-            f"got values in [{lo}, {hi}]"
-        )
     P = N * C
-    launch(
+    # The kernel checks every index before it writes and counts the bad ones.
+    bad = launch(
         _pool.max_pool2d_backward,
         _contiguous(dy).reshape(P, -1),
         _contiguous(indices, np.int64).reshape(P, -1),
         dx.reshape(P, H * W),
         work=dx.size + dy.size,
     )
+    if bad:
+        lo, hi = int(indices.min()), int(indices.max())
+        raise ValueError(
+            f"{func}: indices must lie in [0, H*W) = [0, {H * W}) for input_shape {(N, C, H, W)}; "
+            f"got values in [{lo}, {hi}] ({bad} out of range)"
+        )
     return dx
 
 

@@ -107,21 +107,37 @@ def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, out, indices):
 def max_pool2d_backward(dy, indices, dx):
     """Route each ``dy`` element to its winner: ``dx[p, indices[p, k]] += dy[p, k]``.
 
+    An index outside ``[0, H*W)`` is never used to write; it is counted instead, and the
+    count is returned (0 for valid indices), so the caller can refuse the call without a
+    separate pass over ``indices`` to check them first.
+
     Parameters
     ----------
     dy, indices : (P, K) arrays
-        Output gradient and winners (flat indices into a plane, already range-checked).
+        Output gradient and winners (flat indices into a plane).
     dx : (P, H * W) array
         Input gradient, fully overwritten; overlapping windows accumulate.
+
+    Returns
+    -------
+    int
+        How many indices were out of range.
     """
     P, K = dy.shape
+    HW = dx.shape[1]
+    bad = 0
     for p in prange(P):
         drow = dx[p]
         drow[:] = 0
         grow = dy[p]
         irow = indices[p]
         for k in range(K):
-            drow[irow[k]] += grow[k]
+            i = irow[k]
+            if 0 <= i < HW:
+                drow[i] += grow[k]
+            else:
+                bad += 1
+    return bad
 
 
 @njit(**PARALLEL_JIT)
