@@ -127,7 +127,12 @@ def conv2d_forward(xp, wt, KH, b, sh, sw, out):
     Wo = out.shape[3]
     step = sw * KH * C
     F4 = F - F % 4
-    W4 = Wo - Wo % 4
+    # Rows of 4 or more pixels: ceil(Wo / 4) tiles, the last one overlapping the one
+    # before it (its recomputed outputs get the same values again); narrower rows go
+    # pixel by pixel. Before, the last Wo % 4 pixels went one at a time, each paying
+    # the loads of a whole tile: 7x7 maps ran 28% slower than 8x8 ones.
+    tiles = (Wo + 3) // 4 if Wo >= 4 else 0
+    narrow = Wo if Wo < 4 else 0
     zero = np.zeros(1, dtype=out.dtype)[0]
     for job in prange(N * Ho):
         n = job // Ho
@@ -144,7 +149,8 @@ def conv2d_forward(xp, wt, KH, b, sh, sw, out):
             o1 = out[n, f0 + 1, oh]
             o2 = out[n, f0 + 2, oh]
             o3 = out[n, f0 + 3, oh]
-            for ow in range(0, W4, 4):
+            for t in range(tiles):
+                ow = min(4 * t, Wo - 4)  # the last tile overlaps the one before it
                 a = ow * step
                 x0 = bf[a:a + R]
                 x1 = bf[a + step:a + step + R]
@@ -195,7 +201,7 @@ def conv2d_forward(xp, wt, KH, b, sh, sw, out):
                 o1[ow + 3] = s31 + b[f0 + 1]
                 o2[ow + 3] = s32 + b[f0 + 2]
                 o3[ow + 3] = s33 + b[f0 + 3]
-            for ow in range(W4, Wo):
+            for ow in range(narrow):
                 x0 = bf[ow * step:ow * step + R]
                 s0 = s1 = s2 = s3 = zero
                 for r in range(R):
@@ -223,12 +229,14 @@ def _forward_single_filters(bf, wt, b, step, f_lo, orows):
     """
     F, R = wt.shape
     Wo = orows.shape[1]
-    W4 = Wo - Wo % 4
+    tiles = (Wo + 3) // 4 if Wo >= 4 else 0  # as in conv2d_forward
+    narrow = Wo if Wo < 4 else 0
     zero = np.zeros(1, dtype=orows.dtype)[0]
     for f in range(f_lo, F):
         w0 = wt[f]
         o0 = orows[f]
-        for ow in range(0, W4, 4):
+        for t in range(tiles):
+            ow = min(4 * t, Wo - 4)
             a = ow * step
             x0 = bf[a:a + R]
             x1 = bf[a + step:a + step + R]
@@ -245,7 +253,7 @@ def _forward_single_filters(bf, wt, b, step, f_lo, orows):
             o0[ow + 1] = s1 + b[f]
             o0[ow + 2] = s2 + b[f]
             o0[ow + 3] = s3 + b[f]
-        for ow in range(W4, Wo):
+        for ow in range(narrow):
             x0 = bf[ow * step:ow * step + R]
             s0 = zero
             for r in range(R):
@@ -269,7 +277,8 @@ def conv2d_forward_4x3(xp, wt, KH, b, sh, sw, out):
     Wo = out.shape[3]
     step = sw * KH * C
     F3 = F - F % 3
-    W4 = Wo - Wo % 4
+    tiles = (Wo + 3) // 4 if Wo >= 4 else 0  # as in conv2d_forward
+    narrow = Wo if Wo < 4 else 0
     zero = np.zeros(1, dtype=out.dtype)[0]
     for job in prange(N * Ho):
         n = job // Ho
@@ -284,7 +293,8 @@ def conv2d_forward_4x3(xp, wt, KH, b, sh, sw, out):
             o0 = out[n, f0, oh]
             o1 = out[n, f0 + 1, oh]
             o2 = out[n, f0 + 2, oh]
-            for ow in range(0, W4, 4):
+            for t in range(tiles):
+                ow = min(4 * t, Wo - 4)  # the last tile overlaps the one before it
                 a = ow * step
                 x0 = bf[a:a + R]
                 x1 = bf[a + step:a + step + R]
@@ -326,7 +336,7 @@ def conv2d_forward_4x3(xp, wt, KH, b, sh, sw, out):
                 o0[ow + 3] = s30 + b[f0]
                 o1[ow + 3] = s31 + b[f0 + 1]
                 o2[ow + 3] = s32 + b[f0 + 2]
-            for ow in range(W4, Wo):
+            for ow in range(narrow):
                 x0 = bf[ow * step:ow * step + R]
                 s0 = s1 = s2 = zero
                 for r in range(R):
