@@ -149,8 +149,16 @@ CONV_CASES = {
         ConvCase("resnet_conv", 16, 64, 56, 56, 64, 3, 1, 1),
         ConvCase("strided", 16, 64, 56, 56, 128, 3, 2, 1),
         ConvCase("k5", 64, 32, 14, 14, 64, 5, 1, 2),
+        # Shapes no kernel was tuned on (issue 6: the targets must hold beyond the table):
+        # a 1x1 bottleneck, a 7x7 stride-2 stem, odd sizes, many channels on a small map.
+        ConvCase("conv1x1", 32, 256, 14, 14, 64, 1, 1, 0),
+        ConvCase("stem7x7s2", 8, 3, 224, 224, 64, 7, 2, 3),
+        ConvCase("odd", 16, 17, 23, 29, 33, 3, 1, 1),
+        ConvCase("deep", 8, 512, 7, 7, 512, 3, 1, 1),
     )
 }
+#: The cases added to check that speed holds on shapes nothing was tuned for.
+UNSEEN_CASES = ("conv1x1", "stem7x7s2", "odd", "deep")
 POOL_CASES = {
     c.name: c
     for c in (
