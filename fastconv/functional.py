@@ -280,6 +280,16 @@ def _full_correlation(dy, w, pad_h, pad_w, out):
     _forward(dy, pad_h, pad_w, wrot, np.zeros(wrot.shape[0], dtype=dy.dtype), 1, 1, out)
 
 
+#: The tiled weight gradient splits the filters between the threads, instead of the
+#: output rows, for maps this narrow or less, and whenever the per-thread partials would
+#: pass ``_BIG_PARTIALS``: each thread's block of the gradient is then swept by every
+#: row's updates without partials to allocate and sum. Measured kernel by kernel (min of
+#: 3 x 8, benchmarks/NOTES.md): 14x14 maps 1.6-1.8x faster, 7x7 x 512 channels 3.7x;
+#: maps of 28 and wider 2-30% slower, so they keep the split by rows.
+_SHORT_ROW = 16
+_BIG_PARTIALS = 4 << 20
+
+
 def _weight_grad(x, dy, g, packed=None):
     """dw: the correlation of x (zero-padded) with dy, summed over the batch.
 
@@ -300,12 +310,22 @@ def _weight_grad(x, dy, g, packed=None):
         partial = np.empty((max(1, min(threads, g.N)), g.F, g.C * g.KH * g.KW), dtype=dy.dtype)
         launch(_conv.conv2d_backward_weight_flat, xq, dy, g.KH, g.KW, partial, work=dy.size * partial[0, 0].size)
         return partial.sum(axis=0).reshape(g.F, g.C, g.KH, g.KW)  # partials summed in thread order
-    partial = np.empty((max(1, min(threads, g.N * g.Ho)), g.F, g.KW * g.KH * g.C), dtype=dy.dtype)
-    launch(_conv.conv2d_backward_weight, pack("nhwc", _nhwc), dy, g.KH, g.sh, g.sw, partial,
-           work=dy.size * partial[0, 0].size)
-    # Partials are summed in thread order; (F, KW, KH, C) -> (F, C, KH, KW).
-    dw = partial.sum(axis=0).reshape(g.F, g.KW, g.KH, g.C)
-    return _contiguous(dw.transpose(0, 3, 2, 1))
+    R = g.KW * g.KH * g.C
+    jobs = max(1, min(threads, g.N * g.Ho))
+    work = dy.size * R
+    if g.Wo <= _SHORT_ROW or jobs * g.F * R * dy.itemsize > _BIG_PARTIALS:
+        # Split the filters between the threads: no partials, and every element is
+        # summed over the rows in order, whatever the thread count.
+        block = max(4, g.F // threads // 4 * 4)
+        dw = np.empty((g.F, R), dtype=dy.dtype)
+        launch(_conv.conv2d_backward_weight_by_filters, pack("nhwc", _nhwc), dy, g.KH, g.sh, g.sw, block, dw,
+               work=work)
+    else:
+        partial = np.empty((jobs, g.F, R), dtype=dy.dtype)
+        launch(_conv.conv2d_backward_weight, pack("nhwc", _nhwc), dy, g.KH, g.sh, g.sw, partial, work=work)
+        dw = partial.sum(axis=0)  # partials summed in thread order
+    # (F, KW, KH, C) -> (F, C, KH, KW).
+    return _contiguous(dw.reshape(g.F, g.KW, g.KH, g.C).transpose(0, 3, 2, 1))
 
 
 def _bias_grad(dy):
