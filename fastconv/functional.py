@@ -28,6 +28,7 @@ import numpy as np
 from . import _validation as V
 from . import config
 from .kernels import conv as _conv
+from .kernels import dense as _dense
 from .kernels import pool as _pool
 from ._runtime import launch
 
@@ -121,7 +122,12 @@ def _forward(x, ph, pw, w, b, sh, sw, out):
     suited to ``w``'s receptive field and runs it. Returns the packed ``x`` (a ``_Packed``)."""
     F, C, KH, KW = w.shape
     work = out.size * C * KH * KW
-    if KH * KW * C >= _SHORT_REDUCTION:
+    if _is_pointwise(KH, KW, sh, sw, ph, pw):
+        packed = _Packed("nchw", _contiguous(x))  # no padding: NCHW as it is
+        N, _, H, W = x.shape
+        launch(_dense.matmul, _contiguous(w).reshape(F, C), packed.array.reshape(N, C, H * W), b,
+               out.reshape(N, F, H * W), work=work)
+    elif KH * KW * C >= _SHORT_REDUCTION:
         packed = _Packed("nhwc", _nhwc(x, ph, pw))
         launch(_TILED_FORWARD, packed.array, _forward_weights(w), KH, b, sh, sw, out, work=work)
     elif sh == sw == 1:
@@ -132,6 +138,17 @@ def _forward(x, ph, pw, w, b, sh, sw, out):
         wk = _contiguous(w.transpose(2, 3, 1, 0))
         launch(_conv.conv2d_forward_few_channels, packed.array, wk, b, sh, sw, out, work=work)
     return packed
+
+
+def _is_pointwise(KH, KW, sh, sw, ph, pw):
+    """A 1x1 convolution at stride 1 without padding: per image, a matrix product in NCHW.
+
+    ``y[n] = w @ x[n]`` with ``x[n]`` as a (C, H*W) matrix, ``dx[n] = w.T @ dy[n]`` and
+    ``dw = sum_n dy[n] @ x[n].T``: no repacking, and the pixels are the contiguous axis
+    (:mod:`fastconv.kernels.dense`). Through the tiled kernels the NHWC repacking cost
+    as much as the arithmetic (32x256x14x14 -> 64: 0.5 ms of packing, 0.7 ms of kernel).
+    """
+    return KH == KW == 1 and sh == sw == 1 and ph == pw == 0
 
 
 def _tiled_forward_kernel():
@@ -239,6 +256,11 @@ def _input_grad(dy, w, g):
     scattered into dx (cropping the padding) by one parallel pass.
     """
     full_h, full_w = g.KH - 1 - g.ph, g.KW - 1 - g.pw
+    if _is_pointwise(g.KH, g.KW, g.sh, g.sw, g.ph, g.pw):
+        dx = np.empty((g.N, g.C, g.H, g.W), dtype=dy.dtype)
+        launch(_dense.matmul, _contiguous(w.reshape(g.F, g.C).T), _contiguous(dy).reshape(g.N, g.F, -1),
+               np.zeros(g.C, dtype=dy.dtype), dx.reshape(g.N, g.C, -1), work=dy.size * g.C)
+        return dx
     if g.sh == g.sw == 1 and full_h >= 0 and full_w >= 0:
         dx = np.empty((g.N, g.C, g.H, g.W), dtype=dy.dtype)
         _full_correlation(dy, w, full_h, full_w, dx)
@@ -303,6 +325,11 @@ def _weight_grad(x, dy, g, packed=None):
 
     threads = numba.get_num_threads()
     dy = _contiguous(dy)
+    if _is_pointwise(g.KH, g.KW, g.sh, g.sw, g.ph, g.pw):
+        xc = pack("nchw", lambda a, ph, pw: _contiguous(a))
+        dw = np.empty((g.F, g.C), dtype=dy.dtype)
+        launch(_dense.matmul_nt, dy.reshape(g.N, g.F, -1), xc.reshape(g.N, g.C, -1), dw, work=dy.size * g.C)
+        return dw.reshape(g.F, g.C, 1, 1)
     # The flat kernel multiplies dy's zero gaps with real inputs: exact for finite x,
     # but 0 * inf would put a NaN where the reference has none.
     if g.sh == g.sw == 1 and g.C * g.KH * g.KW < _SHORT_REDUCTION and np.isfinite(x).all():

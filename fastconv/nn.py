@@ -899,7 +899,8 @@ def _matmul(a, b):
     a = _F._contiguous(a)
     b = _F._contiguous(b)
     out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
-    _launch(_dense.matmul, a, b, out, work=a.shape[0] * a.shape[1] * b.shape[1])
+    _launch(_dense.matmul, a, b[None], np.zeros(a.shape[0], dtype=a.dtype), out[None],
+            work=a.shape[0] * a.shape[1] * b.shape[1])
     return out
 
 
@@ -908,7 +909,7 @@ def _matmul_nt(a, b):
     a = _F._contiguous(a)
     b = _F._contiguous(b)
     out = np.empty((a.shape[0], b.shape[0]), dtype=a.dtype)
-    _launch(_dense.matmul_nt, a, b, out, work=a.shape[0] * a.shape[1] * b.shape[0])
+    _launch(_dense.matmul_nt, a[None], b[None], out, work=a.shape[0] * a.shape[1] * b.shape[0])
     return out
 
 

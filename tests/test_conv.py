@@ -101,6 +101,10 @@ SHAPE_CASES = [
     Case(2, 8, 4, 3, 9, 3, 3, 1, 1, "tiled-W3"),
     Case(2, 8, 5, 2, 9, 3, 3, 1, 1, "tiled-W2"),
     Case(2, 8, 3, 7, 9, 3, 3, 1, 1, "tiled-W7"),
+    # 1x1 at stride 1 without padding: matrix products in NCHW (fastconv.kernels.dense),
+    # with 4 x 4 tile remainders in filters (9) and channels (41) and an odd plane (5 x 7).
+    Case(3, 41, 5, 7, 9, 1, 1, 1, 0, "pointwise"),
+    Case(1, 2, 1, 1, 1, 1, 1, 1, 0, "pointwise-tiny"),
 ]
 
 # issue 5's benchmark shapes (N, C, H, W, F, k, stride, pad), at a reduced batch.
