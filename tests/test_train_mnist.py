@@ -215,6 +215,25 @@ def test_metrics_json_and_plot(train_script, fake_data, tmp_path, capsys):
     assert functional.get_num_threads() == threads_before  # --threads 1 is undone afterwards
 
 
+def test_torch_baseline_trains_the_same_run(train_script, fake_data, tmp_path, monkeypatch):
+    """scripts/torch_mnist_baseline.py: the same weights, order, schedule and loss as train_mnist.py.
+
+    The README compares the two scripts' images/s; that is fair only if they train the
+    same run. After one epoch of 3 steps their losses agree to float32 rounding.
+    """
+    pytest.importorskip("torch")
+    baseline = load_script("torch_mnist_baseline")
+    monkeypatch.setattr(baseline, "load_mnist", lambda *a, **k: fake_data)
+    ours, theirs = tmp_path / "ours.json", tmp_path / "theirs.json"
+    assert run(train_script, "--epochs", 1, *TINY, "--metrics-out", ours) == 0
+    assert run(baseline, "--epochs", 1, "--batch-size", 32, "--threads", 1, "--metrics-out", theirs) == 0
+    a, b = json.loads(ours.read_text())["epochs"][0], json.loads(theirs.read_text())["epochs"][0]
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+    assert b["train_accuracy"] == pytest.approx(a["train_accuracy"], abs=1 / len(fake_data[0][0]))
+    assert b["test_accuracy"] == pytest.approx(a["test_accuracy"], abs=1 / len(fake_data[1][0]))
+    assert b["images_per_second"] == pytest.approx(len(fake_data[0][0]) / b["epoch_seconds"])
+
+
 def test_plot_without_matplotlib(train_script, fake_data, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert run(train_script, "--epochs", 1, *TINY, "--plot", tmp_path / "x.png") == 0
