@@ -246,6 +246,17 @@ def test_backward_conserves_the_gradient_sum(case, rng):
         assert set(np.flatnonzero(plane_dx)) <= set(plane_idx.tolist())
 
 
+@pytest.mark.parametrize("where", [(0, 0, 0, 0), (7, 15, 13, 13), (3, 9, 6, 2)], ids=str)
+@pytest.mark.parametrize("bad", [-1, 28 * 28])
+def test_backward_refuses_a_bad_index_in_a_parallel_launch(where, bad, rng):
+    """The kernel range-checks every index (one bad one among 25,088 on both threads)."""
+    x = rng.standard_normal((8, 16, 28, 28)).astype(np.float32)
+    y, idx = fc.max_pool2d(x, 2)
+    idx[where] = bad
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, H\*W\).*1 out of range"):
+        fc.max_pool2d_backward(np.ones_like(y), idx, x.shape)
+
+
 def test_backward_accepts_any_integer_index_dtype(rng):
     x = rng.standard_normal((2, 3, 8, 8))
     y, idx = fc.max_pool2d(x, 3, 1, 1)
