@@ -198,6 +198,7 @@ def _kernel_cases():
         "_window_max": (pool_kernels._window_max, (A(f, 2), i64, i64, i64, i64)),
         "max_pool2d_backward": (pool_kernels.max_pool2d_backward, (A(f, 2), A(i64, 2), A(f, 2))),
         "pack_nhwc_padded": (conv_kernels.pack_nhwc_padded, (A(f, 4), i64, i64, A(f, 4))),
+        "_row_tiles": (conv_kernels._row_tiles, (i64,)),
         "_stack_rows": (conv_kernels._stack_rows, (A(f, 4), i64, i64, i64, A(f, 3))),
         "conv2d_forward": (conv_kernels.conv2d_forward, (A(f, 4), A(f, 2), i64, A(f, 1), i64, i64, A(f, 4))),
         "conv2d_forward_4x3": (conv_kernels.conv2d_forward_4x3, (A(f, 4), A(f, 2), i64, A(f, 1), i64, i64, A(f, 4))),

@@ -95,6 +95,21 @@ def _stack_rows(xp, n, h0, KH, buf):
             buf[w, i, :] = src[w]
 
 
+@njit(**SERIAL_JIT, inline="always")
+def _row_tiles(Wo):
+    """How the forward kernels cover an output row of ``Wo`` pixels: ``(tiles, narrow)``.
+
+    Rows of 4 or more pixels take ``ceil(Wo / 4)`` tiles of 4, the last one starting at
+    ``min(4 * t, Wo - 4)`` so that it overlaps the one before it (its recomputed outputs
+    get the same values again) and ``narrow = 0``; narrower rows take no tile and go pixel
+    by pixel (``narrow = Wo``). With the last ``Wo % 4`` pixels one at a time, each paying
+    the loads of a whole tile, 7x7 maps ran 28% slower than 8x8 ones.
+    """
+    if Wo >= 4:
+        return (Wo + 3) // 4, 0
+    return 0, Wo
+
+
 @njit(**PARALLEL_JIT)
 def conv2d_forward(xp, wt, KH, b, sh, sw, out):
     """Direct cross-correlation, register-tiled: ``out = b + sum xp[...] * wt[...]``.
@@ -127,12 +142,7 @@ def conv2d_forward(xp, wt, KH, b, sh, sw, out):
     Wo = out.shape[3]
     step = sw * KH * C
     F4 = F - F % 4
-    # Rows of 4 or more pixels: ceil(Wo / 4) tiles, the last one overlapping the one
-    # before it (its recomputed outputs get the same values again); narrower rows go
-    # pixel by pixel. Before, the last Wo % 4 pixels went one at a time, each paying
-    # the loads of a whole tile: 7x7 maps ran 28% slower than 8x8 ones.
-    tiles = (Wo + 3) // 4 if Wo >= 4 else 0
-    narrow = Wo if Wo < 4 else 0
+    tiles, narrow = _row_tiles(Wo)
     zero = np.zeros(1, dtype=out.dtype)[0]
     for job in prange(N * Ho):
         n = job // Ho
@@ -229,8 +239,7 @@ def _forward_single_filters(bf, wt, b, step, f_lo, orows):
     """
     F, R = wt.shape
     Wo = orows.shape[1]
-    tiles = (Wo + 3) // 4 if Wo >= 4 else 0  # as in conv2d_forward
-    narrow = Wo if Wo < 4 else 0
+    tiles, narrow = _row_tiles(Wo)
     zero = np.zeros(1, dtype=orows.dtype)[0]
     for f in range(f_lo, F):
         w0 = wt[f]
@@ -277,8 +286,7 @@ def conv2d_forward_4x3(xp, wt, KH, b, sh, sw, out):
     Wo = out.shape[3]
     step = sw * KH * C
     F3 = F - F % 3
-    tiles = (Wo + 3) // 4 if Wo >= 4 else 0  # as in conv2d_forward
-    narrow = Wo if Wo < 4 else 0
+    tiles, narrow = _row_tiles(Wo)
     zero = np.zeros(1, dtype=out.dtype)[0]
     for job in prange(N * Ho):
         n = job // Ho
@@ -667,9 +675,10 @@ def conv2d_backward_weight_by_filters(xp, dy, KH, sh, sw, FB, dw):
     Same arithmetic as :func:`conv2d_backward_weight`, but each job owns ``FB`` filters
     and goes through every output row, so it writes its rows of ``dw`` directly: no
     per-thread partials and no sum afterwards, at the cost of interleaving every input
-    row once per job. For layers with large weights, where a partial per thread is
-    megabytes that the rank-4 updates stream through (8x512x7x7 -> 512 filters: two
-    partials of 9.4 MB).
+    row once per job. Used on narrow maps, where each row's updates would otherwise
+    sweep a partial for all filters for a few pixels' work, and for large weights,
+    where the partials are megabytes (8x512x7x7 -> 512 filters: two of 9.4 MB); see
+    ``fastconv.functional._weight_grad``.
 
     Parameters
     ----------
