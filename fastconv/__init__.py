@@ -7,33 +7,18 @@ The functional API (NCHW arrays, PyTorch semantics) is re-exported here::
     dx, dw, db = fc.conv2d_backward(dy, x, w, stride=1, padding=1)
     y, idx = fc.max_pool2d(x, 2)
     dx = fc.max_pool2d_backward(dy, idx, x.shape)
+    print(fc.conv2d_plan(x.shape, w.shape, padding=1))   # which strategy each pass takes
 """
 
-from .functional import (
-    conv2d,
-    conv2d_backward,
-    conv2d_backward_input,
-    conv2d_backward_weight,
-    get_num_threads,
-    max_pool2d,
-    max_pool2d_backward,
-    set_num_threads,
-)
-
-from . import nn, optim, serialization
+from . import functional, nn, optim, plan, serialization
+from .functional import *  # noqa: F401,F403 - the functional API, listed in functional.__all__
 from .serialization import CheckpointError, load, save
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "conv2d",
-    "conv2d_backward",
-    "conv2d_backward_input",
-    "conv2d_backward_weight",
-    "max_pool2d",
-    "max_pool2d_backward",
-    "set_num_threads",
-    "get_num_threads",
+__all__ = list(functional.__all__) + [
+    "functional",
+    "plan",
     "nn",
     "optim",
     "serialization",

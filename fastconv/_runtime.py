@@ -11,9 +11,9 @@ Numba runs ``prange`` loops on one of three threading layers, with different lim
   not safe for concurrent launches, so launches are serialised with a lock.
 - ``tbb``: safe for both; nothing to do.
 
-Small calls run on one thread: waking the pool costs more than the work, and on a
-busy machine a parallel region waits for every thread to be scheduled (a 2x7x6 input
-took 0.5-20 ms on two threads under load, 0.014 ms on one). The kernels split their
+Small calls run on one thread (the plan decides which: :mod:`fastconv.plan`): waking
+the pool costs more than the work, and on a busy machine a parallel region waits for
+every thread to be scheduled. The kernels split their
 work by the caller's thread count, not by the threads that actually run, so the result
 does not depend on which path was taken.
 """
@@ -65,18 +65,15 @@ def _serial(kernel):
         return build
 
 
-#: Below this many multiply-adds (or element visits) a launch runs on one thread.
-SMALL_WORK = 1 << 18
-
-
-def launch(kernel, *args, work):
+def launch(kernel, *args, serial=False):
     """Run a compiled parallel kernel the way this process can run it safely and fast.
 
-    ``work`` is a rough count of the kernel's inner-loop operations.
+    ``serial=True`` runs it on one thread (the plan asks for that on small launches:
+    ``fastconv.plan.TUNING.small_work``); the thread count is restored afterwards.
     """
     if _in_child_of_omp_parent:
         return _serial(kernel)(*args)
-    if work < SMALL_WORK and numba.get_num_threads() > 1:
+    if serial and numba.get_num_threads() > 1:
         previous = numba.get_num_threads()
         numba.set_num_threads(1)
         try:

@@ -88,3 +88,105 @@ def check_nonempty(func, name, shape, axes, layout):
         if shape[axis] == 0:
             label = layout.strip("()").split(", ")[axis]
             raise ValueError(f"{func}: {name} has {label} == 0 (shape {shape}); only the batch axis may be empty")
+
+
+# ---------------------------------------------------------------------------------------
+# Geometry of the operations
+# ---------------------------------------------------------------------------------------
+
+X_LAYOUT = "(N, C, H, W)"
+W_LAYOUT = "(F, C, KH, KW)"
+DY_LAYOUT = "(N, F, Ho, Wo)"
+
+
+def conv_geometry(func, x_shape, w_shape, stride, padding, x_name="x", w_name="w"):
+    """Check that an input of ``x_shape`` and a weight of ``w_shape`` form a valid convolution.
+
+    Returns
+    -------
+    fastconv.plan.ConvGeometry
+    """
+    from .plan import ConvGeometry
+
+    sh, sw = as_pair(stride, "stride", func, minimum=1)
+    ph, pw = as_pair(padding, "padding", func, minimum=0)
+    N, C, H, W = x_shape
+    F, Cw, KH, KW = w_shape
+    if Cw != C:
+        raise ValueError(
+            f"{func}: {w_name} has {Cw} input channels but {x_name} has {C} "
+            f"({x_name}.shape={tuple(x_shape)}, {w_name}.shape={tuple(w_shape)})"
+        )
+    check_nonempty(func, x_name, tuple(x_shape), (1, 2, 3), X_LAYOUT)
+    check_nonempty(func, w_name, tuple(w_shape), (0, 2, 3), W_LAYOUT)
+    if KH > H + 2 * ph or KW > W + 2 * pw:
+        raise ValueError(
+            f"{func}: kernel ({KH}, {KW}) is larger than the padded input ({H + 2 * ph}, {W + 2 * pw}) "
+            f"({x_name}.shape={tuple(x_shape)}, {w_name}.shape={tuple(w_shape)}, padding={(ph, pw)})"
+        )
+    Ho = (H + 2 * ph - KH) // sh + 1
+    Wo = (W + 2 * pw - KW) // sw + 1
+    return ConvGeometry(N, C, H, W, F, KH, KW, sh, sw, ph, pw, Ho, Wo)
+
+
+def check_dy(func, dy, g):
+    """Raise ``ValueError`` unless ``dy`` has the output shape of convolution ``g``."""
+    if dy.shape != g.y_shape:
+        raise ValueError(
+            f"{func}: dy must have shape {g.y_shape} (N, F, Ho, Wo) for this convolution; got {dy.shape}"
+        )
+
+
+def pool_geometry(func, x_shape, kernel_size, stride, padding, x_name="x"):
+    """Check a max-pooling of an input of ``x_shape``; returns a ``fastconv.plan.PoolGeometry``."""
+    from .plan import PoolGeometry
+
+    kh, kw = as_pair(kernel_size, "kernel_size", func, minimum=1)
+    sh, sw = (kh, kw) if stride is None else as_pair(stride, "stride", func, minimum=1)
+    ph, pw = as_pair(padding, "padding", func, minimum=0)
+    if ph > kh // 2 or pw > kw // 2:
+        raise ValueError(
+            f"{func}: padding {(ph, pw)} must be at most half the kernel_size {(kh, kw)} "
+            f"(every window must hold at least one real element)"
+        )
+    N, C, H, W = x_shape
+    check_nonempty(func, x_name, tuple(x_shape), (1, 2, 3), X_LAYOUT)
+    if kh > H + 2 * ph or kw > W + 2 * pw:
+        raise ValueError(
+            f"{func}: kernel_size {(kh, kw)} is larger than the padded input {(H + 2 * ph, W + 2 * pw)} "
+            f"({x_name}.shape={tuple(x_shape)}, padding={(ph, pw)})"
+        )
+    Ho = (H + 2 * ph - kh) // sh + 1
+    Wo = (W + 2 * pw - kw) // sw + 1
+    return PoolGeometry(N, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+
+
+def float_dtype(dtype, owner):
+    """``dtype`` as a float32/float64 ``numpy.dtype``; ``TypeError`` for anything else (None too)."""
+    if dtype is None:  # np.dtype(None) would be float64
+        raise TypeError(f"{owner}: dtype must be float32 or float64; got None")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{owner}: dtype must be float32 or float64; got {dtype!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{owner}: dtype must be float32 or float64; got {dt}")
+    return dt
+
+
+def check_any_float_array(a, name, func):
+    """Check that ``a`` is a float32/float64 ndarray of any shape."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{func}: {name} must be a numpy.ndarray; got {type(a).__name__}")
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{func}: {name} must have dtype float32 or float64; got {a.dtype} (shape {a.shape})")
+
+
+def check_like(func, name, a, ref_name, ref):
+    """Check that ``a`` is an ndarray with the shape and dtype of ``ref``."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{func}: {name} must be a numpy.ndarray of shape {ref.shape}; got {type(a).__name__}")
+    if a.shape != ref.shape:
+        raise ValueError(f"{func}: {name} must have the shape of {ref_name}, {ref.shape}; got {a.shape}")
+    if a.dtype != ref.dtype:
+        raise TypeError(f"{func}: {name} must have the dtype of {ref_name}, {ref.dtype}; got {a.dtype}")

@@ -42,9 +42,10 @@ def _prefer_512_bit_vectors():
 
     This sets Numba's target CPU features for the whole process, so it is done only when
     nothing else has chosen them: not when ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` is
-    set, not when ``FASTCONV_PREFER_512=0``, and only on a CPU with AVX-512F. It takes
-    effect only if Numba has not compiled anything yet in this process; otherwise it
-    changes nothing (the kernels are then compiled with Numba's defaults).
+    set, not when ``FASTCONV_PREFER_512=0``, and only on a CPU with AVX-512F. It can take
+    effect only while Numba has not built its CPU target yet in this process (it does
+    when the first ``@njit`` function is created, by any library); after that it is not
+    applied and the kernels are compiled with Numba's defaults.
     Returns True when the setting was applied.
     """
     if os.environ.get("FASTCONV_PREFER_512", "1") == "0":
@@ -53,6 +54,13 @@ def _prefer_512_bit_vectors():
 
     if numba_config.CPU_NAME or numba_config.CPU_FEATURES:
         return False
+    try:
+        from numba.core.registry import cpu_target
+
+        if "_toplevel_target_context" in vars(cpu_target):  # the target machine exists already
+            return False
+    except Exception:  # pragma: no cover - Numba internals moved: try anyway
+        pass
     try:
         import llvmlite.binding as ll
 

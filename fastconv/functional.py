@@ -1,8 +1,10 @@
-"""The public functional API: 2-D convolution, max-pooling and their gradients.
+"""The public functional API: convolution, max-pooling, ReLU, the dense layer and their gradients.
 
-Every function here validates its arguments, repacks the operands into the layouts the
-compiled kernels want (see :mod:`fastconv.kernels.conv`), allocates the outputs and calls
-one or more kernels. Nothing here loops over the data in Python.
+Every function here validates its arguments once, asks the plan layer
+(:mod:`fastconv.plan`) which strategy runs, and runs it: nothing here loops over the data
+in Python, and no kernel is chosen here. ``conv2d_plan`` and ``max_pool2d_plan`` return
+the plan itself, for a user or a test that wants to know which strategy a call takes, or
+for a layer that runs the same geometry many times (:mod:`fastconv.nn` does).
 
 Conventions (the same as PyTorch's ``torch.nn.functional`` and cs231n's layers):
 
@@ -19,157 +21,70 @@ Conventions (the same as PyTorch's ``torch.nn.functional`` and cs231n's layers):
 - Results are bitwise reproducible for the same inputs and number of threads.
 """
 
-import os
-from collections import namedtuple
-
 import numba
 import numpy as np
 
 from . import _validation as V
-from . import config
-from .kernels import conv as _conv
-from .kernels import dense as _dense
-from .kernels import pool as _pool
-from ._runtime import launch
+from . import plan as _plan
 
 __all__ = [
     "conv2d",
     "conv2d_backward",
     "conv2d_backward_input",
     "conv2d_backward_weight",
+    "conv2d_plan",
     "max_pool2d",
     "max_pool2d_backward",
+    "max_pool2d_plan",
+    "relu",
+    "relu_backward",
+    "linear",
+    "linear_backward",
     "set_num_threads",
     "get_num_threads",
 ]
 
-_X = "(N, C, H, W)"
-_W = "(F, C, KH, KW)"
-_DY = "(N, F, Ho, Wo)"
-
-_ConvGeometry = namedtuple("_ConvGeometry", "N C H W F KH KW sh sw ph pw Ho Wo")
+_X, _W, _DY = V.X_LAYOUT, V.W_LAYOUT, V.DY_LAYOUT
 
 
-def _conv_geometry(func, x_shape, w_shape, stride, padding, x_name="x", w_name="w"):
-    """Check that an input of ``x_shape`` and a weight of ``w_shape`` form a valid convolution."""
-    sh, sw = V.as_pair(stride, "stride", func, minimum=1)
-    ph, pw = V.as_pair(padding, "padding", func, minimum=0)
-    N, C, H, W = x_shape
-    F, Cw, KH, KW = w_shape
-    if Cw != C:
-        raise ValueError(
-            f"{func}: {w_name} has {Cw} input channels but {x_name} has {C} "
-            f"({x_name}.shape={tuple(x_shape)}, {w_name}.shape={tuple(w_shape)})"
-        )
-    V.check_nonempty(func, x_name, tuple(x_shape), (1, 2, 3), _X)
-    V.check_nonempty(func, w_name, tuple(w_shape), (0, 2, 3), _W)
-    if KH > H + 2 * ph or KW > W + 2 * pw:
-        raise ValueError(
-            f"{func}: kernel ({KH}, {KW}) is larger than the padded input ({H + 2 * ph}, {W + 2 * pw}) "
-            f"({x_name}.shape={tuple(x_shape)}, {w_name}.shape={tuple(w_shape)}, padding={(ph, pw)})"
-        )
-    Ho = (H + 2 * ph - KH) // sh + 1
-    Wo = (W + 2 * pw - KW) // sw + 1
-    return _ConvGeometry(N, C, H, W, F, KH, KW, sh, sw, ph, pw, Ho, Wo)
+def conv2d_plan(x_shape, w_shape, stride=1, padding=0, dtype=np.float32):
+    """The plan of a convolution: which strategy each pass takes, on this CPU and thread count.
 
+    Parameters
+    ----------
+    x_shape : tuple of 4 ints
+        ``(N, C, H, W)``.
+    w_shape : tuple of 4 ints
+        ``(F, C, KH, KW)``.
+    stride, padding : int or (int, int)
+        As for :func:`conv2d`.
+    dtype : float32 or float64
 
-def _check_dy(func, dy, g):
-    expected = (g.N, g.F, g.Ho, g.Wo)
-    if dy.shape != expected:
-        raise ValueError(
-            f"{func}: dy must have shape {expected} (N, F, Ho, Wo) for this convolution; got {dy.shape}"
-        )
+    Returns
+    -------
+    fastconv.plan.ConvPlan
+        ``.forward``, ``.input_grad``, ``.weight_grad``, ``.bias_grad`` are the strategies
+        (``.name``, ``.kernels``); ``print(plan)`` explains them; ``plan.run_forward(x, w,
+        b)`` and the other ``run_*`` methods run them on arrays of exactly these shapes.
 
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`conv2d`, for the shapes and parameters alone.
 
-def _contiguous(a, dtype=None):
-    """``a`` as a C-contiguous, aligned, writeable-typed array: a view when it already is one.
-
-    Read-only inputs are copied: Numba types read-only arrays separately, and passing
-    one would compile (and cache) a second version of every kernel.
+    Examples
+    --------
+    >>> import fastconv as fc
+    >>> p = fc.conv2d_plan((8, 1, 28, 28), (32, 1, 3, 3), padding=1)
+    >>> p.forward.name, p.input_grad.name, p.weight_grad.name
+    ('flat', 'full_correlation', 'flat')
     """
-    return np.require(a, dtype=dtype, requirements=["C", "A", "W"])
-
-
-def _nhwc(a, ph=0, pw=0):
-    """Copy an NCHW array into a new zero-padded NHWC array (one parallel pass)."""
-    N, C, H, W = a.shape
-    out = np.empty((N, H + 2 * ph, W + 2 * pw, C), dtype=a.dtype)
-    launch(_conv.pack_nhwc_padded, _contiguous(a), ph, pw, out, work=out.size)
-    return out
-
-
-def _nchw_padded(a, ph, pw):
-    """Copy an NCHW array into a new zero-padded NCHW array (one parallel pass)."""
-    N, C, H, W = a.shape
-    out = np.empty((N, C, H + 2 * ph, W + 2 * pw), dtype=a.dtype)
-    launch(_conv.pack_nchw_padded, _contiguous(a), ph, pw, out, work=out.size)
-    return out
-
-
-#: Receptive fields (KH * KW * C) shorter than this do not fill the tiled kernels'
-#: vectors; they use ``conv2d_forward_flat`` (stride 1) or ``conv2d_forward_few_channels``.
-_SHORT_REDUCTION = 32
-
-
-#: ``x`` zero-padded and repacked for a kernel: ``layout`` is "nhwc" (N, Hp, Wp, C) or
-#: "nchw" (N, C, Hp, Wp). The forward pass returns it so that a layer can hand it to the
-#: weight gradient, which reads the same packing, instead of packing ``x`` again.
-_Packed = namedtuple("_Packed", "layout array")
-
-
-def _forward(x, ph, pw, w, b, sh, sw, out):
-    """``out = conv2d(x, w, b)`` with zero padding ``(ph, pw)``: packs ``x`` for the kernel
-    suited to ``w``'s receptive field and runs it. Returns the packed ``x`` (a ``_Packed``)."""
-    F, C, KH, KW = w.shape
-    work = out.size * C * KH * KW
-    if _is_pointwise(KH, KW, sh, sw, ph, pw):
-        packed = _Packed("nchw", _contiguous(x))  # no padding: NCHW as it is
-        N, _, H, W = x.shape
-        launch(_dense.matmul, _contiguous(w).reshape(F, C), packed.array.reshape(N, C, H * W), b,
-               out.reshape(N, F, H * W), work=work)
-    elif KH * KW * C >= _SHORT_REDUCTION:
-        packed = _Packed("nhwc", _nhwc(x, ph, pw))
-        launch(_TILED_FORWARD, packed.array, _forward_weights(w), KH, b, sh, sw, out, work=work)
-    elif sh == sw == 1:
-        packed = _Packed("nchw", _nchw_padded(x, ph, pw))
-        launch(_conv.conv2d_forward_flat, packed.array, _contiguous(w), b, out, work=work)
-    else:
-        packed = _Packed("nhwc", _nhwc(x, ph, pw))
-        wk = _contiguous(w.transpose(2, 3, 1, 0))
-        launch(_conv.conv2d_forward_few_channels, packed.array, wk, b, sh, sw, out, work=work)
-    return packed
-
-
-def _is_pointwise(KH, KW, sh, sw, ph, pw):
-    """A 1x1 convolution at stride 1 without padding: per image, a matrix product in NCHW.
-
-    ``y[n] = w @ x[n]`` with ``x[n]`` as a (C, H*W) matrix, ``dx[n] = w.T @ dy[n]`` and
-    ``dw = sum_n dy[n] @ x[n].T``: no repacking, and the pixels are the contiguous axis
-    (:mod:`fastconv.kernels.dense`). Through the tiled kernels the NHWC repacking cost
-    as much as the arithmetic (32x256x14x14 -> 64: 0.5 ms of packing, 0.7 ms of kernel).
-    """
-    return KH == KW == 1 and sh == sw == 1 and ph == pw == 0
-
-
-def _tiled_forward_kernel():
-    """The register tile that fits this CPU: 4 x 4 with 32 vector registers, else 4 x 3.
-
-    ``FASTCONV_FORWARD_TILE=4x4`` or ``4x3`` overrides the choice (for benchmarks).
-    """
-    choice = os.environ.get("FASTCONV_FORWARD_TILE", "")
-    kernels = {"4x4": _conv.conv2d_forward, "4x3": _conv.conv2d_forward_4x3}
-    if choice in kernels:
-        return kernels[choice]
-    return _conv.conv2d_forward if config.WIDE_REGISTER_FILE else _conv.conv2d_forward_4x3
-
-
-_TILED_FORWARD = _tiled_forward_kernel()
-
-
-def _forward_weights(w):
-    """(F, C, KH, KW) -> (F, KW * KH * C), ordered (f, j, i, c) as the forward kernel reads the input."""
-    F, C, KH, KW = w.shape
-    return _contiguous(w.transpose(0, 3, 2, 1)).reshape(F, KW * KH * C)
+    func = "conv2d_plan"
+    dt = V.float_dtype(dtype, func)
+    x_shape = V.as_shape(x_shape, "x_shape", func, 4)
+    w_shape = V.as_shape(w_shape, "w_shape", func, 4)
+    g = V.conv_geometry(func, x_shape, w_shape, stride, padding, x_name="x_shape", w_name="w_shape")
+    return _plan.plan_conv2d(g, dt)
 
 
 def conv2d(x, w, b=None, stride=1, padding=0):
@@ -219,146 +134,16 @@ def conv2d(x, w, b=None, stride=1, padding=0):
     array([[ 8., 12.],
            [20., 24.]])
     """
-    return _conv2d(x, w, b, stride, padding)[0]
-
-
-def _conv2d(x, w, b, stride, padding):
-    """:func:`conv2d`, also returning the packed input (``None`` for an empty batch)."""
     func = "conv2d"
     V.check_float_array(x, "x", func, 4, _X)
     V.check_float_array(w, "w", func, 4, _W)
     if b is not None:
         V.check_float_array(b, "b", func, 1, "(F,)")
     V.check_same_dtype(func, x=x, w=w, b=b)
-    g = _conv_geometry(func, x.shape, w.shape, stride, padding)
+    g = V.conv_geometry(func, x.shape, w.shape, stride, padding)
     if b is not None and b.shape[0] != g.F:
         raise ValueError(f"{func}: b must have shape ({g.F},) to match w.shape={w.shape}; got {b.shape}")
-    out = np.empty((g.N, g.F, g.Ho, g.Wo), dtype=x.dtype)
-    if g.N == 0:
-        return out, None
-    bias = np.zeros(g.F, dtype=x.dtype) if b is None else _contiguous(b)
-    return out, _forward(x, g.ph, g.pw, w, bias, g.sh, g.sw, out)
-
-
-def _input_grad(dy, w, g):
-    """dx: the full correlation of dy (dilated by the stride) with the 180-degree-rotated kernel.
-
-    Stride 1: dy padded by ``K-1-p`` correlated with the rotated, channel-transposed
-    kernel is exactly a forward convolution (F input channels -> C output channels), so
-    the forward kernel computes it.
-
-    Stride > 1: the dilated dy is zero except on every ``s``-th row and column, so each
-    tap only ever meets real dy elements at input positions of one residue modulo ``s``.
-    Splitting dx into its ``sh * sw`` phases (input positions ``a = rho + s*q``) turns the
-    dilated full convolution into one undilated stride-1 full convolution per phase,
-    with the sub-kernel of the taps ``i = rho + s*t`` -- the same arithmetic without the
-    multiplications by dilation zeros. Each phase is computed in padded coordinates and
-    scattered into dx (cropping the padding) by one parallel pass.
-    """
-    full_h, full_w = g.KH - 1 - g.ph, g.KW - 1 - g.pw
-    if _is_pointwise(g.KH, g.KW, g.sh, g.sw, g.ph, g.pw):
-        dx = np.empty((g.N, g.C, g.H, g.W), dtype=dy.dtype)
-        launch(_dense.matmul, _contiguous(w.reshape(g.F, g.C).T), _contiguous(dy).reshape(g.N, g.F, -1),
-               np.zeros(g.C, dtype=dy.dtype), dx.reshape(g.N, g.C, -1), work=dy.size * g.C)
-        return dx
-    if g.sh == g.sw == 1 and full_h >= 0 and full_w >= 0:
-        dx = np.empty((g.N, g.C, g.H, g.W), dtype=dy.dtype)
-        _full_correlation(dy, w, full_h, full_w, dx)
-        return dx
-    # Positions of no phase (a stride larger than the kernel) or past every window stay 0.
-    dx = np.zeros((g.N, g.C, g.H, g.W), dtype=dy.dtype)
-    # The phases' sub-kernels have at most ``t = ceil(K / s)`` taps per axis. When every
-    # phase runs on the tiled kernel, dy is packed once, padded for the largest
-    # sub-kernel; a smaller one then computes ``t - th`` surplus rows (columns) on each
-    # side, which are skipped.
-    tmax_h, tmax_w = -(-g.KH // g.sh), -(-g.KW // g.sw)
-    shared = g.F * max(g.KH // g.sh, 1) * max(g.KW // g.sw, 1) >= _SHORT_REDUCTION  # smallest sub-kernel
-    if shared:
-        dyp = _nhwc(dy, tmax_h - 1, tmax_w - 1)
-        zeros = np.zeros(g.C, dtype=dy.dtype)
-    for rh in range(min(g.sh, g.KH)):
-        for rw in range(min(g.sw, g.KW)):
-            sub = w[:, :, rh::g.sh, rw::g.sw]
-            th, tw = sub.shape[2], sub.shape[3]
-            if shared:
-                wrot = _contiguous(sub[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-                phase = np.empty((g.N, g.C, g.Ho + 2 * tmax_h - th - 1, g.Wo + 2 * tmax_w - tw - 1), dtype=dy.dtype)
-                launch(_TILED_FORWARD, dyp, _forward_weights(wrot), th, zeros, 1, 1, phase,
-                       work=phase.size * g.F * th * tw)
-                first_h, first_w = tmax_h - th, tmax_w - tw
-            else:
-                phase = np.empty((g.N, g.C, g.Ho + th - 1, g.Wo + tw - 1), dtype=dy.dtype)
-                _full_correlation(dy, sub, th - 1, tw - 1, phase)
-                first_h = first_w = 0
-            # Phase element (q_h, q_w) is padded position (rh + sh*q_h, rw + sw*q_w).
-            launch(_conv.scatter_phase, phase, first_h, first_w, rh, rw, g.sh, g.sw, g.ph, g.pw, dx,
-                   work=phase.size)
-    return dx
-
-
-def _full_correlation(dy, w, pad_h, pad_w, out):
-    """out = correlation of dy (padded by pad_h/pad_w) with w rotated by 180 degrees, channels swapped."""
-    wrot = _contiguous(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    _forward(dy, pad_h, pad_w, wrot, np.zeros(wrot.shape[0], dtype=dy.dtype), 1, 1, out)
-
-
-#: The tiled weight gradient splits the filters between the threads, instead of the
-#: output rows, for maps this narrow or less, and whenever the per-thread partials would
-#: pass ``_BIG_PARTIALS``: each thread's block of the gradient is then swept by every
-#: row's updates without partials to allocate and sum. Measured kernel by kernel (min of
-#: 3 x 8, benchmarks/NOTES.md): 14x14 maps 1.6-1.8x faster, 7x7 x 512 channels 3.7x;
-#: maps of 28 and wider 2-30% slower, so they keep the split by rows.
-_SHORT_ROW = 16
-_BIG_PARTIALS = 4 << 20
-
-
-def _weight_grad(x, dy, g, packed=None):
-    """dw: the correlation of x (zero-padded) with dy, summed over the batch.
-
-    ``packed``: ``x`` as the forward pass packed it (a ``_Packed``), used when its layout is
-    the one this kernel reads; else ``x`` is packed here.
-    """
-    def pack(layout, pack_fn):
-        if packed is not None and packed.layout == layout:
-            return packed.array
-        return pack_fn(x, g.ph, g.pw)
-
-    threads = numba.get_num_threads()
-    dy = _contiguous(dy)
-    if _is_pointwise(g.KH, g.KW, g.sh, g.sw, g.ph, g.pw):
-        xc = pack("nchw", lambda a, ph, pw: _contiguous(a))
-        dw = np.empty((g.F, g.C), dtype=dy.dtype)
-        launch(_dense.matmul_nt, dy.reshape(g.N, g.F, -1), xc.reshape(g.N, g.C, -1), dw, work=dy.size * g.C)
-        return dw.reshape(g.F, g.C, 1, 1)
-    # The flat kernel multiplies dy's zero gaps with real inputs: exact for finite x,
-    # but 0 * inf would put a NaN where the reference has none.
-    if g.sh == g.sw == 1 and g.C * g.KH * g.KW < _SHORT_REDUCTION and np.isfinite(x).all():
-        xq = pack("nchw", _nchw_padded)
-        partial = np.empty((max(1, min(threads, g.N)), g.F, g.C * g.KH * g.KW), dtype=dy.dtype)
-        launch(_conv.conv2d_backward_weight_flat, xq, dy, g.KH, g.KW, partial, work=dy.size * partial[0, 0].size)
-        return partial.sum(axis=0).reshape(g.F, g.C, g.KH, g.KW)  # partials summed in thread order
-    R = g.KW * g.KH * g.C
-    jobs = max(1, min(threads, g.N * g.Ho))
-    work = dy.size * R
-    if g.Wo <= _SHORT_ROW or jobs * g.F * R * dy.itemsize > _BIG_PARTIALS:
-        # Split the filters between the threads: no partials, and every element is
-        # summed over the rows in order, whatever the thread count.
-        block = max(4, g.F // threads // 4 * 4)
-        dw = np.empty((g.F, R), dtype=dy.dtype)
-        launch(_conv.conv2d_backward_weight_by_filters, pack("nhwc", _nhwc), dy, g.KH, g.sh, g.sw, block, dw,
-               work=work)
-    else:
-        partial = np.empty((jobs, g.F, R), dtype=dy.dtype)
-        launch(_conv.conv2d_backward_weight, pack("nhwc", _nhwc), dy, g.KH, g.sh, g.sw, partial, work=work)
-        dw = partial.sum(axis=0)  # partials summed in thread order
-    # (F, KW, KH, C) -> (F, C, KH, KW).
-    return _contiguous(dw.reshape(g.F, g.KW, g.KH, g.C).transpose(0, 3, 2, 1))
-
-
-def _bias_grad(dy):
-    db = np.zeros(dy.shape[1], dtype=dy.dtype)
-    launch(_conv.conv2d_backward_bias, _contiguous(dy), db, work=dy.size)
-    return db
+    return _plan.plan_conv2d(g, x.dtype).run_forward(x, w, b)[0]
 
 
 def conv2d_backward_input(dy, w, input_shape, stride=1, padding=0):
@@ -399,11 +184,9 @@ def conv2d_backward_input(dy, w, input_shape, stride=1, padding=0):
     V.check_float_array(w, "w", func, 4, _W)
     V.check_same_dtype(func, dy=dy, w=w)
     shape = V.as_shape(input_shape, "input_shape", func, 4)
-    g = _conv_geometry(func, shape, w.shape, stride, padding, x_name="input_shape")
-    _check_dy(func, dy, g)
-    if g.N == 0:
-        return np.zeros(shape, dtype=dy.dtype)
-    return _input_grad(dy, w, g)
+    g = V.conv_geometry(func, shape, w.shape, stride, padding, x_name="input_shape")
+    V.check_dy(func, dy, g)
+    return _plan.plan_conv2d(g, dy.dtype).run_input_grad(dy, w)
 
 
 def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0):
@@ -439,11 +222,9 @@ def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0):
     V.check_float_array(x, "x", func, 4, _X)
     V.check_same_dtype(func, dy=dy, x=x)
     shape = V.as_shape(weight_shape, "weight_shape", func, 4)
-    g = _conv_geometry(func, x.shape, shape, stride, padding, w_name="weight_shape")
-    _check_dy(func, dy, g)
-    if g.N == 0:
-        return np.zeros(shape, dtype=dy.dtype)
-    return _weight_grad(x, dy, g)
+    g = V.conv_geometry(func, x.shape, shape, stride, padding, w_name="weight_shape")
+    V.check_dy(func, dy, g)
+    return _plan.plan_conv2d(g, dy.dtype).run_weight_grad(dy, x)
 
 
 def conv2d_backward(dy, x, w, stride=1, padding=0):
@@ -471,48 +252,31 @@ def conv2d_backward(dy, x, w, stride=1, padding=0):
     db : ndarray, shape (F,)
         Returned whether or not the forward pass used a bias.
     """
-    return _conv2d_backward(dy, x, w, stride, padding)
-
-
-def _conv2d_backward(dy, x, w, stride, padding, packed=None, input_grad=True):
-    """:func:`conv2d_backward`; ``packed`` is what :func:`_conv2d` returned for this ``x``.
-
-    With ``input_grad=False``, dx is not computed and ``None`` is returned in its place.
-    """
     func = "conv2d_backward"
     V.check_float_array(dy, "dy", func, 4, _DY)
     V.check_float_array(x, "x", func, 4, _X)
     V.check_float_array(w, "w", func, 4, _W)
     V.check_same_dtype(func, dy=dy, x=x, w=w)
-    g = _conv_geometry(func, x.shape, w.shape, stride, padding)
-    _check_dy(func, dy, g)
-    if g.N == 0:
-        dx = np.zeros(x.shape, dtype=x.dtype) if input_grad else None
-        return dx, np.zeros(w.shape, dtype=x.dtype), np.zeros(g.F, dtype=x.dtype)
-    dy = _contiguous(dy)
-    dx = _input_grad(dy, w, g) if input_grad else None
-    return dx, _weight_grad(x, dy, g, packed), _bias_grad(dy)
+    g = V.conv_geometry(func, x.shape, w.shape, stride, padding)
+    V.check_dy(func, dy, g)
+    p = _plan.plan_conv2d(g, x.dtype)
+    dy = _plan.contiguous(dy)
+    return p.run_input_grad(dy, w), p.run_weight_grad(dy, x), p.run_bias_grad(dy)
 
 
-def _pool_geometry(func, x_shape, kernel_size, stride, padding, x_name="x"):
-    kh, kw = V.as_pair(kernel_size, "kernel_size", func, minimum=1)
-    sh, sw = (kh, kw) if stride is None else V.as_pair(stride, "stride", func, minimum=1)
-    ph, pw = V.as_pair(padding, "padding", func, minimum=0)
-    if ph > kh // 2 or pw > kw // 2:
-        raise ValueError(
-            f"{func}: padding {(ph, pw)} must be at most half the kernel_size {(kh, kw)} "
-            f"(every window must hold at least one real element)"
-        )
-    N, C, H, W = x_shape
-    V.check_nonempty(func, x_name, tuple(x_shape), (1, 2, 3), _X)
-    if kh > H + 2 * ph or kw > W + 2 * pw:
-        raise ValueError(
-            f"{func}: kernel_size {(kh, kw)} is larger than the padded input {(H + 2 * ph, W + 2 * pw)} "
-            f"({x_name}.shape={tuple(x_shape)}, padding={(ph, pw)})"
-        )
-    Ho = (H + 2 * ph - kh) // sh + 1
-    Wo = (W + 2 * pw - kw) // sw + 1
-    return (kh, kw, sh, sw, ph, pw, Ho, Wo)
+def max_pool2d_plan(x_shape, kernel_size, stride=None, padding=0, dtype=np.float32):
+    """The plan of a max-pooling (see :func:`conv2d_plan`): a ``fastconv.plan.PoolPlan``.
+
+    Examples
+    --------
+    >>> import fastconv as fc
+    >>> fc.max_pool2d_plan((8, 32, 28, 28), 2).forward.name
+    'window_2x2'
+    """
+    func = "max_pool2d_plan"
+    dt = V.float_dtype(dtype, func)
+    x_shape = V.as_shape(x_shape, "x_shape", func, 4)
+    return _plan.plan_max_pool2d(V.pool_geometry(func, x_shape, kernel_size, stride, padding, "x_shape"), dt)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
@@ -556,23 +320,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     """
     func = "max_pool2d"
     V.check_float_array(x, "x", func, 4, _X)
-    kh, kw, sh, sw, ph, pw, Ho, Wo = _pool_geometry(func, x.shape, kernel_size, stride, padding)
-    N, C, H, W = x.shape
-    out = np.empty((N, C, Ho, Wo), dtype=x.dtype)
-    indices = np.empty((N, C, Ho, Wo), dtype=np.int64)
-    if N == 0:
-        return out, indices
-    planes = _contiguous(x).reshape(N * C, H, W)
-    if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0):
-        launch(_pool.max_pool2d_forward_2x2, planes, out.reshape(N * C, Ho, Wo),
-               indices.reshape(N * C, Ho, Wo), work=out.size * 4)
-        return out, indices
-    launch(
-        _pool.max_pool2d_forward,
-        planes, kh, kw, sh, sw, ph, pw, out.reshape(N * C, Ho, Wo), indices.reshape(N * C, Ho, Wo),
-        work=out.size * kh * kw,
-    )
-    return out, indices
+    g = V.pool_geometry(func, x.shape, kernel_size, stride, padding)
+    return _plan.plan_max_pool2d(g, x.dtype).run_forward(x)
 
 
 def max_pool2d_backward(dy, indices, input_shape):
@@ -616,26 +365,130 @@ def max_pool2d_backward(dy, indices, input_shape):
             f"{func}: input_shape {(N, C, H, W)} must share (N, C) with dy.shape={dy.shape}"
         )
     V.check_nonempty(func, "input_shape", (N, C, H, W), (1, 2, 3), _X)
-    dx = np.empty((N, C, H, W), dtype=dy.dtype)
-    if dy.size == 0:
-        dx[...] = 0
-        return dx
-    P = N * C
-    # The kernel checks every index before it writes and counts the bad ones.
-    bad = launch(
-        _pool.max_pool2d_backward,
-        _contiguous(dy).reshape(P, -1),
-        _contiguous(indices, np.int64).reshape(P, -1),
-        dx.reshape(P, H * W),
-        work=dx.size + dy.size,
-    )
-    if bad:
-        lo, hi = int(indices.min()), int(indices.max())
-        raise ValueError(
-            f"{func}: indices must lie in [0, H*W) = [0, {H * W}) for input_shape {(N, C, H, W)}; "
-            f"got values in [{lo}, {hi}] ({bad} out of range)"
-        )
-    return dx
+    return _plan.route_max_pool2d(dy, indices, (N, C, H, W), func)
+
+
+def relu(x):
+    """Rectified linear unit, ``max(x, 0)`` elementwise, for an array of any shape.
+
+    NaN stays NaN, as in PyTorch.
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64
+
+    Returns
+    -------
+    ndarray, shape and dtype of ``x``
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.relu(np.array([-1.0, 0.0, 2.0]))
+    array([0., 0., 2.])
+    """
+    V.check_any_float_array(x, "x", "relu")
+    return _plan.relu_forward(x)
+
+
+def relu_backward(dy, x):
+    """Gradient of :func:`relu`: ``dy`` where ``x > 0`` (or NaN), else 0.
+
+    The gradient is blocked where ``x <= 0``, so a NaN input lets it through (PyTorch's rule).
+
+    Parameters
+    ----------
+    dy : ndarray
+        Gradient with respect to the output; shape and dtype of ``x``.
+    x : ndarray, float32 or float64
+        Input of the forward pass.
+
+    Returns
+    -------
+    dx : ndarray, shape and dtype of ``x``
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.relu_backward(np.ones(3), np.array([-1.0, 0.0, 2.0]))
+    array([0., 0., 1.])
+    """
+    func = "relu_backward"
+    V.check_any_float_array(x, "x", func)
+    V.check_like(func, "dy", dy, "x", x)
+    return _plan.relu_backward(dy, x)
+
+
+def _check_linear(func, x, weight):
+    V.check_any_float_array(x, "x", func)
+    V.check_float_array(weight, "weight", func, 2, "(out_features, in_features)")
+    V.check_same_dtype(func, x=x, weight=weight)
+    if x.ndim == 0 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"{func}: x must have shape (*, {weight.shape[1]}) to match weight.shape={weight.shape}; "
+                         f"got {x.shape}")
+
+
+def linear(x, weight, bias=None):
+    """Affine map over the last axis, ``x @ weight.T + bias`` (PyTorch's ``F.linear``).
+
+    Parameters
+    ----------
+    x : ndarray, shape (*, in_features), float32 or float64
+    weight : ndarray, shape (out_features, in_features)
+    bias : ndarray, shape (out_features,), optional
+
+    Returns
+    -------
+    ndarray, shape (*, out_features)
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.linear(np.ones((2, 3)), np.arange(6.0).reshape(2, 3), np.array([0.5, -0.5]))
+    array([[ 3.5, 11.5],
+           [ 3.5, 11.5]])
+    """
+    func = "linear"
+    _check_linear(func, x, weight)
+    if bias is not None:
+        V.check_float_array(bias, "bias", func, 1, "(out_features,)")
+        V.check_same_dtype(func, x=x, bias=bias)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"{func}: bias must have shape ({weight.shape[0]},) to match "
+                             f"weight.shape={weight.shape}; got {bias.shape}")
+    out = _plan.linear_forward(x.reshape(-1, weight.shape[1]), weight, bias)
+    return out.reshape(x.shape[:-1] + (weight.shape[0],))
+
+
+def linear_backward(dy, x, weight):
+    """All three gradients of :func:`linear`: ``(dx, dweight, dbias)``.
+
+    ``dx = dy @ weight``, ``dweight = dy.T @ x`` and ``dbias = dy.sum(0)``, with the leading
+    axes of ``x`` and ``dy`` flattened.
+
+    Parameters
+    ----------
+    dy : ndarray, shape (*, out_features)
+    x : ndarray, shape (*, in_features)
+        Input of the forward pass.
+    weight : ndarray, shape (out_features, in_features)
+
+    Returns
+    -------
+    dx : ndarray, shape of ``x``
+    dweight : ndarray, shape of ``weight``
+    dbias : ndarray, shape (out_features,)
+    """
+    func = "linear_backward"
+    _check_linear(func, x, weight)
+    V.check_any_float_array(dy, "dy", func)
+    V.check_same_dtype(func, dy=dy, x=x)
+    expected = x.shape[:-1] + (weight.shape[0],)
+    if dy.shape != expected:
+        raise ValueError(f"{func}: dy must have shape {expected} for x.shape={x.shape} and "
+                         f"weight.shape={weight.shape}; got {dy.shape}")
+    dx2, dw, db = _plan.linear_backward(dy.reshape(-1, weight.shape[0]), x.reshape(-1, weight.shape[1]), weight)
+    return dx2.reshape(x.shape), dw, db
 
 
 def set_num_threads(n):

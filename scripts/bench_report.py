@@ -341,6 +341,24 @@ def _numba_layer(numba):
 # ----------------------------------------------------------------------------- output
 
 
+def strategies(cases):
+    """``{case: {pass: strategy}}``: what :mod:`fastconv.plan` runs for every case, on this CPU and thread count."""
+    import fastconv as fc
+
+    found = {}
+    for c in cases.CASES.values():
+        if c.kind == "conv":
+            p = fc.conv2d_plan(c.x_shape, c.w_shape, c.stride_hw, c.pad_hw)
+            inner = "+".join(s.name for s in p.input_grad_inner)
+            found[c.name] = {"forward": p.forward.name,
+                             "input grad": p.input_grad.name + (f" ({inner})" if inner else ""),
+                             "weight grad": p.weight_grad.name, "bias grad": p.bias_grad.name}
+        else:
+            p = fc.max_pool2d_plan(c.x_shape, c.kernel_hw, c.stride_hw, c.pad_hw)
+            found[c.name] = {"forward": p.forward.name, "backward": p.backward.name}
+    return found
+
+
 def _fmt_time(seconds):
     if seconds is None:
         return "—"
@@ -458,6 +476,15 @@ def write_markdown(path, cases, info, results, train, compile_results, command, 
         for c in used:
             lines.append(f"| {c.name} | {c.kind} | {c.n} | {c.c} | {c.h} | {c.w} | {getattr(c, 'f', '—')} "
                          f"| {c.k} | {c.stride} | {c.pad} |")
+        lines.append("")
+        plans = info.get("strategies", {})
+        lines += ["### Strategies", "", "What `fastconv.plan` chose for each case on this machine and thread count "
+                  "(`print(fastconv.conv2d_plan(x_shape, w_shape, stride, padding))` explains one):", "",
+                  "| case | forward | input grad | weight grad |", "|---" * 4 + "|"]
+        for c in used:
+            p = plans.get(c.name, {})
+            lines.append(f"| {c.name} | {p.get('forward', '—')} | {p.get('input grad', '—')} "
+                         f"| {p.get('weight grad', p.get('backward', '—'))} |")
         lines.append("")
 
     summary = ratio_rows(results)
@@ -657,6 +684,7 @@ def main(argv=None):
         results = run_ops(args, cases, log)
         train = [] if args.no_train else run_training(args, log)
         info = machine_info(threads, cases, env_before)
+        info["strategies"] = strategies(cases)
         info["env_set_by_script"] = env_set
         info["load_average"] = {"start": load_start, "end": _loadavg()}
     compile_results = [] if args.no_compile else run_compile(args, cases, log)

@@ -58,7 +58,7 @@ class OpCase(NamedTuple):
 CASES = [
     OpCase("small-few-channels", 2, 3, 9, 8, 4, 3, 1, 1),  # short receptive field kernel, one-thread launches
     OpCase("small-strided", 2, 8, 11, 10, 6, 3, 2, 1),  # general forward kernel, per-phase input gradient
-    OpCase("parallel", 4, 16, 44, 44, 8, 3, 1, 1),  # conv and pool forward launches above _runtime.SMALL_WORK
+    OpCase("parallel", 4, 16, 44, 44, 8, 3, 1, 1),  # conv and pool forward launches above plan.TUNING.small_work
 ]
 # Results that the implementation computes without a thread-count-dependent split.
 COUNT_INDEPENDENT = ("y", "dx", "db", "dx_only", "pool", "pool_idx", "pool_dx")
@@ -312,10 +312,10 @@ def _call_conv_backward(x):
 @pytest.mark.parametrize("exc", [RuntimeError, _Interrupt], ids=["RuntimeError", "BaseException"])
 @pytest.mark.parametrize(
     "module, kernel, call",
-    [("pool", "max_pool2d_forward", _call_pool),
-     ("pool", "max_pool2d_forward_2x2", _call_pool_2x2),
-     ("conv", "pack_nhwc_padded", _call_conv_backward),  # the first launch of the call
-     ("conv", "conv2d_backward_bias", _call_conv_backward)],  # the last one
+    [("maxpool", "maxpool_forward_window", _call_pool),
+     ("maxpool", "maxpool_forward_2x2", _call_pool_2x2),
+     ("pack", "pack_nhwc_padded", _call_conv_backward),  # the first launch of the call
+     ("flat", "flat_bias_grad", _call_conv_backward)],  # the last one
     ids=["max_pool2d", "max_pool2d-2x2", "conv2d_backward-first-launch", "conv2d_backward-last-launch"],
 )
 def test_thread_count_restored_when_a_kernel_raises(module, kernel, call, exc, size, monkeypatch,

@@ -13,6 +13,7 @@
   at its window's maximum inside the window, and the gradient is routed only there.
 """
 
+import functools
 import gc
 import os
 import re
@@ -26,8 +27,9 @@ import pytest
 import fastconv.functional as fc
 from fastconv import nn, optim
 from fastconv import reference as ref
-from fastconv.kernels import conv as conv_kernels
-from fastconv.kernels import pool as pool_kernels
+from benchmarks import cases
+
+import _strategies as walk
 
 F32, F64 = np.float32, np.float64
 DTYPES = [pytest.param(F32, id="f32"), pytest.param(F64, id="f64")]
@@ -171,78 +173,103 @@ def test_max_pool_indices_past_two_to_the_31():
         del x
 
 
-def _integer_types_in_kernel(kernel, argtypes):
-    """Integer types of every variable Numba's type inference assigns in ``kernel`` (no compilation)."""
+def _typed(kernel, argtypes):
+    """Numba's type inference of ``kernel`` (no compilation): the integer types of its variables,
+    and ``(dispatcher, argtypes)`` of every compiled function it calls (its inline helpers)."""
     from numba.core import compiler, typed_passes
+    from numba.core import ir as numba_ir
     from numba.core.registry import cpu_target
 
     cpu_target.typing_context.refresh()
     cpu_target.target_context.refresh()
-    ir = compiler.run_frontend(kernel.py_func)
-    result = typed_passes.type_inference_stage(cpu_target.typing_context, cpu_target.target_context, ir, argtypes,
-                                               None)
-    return {str(t) for t in result.typemap.values()
+    func_ir = compiler.run_frontend(kernel.py_func)
+    result = typed_passes.type_inference_stage(cpu_target.typing_context, cpu_target.target_context, func_ir,
+                                               argtypes, None)
+    ints = {str(t) for t in result.typemap.values()
             if isinstance(t, numba.types.Integer) and not isinstance(t, numba.types.Literal)}
+    callees = []
+    for expr, sig in result.calltypes.items():
+        if isinstance(expr, numba_ir.Expr) and expr.op == "call":
+            ftype = result.typemap.get(expr.func.name)
+            if isinstance(ftype, numba.types.Dispatcher):
+                callees.append((ftype.dispatcher, tuple(sig.args)))
+    return ints, callees
 
 
-def _kernel_cases():
-    from numba import types
+def _kernel_modules():
+    import importlib
+    import pkgutil
 
-    def A(dtype, ndim):
-        return types.Array(dtype, ndim, "C")
+    import fastconv.kernels
 
-    i64, f = types.int64, types.float32
-    return {
-        "max_pool2d_forward": (pool_kernels.max_pool2d_forward, (A(f, 3), *[i64] * 6, A(f, 3), A(i64, 3))),
-        "max_pool2d_forward_2x2": (pool_kernels.max_pool2d_forward_2x2, (A(f, 3), A(f, 3), A(i64, 3))),
-        "_window_max": (pool_kernels._window_max, (A(f, 2), i64, i64, i64, i64)),
-        "max_pool2d_backward": (pool_kernels.max_pool2d_backward, (A(f, 2), A(i64, 2), A(f, 2))),
-        "pack_nhwc_padded": (conv_kernels.pack_nhwc_padded, (A(f, 4), i64, i64, A(f, 4))),
-        "_row_tiles": (conv_kernels._row_tiles, (i64,)),
-        "_stack_rows": (conv_kernels._stack_rows, (A(f, 4), i64, i64, i64, A(f, 3))),
-        "conv2d_forward": (conv_kernels.conv2d_forward, (A(f, 4), A(f, 2), i64, A(f, 1), i64, i64, A(f, 4))),
-        "conv2d_forward_4x3": (conv_kernels.conv2d_forward_4x3, (A(f, 4), A(f, 2), i64, A(f, 1), i64, i64, A(f, 4))),
-        "_forward_single_filters": (conv_kernels._forward_single_filters,
-                                    (A(f, 1), A(f, 2), A(f, 1), i64, i64, types.Array(f, 2, "A"))),
-        "pack_nchw_padded": (conv_kernels.pack_nchw_padded, (A(f, 4), i64, i64, A(f, 4))),
-        "_tap": (conv_kernels._tap, (i64, i64, i64, i64)),
-        "conv2d_forward_flat": (conv_kernels.conv2d_forward_flat, (A(f, 4), A(f, 4), A(f, 1), A(f, 4))),
-        "conv2d_forward_few_channels": (conv_kernels.conv2d_forward_few_channels,
-                                        (A(f, 4), A(f, 4), A(f, 1), i64, i64, A(f, 4))),
-        "conv2d_backward_weight": (conv_kernels.conv2d_backward_weight, (A(f, 4), A(f, 4), i64, i64, i64, A(f, 3))),
-        "conv2d_backward_weight_by_filters": (conv_kernels.conv2d_backward_weight_by_filters,
-                                              (A(f, 4), A(f, 4), i64, i64, i64, i64, A(f, 2))),
-        "_weight_grad_row": (conv_kernels._weight_grad_row,
-                             (A(f, 1), A(f, 4), i64, i64, i64, i64, i64, types.Array(f, 2, "A"))),
-        "conv2d_backward_weight_flat": (conv_kernels.conv2d_backward_weight_flat,
-                                        (A(f, 4), A(f, 4), i64, i64, A(f, 3))),
-        "conv2d_backward_bias": (conv_kernels.conv2d_backward_bias, (A(f, 4), A(f, 1))),
-        "scatter_phase": (conv_kernels.scatter_phase, (A(f, 4), *[i64] * 8, A(f, 4))),
-    }
+    return [importlib.import_module(f"fastconv.kernels.{m.name}") for m in pkgutil.iter_modules(fastconv.kernels.__path__)]
+
+
+def _defined_kernels():
+    """``{"module.function": dispatcher}`` of every compiled function defined in :mod:`fastconv.kernels`."""
+    import inspect
+
+    found = {}
+    for module in _kernel_modules():
+        for name, obj in vars(module).items():
+            if isinstance(obj, numba.core.registry.CPUDispatcher) and inspect.getmodule(obj.py_func) is module:
+                found[f"{module.__name__.rsplit('.', 1)[1]}.{name}"] = obj
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def _audit():
+    """Integer types found in every kernel the strategy registry names, and in every helper they call.
+
+    Every strategy is run once on small float32 inputs (the walk of ``tests/_strategies.py``
+    over the case table) so that each registered kernel has a compiled signature to type.
+    Returns ``{"module.function": set of integer type names}``.
+    """
+    from fastconv import plan as P
+
+    rng = np.random.default_rng(0)
+    reached = set()
+    for _, _, plan in walk.conv_plans(cases.CONV_ROWS, F32):
+        if not set(plan.strategies()) <= reached:
+            reached |= walk.run_conv(plan, rng)
+    for _, plan in walk.pool_plans(cases.POOL_ROWS, F32):
+        reached |= walk.run_pool(plan, rng)
+    reached |= walk.run_elementwise_and_dense(F32, rng)
+    assert reached == set(P.STRATEGIES.values()), "the walk missed some strategies"
+    names = {id(d): n for n, d in _defined_kernels().items()}
+    todo = [(P.kernel(k), tuple(sig.args)) for s in P.STRATEGIES.values() for k in s.kernels
+            for sig in P.kernel(k).signatures if sig.args[0].dtype == numba.float32]
+    found, done = {}, set()
+    while todo:
+        dispatcher, argtypes = todo.pop()
+        if (id(dispatcher), argtypes) in done:
+            continue
+        done.add((id(dispatcher), argtypes))
+        ints, callees = _typed(dispatcher, argtypes)
+        found.setdefault(names[id(dispatcher)], set()).update(ints)
+        todo.extend(callees)
+    return found
 
 
 def test_every_kernel_is_covered_by_the_64_bit_check():
-    import inspect
-
-    compiled = {name for module in (conv_kernels, pool_kernels)
-                for name, obj in vars(module).items()
-                if isinstance(obj, numba.core.registry.CPUDispatcher) and inspect.getmodule(obj.py_func) is module}
-    assert compiled == set(_kernel_cases())
+    """The audit reaches, from the registry, every compiled function the kernel modules define."""
+    assert set(_audit()) == set(_defined_kernels())
 
 
-@pytest.mark.parametrize("name", list(_kernel_cases()))
+@pytest.mark.parametrize("name", sorted(_defined_kernels()))
 def test_kernel_index_arithmetic_is_64_bit(name):
     """No variable of any kernel is an integer narrower than 64 bits, so no index wraps at 2**31.
 
     This covers what cannot be run cheaply (a convolution over more than 2**31 elements needs
     tens of GiB): every flat index, loop counter and job number is an ``int64``.
     """
-    kernel, argtypes = _kernel_cases()[name]
     try:
-        found = _integer_types_in_kernel(kernel, argtypes)
+        found = _audit()
     except (ImportError, AttributeError, TypeError) as exc:  # Numba internals moved
         pytest.skip(f"cannot run Numba's type inference directly: {exc!r}")
-    assert found and found <= {"int64", "uint64"}, found
+    if name not in found:
+        pytest.fail(f"{name} is not reached from any strategy of fastconv.plan.STRATEGIES")
+    assert found[name] and found[name] <= {"int64", "uint64"}, found[name]
 
 
 def test_compiled_signatures_use_64_bit_integers(rng):
@@ -250,14 +277,12 @@ def test_compiled_signatures_use_64_bit_integers(rng):
     y, idx = fc.max_pool2d(x, 2)
     fc.max_pool2d_backward(y, idx.astype(np.int32), x.shape)  # narrower indices are widened first
     fc.conv2d_backward(np.ones((2, 4, 8, 8)), x, rng.standard_normal((4, 3, 3, 3)), padding=np.int32(1))
-    for module in (conv_kernels, pool_kernels):
-        for name, obj in vars(module).items():
-            if isinstance(obj, numba.core.registry.CPUDispatcher):
-                for sig in obj.signatures:
-                    for t in sig:
-                        dtype = getattr(t, "dtype", t)
-                        if isinstance(dtype, numba.types.Integer):
-                            assert dtype.bitwidth == 64, (name, sig)
+    for name, obj in _defined_kernels().items():
+        for sig in obj.signatures:
+            for t in sig:
+                dtype = getattr(t, "dtype", t)
+                if isinstance(dtype, numba.types.Integer):
+                    assert dtype.bitwidth == 64, (name, sig)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,1 +1,19 @@
-"""Compiled kernels (``@njit`` only). See :mod:`fastconv.functional` for the public API."""
+"""Compiled kernels (``@njit`` only), one module per strategy family.
+
+Nothing here validates arguments or chooses a strategy: :mod:`fastconv.plan` does, and
+:mod:`fastconv.functional` is the public API. Kernel names are ``<family>_<computation>``
+(plus the register tile where a family has several), never the name of a public function.
+
+=================  ==========================================================================
+module             kernels
+=================  ==========================================================================
+``pack``           ``pack_nhwc_padded``, ``pack_nchw_padded``, ``pack_scatter_phase``
+``tiled``          ``tiled_forward_4x4``, ``tiled_forward_4x3``, ``tiled_weight_grad_by_rows``,
+                   ``tiled_weight_grad_by_filters``
+``flat``           ``flat_forward``, ``flat_weight_grad``, ``flat_bias_grad``
+``filter_vector``  ``filter_vector_forward``
+``matmul``         ``matmul_nn``, ``matmul_nt``
+``maxpool``        ``maxpool_forward_2x2``, ``maxpool_forward_window``, ``maxpool_backward_route``
+``elementwise``    ``elementwise_relu``, ``elementwise_relu_grad``
+=================  ==========================================================================
+"""

@@ -1,4 +1,4 @@
-"""Compiled max-pool kernels (forward with recorded winners, backward routing).
+"""Max-pool kernels: the forward pass with recorded winners, and the backward routing.
 
 Both run over NCHW planes directly: one parallel job per ``(n, c)`` plane, so every
 job reads and writes its own plane only.
@@ -9,6 +9,14 @@ strictly greater, or when it is NaN. Ties therefore keep the first maximum, and 
 in the window wins (the last NaN, as in PyTorch). Padding is ``-inf``: out-of-bounds
 positions are simply never visited. The fast-math flags in :mod:`fastconv.config`
 keep NaN and infinities exact, which these comparisons rely on.
+
+Kernels
+-------
+- :func:`maxpool_forward_2x2`: 2 x 2 windows at stride 2 without padding.
+- :func:`maxpool_forward_window`: any window, stride and padding.
+- :func:`maxpool_backward_route`: each output gradient to its window's winner.
+
+Inline helper: :func:`_window_max`.
 """
 
 import numpy as np
@@ -34,7 +42,7 @@ def _window_max(plane, h_lo, h_hi, w_lo, w_hi):
 
 
 @njit(**PARALLEL_JIT)
-def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, out, indices):
+def maxpool_forward_window(x, window, stride, padding, out, indices):
     """Max-pool every ``(n, c)`` plane of ``x``.
 
     The windows of one output row that lie wholly inside the row's columns (all but at
@@ -50,13 +58,16 @@ def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, out, indices):
     ----------
     x : (P, H, W) array
         Input planes (``P = N * C``).
-    kh, kw, sh, sw, ph, pw : int
-        Window, stride and (``-inf``) padding.
+    window, stride, padding : (int, int)
+        ``(kh, kw)``, ``(sh, sw)`` and the (``-inf``) padding ``(ph, pw)``.
     out : (P, Ho, Wo) array
         Maxima, fully overwritten.
     indices : (P, Ho, Wo) int64 array
         Flat index ``h * W + w`` of each winner inside its plane, fully overwritten.
     """
+    kh, kw = window
+    sh, sw = stride
+    ph, pw = padding
     P, H, W = x.shape
     Ho = out.shape[1]
     Wo = out.shape[2]
@@ -104,7 +115,7 @@ def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, out, indices):
 
 
 @njit(**PARALLEL_JIT)
-def max_pool2d_backward(dy, indices, dx):
+def maxpool_backward_route(dy, indices, dx):
     """Route each ``dy`` element to its winner: ``dx[p, indices[p, k]] += dy[p, k]``.
 
     An index outside ``[0, H*W)`` is never used to write; it is counted instead, and the
@@ -141,8 +152,8 @@ def max_pool2d_backward(dy, indices, dx):
 
 
 @njit(**PARALLEL_JIT)
-def max_pool2d_forward_2x2(x, out, indices):
-    """:func:`max_pool2d_forward` for 2 x 2 windows at stride 2 without padding.
+def maxpool_forward_2x2(x, out, indices):
+    """:func:`maxpool_forward_window` for 2 x 2 windows at stride 2 without padding.
 
     The most common pooling layer gets a kernel of its own: with the window and stride
     known at compile time, the four taps of a row of windows are two stride-2 loads from

@@ -1,4 +1,4 @@
-"""Compiled matrix products for the dense (``Linear``) layer and 1x1 convolutions.
+"""The matmul strategy: matrix products for the dense (``Linear``) layer and 1x1 convolutions.
 
 ``nn.Linear`` used NumPy's ``@``, which calls a multithreaded BLAS. Between two
 fastconv kernels that is costly on a small machine: OpenBLAS's worker threads keep
@@ -6,6 +6,11 @@ spinning for a while after each product and take the cores the next Numba kernel
 needs. On the MNIST network this doubled the training step (batch 64 on 2 cores:
 62-87 ms with NumPy's default BLAS threads, 31 ms with ``OPENBLAS_NUM_THREADS=1``).
 One Numba kernel keeps every layer on one thread pool.
+
+Kernels
+-------
+- :func:`matmul_nn`: ``C[n] = init + A @ B[n]``.
+- :func:`matmul_nt`: ``C = sum_n A[n] @ B[n].T``.
 """
 
 import numpy as np
@@ -19,7 +24,7 @@ _COLS = 256
 
 
 @njit(**PARALLEL_JIT)
-def matmul(A, B, init, C):
+def matmul_nn(A, B, init, C):
     """``C[n] = init[:, None] + A @ B[n]`` for C-contiguous ``A`` (R, Q), ``B`` (N, Q, K),
     ``init`` (R,) and ``C`` (N, R, K).
 
@@ -114,7 +119,7 @@ def matmul_nt(A, B, C):
     Tiles of 4 x 4 dot products share their loads (8 vector loads per 16 vector
     multiply-adds); the reduction axis is cut into chunks of ``_CHUNK`` so a tile's rows
     stay in L1, and each chunk's 16 sums are added into ``C`` (images in order). With
-    ``matmul(A, B.T)`` the dense layer needed a transposed copy of the weights on every
+    ``matmul_nn(A, B.T)`` the dense layer needed a transposed copy of the weights on every
     call. Each job owns 4 rows of ``C``; the sums run in the same order whatever the
     thread count.
     """

@@ -1,0 +1,123 @@
+"""Packing kernels: copy operands into the layouts the compute kernels read, and back.
+
+Only ``@njit`` code: :mod:`fastconv.plan` decides which layout a strategy needs.
+
+- :func:`pack_nhwc_padded`: NCHW -> zero-padded NHWC ``(N, H+2ph, W+2pw, C)``, read by
+  the tiled and filter-vector kernels.
+- :func:`pack_nchw_padded`: NCHW -> zero-padded NCHW ``(N, C, H+2ph, W+2pw)``, read by
+  the flat kernels.
+- :func:`pack_scatter_phase`: one stride phase of an input gradient, computed in padded
+  coordinates, written into ``dx`` with the padding cropped.
+"""
+
+from numba import njit, prange
+
+from ..config import PARALLEL_JIT
+
+
+#: Channels per job of :func:`pack_nhwc_padded`.
+_PACK_CHANNELS = 16
+
+
+@njit(**PARALLEL_JIT)
+def pack_nhwc_padded(x, ph, pw, out):
+    """Copy ``x`` (N, C, H, W) into the interior of ``out`` (N, H+2ph, W+2pw, C).
+
+    The border of ``out`` is zeroed here, so ``out`` may come from ``np.empty``.
+    Each job copies a block of 16 channels of one image, row by row: it reads 16
+    sequential streams and fills whole cache lines of ``out``. One job per output row
+    (reading all C channel rows, a plane apart) ran up to 4x slower when the plane size
+    was a multiple of 4 KiB (32 x 32 and 64 x 64 float32 planes): every load then
+    aliased the stores before it. See ``benchmarks/NOTES.md``.
+    """
+    N, C, H, W = x.shape
+    Hp = out.shape[1]
+    Wp = out.shape[2]
+    blocks = (C + _PACK_CHANNELS - 1) // _PACK_CHANNELS
+    for job in prange(N * blocks):
+        n = job // blocks
+        c0 = (job - n * blocks) * _PACK_CHANNELS
+        c1 = min(C, c0 + _PACK_CHANNELS)
+        img = out[n]
+        for hp in range(Hp):
+            h = hp - ph
+            row = img[hp]
+            if h < 0 or h >= H:
+                for wp in range(Wp):
+                    row[wp, c0:c1] = 0
+                continue
+            for wp in range(pw):
+                row[wp, c0:c1] = 0
+            for wp in range(pw + W, Wp):
+                row[wp, c0:c1] = 0
+            for c in range(c0, c1):
+                src = x[n, c, h]
+                for w in range(W):
+                    row[pw + w, c] = src[w]
+
+
+
+@njit(**PARALLEL_JIT)
+def pack_nchw_padded(x, ph, pw, out):
+    """Copy ``x`` (N, C, H, W) into the interior of ``out`` (N, C, H+2ph, W+2pw); zero the border."""
+    N, C, H, W = x.shape
+    Hp = out.shape[2]
+    Wp = out.shape[3]
+    for job in prange(N * C):
+        n = job // C
+        c = job - n * C
+        plane = out[n, c]
+        for hp in range(Hp):
+            row = plane[hp]
+            h = hp - ph
+            if h < 0 or h >= H:
+                row[:] = 0
+                continue
+            row[:pw] = 0
+            row[pw + W:] = 0
+            src = x[n, c, h]
+            for w in range(W):
+                row[pw + w] = src[w]
+
+
+
+@njit(**PARALLEL_JIT)
+def pack_scatter_phase(phase, first, residue, stride, padding, dx):
+    """Write one stride phase of the input gradient into ``dx``, cropping the padding.
+
+    ``dx[n, c, rh + sh*qh - ph, rw + sw*qw - pw] = phase[n, c, first_h + qh, first_w + qw]``
+    for every ``qh, qw >= 0`` that lands inside ``dx`` and inside ``phase``; nothing else
+    is written. The phases of a strided convolution's input gradient write disjoint
+    positions. One job per ``(n, c)`` plane.
+
+    Parameters
+    ----------
+    phase : (N, C, Ph, Pw) array
+        The phase, computed in padded coordinates; rows (columns) before ``first_h``
+        (``first_w``) are surplus and skipped.
+    first : (int, int)
+        ``(first_h, first_w)``: offsets into ``phase``.
+    residue : (int, int)
+        ``(rh, rw)``: the phase's residues modulo the stride.
+    stride, padding : (int, int)
+        The convolution's ``(sh, sw)`` and ``(ph, pw)``.
+    dx : (N, C, H, W) array
+    """
+    first_h, first_w = first
+    rh, rw = residue
+    sh, sw = stride
+    ph, pw = padding
+    N, C, H, W = dx.shape
+    qh_lo = max(0, (ph - rh + sh - 1) // sh)
+    qh_hi = min(phase.shape[2] - first_h, (H + ph - rh + sh - 1) // sh)
+    qw_lo = max(0, (pw - rw + sw - 1) // sw)
+    qw_hi = min(phase.shape[3] - first_w, (W + pw - rw + sw - 1) // sw)
+    for job in prange(N * C):
+        n = job // C
+        c = job - n * C
+        for qh in range(qh_lo, qh_hi):
+            src = phase[n, c, first_h + qh]
+            dst = dx[n, c, rh + sh * qh - ph]
+            for qw in range(qw_lo, qw_hi):
+                dst[rw + sw * qw - pw] = src[first_w + qw]
+

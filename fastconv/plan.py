@@ -1,0 +1,892 @@
+"""The plan layer: one place decides which strategy runs each operation.
+
+For an operation and its geometry (shapes, stride, padding), dtype and CPU, a *plan*
+names the strategy of every pass -- the compiled kernels it launches, the layout it packs
+its operands into, and what the forward pass hands to the backward pass -- and runs it.
+Every threshold and tuning variable of fastconv lives here (:data:`TUNING`, :data:`HOST`).
+
+The functional API (:mod:`fastconv.functional`) is: validate once, plan, run. Layers
+(:mod:`fastconv.nn`) build a plan once per input shape and keep it. Nothing here checks
+the user's arguments beyond what keeps a kernel inside its arrays: a plan's ``run_*``
+methods compare their operands' shapes and dtype with the plan and refuse the rest.
+
+Asking which strategy a call takes::
+
+    >>> import fastconv as fc
+    >>> p = fc.conv2d_plan((64, 32, 14, 14), (64, 32, 3, 3), padding=1)
+    >>> p.forward.name, p.weight_grad.name
+    ('tiled_4x4', 'tiled_by_filters')
+
+(``tiled_4x3`` on a CPU without AVX-512.) ``print(p)`` explains every pass.
+
+Strategies
+----------
+:data:`STRATEGIES` is the registry: ``(op, name) -> Strategy``, each with its kernels
+(``"module.function"`` in :mod:`fastconv.kernels`), the layout it reads and a summary.
+The tests walk it: every strategy is reached by a case of the case table and compared
+with the reference, and the 64-bit index audit covers every kernel it names.
+"""
+
+import dataclasses
+import enum
+import functools
+import importlib
+import os
+from typing import Callable, NamedTuple
+
+import numba
+import numpy as np
+
+from . import config
+from ._runtime import launch
+
+__all__ = [
+    "TUNING",
+    "HOST",
+    "CPU",
+    "Tuning",
+    "Layout",
+    "Packed",
+    "Strategy",
+    "STRATEGIES",
+    "ConvGeometry",
+    "PoolGeometry",
+    "ConvPlan",
+    "PoolPlan",
+    "plan_conv2d",
+    "plan_max_pool2d",
+    "route_max_pool2d",
+    "kernel",
+    "contiguous",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# Tuning and the CPU
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    """Every threshold that picks a strategy or a thread count. Measured in ``benchmarks/NOTES.md``.
+
+    Attributes
+    ----------
+    short_reduction : int
+        Receptive fields (``KH * KW * C``) shorter than this do not fill the tiled
+        kernels' vectors: the forward pass runs ``flat`` (stride 1) or ``filter_vector``,
+        the weight gradient ``flat`` (stride 1). The input gradient's phases use it on
+        the smallest sub-kernel (``F * KH//sh * KW//sw``).
+    short_row : int
+        Output rows this narrow or narrower split the tiled weight gradient by filters
+        instead of by rows: on 14x14 maps 1.6-1.8x faster, on 7x7 x 512 channels 3.7x;
+        on maps of 28 and wider 2-30% slower.
+    big_partials : int
+        Bytes of per-thread partial weight gradients above which the filters are split
+        instead (8x512x7x7 -> 512 filters would need two partials of 9.4 MB).
+    small_work : int
+        Launches of fewer inner-loop operations than this run on one thread: waking the
+        pool costs more than the work (a 2x7x6 input took 0.5-20 ms on two threads under
+        load, 0.014 ms on one).
+    """
+
+    short_reduction: int = 32
+    short_row: int = 16
+    big_partials: int = 4 << 20
+    small_work: int = 1 << 18
+
+
+TUNING = Tuning()
+
+
+@dataclasses.dataclass(frozen=True)
+class CPU:
+    """What the plan needs to know of the CPU the kernels are compiled for.
+
+    Attributes
+    ----------
+    name : str
+        LLVM's name of the CPU (for reports).
+    vector_registers : int
+        32 with AVX-512, else 16 (AVX2 and older x86, and other CPUs): the forward
+        register tile is 4 x 4 with 32 registers and 4 x 3 with 16, where 4 x 4 spills.
+    """
+
+    name: str
+    vector_registers: int
+
+    @property
+    def forward_tile(self):
+        """``"4x4"`` or ``"4x3"``: the register tile of the tiled forward kernel."""
+        return "4x4" if self.vector_registers >= 32 else "4x3"
+
+
+def _host_cpu():
+    """The CPU Numba compiles for; ``FASTCONV_FORWARD_TILE=4x4|4x3`` forces the tile (benchmarks)."""
+    try:
+        import llvmlite.binding as ll
+
+        name = ll.get_host_cpu_name()
+    except Exception:  # pragma: no cover - a label only
+        name = "unknown"
+    registers = 32 if config.WIDE_REGISTER_FILE else 16
+    forced = os.environ.get("FASTCONV_FORWARD_TILE", "")
+    if forced in ("4x4", "4x3"):
+        registers = 32 if forced == "4x4" else 16
+    return CPU(name, registers)
+
+
+HOST = _host_cpu()
+
+
+# ---------------------------------------------------------------------------------------
+# Layouts, strategies and the registry
+# ---------------------------------------------------------------------------------------
+
+
+class Layout(enum.Enum):
+    """How a strategy wants an activation laid out."""
+
+    NCHW = "NCHW as given (no copy when contiguous)"
+    NCHW_PADDED = "zero-padded NCHW (N, C, H+2ph, W+2pw)"
+    NHWC_PADDED = "zero-padded NHWC (N, H+2ph, W+2pw, C)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Packed:
+    """An operand packed by a forward pass, handed to the backward pass that reads the same layout.
+
+    Attributes
+    ----------
+    layout : Layout
+    padding : (int, int)
+        The zero padding it carries.
+    array : ndarray
+    """
+
+    layout: Layout
+    padding: tuple
+    array: np.ndarray = dataclasses.field(repr=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    """One way to compute one pass of an operation.
+
+    Attributes
+    ----------
+    op : str
+        The pass: ``"conv2d_forward"``, ``"conv2d_input_grad"``, ``"conv2d_weight_grad"``,
+        ``"conv2d_bias_grad"``, ``"max_pool2d_forward"``, ``"max_pool2d_backward"``,
+        ``"relu_forward"``, ``"relu_backward"``, ``"linear_forward"``, ``"linear_backward"``.
+    name : str
+        The strategy's name, unique within ``op``.
+    kernels : tuple of str
+        The compiled kernels it launches, as ``"module.function"`` of :mod:`fastconv.kernels`.
+    reads : Layout or None
+        The layout of the activation it reads (``None``: no activation, or several).
+    summary : str
+        One line for :meth:`ConvPlan.explain`.
+    needs_finite : bool
+        Correct only for a finite input (the plan then names a fallback).
+    """
+
+    op: str
+    name: str
+    kernels: tuple
+    reads: object
+    summary: str
+    needs_finite: bool = False
+    run: Callable = dataclasses.field(default=None, repr=False, compare=False)
+
+    def __str__(self):
+        return self.name
+
+
+#: The registry of every strategy: ``(op, name) -> Strategy``.
+STRATEGIES = {}
+
+
+def _strategy(op, name, kernels, reads, summary, needs_finite=False):
+    """Register the decorated function as the ``run`` of strategy ``(op, name)``."""
+
+    def register(run):
+        key = (op, name)
+        if key in STRATEGIES:  # pragma: no cover - a programming error
+            raise RuntimeError(f"strategy {key} registered twice")
+        STRATEGIES[key] = Strategy(op, name, tuple(kernels), reads, summary, needs_finite, run)
+        return run
+
+    return register
+
+
+def kernel(qualified):
+    """The compiled kernel ``"module.function"`` of :mod:`fastconv.kernels`, looked up at call time."""
+    module, name = qualified.split(".")
+    return getattr(importlib.import_module(f"fastconv.kernels.{module}"), name)
+
+
+def _run(qualified, *args, work):
+    """Launch a kernel; on one thread when ``work`` (inner-loop operations) is below ``TUNING.small_work``."""
+    return launch(kernel(qualified), *args, serial=work < TUNING.small_work)
+
+
+def contiguous(a, dtype=None):
+    """``a`` as a C-contiguous, aligned, writeable-typed array: a view when it already is one.
+
+    Read-only inputs are copied: Numba types read-only arrays separately, and passing
+    one would compile (and cache) a second version of every kernel.
+    """
+    return np.require(a, dtype=dtype, requirements=["C", "A", "W"])
+
+
+# ---------------------------------------------------------------------------------------
+# Geometry
+# ---------------------------------------------------------------------------------------
+
+
+class ConvGeometry(NamedTuple):
+    """A validated convolution: input ``(N, C, H, W)``, ``F`` filters of ``KH x KW``, output ``Ho x Wo``."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    F: int
+    KH: int
+    KW: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    Ho: int
+    Wo: int
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def w_shape(self):
+        return (self.F, self.C, self.KH, self.KW)
+
+    @property
+    def y_shape(self):
+        return (self.N, self.F, self.Ho, self.Wo)
+
+    @property
+    def pointwise(self):
+        """A 1x1 convolution at stride 1 without padding: per image, a matrix product in NCHW."""
+        return self.KH == self.KW == 1 and self.sh == self.sw == 1 and self.ph == self.pw == 0
+
+    def correlation(self, N, C, H, W, F, KH, KW, ph, pw):
+        """The stride-1 geometry of another correlation (the input gradient's inner ones)."""
+        return ConvGeometry(N, C, H, W, F, KH, KW, 1, 1, ph, pw, H + 2 * ph - KH + 1, W + 2 * pw - KW + 1)
+
+
+class PoolGeometry(NamedTuple):
+    """A validated pooling: input ``(N, C, H, W)``, ``kh x kw`` windows, output ``Ho x Wo``."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    Ho: int
+    Wo: int
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def y_shape(self):
+        return (self.N, self.C, self.Ho, self.Wo)
+
+
+def _check_operand(plan, name, a, shape):
+    """Refuse an operand that does not match the plan (a kernel would read past its arrays)."""
+    if not isinstance(a, np.ndarray) or a.shape != tuple(shape) or a.dtype != plan.dtype:
+        got = f"shape {a.shape}, dtype {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__
+        raise ValueError(f"{type(plan).__name__}: {name} must have shape {tuple(shape)} and dtype "
+                         f"{plan.dtype} for this plan; got {got}")
+
+
+# ---------------------------------------------------------------------------------------
+# Convolution: forward strategies
+# ---------------------------------------------------------------------------------------
+
+
+def _pack_nhwc(a, ph, pw):
+    """Copy an NCHW array into a new zero-padded NHWC array (one parallel pass)."""
+    N, C, H, W = a.shape
+    out = np.empty((N, H + 2 * ph, W + 2 * pw, C), dtype=a.dtype)
+    _run("pack.pack_nhwc_padded", contiguous(a), ph, pw, out, work=out.size)
+    return Packed(Layout.NHWC_PADDED, (ph, pw), out)
+
+
+def _pack_nchw(a, ph, pw):
+    """Copy an NCHW array into a new zero-padded NCHW array (one parallel pass)."""
+    N, C, H, W = a.shape
+    out = np.empty((N, C, H + 2 * ph, W + 2 * pw), dtype=a.dtype)
+    _run("pack.pack_nchw_padded", contiguous(a), ph, pw, out, work=out.size)
+    return Packed(Layout.NCHW_PADDED, (ph, pw), out)
+
+
+def _tiled_weights(w):
+    """(F, C, KH, KW) -> (F, KW * KH * C), ordered (f, j, i, c) as the tiled kernels read the input."""
+    F, C, KH, KW = w.shape
+    return contiguous(w.transpose(0, 3, 2, 1)).reshape(F, KW * KH * C)
+
+
+@_strategy("conv2d_forward", "pointwise_matmul", ["matmul.matmul_nn"], Layout.NCHW,
+           "1x1, stride 1, no padding: y[n] = w @ x[n] per image, no repacking")
+def _forward_pointwise(g, x, w, b, out):
+    packed = Packed(Layout.NCHW, (0, 0), contiguous(x))
+    _run("matmul.matmul_nn", contiguous(w).reshape(g.F, g.C), packed.array.reshape(g.N, g.C, g.H * g.W), b,
+         out.reshape(g.N, g.F, g.H * g.W), work=out.size * g.C)
+    return packed
+
+
+def _forward_tiled(kernel_name):
+    def run(g, x, w, b, out):
+        packed = _pack_nhwc(x, g.ph, g.pw)
+        _run(kernel_name, packed.array, _tiled_weights(w), g.KH, b, g.sh, g.sw, out,
+             work=out.size * g.C * g.KH * g.KW)
+        return packed
+
+    return run
+
+
+for _tile in ("4x4", "4x3"):
+    _strategy("conv2d_forward", f"tiled_{_tile}", ["pack.pack_nhwc_padded", f"tiled.tiled_forward_{_tile}"],
+              Layout.NHWC_PADDED,
+              f"zero-padded NHWC, rows interleaved; {_tile} (pixels x filters) dot-product register tiles")(
+        _forward_tiled(f"tiled.tiled_forward_{_tile}"))
+
+
+@_strategy("conv2d_forward", "flat", ["pack.pack_nchw_padded", "flat.flat_forward"], Layout.NCHW_PADDED,
+           "stride 1, short receptive field: each tap one loop over a whole zero-padded NCHW plane")
+def _forward_flat(g, x, w, b, out):
+    packed = _pack_nchw(x, g.ph, g.pw)
+    _run("flat.flat_forward", packed.array, contiguous(w), b, out, work=out.size * g.C * g.KH * g.KW)
+    return packed
+
+
+@_strategy("conv2d_forward", "filter_vector", ["pack.pack_nhwc_padded", "filter_vector.filter_vector_forward"],
+           Layout.NHWC_PADDED, "strided, short receptive field: the vector axis is the filter axis")
+def _forward_filter_vector(g, x, w, b, out):
+    packed = _pack_nhwc(x, g.ph, g.pw)
+    wk = contiguous(w.transpose(2, 3, 1, 0))
+    _run("filter_vector.filter_vector_forward", packed.array, wk, b, g.sh, g.sw, out,
+         work=out.size * g.C * g.KH * g.KW)
+    return packed
+
+
+def _choose_forward(g, cpu):
+    """The forward strategy for geometry ``g`` on ``cpu``."""
+    if g.pointwise:
+        return STRATEGIES["conv2d_forward", "pointwise_matmul"]
+    if g.KH * g.KW * g.C >= TUNING.short_reduction:
+        return STRATEGIES["conv2d_forward", f"tiled_{cpu.forward_tile}"]
+    if g.sh == g.sw == 1:
+        return STRATEGIES["conv2d_forward", "flat"]
+    return STRATEGIES["conv2d_forward", "filter_vector"]
+
+
+# ---------------------------------------------------------------------------------------
+# Convolution: input-gradient strategies
+# ---------------------------------------------------------------------------------------
+
+
+def _full_correlation(plan, dy, w, pad, out):
+    """out = correlation of dy (zero-padded by ``pad``) with w rotated by 180 degrees, channels swapped."""
+    N, F, Ho, Wo = dy.shape
+    C, KH, KW = w.shape[1], w.shape[2], w.shape[3]
+    inner = plan.geometry.correlation(N, F, Ho, Wo, C, KH, KW, *pad)
+    wrot = contiguous(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    _choose_forward(inner, plan.cpu).run(inner, dy, wrot, np.zeros(C, dtype=dy.dtype), out)
+
+
+@_strategy("conv2d_input_grad", "pointwise_matmul", ["matmul.matmul_nn"], None,
+           "1x1, stride 1, no padding: dx[n] = w.T @ dy[n] per image")
+def _input_grad_pointwise(plan, dy, w):
+    g = plan.geometry
+    dx = np.empty(g.x_shape, dtype=dy.dtype)
+    _run("matmul.matmul_nn", contiguous(w.reshape(g.F, g.C).T), contiguous(dy).reshape(g.N, g.F, -1),
+         np.zeros(g.C, dtype=dy.dtype), dx.reshape(g.N, g.C, -1), work=dy.size * g.C)
+    return dx
+
+
+@_strategy("conv2d_input_grad", "full_correlation", [], None,
+           "stride 1: a forward convolution of dy, padded by K-1-p, with the rotated kernel")
+def _input_grad_full(plan, dy, w):
+    g = plan.geometry
+    dx = np.empty(g.x_shape, dtype=dy.dtype)
+    _full_correlation(plan, dy, w, (g.KH - 1 - g.ph, g.KW - 1 - g.pw), dx)
+    return dx
+
+
+def _phases(g):
+    """The stride phases ``(rh, rw)`` that some tap reaches."""
+    return [(rh, rw) for rh in range(min(g.sh, g.KH)) for rw in range(min(g.sw, g.KW))]
+
+
+def _scatter(phase, first, residue, g, dx):
+    _run("pack.pack_scatter_phase", phase, first, residue, (g.sh, g.sw), (g.ph, g.pw), dx, work=phase.size)
+
+
+@_strategy("conv2d_input_grad", "phases_shared_pack",
+           ["pack.pack_nhwc_padded", "pack.pack_scatter_phase"], None,
+           "strided: one stride-1 correlation per phase with its sub-kernel, dy packed once for all")
+def _input_grad_phases_shared(plan, dy, w):
+    # The phases' sub-kernels have at most t = ceil(K / s) taps per axis; dy is packed once,
+    # padded for the largest; a smaller one computes t - th surplus rows (columns) per side,
+    # which are skipped. Positions of no phase (a stride larger than the kernel) stay 0.
+    g = plan.geometry
+    dx = np.zeros(g.x_shape, dtype=dy.dtype)
+    tmax_h, tmax_w = -(-g.KH // g.sh), -(-g.KW // g.sw)
+    dyp = _pack_nhwc(dy, tmax_h - 1, tmax_w - 1).array
+    zeros = np.zeros(g.C, dtype=dy.dtype)
+    tiled = f"tiled.tiled_forward_{plan.cpu.forward_tile}"
+    for rh, rw in _phases(g):
+        sub = w[:, :, rh::g.sh, rw::g.sw]
+        th, tw = sub.shape[2], sub.shape[3]
+        wrot = contiguous(sub[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        phase = np.empty((g.N, g.C, g.Ho + 2 * tmax_h - th - 1, g.Wo + 2 * tmax_w - tw - 1), dtype=dy.dtype)
+        _run(tiled, dyp, _tiled_weights(wrot), th, zeros, 1, 1, phase, work=phase.size * g.F * th * tw)
+        # Phase element (q_h, q_w) is padded position (rh + sh*q_h, rw + sw*q_w).
+        _scatter(phase, (tmax_h - th, tmax_w - tw), (rh, rw), g, dx)
+    return dx
+
+
+@_strategy("conv2d_input_grad", "phases", ["pack.pack_scatter_phase"], None,
+           "strided, short sub-kernels: one full correlation per phase, each planned as a forward pass")
+def _input_grad_phases(plan, dy, w):
+    g = plan.geometry
+    dx = np.zeros(g.x_shape, dtype=dy.dtype)
+    for rh, rw in _phases(g):
+        sub = w[:, :, rh::g.sh, rw::g.sw]
+        th, tw = sub.shape[2], sub.shape[3]
+        phase = np.empty((g.N, g.C, g.Ho + th - 1, g.Wo + tw - 1), dtype=dy.dtype)
+        _full_correlation(plan, dy, sub, (th - 1, tw - 1), phase)
+        _scatter(phase, (0, 0), (rh, rw), g, dx)
+    return dx
+
+
+def _input_grad_inner(g, cpu):
+    """The forward strategies the input gradient runs inside (for :meth:`ConvPlan.explain`)."""
+    name = _choose_input_grad(g).name
+    if name == "full_correlation":
+        return (_choose_forward(g.correlation(g.N, g.F, g.Ho, g.Wo, g.C, g.KH, g.KW, g.KH - 1 - g.ph,
+                                              g.KW - 1 - g.pw), cpu),)
+    if name == "phases_shared_pack":
+        return (STRATEGIES["conv2d_forward", f"tiled_{cpu.forward_tile}"],)
+    if name == "phases":
+        inner = []
+        for rh, rw in _phases(g):
+            th, tw = len(range(rh, g.KH, g.sh)), len(range(rw, g.KW, g.sw))
+            s = _choose_forward(g.correlation(g.N, g.F, g.Ho, g.Wo, g.C, th, tw, th - 1, tw - 1), cpu)
+            if s not in inner:
+                inner.append(s)
+        return tuple(inner)
+    return ()
+
+
+def _choose_input_grad(g):
+    if g.pointwise:
+        return STRATEGIES["conv2d_input_grad", "pointwise_matmul"]
+    if g.sh == g.sw == 1 and g.KH - 1 - g.ph >= 0 and g.KW - 1 - g.pw >= 0:
+        return STRATEGIES["conv2d_input_grad", "full_correlation"]
+    smallest = g.F * max(g.KH // g.sh, 1) * max(g.KW // g.sw, 1)  # the smallest phase's reduction
+    if smallest >= TUNING.short_reduction:
+        return STRATEGIES["conv2d_input_grad", "phases_shared_pack"]
+    return STRATEGIES["conv2d_input_grad", "phases"]
+
+
+# ---------------------------------------------------------------------------------------
+# Convolution: weight- and bias-gradient strategies
+# ---------------------------------------------------------------------------------------
+
+
+def _reuse(packed, layout, g):
+    """``packed.array`` when the forward pass left ``x`` in ``layout`` with this padding, else None."""
+    if packed is not None and packed.layout is layout and packed.padding == (g.ph, g.pw):
+        return packed.array
+    return None
+
+
+@_strategy("conv2d_weight_grad", "pointwise_matmul_nt", ["matmul.matmul_nt"], Layout.NCHW,
+           "1x1, stride 1, no padding: dw = sum_n dy[n] @ x[n].T")
+def _weight_grad_pointwise(g, x, dy, packed):
+    xc = _reuse(packed, Layout.NCHW, g)
+    xc = contiguous(x) if xc is None else xc
+    dw = np.empty((g.F, g.C), dtype=dy.dtype)
+    _run("matmul.matmul_nt", dy.reshape(g.N, g.F, -1), xc.reshape(g.N, g.C, -1), dw, work=dy.size * g.C)
+    return dw.reshape(g.F, g.C, 1, 1)
+
+
+@_strategy("conv2d_weight_grad", "flat", ["pack.pack_nchw_padded", "flat.flat_weight_grad"], Layout.NCHW_PADDED,
+           "stride 1, short receptive field: per-tap dot products over whole planes; per-thread partials",
+           needs_finite=True)
+def _weight_grad_flat(g, x, dy, packed):
+    xq = _reuse(packed, Layout.NCHW_PADDED, g)
+    xq = _pack_nchw(x, g.ph, g.pw).array if xq is None else xq
+    threads = numba.get_num_threads()
+    partial = np.empty((max(1, min(threads, g.N)), g.F, g.C * g.KH * g.KW), dtype=dy.dtype)
+    _run("flat.flat_weight_grad", xq, dy, g.KH, g.KW, partial, work=dy.size * partial[0, 0].size)
+    return partial.sum(axis=0).reshape(g.F, g.C, g.KH, g.KW)  # partials summed in thread order
+
+
+def _nhwc_operand(g, x, packed):
+    xp = _reuse(packed, Layout.NHWC_PADDED, g)
+    return _pack_nhwc(x, g.ph, g.pw).array if xp is None else xp
+
+
+def _from_tiled(dw, g):
+    """(F, KW * KH * C) -> (F, C, KH, KW)."""
+    return contiguous(dw.reshape(g.F, g.KW, g.KH, g.C).transpose(0, 3, 2, 1))
+
+
+@_strategy("conv2d_weight_grad", "tiled_by_filters", ["pack.pack_nhwc_padded", "tiled.tiled_weight_grad_by_filters"],
+           Layout.NHWC_PADDED, "rank-4 updates on interleaved NHWC rows; the filters split between threads")
+def _weight_grad_by_filters(g, x, dy, packed):
+    # Every element is summed over the rows in order, whatever the thread count.
+    block = max(4, g.F // numba.get_num_threads() // 4 * 4)
+    dw = np.empty((g.F, g.KW * g.KH * g.C), dtype=dy.dtype)
+    _run("tiled.tiled_weight_grad_by_filters", _nhwc_operand(g, x, packed), dy, g.KH, g.sh, g.sw, block, dw,
+         work=dy.size * dw.shape[1])
+    return _from_tiled(dw, g)
+
+
+@_strategy("conv2d_weight_grad", "tiled_by_rows", ["pack.pack_nhwc_padded", "tiled.tiled_weight_grad_by_rows"],
+           Layout.NHWC_PADDED, "rank-4 updates on interleaved NHWC rows; the rows split between threads, "
+                               "per-thread partials summed in order")
+def _weight_grad_by_rows(g, x, dy, packed):
+    R = g.KW * g.KH * g.C
+    partial = np.empty((_row_jobs(g), g.F, R), dtype=dy.dtype)
+    _run("tiled.tiled_weight_grad_by_rows", _nhwc_operand(g, x, packed), dy, g.KH, g.sh, g.sw, partial,
+         work=dy.size * R)
+    return _from_tiled(partial.sum(axis=0), g)  # partials summed in thread order
+
+
+def _row_jobs(g):
+    return max(1, min(numba.get_num_threads(), g.N * g.Ho))
+
+
+def _choose_tiled_weight_grad(g, itemsize, threads):
+    partials = max(1, min(threads, g.N * g.Ho)) * g.F * g.KW * g.KH * g.C * itemsize
+    if g.Wo <= TUNING.short_row or partials > TUNING.big_partials:
+        return STRATEGIES["conv2d_weight_grad", "tiled_by_filters"]
+    return STRATEGIES["conv2d_weight_grad", "tiled_by_rows"]
+
+
+def _choose_weight_grad(g, itemsize, threads):
+    if g.pointwise:
+        return STRATEGIES["conv2d_weight_grad", "pointwise_matmul_nt"]
+    if g.sh == g.sw == 1 and g.C * g.KH * g.KW < TUNING.short_reduction:
+        return STRATEGIES["conv2d_weight_grad", "flat"]
+    return _choose_tiled_weight_grad(g, itemsize, threads)
+
+
+@_strategy("conv2d_bias_grad", "plane_sums", ["flat.flat_bias_grad"], None,
+           "each (n, f) plane of dy summed as one flat run; one filter per job")
+def _bias_grad(dy):
+    db = np.zeros(dy.shape[1], dtype=dy.dtype)
+    _run("flat.flat_bias_grad", contiguous(dy), db, work=dy.size)
+    return db
+
+
+# ---------------------------------------------------------------------------------------
+# Convolution plans
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvPlan:
+    """The strategies of every pass of one convolution geometry, and the way to run them.
+
+    Build one with :func:`fastconv.functional.conv2d_plan` (validated) or :func:`plan_conv2d`.
+
+    Attributes
+    ----------
+    geometry : ConvGeometry
+    dtype : numpy.dtype
+    cpu : CPU
+    forward, input_grad, weight_grad, bias_grad : Strategy
+    weight_grad_nonfinite : Strategy
+        Run instead of ``weight_grad`` when that one needs a finite input and ``x`` holds
+        an infinity or NaN (``0 * inf`` would put a NaN where the reference has none).
+    input_grad_inner : tuple of Strategy
+        The forward strategies the input gradient runs inside.
+    threads : int
+        The thread count the plan was made for (the weight gradient's split depends on it).
+    """
+
+    geometry: ConvGeometry
+    dtype: np.dtype
+    cpu: CPU
+    threads: int
+    forward: Strategy
+    input_grad: Strategy
+    input_grad_inner: tuple
+    weight_grad: Strategy
+    weight_grad_nonfinite: Strategy
+    bias_grad: Strategy
+
+    # -- running ----------------------------------------------------------------------
+    def run_forward(self, x, w, b=None):
+        """``(y, packed)``: the convolution, and ``x`` as the forward strategy packed it.
+
+        Hand ``packed`` to :meth:`run_weight_grad`, which reuses it when it reads the same
+        layout. ``packed`` is None for an empty batch.
+        """
+        g = self.geometry
+        _check_operand(self, "x", x, g.x_shape)
+        _check_operand(self, "w", w, g.w_shape)
+        if b is not None:
+            _check_operand(self, "b", b, (g.F,))
+        out = np.empty(g.y_shape, dtype=self.dtype)
+        if g.N == 0:
+            return out, None
+        bias = np.zeros(g.F, dtype=self.dtype) if b is None else contiguous(b)
+        return out, self.forward.run(g, x, w, bias, out)
+
+    def run_input_grad(self, dy, w):
+        """dx: the full correlation of dy (dilated by the stride) with the 180-degree-rotated kernel."""
+        g = self.geometry
+        _check_operand(self, "dy", dy, g.y_shape)
+        _check_operand(self, "w", w, g.w_shape)
+        if g.N == 0:
+            return np.zeros(g.x_shape, dtype=self.dtype)
+        return self.input_grad.run(self, contiguous(dy), w)
+
+    def run_weight_grad(self, dy, x, packed=None):
+        """dw: the correlation of x (zero-padded) with dy, summed over the batch.
+
+        ``packed``: what :meth:`run_forward` returned for this ``x`` (saves packing it again).
+        """
+        g = self.geometry
+        _check_operand(self, "dy", dy, g.y_shape)
+        _check_operand(self, "x", x, g.x_shape)
+        if g.N == 0:
+            return np.zeros(g.w_shape, dtype=self.dtype)
+        strategy = self.weight_grad
+        if strategy.needs_finite and not np.isfinite(x).all():
+            strategy = self.weight_grad_nonfinite
+        return strategy.run(g, x, contiguous(dy), packed)
+
+    def run_bias_grad(self, dy):
+        """db: ``dy`` summed over the batch and the pixels."""
+        _check_operand(self, "dy", dy, self.geometry.y_shape)
+        return self.bias_grad.run(dy)
+
+    # -- explaining -------------------------------------------------------------------
+    def explain(self):
+        """A few lines naming the strategy and kernels of every pass."""
+        g = self.geometry
+        inner = ", ".join(s.name for s in self.input_grad_inner)
+        wg = self.weight_grad.name
+        if self.weight_grad is not self.weight_grad_nonfinite:
+            wg += f" ({self.weight_grad_nonfinite.name} when x is not finite)"
+        lines = [
+            f"conv2d x{g.x_shape} w{g.w_shape} stride {(g.sh, g.sw)} padding {(g.ph, g.pw)} {self.dtype} "
+            f"on {self.cpu.name} ({self.cpu.vector_registers} vector registers), {self.threads} threads",
+            f"  forward      {self.forward.name}: {self.forward.summary}",
+            f"  input grad   {self.input_grad.name}{' -> ' + inner if inner else ''}: {self.input_grad.summary}",
+            f"  weight grad  {wg}: {self.weight_grad.summary}"
+            + (" (reuses the forward's packed x)" if self.weight_grad.reads is self.forward.reads else ""),
+            f"  bias grad    {self.bias_grad.name}: {self.bias_grad.summary}",
+        ]
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.explain()
+
+    def strategies(self):
+        """Every strategy this plan can run (including fallbacks and inner ones)."""
+        found = [self.forward, self.input_grad, *self.input_grad_inner, self.weight_grad,
+                 self.weight_grad_nonfinite, self.bias_grad]
+        return list(dict.fromkeys(found))
+
+
+@functools.lru_cache(maxsize=4096)
+def _conv_plan(geometry, dtype, cpu, threads):
+    g = geometry
+    wg = _choose_weight_grad(g, dtype.itemsize, threads)
+    return ConvPlan(
+        geometry=g, dtype=dtype, cpu=cpu, threads=threads,
+        forward=_choose_forward(g, cpu),
+        input_grad=_choose_input_grad(g),
+        input_grad_inner=_input_grad_inner(g, cpu),
+        weight_grad=wg,
+        weight_grad_nonfinite=_choose_tiled_weight_grad(g, dtype.itemsize, threads) if wg.needs_finite else wg,
+        bias_grad=STRATEGIES["conv2d_bias_grad", "plane_sums"],
+    )
+
+
+def plan_conv2d(geometry, dtype, cpu=None):
+    """The :class:`ConvPlan` of a validated ``geometry`` (a :class:`ConvGeometry`) in ``dtype``.
+
+    ``cpu`` defaults to :data:`HOST`; another :class:`CPU` plans (and runs) the kernels
+    another CPU would take, e.g. the 4 x 3 tile on an AVX-512 machine. Plans are cached;
+    the thread count of the calling thread is part of the key.
+    """
+    return _conv_plan(geometry, np.dtype(dtype), HOST if cpu is None else cpu, numba.get_num_threads())
+
+
+# ---------------------------------------------------------------------------------------
+# Max-pooling
+# ---------------------------------------------------------------------------------------
+
+
+@_strategy("max_pool2d_forward", "window_2x2", ["maxpool.maxpool_forward_2x2"], Layout.NCHW,
+           "2x2 windows at stride 2 without padding: stride-2 loads merged with branch-free selects")
+def _pool_2x2(g, planes, out, indices):
+    _run("maxpool.maxpool_forward_2x2", planes, out, indices, work=out.size * 4)
+
+
+@_strategy("max_pool2d_forward", "window_any", ["maxpool.maxpool_forward_window"], Layout.NCHW,
+           "any window: interior windows merged tap by tap with branch-free selects, edges one by one")
+def _pool_any(g, planes, out, indices):
+    _run("maxpool.maxpool_forward_window", planes, (g.kh, g.kw), (g.sh, g.sw), (g.ph, g.pw), out, indices,
+         work=out.size * g.kh * g.kw)
+
+
+@_strategy("max_pool2d_backward", "route", ["maxpool.maxpool_backward_route"], Layout.NCHW,
+           "each dy element added to its window's winner; bad indices counted, never written through")
+def _pool_route(dy, indices, dx):
+    return _run("maxpool.maxpool_backward_route", dy, indices, dx, work=dx.size + dy.size)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolPlan:
+    """The strategies of one max-pooling geometry (see :class:`ConvPlan`)."""
+
+    geometry: PoolGeometry
+    dtype: np.dtype
+    forward: Strategy
+    backward: Strategy
+
+    def run_forward(self, x):
+        """``(y, indices)``: the maxima and the flat index of each winner in its plane."""
+        g = self.geometry
+        _check_operand(self, "x", x, g.x_shape)
+        out = np.empty(g.y_shape, dtype=self.dtype)
+        indices = np.empty(g.y_shape, dtype=np.int64)
+        if g.N:
+            P = g.N * g.C
+            self.forward.run(g, contiguous(x).reshape(P, g.H, g.W), out.reshape(P, g.Ho, g.Wo),
+                             indices.reshape(P, g.Ho, g.Wo))
+        return out, indices
+
+    def run_backward(self, dy, indices):
+        """dx: each ``dy`` element routed to its window's winner (``indices`` from :meth:`run_forward`)."""
+        _check_operand(self, "dy", dy, self.geometry.y_shape)
+        return route_max_pool2d(dy, indices, self.geometry.x_shape)
+
+    def explain(self):
+        g = self.geometry
+        return (f"max_pool2d x{g.x_shape} kernel {(g.kh, g.kw)} stride {(g.sh, g.sw)} padding {(g.ph, g.pw)} "
+                f"{self.dtype}\n  forward   {self.forward.name}: {self.forward.summary}\n"
+                f"  backward  {self.backward.name}: {self.backward.summary}")
+
+    def __str__(self):
+        return self.explain()
+
+    def strategies(self):
+        return [self.forward, self.backward]
+
+
+def route_max_pool2d(dy, indices, x_shape, func="max_pool2d_backward"):
+    """dx of shape ``x_shape``: ``dx[n, c].flat[indices[n, c, k]] += dy[n, c, k]`` (the ``route`` strategy).
+
+    ``dy`` and ``indices`` share their shape ``(N, C, ...)``. The kernel checks every index
+    before it writes; a ``ValueError`` naming ``func`` is raised after it if any was
+    outside ``[0, H*W)``.
+    """
+    N, C, H, W = x_shape
+    dx = np.empty(x_shape, dtype=dy.dtype)
+    if dy.size == 0:
+        dx[...] = 0
+        return dx
+    P = N * C
+    bad = STRATEGIES["max_pool2d_backward", "route"].run(
+        contiguous(dy).reshape(P, -1), contiguous(indices, np.int64).reshape(P, -1), dx.reshape(P, H * W))
+    if bad:
+        lo, hi = int(indices.min()), int(indices.max())
+        raise ValueError(
+            f"{func}: indices must lie in [0, H*W) = [0, {H * W}) for input_shape {(N, C, H, W)}; "
+            f"got values in [{lo}, {hi}] ({bad} out of range)"
+        )
+    return dx
+
+
+@functools.lru_cache(maxsize=1024)
+def plan_max_pool2d(geometry, dtype):
+    """The :class:`PoolPlan` of a validated ``geometry`` (a :class:`PoolGeometry`) in ``dtype``."""
+    g = geometry
+    name = "window_2x2" if (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw) == (2, 2, 2, 2, 0, 0) else "window_any"
+    return PoolPlan(g, np.dtype(dtype), STRATEGIES["max_pool2d_forward", name],
+                    STRATEGIES["max_pool2d_backward", "route"])
+
+
+# ---------------------------------------------------------------------------------------
+# Elementwise and dense layers: one strategy each
+# ---------------------------------------------------------------------------------------
+
+
+@_strategy("relu_forward", "elementwise", ["elementwise.elementwise_relu"], None,
+           "one parallel pass; NaN stays NaN")
+def relu_forward(x):
+    """``max(x, 0)`` of any float array (no checks: see :func:`fastconv.functional.relu`)."""
+    flat = contiguous(x).reshape(-1)
+    out = np.empty(x.shape, dtype=x.dtype)
+    _run("elementwise.elementwise_relu", flat, out.reshape(-1), work=flat.size)
+    return out
+
+
+@_strategy("relu_backward", "elementwise", ["elementwise.elementwise_relu_grad"], None,
+           "one parallel pass reading the forward input: dy where not x <= 0")
+def relu_backward(dy, x):
+    """``dy`` where ``not x <= 0``, else 0 (no checks: see :func:`fastconv.functional.relu_backward`)."""
+    dx = np.empty(x.shape, dtype=x.dtype)
+    _run("elementwise.elementwise_relu_grad", contiguous(dy).reshape(-1), contiguous(x).reshape(-1),
+         dx.reshape(-1), work=x.size)
+    return dx
+
+
+@_strategy("linear_forward", "matmul_nt", ["matmul.matmul_nt"], None,
+           "x @ weight.T as 4x4 tiles of dot products, no transposed copy")
+def linear_forward(x2, weight, bias):
+    """``x2 @ weight.T + bias`` for 2-D ``x2`` (no checks: see :func:`fastconv.functional.linear`)."""
+    a, b = contiguous(x2), contiguous(weight)
+    out = np.empty((a.shape[0], b.shape[0]), dtype=a.dtype)
+    _run("matmul.matmul_nt", a[None], b[None], out, work=a.shape[0] * a.shape[1] * b.shape[0])
+    if bias is not None:
+        out += bias
+    return out
+
+
+def _matmul(a, b):
+    """``a @ b`` on fastconv's thread pool (see :mod:`fastconv.kernels.matmul` for why not BLAS)."""
+    a, b = contiguous(a), contiguous(b)
+    out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    _run("matmul.matmul_nn", a, b[None], np.zeros(a.shape[0], dtype=a.dtype), out[None],
+         work=a.shape[0] * a.shape[1] * b.shape[1])
+    return out
+
+
+@_strategy("linear_backward", "matmul_nn", ["matmul.matmul_nn"], None,
+           "dx = dy @ weight and dw = dy.T @ x as matrix products on fastconv's threads")
+def linear_backward(d2, x2, weight, input_grad=True):
+    """``(dx2, dw, db)`` for 2-D operands; ``dx2`` is None without ``input_grad`` (no checks)."""
+    dw = _matmul(d2.T, x2)
+    db = d2.sum(axis=0)
+    dx2 = _matmul(d2, weight) if input_grad else None
+    return dx2, dw, db

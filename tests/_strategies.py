@@ -1,0 +1,64 @@
+"""Run every strategy of ``fastconv.plan.STRATEGIES`` once, on small inputs.
+
+Used by the 64-bit index audit (``test_numerics.py``), which needs every registered
+kernel compiled, and checked by ``test_plan.py``, which asserts that the walk reaches the
+whole registry. The geometries come from the case table; the tiled forward kernels are
+reached on both register files by planning for a 32- and a 16-register CPU.
+"""
+
+import numpy as np
+
+from fastconv import _validation as V
+from fastconv import plan as P
+
+#: Two CPUs the plan chooses between (the tile of the tiled forward kernel).
+CPUS = (P.CPU("32-register CPU (AVX-512)", 32), P.CPU("16-register CPU (AVX2)", 16))
+
+
+def conv_plans(rows, dtype):
+    """``(row, cpu, plan)`` for every conv row of the case table on both CPUs."""
+    for row in rows:
+        g = V.conv_geometry("test", row.x_shape, row.w_shape, row.stride_hw, row.pad_hw)
+        for cpu in CPUS:
+            yield row, cpu, P.plan_conv2d(g, dtype, cpu)
+
+
+def pool_plans(rows, dtype):
+    """``(row, plan)`` for every pool row of the case table."""
+    for row in rows:
+        g = V.pool_geometry("test", row.x_shape, row.kernel_hw, row.stride_hw, row.pad_hw)
+        yield row, P.plan_max_pool2d(g, dtype)
+
+
+def run_conv(plan, rng, finite=True):
+    """Run every pass of ``plan`` (and its non-finite fallback) on random data; returns the strategies run."""
+    g, dtype = plan.geometry, plan.dtype
+    x = rng.standard_normal(g.x_shape).astype(dtype)
+    w = rng.standard_normal(g.w_shape).astype(dtype)
+    dy = rng.standard_normal(g.y_shape).astype(dtype)
+    _, packed = plan.run_forward(x, w, np.zeros(g.F, dtype))
+    plan.run_input_grad(dy, w)
+    plan.run_weight_grad(dy, x, packed)
+    plan.run_bias_grad(dy)
+    if plan.weight_grad.needs_finite:
+        x[(0,) * 4] = np.inf
+        plan.run_weight_grad(dy, x)
+    return set(plan.strategies())
+
+
+def run_elementwise_and_dense(dtype, rng):
+    """ReLU and the dense layer, forward and backward; returns the strategies run."""
+    import fastconv.functional as F
+
+    x = rng.standard_normal((5, 7)).astype(dtype)
+    w = rng.standard_normal((3, 7)).astype(dtype)
+    F.relu_backward(x, F.relu(x))
+    F.linear_backward(F.linear(x, w), x, w)
+    return {s for (op, _), s in P.STRATEGIES.items() if op.startswith(("relu", "linear"))}
+
+
+def run_pool(plan, rng):
+    x = rng.standard_normal(plan.geometry.x_shape).astype(plan.dtype)
+    y, idx = plan.run_forward(x)
+    plan.run_backward(y, idx)
+    return set(plan.strategies())
