@@ -24,8 +24,12 @@ accumulates into ``.grad``) and returns the gradient with respect to the input::
     opt.step()
     opt.zero_grad()
 
-Convolution and max-pooling call :mod:`fastconv.functional`; the other layers are a few
-NumPy operations.
+Every computation goes through the functional API: layers check their input once (with
+messages that name the layer), then run the plan of :mod:`fastconv.plan` -- the strategy
+:mod:`fastconv.functional` would take for the same call. Convolution and pooling layers
+plan once per input shape and keep the plan. ``backward(dout, input_grad=True)`` has one
+signature across the hierarchy: with ``input_grad=False`` a layer still adds its
+parameter gradients but skips (and returns ``None`` for) the input gradient.
 
 Random numbers
 --------------
@@ -56,9 +60,7 @@ import numpy as np
 
 from . import _validation as _V
 from . import functional as _F
-from ._runtime import launch as _launch
-from .kernels import dense as _dense
-from .kernels import elementwise as _elementwise
+from . import plan as _plan
 
 __all__ = [
     "Parameter",
@@ -77,7 +79,7 @@ __all__ = [
     "is_grad_enabled",
 ]
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_FLOAT_DTYPES = _V.FLOAT_DTYPES
 
 # ---------------------------------------------------------------------------------------
 # Random numbers and grad mode
@@ -172,18 +174,6 @@ def _positive_int(value, name, owner):
     if value <= 0:
         raise ValueError(f"{owner}: {name} must be positive; got {value}")
     return int(value)
-
-
-def _float_dtype(dtype, owner):
-    if dtype is None:  # np.dtype(None) would be float64
-        raise TypeError(f"{owner}: dtype must be float32 or float64; got None")
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{owner}: dtype must be float32 or float64; got {dtype!r}") from None
-    if dt not in _FLOAT_DTYPES:
-        raise TypeError(f"{owner}: dtype must be float32 or float64; got {dt}")
-    return dt
 
 
 def _check_bool(value, name, owner):
@@ -360,8 +350,13 @@ class Module:
         """Compute the output (and cache what :meth:`backward` needs)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement forward()")
 
-    def backward(self, dout):
-        """Back-propagate ``dout`` (gradient w.r.t. the last forward's output); return the input gradient."""
+    def backward(self, dout, input_grad=True):
+        """Back-propagate ``dout`` (gradient w.r.t. the last forward's output); return the input gradient.
+
+        Parameter gradients are *added* into each ``Parameter.grad``. With
+        ``input_grad=False`` the input gradient is not computed and ``None`` is returned
+        (the first layer of a network needs only its parameter gradients).
+        """
         raise NotImplementedError(f"{type(self).__name__} does not implement backward()")
 
     def __call__(self, *args, **kwargs):
@@ -453,7 +448,7 @@ class Module:
         The :class:`Parameter` objects are kept, so an optimizer built before still updates
         them; its state (momentum buffers...) is not cast. Returns ``self``.
         """
-        dt = _float_dtype(dtype, f"{type(self).__name__}.to")
+        dt = _V.float_dtype(dtype, f"{type(self).__name__}.to")
         for p in self.parameters():
             if p.data.dtype != dt:
                 p.data = p.data.astype(dt)
@@ -636,14 +631,7 @@ class Sequential(Module):
         """
         modules = list(self._modules.values())
         for i in range(len(modules) - 1, -1, -1):
-            m = modules[i]
-            if i == 0 and not input_grad:
-                if isinstance(m, Conv2d):
-                    m.backward(dout, input_grad=False)
-                else:
-                    m.backward(dout)
-                return None
-            dout = m.backward(dout)
+            dout = modules[i].backward(dout, input_grad=input_grad or i > 0)
         return dout
 
 
@@ -703,7 +691,7 @@ class Conv2d(Module):
         self.stride = _V.as_pair(stride, "stride", owner, minimum=1)
         self.padding = _V.as_pair(padding, "padding", owner, minimum=0)
         bias = _check_bool(bias, "bias", owner)
-        dt = _float_dtype(dtype, owner)
+        dt = _V.float_dtype(dtype, owner)
         gen = _generator(rng, owner)
         kh, kw = self.kernel_size
         bound = 1.0 / math.sqrt(self.in_channels * kh * kw)
@@ -711,6 +699,19 @@ class Conv2d(Module):
         self.weight = Parameter(gen.uniform(-bound, bound, size=shape).astype(dt))
         self.bias = Parameter(gen.uniform(-bound, bound, size=self.out_channels).astype(dt)) if bias else None
         self._cache = None
+        self._plan = None
+
+    def plan(self, x_shape, dtype=None):
+        """The :class:`fastconv.plan.ConvPlan` this layer runs for inputs of ``x_shape``.
+
+        Made once per input shape, dtype and thread count, and kept.
+        """
+        dtype = self.weight.data.dtype if dtype is None else np.dtype(dtype)
+        key = (tuple(x_shape), dtype, _F.get_num_threads(), self.weight.data.shape)
+        if self._plan is None or self._plan[0] != key:
+            g = _V.conv_geometry("Conv2d", key[0], self.weight.data.shape, self.stride, self.padding)
+            self._plan = (key, _plan.plan_conv2d(g, dtype))
+        return self._plan[1]
 
     def forward(self, x):
         """Convolve ``x`` of shape ``(N, C_in, H, W)``; returns ``(N, C_out, Ho, Wo)``."""
@@ -721,10 +722,11 @@ class Conv2d(Module):
                 f"got shape {x.shape}"
             )
         b = None if self.bias is None else self.bias.data
-        out, packed = _F._conv2d(x, self.weight.data, b, self.stride, self.padding)
-        # The zero-padded, repacked input is kept for the weight gradient, which reads
-        # the same packing: one pass over the input less per training step.
-        self._cache = (x, packed, out.shape) if is_grad_enabled() else None
+        plan = self.plan(x.shape)
+        out, packed = plan.run_forward(x, self.weight.data, b)
+        # The packed input is kept for the weight gradient, which reuses it when it reads
+        # the same layout (the plan says which): one pass over the input less per step.
+        self._cache = (x, packed, plan) if is_grad_enabled() else None
         return out
 
     def backward(self, dout, input_grad=True):
@@ -735,13 +737,13 @@ class Conv2d(Module):
         """
         if self._cache is None:
             raise _no_cache_error("Conv2d")
-        x, packed, out_shape = self._cache
-        _check_dout(dout, "Conv2d", out_shape, x.dtype)
-        dx, dw, db = _F._conv2d_backward(dout, x, self.weight.data, self.stride, self.padding,
-                                         packed=packed, input_grad=input_grad)
-        self.weight.grad += dw
+        x, packed, plan = self._cache
+        _check_dout(dout, "Conv2d", plan.geometry.y_shape, x.dtype)
+        dout = _plan.contiguous(dout)
+        dx = plan.run_input_grad(dout, self.weight.data) if input_grad else None
+        self.weight.grad += plan.run_weight_grad(dout, x, packed)
         if self.bias is not None:
-            self.bias.grad += db
+            self.bias.grad += plan.run_bias_grad(dout)
         return dx
 
     def extra_repr(self):
@@ -788,21 +790,31 @@ class MaxPool2d(Module):
         self.stride = kernel_size if stride is None else stride
         self.padding = padding
         self._cache = None
+        self._plan = None
+
+    def plan(self, x_shape, dtype):
+        """The :class:`fastconv.plan.PoolPlan` this layer runs for inputs of ``x_shape`` (kept)."""
+        key = (tuple(x_shape), np.dtype(dtype))
+        if self._plan is None or self._plan[0] != key:
+            g = _V.pool_geometry("MaxPool2d", key[0], self.kernel_size, self.stride, self.padding)
+            self._plan = (key, _plan.plan_max_pool2d(g, key[1]))
+        return self._plan[1]
 
     def forward(self, x):
         """Pool ``x`` of shape ``(N, C, H, W)``."""
         _check_input(x, "MaxPool2d", 4, "(N, C, H, W)")
-        out, indices = _F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
-        self._cache = (indices, x.shape, x.dtype) if is_grad_enabled() else None
+        plan = self.plan(x.shape, x.dtype)
+        out, indices = plan.run_forward(x)
+        self._cache = (indices, plan) if is_grad_enabled() else None
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         """Route ``dout`` to the positions of the maxima; return ``dL/dx``."""
         if self._cache is None:
             raise _no_cache_error("MaxPool2d")
-        indices, x_shape, dtype = self._cache
-        _check_dout(dout, "MaxPool2d", indices.shape, dtype)
-        return _F.max_pool2d_backward(dout, indices, x_shape)
+        indices, plan = self._cache
+        _check_dout(dout, "MaxPool2d", indices.shape, plan.dtype)
+        return plan.run_backward(dout, indices) if input_grad else None
 
     def extra_repr(self):
         # PyTorch prints its two fixed options too; fastconv supports only these values.
@@ -824,23 +836,18 @@ class ReLU(Module):
     def forward(self, x):
         """``max(x, 0)``, same shape and dtype as ``x``."""
         _check_input(x, "ReLU")
-        flat = _F._contiguous(x).reshape(-1)
-        out = np.empty(x.shape, dtype=x.dtype)
-        _launch(_elementwise.relu_forward, flat, out.reshape(-1), work=flat.size)
         # Backward needs only the sign of the input (PyTorch's rule: the gradient is
         # blocked where x <= 0, so NaN lets it through); keep the input, as Conv2d does.
-        self._cache = (flat, x.shape) if is_grad_enabled() else None
-        return out
+        self._cache = x if is_grad_enabled() else None
+        return _plan.relu_forward(x)
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         """``dout`` where the input was positive (or NaN), else 0."""
         if self._cache is None:
             raise _no_cache_error("ReLU")
-        x, shape = self._cache
-        _check_dout(dout, "ReLU", shape, x.dtype)
-        dx = np.empty(shape, dtype=x.dtype)
-        _launch(_elementwise.relu_backward, _F._contiguous(dout).reshape(-1), x, dx.reshape(-1), work=x.size)
-        return dx
+        x = self._cache
+        _check_dout(dout, "ReLU", x.shape, x.dtype)
+        return _plan.relu_backward(dout, x) if input_grad else None
 
 
 class Flatten(Module):
@@ -882,35 +889,16 @@ class Flatten(Module):
         self._cache = (x.shape, out.shape, x.dtype) if is_grad_enabled() else None
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         """Reshape ``dout`` back to the input's shape."""
         if self._cache is None:
             raise _no_cache_error("Flatten")
         x_shape, out_shape, dtype = self._cache
         _check_dout(dout, "Flatten", out_shape, dtype)
-        return dout.reshape(x_shape)
+        return dout.reshape(x_shape) if input_grad else None
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
-
-
-def _matmul(a, b):
-    """``a @ b`` on fastconv's thread pool (see :mod:`fastconv.kernels.dense` for why not BLAS)."""
-    a = _F._contiguous(a)
-    b = _F._contiguous(b)
-    out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
-    _launch(_dense.matmul, a, b[None], np.zeros(a.shape[0], dtype=a.dtype), out[None],
-            work=a.shape[0] * a.shape[1] * b.shape[1])
-    return out
-
-
-def _matmul_nt(a, b):
-    """``a @ b.T`` without transposing ``b`` (:func:`fastconv.kernels.dense.matmul_nt`)."""
-    a = _F._contiguous(a)
-    b = _F._contiguous(b)
-    out = np.empty((a.shape[0], b.shape[0]), dtype=a.dtype)
-    _launch(_dense.matmul_nt, a[None], b[None], out, work=a.shape[0] * a.shape[1] * b.shape[0])
-    return out
 
 
 class Linear(Module):
@@ -942,7 +930,7 @@ class Linear(Module):
         self.in_features = _positive_int(in_features, "in_features", owner)
         self.out_features = _positive_int(out_features, "out_features", owner)
         bias = _check_bool(bias, "bias", owner)
-        dt = _float_dtype(dtype, owner)
+        dt = _V.float_dtype(dtype, owner)
         gen = _generator(rng, owner)
         bound = 1.0 / math.sqrt(self.in_features)
         self.weight = Parameter(gen.uniform(-bound, bound, size=(self.out_features, self.in_features)).astype(dt))
@@ -957,25 +945,23 @@ class Linear(Module):
                 f"Linear: expected input of shape (*, {self.in_features}) (in_features={self.in_features}); "
                 f"got shape {x.shape}"
             )
-        x2 = x.reshape(-1, self.in_features)
-        out = _matmul_nt(x2, self.weight.data)
-        if self.bias is not None:
-            out += self.bias.data
+        b = None if self.bias is None else self.bias.data
+        out = _plan.linear_forward(x.reshape(-1, self.in_features), self.weight.data, b)
         self._cache = x if is_grad_enabled() else None
         return out.reshape(x.shape[:-1] + (self.out_features,))
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         """Add ``dL/dweight`` (and ``dL/dbias``) into ``.grad``; return ``dL/dx``."""
         if self._cache is None:
             raise _no_cache_error("Linear")
         x = self._cache
         _check_dout(dout, "Linear", x.shape[:-1] + (self.out_features,), x.dtype)
-        x2 = x.reshape(-1, self.in_features)
-        d2 = dout.reshape(-1, self.out_features)
-        self.weight.grad += _matmul(d2.T, x2)
+        dx2, dw, db = _plan.linear_backward(dout.reshape(-1, self.out_features), x.reshape(-1, self.in_features),
+                                            self.weight.data, input_grad)
+        self.weight.grad += dw
         if self.bias is not None:
-            self.bias.grad += d2.sum(axis=0)
-        return _matmul(d2, self.weight.data).reshape(x.shape)
+            self.bias.grad += db
+        return None if dx2 is None else dx2.reshape(x.shape)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -1023,12 +1009,14 @@ class Dropout(Module):
         self._cache = (mask, x.shape, x.dtype) if is_grad_enabled() else None
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         """``dout`` times the forward mask (or ``dout`` itself in eval mode)."""
         if self._cache is None:
             raise _no_cache_error("Dropout")
         mask, shape, dtype = self._cache
         _check_dout(dout, "Dropout", shape, dtype)
+        if not input_grad:
+            return None
         return dout if mask is None else dout * mask
 
     def extra_repr(self):
@@ -1100,13 +1088,15 @@ class CrossEntropyLoss(Module):
             self._cache = None
         return loss
 
-    def backward(self, dout=1.0):
+    def backward(self, dout=1.0, input_grad=True):
         """Gradient w.r.t. the logits: ``(softmax(input) - onehot(target)) * dout`` (``/ N`` for the mean).
 
         Parameters
         ----------
         dout : float, default 1.0
             Gradient of the final objective with respect to the loss.
+        input_grad : bool, default True
+            ``False`` returns ``None`` (the signature every module shares).
 
         Returns
         -------
@@ -1118,6 +1108,8 @@ class CrossEntropyLoss(Module):
             dout = dout.item()
         if isinstance(dout, (bool, np.bool_)) or not isinstance(dout, numbers.Real):
             raise TypeError(f"CrossEntropyLoss.backward: dout must be a real scalar; got {dout!r}")
+        if not input_grad:
+            return None
         probs, target, dtype = self._cache
         grad = probs.copy()
         grad[np.arange(grad.shape[0]), target] -= 1.0

@@ -151,13 +151,14 @@ MATMUL_SHAPES = [(1, 1, 1), (3, 5, 2), (4, 16, 4), (7, 13, 9), (64, 3136, 128), 
 @pytest.mark.parametrize("shape", MATMUL_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("transposed", [False, True], ids=["a@b", "a@b.T"])
 def test_linear_matmul_kernels_match_numpy(shape, transposed, dtype, rng):
-    from fastconv.nn import _matmul, _matmul_nt
+    """``linear`` is ``a @ b.T`` (matmul_nt); its input gradient ``dy @ weight`` is ``a @ b`` (matmul_nn)."""
+    import fastconv.functional as F
 
     R, Q, K = shape
     a = rng.standard_normal((R, Q)).astype(dtype)
     b = rng.standard_normal((K, Q) if transposed else (Q, K)).astype(dtype)
     a_before, b_before = a.copy(), b.copy()
-    got = _matmul_nt(a, b) if transposed else _matmul(a, b)
+    got = F.linear(a, b) if transposed else F.linear_backward(a, np.zeros((R, K), dtype), b)[0]
     expected = a.astype(np.float64) @ (b.T if transposed else b).astype(np.float64)
     assert got.dtype == dtype and got.shape == (R, K)
     tol = 1e-4 if dtype == np.float32 else 1e-12
