@@ -1,10 +1,20 @@
-"""The tables that drive the benchmarks: cases x operations x implementations.
+"""The case table that drives the tests and the benchmarks: cases x operations x implementations.
 
-One table, two uses (the numbagg pattern): every (implementation, operation, case,
-dtype) combination is first checked for agreement with the naive reference and
-only then timed. The pytest-benchmark suite (``benchmarks/test_bench_*.py``) and
-``scripts/bench_report.py`` both read these tables, so a case or an
-implementation added here is checked and benchmarked everywhere.
+One table, every use (the numbagg ``COMPARISONS`` pattern). Each row of
+:data:`CONV_ROWS` and :data:`POOL_ROWS` is a layer shape, and adding one gives:
+
+* reference tests: ``tests/test_conv.py`` and ``tests/test_pool.py`` compare
+  :mod:`fastconv.functional` with the naive reference (:mod:`fastconv.reference`) on
+  every row, in float32 and float64, forward pass and every gradient;
+* PyTorch tests: the same files compare fastconv with PyTorch on every row;
+* a benchmark, when the row has a ``bench_batch``: the pytest-benchmark suite
+  (``benchmarks/test_bench_*.py``) and ``scripts/bench_report.py`` check and time it
+  at that batch (:data:`CONV_CASES`, :data:`POOL_CASES`, :func:`table`).
+
+The tests run every row at its own small batch ``n``. They and the benchmarks'
+correctness check draw the same inputs (:func:`make_inputs`) and compare with one
+float64 oracle per op, row and batch (:func:`oracle`, cached per process), so a
+``python -m pytest`` run computes each reference result once.
 
 Implementations
 ---------------
@@ -44,37 +54,96 @@ from . import im2col
 # --------------------------------------------------------------------------- cases
 
 
+def _label(value):
+    """``value`` as a test id shows it: ``2``, ``1x2`` for an (h, w) pair, ``None``."""
+    if isinstance(value, (tuple, list)):
+        return "x".join(map(str, value))
+    return str(value)
+
+
 @dataclasses.dataclass(frozen=True)
-class ConvCase:
-    """A convolution layer: input (N, C, H, W), F filters of k x k, stride, zero padding."""
+class _Layer:
+    """What :class:`ConvCase` and :class:`PoolCase` share: the input shape and the window geometry.
+
+    The subclasses add the window fields ``k``, ``stride``, ``pad`` and the class attribute ``kind``.
+    """
 
     name: str
     n: int
     c: int
     h: int
     w: int
-    f: int
-    k: int
-    stride: int
-    pad: int
 
-    kind = "conv"
+    @property
+    def kernel_hw(self):
+        return im2col._pair(self.k)
+
+    @property
+    def stride_hw(self):
+        """``(sh, sw)``; a pool stride of None is the kernel size."""
+        return im2col._pair(self.k if self.stride is None else self.stride)
+
+    @property
+    def pad_hw(self):
+        return im2col._pair(self.pad)
 
     @property
     def out_hw(self):
         """``(Ho, Wo)``."""
-        return (
-            (self.h + 2 * self.pad - self.k) // self.stride + 1,
-            (self.w + 2 * self.pad - self.k) // self.stride + 1,
-        )
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_hw, self.stride_hw, self.pad_hw
+        return (self.h + 2 * ph - kh) // sh + 1, (self.w + 2 * pw - kw) // sw + 1
 
     @property
     def x_shape(self):
         return (self.n, self.c, self.h, self.w)
 
+    def with_batch(self, n):
+        """The same layer at batch size ``n``."""
+        return dataclasses.replace(self, n=n)
+
+    def __str__(self):
+        """The test id: name and shape, e.g. ``grid-s2-p1:N2-C3-9x11-F5-k3x3-s2-p1``."""
+        f = f"-F{self.f}" if self.kind == "conv" else ""
+        kh, kw = self.kernel_hw
+        return (f"{self.name}:N{self.n}-C{self.c}-{self.h}x{self.w}{f}-k{kh}x{kw}"
+                f"-s{_label(self.stride)}-p{_label(self.pad)}")
+
+    def describe(self):
+        f = f" F={self.f}" if self.kind == "conv" else ""
+        return f"N={self.n} C={self.c} H={self.h} W={self.w}{f} k={self.k} stride={self.stride} pad={self.pad}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvCase(_Layer):
+    """A convolution layer: input (N, C, H, W), F filters of KH x KW, stride, zero padding.
+
+    Parameters
+    ----------
+    name : str
+        Unique in the table; a benchmark row's name is its benchmark id and report row.
+    n, c, h, w : int
+        The input; ``n`` is the (small) batch the tests run.
+    f : int
+        Filters.
+    k, stride, pad : int or (h, w) pair
+        Kernel size, stride and zero padding, passed to the implementations as given
+        (so the table exercises both spellings).
+    bench_batch : int, optional
+        The batch the benchmarks time the row at; None (a test-only row) to leave it
+        out of the benchmarks.
+    """
+
+    f: int
+    k: object
+    stride: object = 1
+    pad: object = 0
+    bench_batch: object = None
+
+    kind = "conv"
+
     @property
     def w_shape(self):
-        return (self.f, self.c, self.k, self.k)
+        return (self.f, self.c) + self.kernel_hw
 
     @property
     def y_shape(self):
@@ -82,48 +151,34 @@ class ConvCase:
 
     def flop(self, op):
         """Floating-point operations of ``op`` (a multiply-add counts 2)."""
-        ho, wo = self.out_hw
-        mac = 2 * self.n * self.f * ho * wo * self.c * self.k * self.k
+        (kh, kw), (ho, wo) = self.kernel_hw, self.out_hw
+        mac = 2 * self.n * self.f * ho * wo * self.c * kh * kw
         if op == "conv2d_backward":
             return 2 * mac + self.n * self.f * ho * wo  # dx + dw + db
         return mac
 
-    def with_batch(self, n):
-        """The same layer at batch size ``n``."""
-        return dataclasses.replace(self, n=n)
-
-    def describe(self):
-        return (
-            f"N={self.n} C={self.c} H={self.h} W={self.w} F={self.f} "
-            f"k={self.k} stride={self.stride} pad={self.pad}"
-        )
+    # fastconv's docstring notation, as tests/test_conv.py's register-tile test reads it.
+    C = property(lambda self: self.c)
+    F = property(lambda self: self.f)
+    KH = property(lambda self: self.kernel_hw[0])
+    KW = property(lambda self: self.kernel_hw[1])
+    padding = property(lambda self: self.pad)
 
 
 @dataclasses.dataclass(frozen=True)
-class PoolCase:
-    """A max-pool layer: input (N, C, H, W), k x k windows, stride, -inf padding."""
+class PoolCase(_Layer):
+    """A max-pool layer: input (N, C, H, W), KH x KW windows, stride, -inf padding.
 
-    name: str
-    n: int
-    c: int
-    h: int
-    w: int
-    k: int
-    stride: int
-    pad: int
+    Fields as :class:`ConvCase` (without ``f``); ``stride`` None means the kernel size,
+    as in :func:`fastconv.functional.max_pool2d`.
+    """
+
+    k: object
+    stride: object = None
+    pad: object = 0
+    bench_batch: object = None
 
     kind = "pool"
-
-    @property
-    def out_hw(self):
-        return (
-            (self.h + 2 * self.pad - self.k) // self.stride + 1,
-            (self.w + 2 * self.pad - self.k) // self.stride + 1,
-        )
-
-    @property
-    def x_shape(self):
-        return (self.n, self.c, self.h, self.w)
 
     @property
     def y_shape(self):
@@ -133,39 +188,166 @@ class PoolCase:
         """None: pooling has no floating-point arithmetic worth counting."""
         return None
 
-    def with_batch(self, n):
-        return dataclasses.replace(self, n=n)
 
-    def describe(self):
-        return f"N={self.n} C={self.c} H={self.h} W={self.w} k={self.k} stride={self.stride} pad={self.pad}"
+# Test-only rows. Every stride and padding spelling on one small layer:
+CONV_GRID = tuple(
+    ConvCase(f"grid-s{_label(s)}-p{_label(p)}", 2, 3, 9, 11, 5, 3, s, p)
+    for s in (1, 2, 3, (1, 2))
+    for p in (0, 1, 2, (0, 2))
+)
+# Square and rectangular kernels, at stride 1 (padding half the kernel) and at stride 2:
+_KERNELS = ((1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7), (1, 3), (3, 1), (5, 2), (2, 7))
+CONV_KERNELS = tuple(
+    ConvCase(f"kernel-{kh}x{kw}-s{s}", 2, 2, 9, 10, 5, (kh, kw), s, (kh // 2, kw // 2) if s == 1 else 0)
+    for s in (1, 2)
+    for kh, kw in _KERNELS
+)
+# Edge cases of the kernels' loops and tilings:
+CONV_SHAPES = (
+    ConvCase("shape-batch1", 1, 3, 8, 8, 4, 3, 1, 1),
+    ConvCase("shape-C1", 3, 1, 10, 10, 6, 3, 1, 0),
+    ConvCase("shape-F17", 2, 3, 7, 7, 17, 3, 1, 1),
+    ConvCase("shape-F1", 2, 3, 6, 6, 1, 3, 1, 1),
+    ConvCase("shape-C20-F33", 2, 20, 6, 5, 33, 3, 1, 1),
+    ConvCase("shape-odd", 2, 2, 13, 7, 3, 3, 1, 1),
+    ConvCase("shape-tall", 1, 2, 15, 4, 3, 3, (2, 1), (1, 0)),
+    ConvCase("shape-wide", 1, 2, 5, 40, 3, 3, 1, 1),
+    ConvCase("shape-exact-fit", 2, 2, 9, 9, 3, 3, 2, 0),
+    ConvCase("shape-leftover", 2, 2, 10, 10, 3, 3, 2, 0),
+    ConvCase("shape-leftover-s4", 2, 2, 11, 11, 3, 3, 4, 0),
+    ConvCase("shape-kernel-is-input", 2, 3, 5, 4, 2, (5, 4), 1, 0),
+    ConvCase("shape-1x1-input-pad1", 2, 3, 1, 1, 4, 3, 1, 1),
+    ConvCase("shape-1x1-kernel-pad2", 1, 2, 3, 3, 2, 1, 1, 2),
+    ConvCase("shape-padding-over-kernel", 2, 2, 4, 5, 3, 3, 1, 3),
+    # F >= 32 with stride > 1: the input gradient packs dy once for all its phases
+    ConvCase("shape-F32-s2", 2, 3, 11, 9, 32, 3, 2, 1),
+    ConvCase("shape-F33-s2x3-k4x5", 1, 2, 13, 12, 33, (4, 5), (2, 3), (2, 1)),
+    ConvCase("shape-F40-s3-k2", 1, 2, 9, 10, 40, 2, 3, 0),
+    ConvCase("shape-F36-stem7", 1, 2, 17, 16, 36, 7, 2, 3),
+    # Many channels: receptive fields of 2304 (forward and input gradient); the weight
+    # gradient's per-thread partials would pass 4 MiB, so the filters are split instead.
+    ConvCase("shape-many-channels", 2, 256, 5, 6, 256, 3, 1, 1),
+    # Rows narrower than the 4-pixel tile (pixel by pixel), and 5-7 wide (the last tile
+    # overlaps the one before it), on the tiled kernels (receptive field >= 32).
+    ConvCase("shape-tiled-W3", 2, 8, 4, 3, 9, 3, 1, 1),
+    ConvCase("shape-tiled-W2", 2, 8, 5, 2, 9, 3, 1, 1),
+    ConvCase("shape-tiled-W7", 2, 8, 3, 7, 9, 3, 1, 1),
+    # 1x1 at stride 1 without padding: matrix products in NCHW (fastconv.kernels.dense),
+    # with 4 x 4 tile remainders in filters (9) and channels (41) and an odd plane (5 x 7).
+    ConvCase("shape-pointwise", 3, 41, 5, 7, 9, 1, 1, 0),
+    ConvCase("shape-pointwise-tiny", 1, 2, 1, 1, 1, 1, 1, 0),
+)
 
 
-CONV_CASES = {
-    c.name: c
-    for c in (
-        ConvCase("mnist_conv1", 64, 1, 28, 28, 32, 3, 1, 1),
-        ConvCase("mnist_conv2", 64, 32, 14, 14, 64, 3, 1, 1),
-        ConvCase("cifar_conv", 32, 3, 32, 32, 64, 3, 1, 1),
-        ConvCase("resnet_conv", 16, 64, 56, 56, 64, 3, 1, 1),
-        ConvCase("strided", 16, 64, 56, 56, 128, 3, 2, 1),
-        ConvCase("k5", 64, 32, 14, 14, 64, 5, 1, 2),
-        # Shapes no kernel was tuned on (issue 6: the targets must hold beyond the table):
-        # a 1x1 bottleneck, a 7x7 stride-2 stem, odd sizes, many channels on a small map.
-        ConvCase("conv1x1", 32, 256, 14, 14, 64, 1, 1, 0),
-        ConvCase("stem7x7s2", 8, 3, 224, 224, 64, 7, 2, 3),
-        ConvCase("odd", 16, 17, 23, 29, 33, 3, 1, 1),
-        ConvCase("deep", 8, 512, 7, 7, 512, 3, 1, 1),
-    )
-}
+def _random_conv_rows(count, seed):
+    """Seeded random layers up to 19 x 19 with kernels up to 7 x 7, strides up to 3, paddings up to 3."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(count):
+        kh, kw = (int(k) for k in rng.integers(1, 8, 2))
+        sh, sw = (int(s) for s in rng.integers(1, 4, 2))
+        ph, pw = (int(p) for p in rng.integers(0, 4, 2))
+        h = int(rng.integers(max(1, kh - 2 * ph), 20))
+        w = int(rng.integers(max(1, kw - 2 * pw), 20))
+        stride = sh if rng.random() < 0.3 else (sh, sw)
+        pad = (ph, pw) if rng.random() < 0.7 else ph
+        if np.ndim(pad) == 0:  # keep the kernel inside the padded input
+            h, w = max(h, kh - 2 * ph), max(w, kw - 2 * ph)
+        n, c, f = int(rng.integers(1, 5)), int(rng.integers(1, 9)), int(rng.integers(1, 21))
+        rows.append(ConvCase(f"random-{i}", n, c, h, w, f, (kh, kw), stride, pad))
+    return tuple(rows)
+
+
+CONV_RANDOM = _random_conv_rows(24, seed=7)
+#: The layers of tests/test_nn.py's nn.Conv2d tests (finite differences on every element: tiny).
+CONV_LAYERS = (
+    ConvCase("layer-conv-k3-p1", 2, 3, 6, 7, 4, 3, 1, 1),
+    ConvCase("layer-conv-k3-s2", 2, 2, 7, 8, 3, 3, 2, 0),
+    ConvCase("layer-conv-k2x3-s2x1-p1x0", 1, 2, 5, 6, 3, (2, 3), (2, 1), (1, 0)),
+    ConvCase("layer-conv-k1", 2, 3, 4, 4, 2, 1, 1, 0),
+)
+#: Benchmark rows: issue 5's layers, then (issue 6: the targets must hold beyond the
+#: table) shapes no kernel was tuned on: a 1x1 bottleneck, a 7x7 stride-2 stem, odd
+#: sizes, many channels on a small map. The tests run them at batch 1 or 2.
+CONV_BENCH = (
+    ConvCase("mnist_conv1", 2, 1, 28, 28, 32, 3, 1, 1, bench_batch=64),
+    ConvCase("mnist_conv2", 1, 32, 14, 14, 64, 3, 1, 1, bench_batch=64),
+    ConvCase("cifar_conv", 1, 3, 32, 32, 64, 3, 1, 1, bench_batch=32),
+    ConvCase("resnet_conv", 1, 64, 56, 56, 64, 3, 1, 1, bench_batch=16),
+    ConvCase("strided", 1, 64, 56, 56, 128, 3, 2, 1, bench_batch=16),
+    ConvCase("k5", 1, 32, 14, 14, 64, 5, 1, 2, bench_batch=64),
+    ConvCase("conv1x1", 1, 256, 14, 14, 64, 1, 1, 0, bench_batch=32),
+    ConvCase("stem7x7s2", 1, 3, 224, 224, 64, 7, 2, 3, bench_batch=8),
+    ConvCase("odd", 1, 17, 23, 29, 33, 3, 1, 1, bench_batch=16),
+    ConvCase("deep", 1, 512, 7, 7, 512, 3, 1, 1, bench_batch=8),
+)
+#: Every conv row: each is a reference test and a PyTorch test; the ones with a
+#: ``bench_batch`` also a benchmark.
+CONV_ROWS = CONV_GRID + CONV_KERNELS + CONV_SHAPES + CONV_RANDOM + CONV_LAYERS + CONV_BENCH
+
+POOL_SHAPES = (
+    *(PoolCase(f"kernel-k{k}", 2, 3, 9, 8, k) for k in (1, 2, 3, 4, 5)),
+    PoolCase("k2s2", 2, 3, 8, 8, 2, 2, 0),
+    PoolCase("k2s2-odd", 2, 3, 7, 11, 2, 2, 0),  # the 2x2 kernel drops the last row and column
+    PoolCase("overlap-s1", 2, 3, 9, 9, 3, 1, 0),
+    PoolCase("overlap-s2p1", 2, 3, 9, 10, 3, 2, 1),
+    PoolCase("overlap-k4p2", 2, 2, 10, 9, 4, 2, 2),
+    PoolCase("stride-over-kernel", 2, 2, 11, 11, 2, 3, 0),
+    PoolCase("k2p1", 2, 2, 9, 9, 2, 1, 1),
+    PoolCase("k5p2", 2, 2, 9, 11, 5, (1, 3), (2, 1)),
+    PoolCase("nonsquare", 2, 3, 9, 10, (2, 3), (1, 2), (1, 1)),
+    PoolCase("nonsquare-k3x1", 1, 2, 10, 7, (3, 1), (2, 1), (1, 0)),
+    PoolCase("global", 2, 3, 7, 5, (7, 5), None, 0),
+    PoolCase("global-square", 2, 3, 6, 6, 6, None, 0),
+    PoolCase("odd", 3, 1, 13, 7, 3, 2, 0),
+    PoolCase("1x1", 1, 2, 1, 1, 1, None, 0),
+    PoolCase("one-row", 1, 2, 1, 3, (1, 3), 1, (0, 1)),
+)
+
+
+def _random_pool_rows(count, seed):
+    """Seeded random windows up to 5 x 5 (padding at most half of it), strides up to 4 or None."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(count):
+        kh, kw = (int(k) for k in rng.integers(1, 6, 2))
+        ph, pw = int(rng.integers(0, kh // 2 + 1)), int(rng.integers(0, kw // 2 + 1))
+        stride = None if rng.random() < 0.3 else tuple(int(s) for s in rng.integers(1, 5, 2))
+        h, w = int(rng.integers(max(1, kh - 2 * ph), 16)), int(rng.integers(max(1, kw - 2 * pw), 16))
+        n, c = int(rng.integers(1, 4)), int(rng.integers(1, 5))
+        rows.append(PoolCase(f"random-{i}", n, c, h, w, (kh, kw), stride, (ph, pw)))
+    return tuple(rows)
+
+
+POOL_RANDOM = _random_pool_rows(12, seed=11)
+#: The layers of tests/test_nn.py's nn.MaxPool2d tests.
+POOL_LAYERS = (
+    PoolCase("layer-maxpool-2", 2, 3, 6, 7, 2),
+    PoolCase("layer-maxpool-3-s2-p1-overlap", 2, 2, 7, 6, 3, 2, 1),
+    PoolCase("layer-maxpool-2x3-s1x2", 1, 2, 5, 7, (2, 3), (1, 2)),
+)
+POOL_BENCH = (
+    PoolCase("pool_k2s2", 2, 32, 28, 28, 2, 2, 0, bench_batch=64),
+    PoolCase("pool_k3s2p1", 1, 64, 56, 56, 3, 2, 1, bench_batch=16),
+)
+#: Every pool row, as :data:`CONV_ROWS`.
+POOL_ROWS = POOL_SHAPES + POOL_RANDOM + POOL_LAYERS + POOL_BENCH
+
+
+def _benchmarks(rows):
+    """The benchmark rows of ``rows`` by name, at their benchmark batch (names must be unique)."""
+    names = [r.name for r in rows]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"case names must be unique; repeated: {', '.join(repeated)}")
+    return {r.name: r.with_batch(r.bench_batch) for r in rows if r.bench_batch is not None}
+
+
+#: The benchmarks' cases by name, at full batch (the report's and the benchmark ids' names).
+CONV_CASES = _benchmarks(CONV_ROWS)
 #: The cases added to check that speed holds on shapes nothing was tuned for.
 UNSEEN_CASES = ("conv1x1", "stem7x7s2", "odd", "deep")
-POOL_CASES = {
-    c.name: c
-    for c in (
-        PoolCase("pool_k2s2", 64, 32, 28, 28, 2, 2, 0),
-        PoolCase("pool_k3s2p1", 16, 64, 56, 56, 3, 2, 1),
-    )
-}
+POOL_CASES = _benchmarks(POOL_ROWS)
 CASES = {**CONV_CASES, **POOL_CASES}
 
 CONV_OPS = ("conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward")
@@ -217,14 +399,14 @@ def make_inputs(case, dtype, seed=0):
     Returns
     -------
     dict of ndarray
-        conv: ``x`` (N, C, H, W), ``w`` (F, C, k, k), ``b`` (F,), ``dy`` (N, F, Ho, Wo).
+        conv: ``x`` (N, C, H, W), ``w`` (F, C, KH, KW), ``b`` (F,), ``dy`` (N, F, Ho, Wo).
         pool: ``x`` (N, C, H, W), ``dy`` (N, C, Ho, Wo), ``indices`` (N, C, Ho, Wo)
         int64, the winners of ``x`` (for the backward pass).
     """
     rng = np.random.default_rng(seed)
     dtype = np.dtype(dtype)
     if case.kind == "conv":
-        fan_in = case.c * case.k * case.k
+        fan_in = case.c * case.kernel_hw[0] * case.kernel_hw[1]
         return {
             "x": _normal(rng, case.x_shape, dtype),
             "w": _normal(rng, case.w_shape, dtype, 1 / math.sqrt(fan_in)),
@@ -329,7 +511,7 @@ class TorchImplementation:
         import torch
 
         t = {key: torch.from_numpy(np.ascontiguousarray(v)) for key, v in a.items()}
-        s, p = (case.stride, case.stride), (case.pad, case.pad)
+        s, p = case.stride_hw, case.pad_hw
         if op == "conv2d":
             return lambda: torch.nn.functional.conv2d(t["x"], t["w"], t["b"], s, p)
         if op in CONV_OPS:
@@ -341,7 +523,7 @@ class TorchImplementation:
             bias_sizes = [case.f] if mask[2] else None
             conv_bwd = torch.ops.aten.convolution_backward
             return lambda: conv_bwd(t["dy"], t["x"], t["w"], bias_sizes, s, p, (1, 1), False, (0, 0), 1, mask)
-        k = (case.k, case.k)
+        k = case.kernel_hw
         if op == "max_pool2d":
             return lambda: torch.nn.functional.max_pool2d(t["x"], k, s, p, return_indices=True)
         if op == "max_pool2d_backward":
@@ -371,19 +553,26 @@ IMPLEMENTATIONS = {
 
 
 @functools.lru_cache(maxsize=None)
-def _oracle(op, case):
-    """The reference outputs of ``op`` on ``case``'s inputs, in float64 (cached per process)."""
+def oracle(op, case):
+    """The reference outputs of ``op`` on ``case``'s inputs (:func:`make_inputs`), in float64.
+
+    Cached per process and read-only: the tests compare with the same arrays as
+    :func:`check`, so each (op, case) is computed once in a run.
+    """
     if op == "conv2d_backward":
         # Composed from the cached parts: the full backward is exactly these three.
-        (dx,) = _oracle("conv2d_backward_input", case)
-        (dw,) = _oracle("conv2d_backward_weight", case)
-        db = make_inputs(case, np.float64)["dy"].sum(axis=(0, 2, 3))
-        return dx, dw, db
-    naive = IMPLEMENTATIONS["naive"]
-    reason = naive.unavailable_reason()
-    if reason is not None:
-        raise RuntimeError(f"the correctness oracle is the naive reference, but {reason}")
-    return naive.to_numpy(naive.thunk(op, case, make_inputs(case, np.float64))())
+        (dx,) = oracle("conv2d_backward_input", case)
+        (dw,) = oracle("conv2d_backward_weight", case)
+        outputs = dx, dw, make_inputs(case, np.float64)["dy"].sum(axis=(0, 2, 3))
+    else:
+        naive = IMPLEMENTATIONS["naive"]
+        reason = naive.unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(f"the correctness oracle is the naive reference, but {reason}")
+        outputs = naive.to_numpy(naive.thunk(op, case, make_inputs(case, np.float64))())
+    for a in outputs:
+        a.flags.writeable = False
+    return outputs
 
 
 def check(impl, op, case, dtype, batch=CHECK_BATCH):
@@ -396,7 +585,7 @@ def check(impl, op, case, dtype, batch=CHECK_BATCH):
     """
     small = case.with_batch(min(batch, case.n))
     got = impl.to_numpy(impl.thunk(op, small, make_inputs(small, dtype))())
-    want = _oracle(op, small)
+    want = oracle(op, small)
     where = f"{impl.name} {op} {case.name} {dtype} (batch {small.n})"
     assert len(got) == len(want), f"{where}: {len(got)} outputs, expected {len(want)}"
     for i, (g, ww) in enumerate(zip(got, want)):

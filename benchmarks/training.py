@@ -1,14 +1,15 @@
 """One training step of the reference MNIST CNN, in fastconv and in PyTorch.
 
-The network is the one ``scripts/train_mnist.py`` trains (issue 4)::
+The network is the one ``scripts/train_mnist.py`` trains (issue 4),
+:func:`fastconv.models.reference_cnn`::
 
     conv 1->32 3x3 pad 1, ReLU, maxpool 2, conv 32->64 3x3 pad 1, ReLU, maxpool 2,
     flatten, linear 3136->128, ReLU, linear 128->10; cross-entropy; SGD, momentum 0.9
 
 A step is forward, loss, backward and the optimizer update, on one fixed random
-batch (the data pipeline is not part of the benchmark). The PyTorch twin starts
-from a copy of the fastconv model's weights, so :func:`check_train_step` can
-compare one step of each exactly.
+batch (the data pipeline is not part of the benchmark). The PyTorch twin is the
+fastconv model converted by :func:`fastconv.models.to_torch`, so it starts from the
+same weights and :func:`check_train_step` can compare one step of each exactly.
 """
 
 import numpy as np
@@ -31,46 +32,6 @@ def make_batch(batch, seed=0, dtype=np.float32):
     return x, y
 
 
-def fastconv_model(seed=0, dtype=np.float32):
-    """The reference CNN in :mod:`fastconv.nn`, PyTorch's default initialisation from ``seed``."""
-    from fastconv import nn
-
-    rng = np.random.default_rng(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1, dtype=dtype, rng=rng),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1, dtype=dtype, rng=rng),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(64 * 7 * 7, 128, dtype=dtype, rng=rng),
-        nn.ReLU(),
-        nn.Linear(128, 10, dtype=dtype, rng=rng),
-    )
-
-
-def torch_model(state_dict):
-    """The same network in ``torch.nn``, loaded with ``state_dict`` (name -> ndarray)."""
-    import torch
-
-    tnn = torch.nn
-    model = tnn.Sequential(
-        tnn.Conv2d(1, 32, 3, padding=1),
-        tnn.ReLU(),
-        tnn.MaxPool2d(2),
-        tnn.Conv2d(32, 64, 3, padding=1),
-        tnn.ReLU(),
-        tnn.MaxPool2d(2),
-        tnn.Flatten(),
-        tnn.Linear(64 * 7 * 7, 128),
-        tnn.ReLU(),
-        tnn.Linear(128, 10),
-    )
-    model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state_dict.items()})
-    return model
-
-
 class FastconvStep:
     """Callable: one SGD-momentum step of the fastconv model on a fixed batch; returns the loss.
 
@@ -85,8 +46,9 @@ class FastconvStep:
 
     def __init__(self, batch, seed=0):
         from fastconv import nn, optim
+        from fastconv.models import reference_cnn
 
-        self.model = fastconv_model(seed)
+        self.model = reference_cnn(rng=np.random.default_rng(seed))
         self.loss_fn = nn.CrossEntropyLoss()
         self.opt = optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
         self.x, self.y = make_batch(batch, seed)
@@ -111,8 +73,10 @@ class TorchStep:
     def __init__(self, batch, seed=0):
         import torch
 
+        from fastconv.models import to_torch
+
         twin = FastconvStep(batch, seed)
-        self.model = torch_model(twin.parameters())
+        self.model = to_torch(twin.model)
         self.loss_fn = torch.nn.CrossEntropyLoss()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
         self.x = torch.from_numpy(twin.x)

@@ -17,6 +17,9 @@ SHA-256 of the uncompressed content must equal the digest of the official file
 embedded in this module. A download is written to a temporary file, verified, and only
 then moved into place with an atomic rename; a download that fails verification is
 deleted and never used.
+
+:func:`preprocess_mnist` turns the raw uint8 images into the standardised float input of
+a network (:data:`MNIST_MEAN`, :data:`MNIST_STD`).
 """
 
 import gzip
@@ -34,12 +37,15 @@ import numpy as np
 
 __all__ = [
     "MNIST_FILES",
+    "MNIST_MEAN",
     "MNIST_MIRRORS",
     "MNIST_SHA256",
+    "MNIST_STD",
     "CorruptFileError",
     "DownloadError",
     "default_cache_dir",
     "load_mnist",
+    "preprocess_mnist",
     "read_idx",
 ]
 
@@ -449,3 +455,43 @@ def load_mnist(data_dir=None, download=True, *, checksums=None, mirrors=MNIST_MI
                 f"{path_of[split + '-labels-idx1-ubyte']}: label {int(labels.max())} is not a digit 0-9")
         result.append((images, labels))
     return tuple(result)
+
+
+#: Mean and standard deviation of the MNIST training pixels scaled to [0, 1].
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+
+def preprocess_mnist(images, dtype=np.float32):
+    """Scale uint8 images to [0, 1], standardise with the MNIST mean/std and add a channel axis.
+
+    Parameters
+    ----------
+    images : numpy.ndarray of uint8, shape (N, H, W)
+        Raw pixels as returned by :func:`load_mnist`.
+    dtype : {numpy.float32, numpy.float64}
+        Output dtype.
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, 1, H, W)
+        ``(images / 255 - MNIST_MEAN) / MNIST_STD``, C-contiguous, a new array.
+
+    Examples
+    --------
+    >>> x = preprocess_mnist(np.array([[[0, 255]]], dtype=np.uint8))
+    >>> x.shape, x.dtype, x.astype(float).round(4).tolist()
+    ((1, 1, 1, 2), dtype('float32'), [[[[-0.4242, 2.8215]]]])
+    """
+    if not isinstance(images, np.ndarray):
+        raise TypeError(f"preprocess_mnist: images must be a numpy.ndarray, got {type(images).__name__}")
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise ValueError(f"preprocess_mnist: images must be uint8 of shape (N, H, W), got {images.dtype} "
+                         f"of shape {images.shape}")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"preprocess_mnist: dtype must be float32 or float64, got {dtype}")
+    out = images.astype(dtype)[:, None]
+    out *= dtype.type(1 / (255 * MNIST_STD))
+    out -= dtype.type(MNIST_MEAN / MNIST_STD)
+    return out

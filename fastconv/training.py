@@ -1,17 +1,33 @@
-"""Reusable pieces of the MNIST example: the reference CNN, preprocessing, one epoch, evaluation.
+"""A training loop for any classification model and data set: epochs, progress, checkpoints, evaluation.
 
-``scripts/train_mnist.py`` and ``scripts/predict.py`` are thin command-line wrappers
-around these functions; the tests use them directly.
+The pieces work with any :class:`fastconv.nn.Module` that maps a batch of inputs of
+shape ``(B, ...)`` to ``(B, K)`` logits, trained on integer labels in ``[0, K)``:
 
-The training loop stays in Python and calls one compiled kernel per layer per step::
+- :func:`train_epoch` runs one epoch (or the rest of one) of forward, backward and
+  optimizer steps, with a running loss and accuracy in an :class:`EpochProgress`, an
+  optional :class:`ProgressBar`, a hook before every step (learning-rate schedules) and a
+  clean stop between two steps (Ctrl-C);
+- :func:`save_checkpoint` and :func:`load_checkpoint` save and restore a run (model,
+  optimizer, shuffling generator, history, a partly done epoch) so that it resumes
+  exactly where it stopped;
+- :func:`evaluate` gives the loss, accuracy and predictions on a test set, in evaluation
+  mode; :mod:`fastconv.metrics` turns the predictions into a confusion matrix;
+- :func:`warm_up` compiles the kernels before timing, and :func:`to_json` writes metrics.
+
+What belongs to one data set or network lives elsewhere: MNIST's loading and
+preprocessing in :mod:`fastconv.datasets`, the reference CNN in :mod:`fastconv.models`,
+and the command line in ``scripts/train_mnist.py`` and ``scripts/predict.py``. For
+example, on MNIST (the training loop stays in Python and calls one compiled kernel per
+layer per step)::
 
     import numpy as np
     from fastconv import nn, optim
-    from fastconv.datasets import load_mnist
-    from fastconv.training import evaluate, preprocess, reference_cnn, train_epoch
+    from fastconv.datasets import load_mnist, preprocess_mnist
+    from fastconv.models import reference_cnn
+    from fastconv.training import evaluate, train_epoch
 
     (x_train, y_train), (x_test, y_test) = load_mnist()
-    x_train, x_test = preprocess(x_train), preprocess(x_test)
+    x_train, x_test = preprocess_mnist(x_train), preprocess_mnist(x_test)
     rng = np.random.default_rng(0)
     model = reference_cnn(rng=rng)
     opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -21,109 +37,43 @@ The training loop stays in Python and calls one compiled kernel per layer per st
         print(epoch + 1, stats.loss, evaluate(model, x_test, y_test).accuracy)
 """
 
+import importlib
 import json
 import re
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import nn, serialization
+from . import metrics, nn, serialization
 
 __all__ = [
-    "MNIST_MEAN",
-    "MNIST_STD",
     "CHECKPOINT_KIND",
     "EpochProgress",
     "Evaluation",
     "ProgressBar",
-    "confusion_matrix",
     "evaluate",
-    "format_confusion_matrix",
     "load_checkpoint",
-    "model_from_checkpoint",
-    "preprocess",
-    "reference_cnn",
     "save_checkpoint",
     "to_json",
     "train_epoch",
     "warm_up",
 ]
 
-#: Mean and standard deviation of the MNIST training pixels scaled to [0, 1].
-MNIST_MEAN = 0.1307
-MNIST_STD = 0.3081
-
-
-def reference_cnn(dtype=np.float32, rng=None):
-    """Build the reference MNIST network.
-
-    ``conv 1->32 3x3 pad 1, ReLU, maxpool 2, conv 32->64 3x3 pad 1, ReLU, maxpool 2,
-    flatten, linear 3136->128, ReLU, linear 128->10`` (421,642 parameters).
-
-    Parameters
-    ----------
-    dtype : {numpy.float32, numpy.float64}
-        Parameter dtype; inputs must have the same dtype.
-    rng : numpy.random.Generator, optional
-        Source of the initial weights (PyTorch's default initialisation). ``None``: a
-        fresh unseeded generator.
-
-    Returns
-    -------
-    fastconv.nn.Sequential
-        Maps ``(N, 1, 28, 28)`` images to ``(N, 10)`` logits.
-    """
-    rng = np.random.default_rng() if rng is None else rng
-    kw = dict(dtype=dtype, rng=rng)
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1, **kw), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1, **kw), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * 7 * 7, 128, **kw), nn.ReLU(), nn.Linear(128, 10, **kw),
-    )
-
-
-def preprocess(images, dtype=np.float32):
-    """Scale uint8 images to [0, 1], standardise with the MNIST mean/std and add a channel axis.
-
-    Parameters
-    ----------
-    images : numpy.ndarray of uint8, shape (N, H, W)
-        Raw pixels as returned by :func:`fastconv.datasets.load_mnist`.
-    dtype : {numpy.float32, numpy.float64}
-        Output dtype.
-
-    Returns
-    -------
-    numpy.ndarray, shape (N, 1, H, W)
-        ``(images / 255 - MNIST_MEAN) / MNIST_STD``, C-contiguous, a new array.
-    """
-    if not isinstance(images, np.ndarray):
-        raise TypeError(f"preprocess: images must be a numpy.ndarray, got {type(images).__name__}")
-    if images.dtype != np.uint8 or images.ndim != 3:
-        raise ValueError(f"preprocess: images must be uint8 of shape (N, H, W), got {images.dtype} "
-                         f"of shape {images.shape}")
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"preprocess: dtype must be float32 or float64, got {dtype}")
-    out = images.astype(dtype)[:, None]
-    out *= dtype.type(1 / (255 * MNIST_STD))
-    out -= dtype.type(MNIST_MEAN / MNIST_STD)
-    return out
-
 
 def warm_up(model, x):
     """Compile every kernel the model uses (forward, backward, no-grad forward) before timing.
 
-    Runs a forward and backward pass on the first two images and clears the gradients
+    Runs a forward and backward pass on the first two samples and clears the gradients
     afterwards; the parameters are not changed, so training is unaffected.
 
     Parameters
     ----------
     model : fastconv.nn.Module
-    x : numpy.ndarray, shape (N, 1, 28, 28)
-        Preprocessed images (only ``x[:2]`` is used).
+    x : numpy.ndarray, shape (N, ...)
+        Model inputs, as for :func:`train_epoch` (only ``x[:2]`` is used).
 
     Returns
     -------
@@ -213,11 +163,11 @@ class EpochProgress:
     batch : int
         Number of batches done.
     loss_sum : float
-        Sum over the images seen of their cross-entropy loss (batch mean times batch size).
+        Sum over the samples seen of their loss (batch mean times batch size).
     correct : int
-        Images seen so far that were classified correctly (before the step on their batch).
+        Samples seen so far that were classified correctly (before the step on their batch).
     seen : int
-        Images seen so far.
+        Samples seen so far.
     seconds : float
         Training time spent in this epoch so far (summed over interrupted sessions).
     loss_curve : list of [float, float]
@@ -236,12 +186,12 @@ class EpochProgress:
 
     @property
     def loss(self):
-        """Mean training loss over the images seen (nan before the first batch)."""
+        """Mean training loss over the samples seen (nan before the first batch)."""
         return self.loss_sum / self.seen if self.seen else float("nan")
 
     @property
     def accuracy(self):
-        """Fraction of the images seen that were classified correctly."""
+        """Fraction of the samples seen that were classified correctly."""
         return self.correct / self.seen if self.seen else float("nan")
 
     @property
@@ -260,16 +210,25 @@ def train_epoch(model, loss_fn, optimizer, x, y, order, batch_size, progress=Non
                 bar=None, before_step=None, curve_every=None):
     """Run (the rest of) one training epoch: forward, backward and an optimizer step per batch.
 
+    Works for any classification model: ``model(x[idx])`` must give ``(B, K)`` logits for
+    a batch of ``B`` samples, and the running accuracy counts ``argmax`` of the logits
+    equal to the label.
+
     Parameters
     ----------
     model : fastconv.nn.Module
-        Put in training mode.
-    loss_fn : fastconv.nn.CrossEntropyLoss
+        Maps ``(B, ...)`` inputs to ``(B, K)`` logits; put in training mode. Its
+        ``backward(dlogits, input_grad=False)`` fills the parameter gradients (as
+        :meth:`fastconv.nn.Sequential.backward` does).
+    loss_fn : fastconv.nn.CrossEntropyLoss or alike
+        ``loss_fn(logits, labels)`` returns the batch's mean loss and then
+        ``loss_fn.backward()`` its gradient with respect to the logits.
     optimizer : fastconv.optim optimizer over ``model.parameters()``
-    x : numpy.ndarray, shape (N, 1, 28, 28)
-        Preprocessed images (see :func:`preprocess`), the model's dtype.
+    x : numpy.ndarray, shape (N, ...)
+        The training inputs, in the model's dtype (e.g. images ``(N, C, H, W)``
+        preprocessed by :func:`fastconv.datasets.preprocess_mnist`).
     y : numpy.ndarray of int, shape (N,)
-        Labels.
+        Class labels in ``[0, K)``.
     order : numpy.ndarray of int, shape (N,)
         The epoch's permutation of ``range(N)``; batch ``k`` is
         ``order[k * batch_size:(k + 1) * batch_size]`` (the last one may be smaller).
@@ -345,7 +304,7 @@ class Evaluation:
     accuracy : float
         Fraction classified correctly.
     predictions : numpy.ndarray of int64, shape (N,)
-        Predicted class of each image.
+        Predicted class of each sample (``argmax`` of its logits).
     seconds : float
         Wall time of the evaluation.
     """
@@ -357,18 +316,18 @@ class Evaluation:
 
 
 def evaluate(model, x, y, batch_size=1000):
-    """Loss, accuracy and predictions of ``model`` on ``(x, y)``, in evaluation mode.
+    """Cross-entropy loss, accuracy and predictions of a classifier on ``(x, y)``, in evaluation mode.
 
     Parameters
     ----------
     model : fastconv.nn.Module
-        Left in evaluation mode.
-    x : numpy.ndarray, shape (N, 1, 28, 28)
-        Preprocessed images.
+        Maps ``(B, ...)`` inputs to ``(B, K)`` logits; left in evaluation mode.
+    x : numpy.ndarray, shape (N, ...)
+        Inputs, in the model's dtype.
     y : numpy.ndarray of int, shape (N,)
-        Labels.
+        Class labels in ``[0, K)``.
     batch_size : int
-        Images per forward pass (memory only; results do not depend on it).
+        Samples per forward pass (memory only; results do not depend on it).
 
     Returns
     -------
@@ -392,55 +351,11 @@ def evaluate(model, x, y, batch_size=1000):
     return Evaluation(loss_sum / len(x), accuracy, predictions, time.perf_counter() - start)
 
 
-def confusion_matrix(y_true, y_pred, num_classes=10):
-    """Count how often each true class was predicted as each class.
-
-    Parameters
-    ----------
-    y_true, y_pred : array_like of int, shape (N,)
-        Values in ``[0, num_classes)``.
-    num_classes : int
-
-    Returns
-    -------
-    numpy.ndarray of int64, shape (num_classes, num_classes)
-        ``m[i, j]`` = number of images of class ``i`` predicted as ``j``; the diagonal
-        holds the correct predictions.
-    """
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    if y_true.shape != y_pred.shape or y_true.ndim != 1:
-        raise ValueError(f"confusion_matrix: y_true and y_pred must be 1-d of equal length, got shapes "
-                         f"{y_true.shape} and {y_pred.shape}")
-    for name, a in (("y_true", y_true), ("y_pred", y_pred)):
-        if a.size and (a.min() < 0 or a.max() >= num_classes):
-            raise ValueError(f"confusion_matrix: {name} has values outside [0, {num_classes})")
-    flat = y_true.astype(np.int64) * num_classes + y_pred.astype(np.int64)
-    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def format_confusion_matrix(matrix):
-    """Render a confusion matrix as text: rows are true classes, columns predictions, plus recall.
-
-    Parameters
-    ----------
-    matrix : numpy.ndarray of int, shape (K, K)
-
-    Returns
-    -------
-    str
-    """
-    k = len(matrix)
-    width = max(5, len(str(int(matrix.max()))) + 1)
-    lines = ["true\\pred" + "".join(f"{j:>{width}}" for j in range(k)) + "   recall"]
-    for i in range(k):
-        total = matrix[i].sum()
-        recall = f"{100 * matrix[i, i] / total:7.2f}%" if total else "      -"
-        lines.append(f"{i:>9}" + "".join(f"{v:>{width}}" for v in matrix[i]) + " " + recall)
-    return "\n".join(lines)
-
-
 #: Value of the ``"kind"`` entry of a training checkpoint.
-CHECKPOINT_KIND = "fastconv.training/mnist"
+CHECKPOINT_KIND = "fastconv.training/checkpoint"
+#: Kinds written by earlier versions, in the same format: :func:`load_checkpoint` reads them too.
+#: ("fastconv.training/mnist": before the training loop was separated from the MNIST example.)
+_EARLIER_CHECKPOINT_KINDS = ("fastconv.training/mnist",)
 
 
 def save_checkpoint(path, model, optimizer, rng, config, history, epoch, order=None, progress=None):
@@ -479,7 +394,7 @@ def save_checkpoint(path, model, optimizer, rng, config, history, epoch, order=N
 
 
 def load_checkpoint(path):
-    """Load a checkpoint written by :func:`save_checkpoint`.
+    """Load a checkpoint written by :func:`save_checkpoint`, of this version or an earlier one.
 
     Returns
     -------
@@ -494,7 +409,7 @@ def load_checkpoint(path):
         If the file is not a readable checkpoint, or not a training checkpoint.
     """
     ckpt = serialization.load(path)
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
+    if not isinstance(ckpt, dict) or ckpt.get("kind") not in (CHECKPOINT_KIND, *_EARLIER_CHECKPOINT_KINDS):
         raise serialization.CheckpointError(f"{path} is a fastconv file but not a training checkpoint "
                                             f"(written by fastconv.training.save_checkpoint)")
     if ckpt["progress"] is not None:
@@ -502,19 +417,35 @@ def load_checkpoint(path):
     return ckpt
 
 
-def model_from_checkpoint(ckpt):
-    """Rebuild the reference CNN of a checkpoint with its trained weights.
+# ---------------------------------------------------------------------------------------
+# Names that moved out of this module: deprecated aliases, kept for one release
+# ---------------------------------------------------------------------------------------
 
-    Parameters
-    ----------
-    ckpt : dict
-        As returned by :func:`load_checkpoint`.
 
-    Returns
-    -------
-    fastconv.nn.Sequential
-        In evaluation mode, with the checkpoint's dtype.
-    """
-    model = reference_cnn(np.dtype(ckpt["config"]["dtype"]), rng=np.random.default_rng(0))
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
+def _confusion_matrix_of_ten(y_true, y_pred, num_classes=10):
+    # The old fastconv.training.confusion_matrix defaulted to MNIST's 10 classes; the new one infers them.
+    return metrics.confusion_matrix(y_true, y_pred, num_classes)
+
+
+#: Old name -> (new module, new name).
+_MOVED = {
+    "MNIST_MEAN": ("fastconv.datasets", "MNIST_MEAN"),
+    "MNIST_STD": ("fastconv.datasets", "MNIST_STD"),
+    "preprocess": ("fastconv.datasets", "preprocess_mnist"),
+    "reference_cnn": ("fastconv.models", "reference_cnn"),
+    "model_from_checkpoint": ("fastconv.models", "reference_cnn_from_checkpoint"),
+    "confusion_matrix": ("fastconv.metrics", "confusion_matrix"),
+    "format_confusion_matrix": ("fastconv.metrics", "format_confusion_matrix"),
+}
+
+
+def __getattr__(name):
+    """The moved names, with a DeprecationWarning that says where they are now."""
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, new = _MOVED[name]
+    warnings.warn(f"fastconv.training.{name} is deprecated: use {module}.{new} (this alias will be removed "
+                  "in the next release)", DeprecationWarning, stacklevel=2)
+    if name == "confusion_matrix":
+        return _confusion_matrix_of_ten
+    return getattr(importlib.import_module(module), new)

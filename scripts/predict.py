@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from fastconv import functional, serialization, training
-from fastconv.datasets import CorruptFileError, load_mnist
+from fastconv.datasets import CorruptFileError, load_mnist, preprocess_mnist
+from fastconv.metrics import confusion_matrix, format_confusion_matrix, per_class_recall
+from fastconv.models import reference_cnn_from_checkpoint
 
 
 def positive_int(text):
@@ -46,22 +48,21 @@ def run(args):
     if args.threads is not None:
         functional.set_num_threads(args.threads)
     ckpt = training.load_checkpoint(args.checkpoint)
-    model = training.model_from_checkpoint(ckpt)
+    model = reference_cnn_from_checkpoint(ckpt)
     _, (x_test, y_test) = load_mnist(args.data_dir, download=not args.no_download)
     x_test, y_test = x_test[:args.limit], y_test[:args.limit]
-    x = training.preprocess(x_test, np.dtype(ckpt["config"]["dtype"]))
+    x = preprocess_mnist(x_test, np.dtype(ckpt["config"]["dtype"]))
     result = training.evaluate(model, x, y_test, batch_size=args.batch_size)
-    matrix = training.confusion_matrix(y_test, result.predictions)
+    matrix = confusion_matrix(y_test, result.predictions, num_classes=10)
     state = f"after epoch {ckpt['epoch']}" + (f" + {ckpt['progress'].batch} batches" if ckpt["progress"] else "")
 
     print(f"checkpoint {args.checkpoint} ({state}, {ckpt['config']['dtype']})")
     print(f"test accuracy: {100 * result.accuracy:.2f}% ({int(np.trace(matrix))}/{len(y_test)}), "
           f"loss {result.loss:.4f}, {len(y_test) / result.seconds:.0f} images/s")
     print("confusion matrix (rows: true digit, columns: predicted digit):")
-    print(training.format_confusion_matrix(matrix))
+    print(format_confusion_matrix(matrix))
     if args.json_out is not None:
-        totals = matrix.sum(axis=1)
-        recall = [float(matrix[i, i] / totals[i]) if totals[i] else None for i in range(len(matrix))]
+        recall = [None if np.isnan(r) else float(r) for r in per_class_recall(matrix)]
         report = {"checkpoint": str(args.checkpoint), "epoch": ckpt["epoch"], "images": len(y_test),
                   "test_accuracy": result.accuracy, "test_loss": result.loss,
                   "confusion_matrix": matrix.tolist(), "recall": recall}

@@ -2,10 +2,11 @@
 """Train the reference CNN on MNIST with PyTorch CPU: the baseline for ``train_mnist.py``.
 
 The same run as ``scripts/train_mnist.py`` with its defaults, in PyTorch: the same
-network, starting from the same initial weights (fastconv's ``reference_cnn`` with the
-same seed, copied into ``torch.nn``), the same preprocessing, shuffling, batch size,
-SGD with momentum and cosine learning-rate schedule, and the same thread count. Only the
-engine differs, so the epoch times and images/s of the two scripts compare directly.
+network, starting from the same initial weights (``fastconv.models.reference_cnn`` with
+the same seed, converted by ``fastconv.models.to_torch``), the same preprocessing,
+shuffling, batch size, SGD with momentum and cosine learning-rate schedule, and the same
+thread count. Only the engine differs, so the epoch times and images/s of the two scripts
+compare directly.
 Epoch time counts the training steps only, as ``train_mnist.py`` does (not the test
 evaluation).
 
@@ -25,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fastconv import functional, training
-from fastconv.datasets import load_mnist
+from fastconv import functional
+from fastconv.datasets import load_mnist, preprocess_mnist
+from fastconv.models import reference_cnn, to_torch
 
 
 def parse_args(argv=None):
@@ -48,19 +50,6 @@ def parse_args(argv=None):
     return args
 
 
-def torch_twin(model):
-    """The fastconv reference CNN ``model`` as a ``torch.nn.Sequential`` with the same weights."""
-    import torch
-
-    tnn = torch.nn
-    twin = tnn.Sequential(
-        tnn.Conv2d(1, 32, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
-        tnn.Conv2d(32, 64, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
-        tnn.Flatten(), tnn.Linear(64 * 7 * 7, 128), tnn.ReLU(), tnn.Linear(128, 10))
-    twin.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in model.state_dict().items()})
-    return twin
-
-
 def main(argv=None):
     args = parse_args(argv)
     try:
@@ -72,10 +61,10 @@ def main(argv=None):
     torch.set_num_threads(threads)
     (x_train, y_train), (x_test, y_test) = load_mnist(args.data_dir)
     x_train, y_train = x_train[:args.limit], y_train[:args.limit]
-    x_train, x_test = training.preprocess(x_train), training.preprocess(x_test)
+    x_train, x_test = preprocess_mnist(x_train), preprocess_mnist(x_test)
 
     rng = np.random.default_rng(args.seed)  # the same stream as train_mnist.py: weights, then shuffles
-    model = torch_twin(training.reference_cnn(np.float32, rng=rng))
+    model = to_torch(reference_cnn(np.float32, rng=rng))
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     loss_fn = torch.nn.CrossEntropyLoss()
     xt, yt = torch.from_numpy(x_test), torch.from_numpy(y_test.astype(np.int64))

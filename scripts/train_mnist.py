@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from fastconv import functional, nn, optim, serialization, training
-from fastconv.datasets import CorruptFileError, load_mnist
+from fastconv.datasets import CorruptFileError, load_mnist, preprocess_mnist
+from fastconv.models import reference_cnn
 
 INTERRUPT_CHECKPOINT = "train_mnist_interrupted.npz"
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3}
@@ -215,10 +216,10 @@ def train(args):
     (x_train, y_train), (x_test, y_test) = load_mnist(args.data_dir, download=not args.no_download)
     x_train, y_train = x_train[:args.limit], y_train[:args.limit]
     x_test, y_test = x_test[:args.test_limit], y_test[:args.test_limit]
-    x_train, x_test = training.preprocess(x_train, dtype), training.preprocess(x_test, dtype)
+    x_train, x_test = preprocess_mnist(x_train, dtype), preprocess_mnist(x_test, dtype)
 
     rng = np.random.default_rng(args.seed)
-    model = training.reference_cnn(dtype, rng=rng)
+    model = reference_cnn(dtype, rng=rng)
     opt = make_optimizer(model, args)
     loss_fn = nn.CrossEntropyLoss()
     config = config_of(args)

@@ -3,13 +3,17 @@
 Checked against the pure-NumPy reference (fastconv.reference), float64 finite
 differences, the adjoint identities, and PyTorch when it is installed.
 
-Test data are float32-representable float64 values, so one float64 reference result
-(computed once per case and cached) serves both the float32 and float64 runs: the
+The layers are the rows of the case table, :data:`benchmarks.cases.CONV_ROWS`, which
+also drives the benchmarks: a row added there is tested here (against the reference
+and PyTorch, in float32 and float64) and, with a ``bench_batch``, benchmarked.
+
+Test data are float32-representable float64 values (:func:`benchmarks.cases.make_inputs`),
+so one float64 reference result (:func:`benchmarks.cases.oracle`, computed once per case
+and shared with the benchmarks' checks) serves both the float32 and float64 runs: the
 float32 result is then compared with the exact answer, not with another rounded one.
 """
 
 import functools
-import zlib
 from typing import NamedTuple
 
 import hypothesis
@@ -18,110 +22,12 @@ import numpy as np
 import pytest
 
 import fastconv.functional as fc
+from benchmarks import cases
+from benchmarks.cases import ConvCase
 from fastconv import reference as ref
 from fastconv.kernels import conv as conv_kernels
 
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
-
-
-def _pair(v):
-    return (v, v) if np.ndim(v) == 0 else tuple(v)
-
-
-class Case(NamedTuple):
-    N: int
-    C: int
-    H: int
-    W: int
-    F: int
-    KH: int
-    KW: int
-    stride: object = 1
-    padding: object = 0
-    name: str = ""
-
-    def __str__(self):
-        s = f"N{self.N}-C{self.C}-{self.H}x{self.W}-F{self.F}-k{self.KH}x{self.KW}-s{self.stride}-p{self.padding}"
-        s = s.replace(" ", "")
-        return f"{self.name}:{s}" if self.name else s
-
-    @property
-    def out_hw(self):
-        (sh, sw), (ph, pw) = _pair(self.stride), _pair(self.padding)
-        return (self.H + 2 * ph - self.KH) // sh + 1, (self.W + 2 * pw - self.KW) // sw + 1
-
-    @property
-    def x_shape(self):
-        return self.N, self.C, self.H, self.W
-
-    @property
-    def w_shape(self):
-        return self.F, self.C, self.KH, self.KW
-
-    @property
-    def y_shape(self):
-        return (self.N, self.F, *self.out_hw)
-
-
-STRIDES = [1, 2, 3, (1, 2)]
-PADDINGS = [0, 1, 2, (0, 2)]
-GRID_CASES = [Case(2, 3, 9, 11, 5, 3, 3, s, p) for s in STRIDES for p in PADDINGS]
-
-KERNELS = [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7), (1, 3), (3, 1), (5, 2), (2, 7)]
-KERNEL_CASES = [Case(2, 2, 9, 10, 5, kh, kw, 1, (kh // 2, kw // 2)) for kh, kw in KERNELS] + [
-    Case(2, 2, 9, 10, 5, kh, kw, 2, 0) for kh, kw in KERNELS
-]
-
-SHAPE_CASES = [
-    Case(1, 3, 8, 8, 4, 3, 3, 1, 1, "batch1"),
-    Case(3, 1, 10, 10, 6, 3, 3, 1, 0, "C1"),
-    Case(2, 3, 7, 7, 17, 3, 3, 1, 1, "F17"),
-    Case(2, 3, 6, 6, 1, 3, 3, 1, 1, "F1"),
-    Case(2, 20, 6, 5, 33, 3, 3, 1, 1, "C20-F33"),
-    Case(2, 2, 13, 7, 3, 3, 3, 1, 1, "odd"),
-    Case(1, 2, 15, 4, 3, 3, 3, (2, 1), (1, 0), "tall"),
-    Case(1, 2, 5, 40, 3, 3, 3, 1, 1, "wide"),
-    Case(2, 2, 9, 9, 3, 3, 3, 2, 0, "exact-fit"),
-    Case(2, 2, 10, 10, 3, 3, 3, 2, 0, "leftover"),
-    Case(2, 2, 11, 11, 3, 3, 3, 4, 0, "leftover-s4"),
-    Case(2, 3, 5, 4, 2, 5, 4, 1, 0, "kernel-is-input"),
-    Case(2, 3, 1, 1, 4, 3, 3, 1, 1, "1x1-input-pad1"),
-    Case(1, 2, 3, 3, 2, 1, 1, 1, 2, "1x1-kernel-pad2"),
-    Case(2, 2, 4, 5, 3, 3, 3, 1, 3, "padding-over-kernel"),
-    # F >= 32 with stride > 1: the input gradient packs dy once for all its phases
-    Case(2, 3, 11, 9, 32, 3, 3, 2, 1, "F32-s2"),
-    Case(1, 2, 13, 12, 33, 4, 5, (2, 3), (2, 1), "F33-s2x3-k4x5"),
-    Case(1, 2, 9, 10, 40, 2, 2, 3, 0, "F40-s3-k2"),
-    Case(1, 2, 17, 16, 36, 7, 7, 2, 3, "F36-stem7"),
-    # Many channels: receptive fields of 2304 (forward and input gradient); the weight
-    # gradient's per-thread partials would pass 4 MiB, so the filters are split instead.
-    Case(2, 256, 5, 6, 256, 3, 3, 1, 1, "many-channels"),
-    # Rows narrower than the 4-pixel tile (pixel by pixel), and 5-7 wide (the last tile
-    # overlaps the one before it), on the tiled kernels (receptive field >= 32).
-    Case(2, 8, 4, 3, 9, 3, 3, 1, 1, "tiled-W3"),
-    Case(2, 8, 5, 2, 9, 3, 3, 1, 1, "tiled-W2"),
-    Case(2, 8, 3, 7, 9, 3, 3, 1, 1, "tiled-W7"),
-    # 1x1 at stride 1 without padding: matrix products in NCHW (fastconv.kernels.dense),
-    # with 4 x 4 tile remainders in filters (9) and channels (41) and an odd plane (5 x 7).
-    Case(3, 41, 5, 7, 9, 1, 1, 1, 0, "pointwise"),
-    Case(1, 2, 1, 1, 1, 1, 1, 1, 0, "pointwise-tiny"),
-]
-
-# issue 5's benchmark shapes (N, C, H, W, F, k, stride, pad), at a reduced batch.
-BENCH_CASES = [
-    Case(2, 1, 28, 28, 32, 3, 3, 1, 1, "mnist_conv1"),
-    Case(1, 32, 14, 14, 64, 3, 3, 1, 1, "mnist_conv2"),
-    Case(1, 3, 32, 32, 64, 3, 3, 1, 1, "cifar_conv"),
-    Case(1, 64, 56, 56, 64, 3, 3, 1, 1, "resnet_conv"),
-    Case(1, 64, 56, 56, 128, 3, 3, 2, 1, "strided"),
-    Case(1, 32, 14, 14, 64, 5, 5, 1, 2, "k5"),
-]
-
-ALL_CASES = GRID_CASES + KERNEL_CASES + SHAPE_CASES + BENCH_CASES
-
-
-def _seed(case):
-    return zlib.crc32(str(case).encode())
 
 
 def f32_representable(rng, shape):
@@ -142,15 +48,10 @@ class ConvData(NamedTuple):
 @functools.lru_cache(maxsize=None)
 def conv_data(case):
     """Inputs and float64 reference results for ``case`` (computed once, read-only)."""
-    rng = np.random.default_rng(_seed(case))
-    x = f32_representable(rng, case.x_shape)
-    w = f32_representable(rng, case.w_shape)
-    b = f32_representable(rng, case.F)
-    dy = f32_representable(rng, case.y_shape)
-    s, p = case.stride, case.padding
-    y = ref.conv2d(x, w, b, s, p)
-    dx, dw, db = ref.conv2d_backward(dy, x, w, s, p)
-    data = ConvData(x, w, b, dy, y, dx, dw, db)
+    inputs = cases.make_inputs(case, np.float64)
+    (y,) = cases.oracle("conv2d", case)
+    dx, dw, db = cases.oracle("conv2d_backward", case)
+    data = ConvData(inputs["x"], inputs["w"], inputs["b"], inputs["dy"], y, dx, dw, db)
     for a in data:
         a.flags.writeable = False
     return data
@@ -161,48 +62,54 @@ def cast(data, dtype):
     return tuple(np.array(a, dtype=dtype) for a in data[:4])
 
 
+def summands(case):
+    """How many products are summed into each element of y, dx, dw and db (for the tolerances)."""
+    ho, wo = case.out_hw
+    kh, kw = case.kernel_hw
+    return {"y": case.c * kh * kw, "dx": case.f * kh * kw, "dw": case.n * ho * wo, "db": case.n * ho * wo}
+
+
 # ------------------------------------------------------------------------- against the reference
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", ALL_CASES, ids=str)
+@pytest.mark.parametrize("case", cases.CONV_ROWS, ids=str)
 def test_conv2d_matches_reference(case, dtype, tol):
     d = conv_data(case)
     x, w, b, _ = cast(d, dtype)
-    y = fc.conv2d(x, w, b, stride=case.stride, padding=case.padding)
+    y = fc.conv2d(x, w, b, stride=case.stride, padding=case.pad)
     assert y.dtype == dtype and y.shape == case.y_shape
-    np.testing.assert_allclose(y, d.y, **tol(dtype, case.C * case.KH * case.KW))
+    np.testing.assert_allclose(y, d.y, **tol(dtype, summands(case)["y"]))
 
-    y_no_bias = fc.conv2d(x, w, stride=case.stride, padding=case.padding)
+    y_no_bias = fc.conv2d(x, w, stride=case.stride, padding=case.pad)
     assert y_no_bias.dtype == dtype and y_no_bias.shape == case.y_shape
     expected = d.y - d.b[None, :, None, None]
-    np.testing.assert_allclose(y_no_bias, expected, **tol(dtype, case.C * case.KH * case.KW))
+    np.testing.assert_allclose(y_no_bias, expected, **tol(dtype, summands(case)["y"]))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", ALL_CASES, ids=str)
+@pytest.mark.parametrize("case", cases.CONV_ROWS, ids=str)
 def test_conv2d_backward_input_matches_reference(case, dtype, tol):
     d = conv_data(case)
     _, w, _, dy = cast(d, dtype)
-    dx = fc.conv2d_backward_input(dy, w, case.x_shape, stride=case.stride, padding=case.padding)
+    dx = fc.conv2d_backward_input(dy, w, case.x_shape, stride=case.stride, padding=case.pad)
     assert dx.dtype == dtype and dx.shape == case.x_shape
-    np.testing.assert_allclose(dx, d.dx, **tol(dtype, case.F * case.KH * case.KW))
+    np.testing.assert_allclose(dx, d.dx, **tol(dtype, summands(case)["dx"]))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", ALL_CASES, ids=str)
+@pytest.mark.parametrize("case", cases.CONV_ROWS, ids=str)
 def test_conv2d_backward_weight_matches_reference(case, dtype, tol):
     d = conv_data(case)
     x, _, _, dy = cast(d, dtype)
-    dw = fc.conv2d_backward_weight(dy, x, case.w_shape, stride=case.stride, padding=case.padding)
+    dw = fc.conv2d_backward_weight(dy, x, case.w_shape, stride=case.stride, padding=case.pad)
     assert dw.dtype == dtype and dw.shape == case.w_shape
-    Ho, Wo = case.out_hw
-    np.testing.assert_allclose(dw, d.dw, **tol(dtype, case.N * Ho * Wo))
+    np.testing.assert_allclose(dw, d.dw, **tol(dtype, summands(case)["dw"]))
 
 
 TILES = {"4x4": conv_kernels.conv2d_forward, "4x3": conv_kernels.conv2d_forward_4x3}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", GRID_CASES + KERNEL_CASES + SHAPE_CASES, ids=str)
+@pytest.mark.parametrize("case", cases.CONV_GRID + cases.CONV_KERNELS + cases.CONV_SHAPES, ids=str)
 @pytest.mark.parametrize("tile", list(TILES))
 def test_every_register_tile_matches_reference(tile, case, dtype, tol, monkeypatch):
     """Both forward tiles (the CPU picks one at import) give the reference forward and input gradient."""
@@ -216,19 +123,18 @@ def test_every_register_tile_matches_reference(tile, case, dtype, tol, monkeypat
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", GRID_CASES + KERNEL_CASES[:4] + SHAPE_CASES + BENCH_CASES[:2], ids=str)
+@pytest.mark.parametrize("case", cases.CONV_ROWS, ids=str)
 def test_conv2d_backward_equals_separate_calls(case, dtype, tol):
     d = conv_data(case)
     x, w, _, dy = cast(d, dtype)
-    s, p = case.stride, case.padding
+    s, p = case.stride, case.pad
     dx, dw, db = fc.conv2d_backward(dy, x, w, stride=s, padding=p)
     assert dx.dtype == dw.dtype == db.dtype == dtype
-    assert (dx.shape, dw.shape, db.shape) == (case.x_shape, case.w_shape, (case.F,))
+    assert (dx.shape, dw.shape, db.shape) == (case.x_shape, case.w_shape, (case.f,))
     np.testing.assert_array_equal(dx, fc.conv2d_backward_input(dy, w, x.shape, stride=s, padding=p))
     np.testing.assert_array_equal(dw, fc.conv2d_backward_weight(dy, x, w.shape, stride=s, padding=p))
-    Ho, Wo = case.out_hw
-    np.testing.assert_allclose(db, dy.sum(axis=(0, 2, 3)), **tol(dtype, case.N * Ho * Wo))
-    np.testing.assert_allclose(db, d.db, **tol(dtype, case.N * Ho * Wo))
+    np.testing.assert_allclose(db, dy.sum(axis=(0, 2, 3)), **tol(dtype, summands(case)["db"]))
+    np.testing.assert_allclose(db, d.db, **tol(dtype, summands(case)["db"]))
 
 
 def test_backward_input_leaves_uncovered_rows_at_zero(rng):
@@ -241,11 +147,12 @@ def test_backward_input_leaves_uncovered_rows_at_zero(rng):
 
 
 # ------------------------------------------------------------------------- finite differences
+# Tiny: two loss evaluations per input and weight element.
 FD_CASES = [
-    Case(2, 2, 6, 5, 3, 3, 3, 1, 1),
-    Case(2, 2, 7, 6, 3, 3, 2, (2, 1), (1, 0)),
-    Case(1, 3, 7, 7, 2, 2, 4, 3, (0, 2)),
-    Case(2, 1, 5, 6, 4, 1, 1, 2, 2),
+    ConvCase("fd", 2, 2, 6, 5, 3, 3, 1, 1),
+    ConvCase("fd", 2, 2, 7, 6, 3, (3, 2), (2, 1), (1, 0)),
+    ConvCase("fd", 1, 3, 7, 7, 2, (2, 4), 3, (0, 2)),
+    ConvCase("fd", 2, 1, 5, 6, 4, 1, 2, 2),
 ]
 
 
@@ -253,9 +160,9 @@ FD_CASES = [
 def test_conv2d_gradients_match_finite_differences(case, rng, numgrad, one_thread):
     x = rng.standard_normal(case.x_shape)
     w = rng.standard_normal(case.w_shape)
-    b = rng.standard_normal(case.F)
+    b = rng.standard_normal(case.f)
     dy = rng.standard_normal(case.y_shape)
-    s, p = case.stride, case.padding
+    s, p = case.stride, case.pad
 
     def loss():
         return np.sum(fc.conv2d(x, w, b, stride=s, padding=p) * dy)
@@ -278,12 +185,12 @@ def assert_adjoint(x, w, dy, stride, padding):
     assert abs(lhs - via_w) <= 1e-12 * scale, (lhs, via_w)
 
 
-@pytest.mark.parametrize("case", GRID_CASES + KERNEL_CASES + SHAPE_CASES, ids=str)
+@pytest.mark.parametrize("case", cases.CONV_GRID + cases.CONV_KERNELS + cases.CONV_SHAPES, ids=str)
 def test_adjoint_identities(case, rng):
     x = rng.standard_normal(case.x_shape)
     w = rng.standard_normal(case.w_shape)
     dy = rng.standard_normal(case.y_shape)
-    assert_adjoint(x, w, dy, case.stride, case.padding)
+    assert_adjoint(x, w, dy, case.stride, case.pad)
 
 
 # ------------------------------------------------------------------------- hypothesis
@@ -298,17 +205,17 @@ def conv_cases(draw):
     padding = ph if draw(st.booleans()) else (ph, pw)
     if np.ndim(padding) == 0:  # keep the kernel inside the padded input
         H, W = max(H, KH - 2 * ph), max(W, KW - 2 * ph)
-    return Case(
-        draw(st.integers(1, 3)), draw(st.integers(1, 4)), H, W, draw(st.integers(1, 6)),
-        KH, KW, stride, padding,
+    return ConvCase(
+        "hypothesis", draw(st.integers(1, 3)), draw(st.integers(1, 4)), H, W, draw(st.integers(1, 6)),
+        (KH, KW), stride, padding,
     )  # fmt: skip
 
 
 @hypothesis.given(case=conv_cases(), dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**32 - 1))
 def test_hypothesis_conv_matches_reference(case, dtype, seed):
     rng = np.random.default_rng(seed)
-    x, w, b, dy = (f32_representable(rng, s) for s in (case.x_shape, case.w_shape, case.F, case.y_shape))
-    s, p = case.stride, case.padding
+    x, w, b, dy = (f32_representable(rng, s) for s in (case.x_shape, case.w_shape, case.f, case.y_shape))
+    s, p = case.stride, case.pad
     t = 1e-4 if dtype == np.float32 else 1e-10
     xd, wd, bd, dyd = (a.astype(dtype) for a in (x, w, b, dy))
     y = fc.conv2d(xd, wd, bd, stride=s, padding=p)
@@ -325,54 +232,37 @@ def test_hypothesis_conv_matches_reference(case, dtype, seed):
 def test_hypothesis_adjoint_identities(case, seed):
     rng = np.random.default_rng(seed)
     x, w, dy = (rng.standard_normal(s) for s in (case.x_shape, case.w_shape, case.y_shape))
-    assert_adjoint(x, w, dy, case.stride, case.padding)
+    assert_adjoint(x, w, dy, case.stride, case.pad)
 
 
 # ------------------------------------------------------------------------- PyTorch
-def _random_torch_cases(n, seed=7):
-    rng = np.random.default_rng(seed)
-    cases = []
-    for _ in range(n):
-        KH, KW = (int(k) for k in rng.integers(1, 8, 2))
-        sh, sw = (int(s) for s in rng.integers(1, 4, 2))
-        ph, pw = (int(p) for p in rng.integers(0, 4, 2))
-        H = int(rng.integers(max(1, KH - 2 * ph), 20))
-        W = int(rng.integers(max(1, KW - 2 * pw), 20))
-        stride = sh if rng.random() < 0.3 else (sh, sw)
-        padding = (ph, pw) if rng.random() < 0.7 else ph
-        if np.ndim(padding) == 0:
-            H, W = max(H, KH - 2 * ph), max(W, KW - 2 * ph)
-        N, C, F = int(rng.integers(1, 5)), int(rng.integers(1, 9)), int(rng.integers(1, 21))
-        cases.append(Case(N, C, H, W, F, KH, KW, stride, padding))
-    return cases
-
-
-TORCH_CASES = _random_torch_cases(24)
+#: The outputs of each op, named as :func:`summands` names them.
+OUTPUTS = {
+    "conv2d": ("y",),
+    "conv2d_backward_input": ("dx",),
+    "conv2d_backward_weight": ("dw",),
+    "conv2d_backward": ("dx", "dw", "db"),
+}
 
 
 @pytest.mark.torch
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", TORCH_CASES, ids=str)
+@pytest.mark.parametrize("case", cases.CONV_ROWS, ids=str)
 def test_conv2d_matches_torch(case, dtype, tol):
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(_seed(case))
-    x, w, b = (rng.standard_normal(s).astype(dtype) for s in (case.x_shape, case.w_shape, case.F))
-    dy = rng.standard_normal(case.y_shape).astype(dtype)
-    s, p = case.stride, case.padding
-
-    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
-    ty = torch.nn.functional.conv2d(tx, tw, tb, stride=s, padding=p)
-    ty.backward(torch.from_numpy(dy))
-
-    Ho, Wo = case.out_hw
-    y = fc.conv2d(x, w, b, stride=s, padding=p)
-    dx, dw, db = fc.conv2d_backward(dy, x, w, stride=s, padding=p)
+    """Every op agrees with the benchmarks' PyTorch (F.conv2d, aten.convolution_backward)."""
+    torch_impl, ours = cases.IMPLEMENTATIONS["torch"], cases.IMPLEMENTATIONS["fastconv"]
+    if torch_impl.unavailable_reason():
+        pytest.skip(torch_impl.unavailable_reason())
+    inputs = cases.make_inputs(case, dtype)
     # Both sides round, so float32 gets twice the tolerance.
     k = 2 if dtype == np.float32 else 1
-    np.testing.assert_allclose(y, ty.detach().numpy(), **tol(dtype, k * k * case.C * case.KH * case.KW))
-    np.testing.assert_allclose(dx, tx.grad.numpy(), **tol(dtype, k * k * case.F * case.KH * case.KW))
-    np.testing.assert_allclose(dw, tw.grad.numpy(), **tol(dtype, k * k * case.N * Ho * Wo))
-    np.testing.assert_allclose(db, tb.grad.numpy(), **tol(dtype, k * k * case.N * Ho * Wo))
+    for op, names in OUTPUTS.items():
+        got = ours.to_numpy(ours.thunk(op, case, inputs)())
+        want = torch_impl.to_numpy(torch_impl.thunk(op, case, inputs)())
+        assert len(got) == len(want) == len(names), op
+        for name, g, t in zip(names, got, want):
+            assert g.dtype == dtype and g.shape == t.shape, (op, name)
+            np.testing.assert_allclose(g, t, **tol(dtype, k * k * summands(case)[name]), err_msg=f"{op}: {name}")
 
 
 # ------------------------------------------------------------------------- NaN / Inf
@@ -394,7 +284,7 @@ def test_nan_and_inf_propagate_like_the_reference(rng):
 
 
 # ------------------------------------------------------------------------- layouts, purity, determinism
-LAYOUT_CASE = Case(2, 3, 9, 8, 5, 3, 2, (2, 1), (1, 1))
+LAYOUT_CASE = ConvCase("layout", 2, 3, 9, 8, 5, (3, 2), (2, 1), (1, 1))
 
 
 def _layout(a, kind):
@@ -426,7 +316,7 @@ LAYOUTS = ["fortran", "sliced", "channels-last-view", "negative-strides", "reado
 
 def _conv_calls():
     """(name, function of (x, w, b, dy)) for every conv op, using LAYOUT_CASE."""
-    s, p = LAYOUT_CASE.stride, LAYOUT_CASE.padding
+    s, p = LAYOUT_CASE.stride, LAYOUT_CASE.pad
     return {
         "conv2d": lambda x, w, b, dy: [fc.conv2d(x, w, b, stride=s, padding=p)],
         "conv2d_backward": lambda x, w, b, dy: list(fc.conv2d_backward(dy, x, w, stride=s, padding=p)),
@@ -474,7 +364,7 @@ def test_inputs_are_not_modified(op, dtype):
         assert not any(np.shares_memory(r, a) for a in inputs)
 
 
-DETERMINISM_CASE = Case(4, 8, 16, 16, 12, 3, 3, 1, 1)
+DETERMINISM_CASE = ConvCase("determinism", 4, 8, 16, 16, 12, 3, 1, 1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

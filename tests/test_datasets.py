@@ -1,4 +1,4 @@
-"""Tests for fastconv.datasets: the IDX parser, verification, search order and downloads.
+"""Tests for fastconv.datasets: the IDX parser, verification, search order, downloads and preprocessing.
 
 Nothing here touches the network: every download goes to ``file://`` mirrors in a
 temporary directory or to a fake ``urlopen``, and an autouse fixture fails any test that
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from fastconv import datasets
-from fastconv.datasets import MNIST_FILES, CorruptFileError, DownloadError, load_mnist, read_idx
+from fastconv.datasets import MNIST_FILES, CorruptFileError, DownloadError, load_mnist, preprocess_mnist, read_idx
 
 REAL_DIR = os.environ.get("FASTCONV_DATA_DIR")
 HAVE_REAL = bool(REAL_DIR) and all(
@@ -477,3 +477,35 @@ def test_real_files_through_the_download_path(tmp_path):
     (xtr, _), (_, yte) = load_mnist(mirrors=[Path(REAL_DIR).resolve().as_uri()], progress=False)
     assert xtr.shape == (60000, 28, 28) and yte[0] == 7
     assert_clean_cache(MNIST_FILES)
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_preprocess_mnist(dtype):
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    before = images.copy()
+    out = preprocess_mnist(images, dtype)
+    assert out.shape == (5, 1, 28, 28) and out.dtype == dtype and out.flags.c_contiguous
+    expected = (images.astype(np.float64) / 255 - 0.1307) / 0.3081
+    assert (datasets.MNIST_MEAN, datasets.MNIST_STD) == (0.1307, 0.3081)
+    np.testing.assert_allclose(out[:, 0], expected, rtol=1e-6 if dtype == np.float32 else 1e-12, atol=1e-6)
+    np.testing.assert_array_equal(images, before)
+
+
+@pytest.mark.parametrize(
+    "images, dtype, error",
+    [([[1]], np.float32, TypeError), (np.zeros((2, 28, 28), np.float32), np.float32, ValueError),
+     (np.zeros((28, 28), np.uint8), np.float32, ValueError), (np.zeros((2, 28, 28), np.uint8), np.int32, TypeError)],
+    ids=["list", "float input", "2-d", "int dtype"],
+)
+def test_preprocess_mnist_errors(images, dtype, error):
+    with pytest.raises(error, match="preprocess_mnist"):
+        preprocess_mnist(images, dtype)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    assert doctest.testmod(datasets, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0

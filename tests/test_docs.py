@@ -9,6 +9,8 @@
 - Every link to a section of the page (``#anchor``) resolves to a heading.
 - The public kernels' docstrings point to the section of the page that derives them.
 - ``scripts/make_figures.py`` runs and is deterministic.
+- Every relative link in ``README.md`` and ``docs/*.md`` resolves to an existing file (and a ``#anchor`` into a
+  Markdown page to one of its headings), and the README stays a front page of at most 200 lines.
 """
 
 import doctest
@@ -225,3 +227,64 @@ def test_make_figures_runs_and_is_deterministic(tmp_path):
     for a, b in zip(sorted(first), sorted(second)):
         assert a.read_bytes() == b.read_bytes(), f"{a.name} differs between two runs"
         assert a.stat().st_size < MAX_FIGURE_BYTES, f"{a.name} is {a.stat().st_size} bytes"
+
+
+# --- README and docs/*.md: every relative link resolves; the README stays a front page --------------------------
+
+README = ROOT / "README.md"
+MAX_README_LINES = 200
+MARKDOWN_PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def prose(text):
+    """``text`` with fenced code blocks and inline code spans blanked out (links there are not links)."""
+    kept, in_code = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+            kept.append("")
+        else:
+            kept.append("" if in_code else re.sub(r"`[^`]*`", "", line))
+    return "\n".join(kept)
+
+
+def relative_links(page):
+    """``[(line, target)]`` for every link of a Markdown page that is not an absolute URL."""
+    found = []
+    for number, line in enumerate(prose(page.read_text(encoding="utf-8")).splitlines(), start=1):
+        for target in LINK.findall(line):
+            if not re.match(r"^[a-z][a-z0-9+.-]*:", target, flags=re.IGNORECASE):  # http:, https:, mailto:, ...
+                found.append((number, target))
+    return found
+
+
+LINKS = [(page, line, target) for page in MARKDOWN_PAGES for line, target in relative_links(page)]
+
+
+def test_pages_have_links():
+    assert any(page == README for page, _, _ in LINKS), "README.md links to no docs page"
+    assert (ROOT / "docs" / "index.md") in MARKDOWN_PAGES, "docs/index.md (the list of pages) is missing"
+
+
+@pytest.mark.parametrize(
+    "page, line, target", LINKS, ids=[f"{p.relative_to(ROOT)}:{n}:{t}" for p, n, t in LINKS]
+)
+def test_relative_link_resolves(page, line, target):
+    where = f"{page.relative_to(ROOT)} line {line}: link ({target})"
+    path_part, _, anchor = target.partition("#")
+    path = (page.parent / path_part).resolve() if path_part else page
+    assert path.exists(), f"{where} points to {path_part}, which does not exist"
+    if anchor and path.suffix == ".md":
+        assert path.is_file(), f"{where}: {path_part} is not a file"
+        anchors = headings(path.read_text(encoding="utf-8"))
+        assert anchor in anchors, (
+            f"{where}: #{anchor} matches no heading of {path.relative_to(ROOT)}; its anchors: {sorted(anchors)}"
+        )
+
+
+def test_readme_is_a_front_page():
+    lines = len(README.read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_README_LINES, (
+        f"README.md has {lines} lines; keep it a front page of at most {MAX_README_LINES} and move detail to docs/"
+    )

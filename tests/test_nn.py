@@ -11,8 +11,10 @@ from typing import Callable, NamedTuple
 import numpy as np
 import pytest
 
+from benchmarks import cases
 from fastconv import nn
 from fastconv import optim
+from fastconv.models import reference_cnn, to_torch
 
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 
@@ -62,19 +64,27 @@ def _copy_params(torch, ours, theirs):
             tp.copy_(torch.from_numpy(p.data.copy()))
 
 
+def _conv_layer(row, rng, bias=True):
+    """The nn.Conv2d of a case-table row (:data:`benchmarks.cases.CONV_LAYERS`)."""
+    def make(dt):
+        return nn.Conv2d(row.c, row.f, row.k, stride=row.stride, padding=row.pad, bias=bias, dtype=dt, rng=rng)
+    return LayerCase(row.name + ("" if bias else "-nobias"), make, row.x_shape, _torch_conv)
+
+
+def _pool_layer(row):
+    """The nn.MaxPool2d of a case-table row (:data:`benchmarks.cases.POOL_LAYERS`), on inputs without ties."""
+    return LayerCase(row.name, lambda dt: nn.MaxPool2d(row.k, stride=row.stride, padding=row.pad), row.x_shape,
+                     lambda torch, layer, dt: torch.nn.MaxPool2d(row.k, stride=row.stride, padding=row.pad),
+                     "distinct")
+
+
+_conv_k3_p1, _conv_k3_s2, _conv_k2x3, _conv_k1 = cases.CONV_LAYERS
 LAYER_CASES = [
-    LayerCase("conv-k3-p1", lambda dt: nn.Conv2d(3, 4, 3, padding=1, dtype=dt, rng=1), (2, 3, 6, 7), _torch_conv),
-    LayerCase("conv-k3-s2", lambda dt: nn.Conv2d(2, 3, 3, stride=2, dtype=dt, rng=2), (2, 2, 7, 8), _torch_conv),
-    LayerCase("conv-k2x3-s(2,1)-p(1,0)-nobias",
-              lambda dt: nn.Conv2d(2, 3, (2, 3), stride=(2, 1), padding=(1, 0), bias=False, dtype=dt, rng=3),
-              (1, 2, 5, 6), _torch_conv),
-    LayerCase("conv-k1", lambda dt: nn.Conv2d(3, 2, 1, dtype=dt, rng=4), (2, 3, 4, 4), _torch_conv),
-    LayerCase("maxpool-2", lambda dt: nn.MaxPool2d(2), (2, 3, 6, 7),
-              lambda torch, layer, dt: torch.nn.MaxPool2d(2), "distinct"),
-    LayerCase("maxpool-3-s2-p1-overlap", lambda dt: nn.MaxPool2d(3, stride=2, padding=1), (2, 2, 7, 6),
-              lambda torch, layer, dt: torch.nn.MaxPool2d(3, stride=2, padding=1), "distinct"),
-    LayerCase("maxpool-(2,3)-s(1,2)", lambda dt: nn.MaxPool2d((2, 3), stride=(1, 2)), (1, 2, 5, 7),
-              lambda torch, layer, dt: torch.nn.MaxPool2d((2, 3), stride=(1, 2)), "distinct"),
+    _conv_layer(_conv_k3_p1, rng=1),
+    _conv_layer(_conv_k3_s2, rng=2),
+    _conv_layer(_conv_k2x3, rng=3, bias=False),
+    _conv_layer(_conv_k1, rng=4),
+    *(_pool_layer(row) for row in cases.POOL_LAYERS),
     LayerCase("relu-4d", lambda dt: nn.ReLU(), (2, 3, 4, 5),
               lambda torch, layer, dt: torch.nn.ReLU(), "away_from_zero"),
     LayerCase("relu-2d", lambda dt: nn.ReLU(), (5, 7), lambda torch, layer, dt: torch.nn.ReLU(), "away_from_zero"),
@@ -247,29 +257,15 @@ def test_cross_entropy_rejects_bad_input(logits, labels, exc, match):
 
 
 def _small_net(dtype, seed):
-    nn.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1, dtype=dtype), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(4, 6, 3, padding=1, dtype=dtype), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(6 * 2 * 2, 16, dtype=dtype), nn.ReLU(), nn.Linear(16, 5, dtype=dtype),
-    )
-
-
-def _small_torch_net(torch, model, dtype):
-    t = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(4, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(), torch.nn.Linear(6 * 2 * 2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5),
-    ).to(_tdtype(torch, dtype))
-    t.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
-    return t
+    """The reference CNN's architecture, small: 8x8 images, 4 and 6 channels, 16 hidden units, 5 classes."""
+    return reference_cnn(dtype, rng=seed, image_size=8, channels=(4, 6), hidden=16, num_classes=5)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_training_steps_match_torch(dtype, optimizer, rng, torch):
     model = _small_net(dtype, seed=0)
-    tmodel = _small_torch_net(torch, model, dtype)
+    tmodel = to_torch(model)
     loss_fn = nn.CrossEntropyLoss()
     if optimizer == "sgd":
         opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
@@ -302,15 +298,8 @@ def test_training_steps_match_torch(dtype, optimizer, rng, torch):
 
 def test_reference_cnn_structure_matches_torch(torch):
     """The issue's MNIST network: same repr, same state_dict keys and shapes, same parameter order."""
-    model = nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.25), nn.Linear(128, 10))
-    tmodel = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(), torch.nn.Linear(64 * 7 * 7, 128), torch.nn.ReLU(), torch.nn.Dropout(0.25),
-        torch.nn.Linear(128, 10))
+    model = reference_cnn(dropout=0.25)
+    tmodel = to_torch(model)
     assert repr(model) == repr(tmodel)
     assert [(k, v.shape) for k, v in model.state_dict().items()] == \
            [(k, tuple(v.shape)) for k, v in tmodel.state_dict().items()]

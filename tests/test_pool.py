@@ -2,12 +2,13 @@
 
 Checked against the pure-NumPy reference, hand-derived expectations (ties, NaN,
 -inf, global pooling, overlapping windows), float64 finite differences and PyTorch.
+The layers are the rows of the case table, :data:`benchmarks.cases.POOL_ROWS`, which
+also drives the benchmarks (its rows with a ``bench_batch``).
 Maxima are exact, so values and indices must match bit for bit; only the backward
 pass, which sums where windows overlap, is compared with a tolerance.
 """
 
 import zlib
-from typing import NamedTuple
 
 import hypothesis
 import hypothesis.strategies as st
@@ -15,73 +16,25 @@ import numpy as np
 import pytest
 
 import fastconv.functional as fc
+from benchmarks import cases
+from benchmarks.cases import PoolCase
 from fastconv import reference as ref
 
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 
 
-def _pair(v):
-    return (v, v) if np.ndim(v) == 0 else tuple(v)
+def pool(case, x):
+    return fc.max_pool2d(x, case.k, stride=case.stride, padding=case.pad)
 
 
-class PoolCase(NamedTuple):
-    N: int
-    C: int
-    H: int
-    W: int
-    kernel: object
-    stride: object = None
-    padding: object = 0
-    name: str = ""
-
-    def __str__(self):
-        s = f"N{self.N}-C{self.C}-{self.H}x{self.W}-k{self.kernel}-s{self.stride}-p{self.padding}".replace(" ", "")
-        return f"{self.name}:{s}" if self.name else s
-
-    @property
-    def params(self):
-        """(kh, kw, sh, sw, ph, pw)"""
-        kh, kw = _pair(self.kernel)
-        sh, sw = (kh, kw) if self.stride is None else _pair(self.stride)
-        ph, pw = _pair(self.padding)
-        return kh, kw, sh, sw, ph, pw
-
-    @property
-    def x_shape(self):
-        return self.N, self.C, self.H, self.W
-
-    @property
-    def y_shape(self):
-        kh, kw, sh, sw, ph, pw = self.params
-        return self.N, self.C, (self.H + 2 * ph - kh) // sh + 1, (self.W + 2 * pw - kw) // sw + 1
-
-    def pool(self, x):
-        return fc.max_pool2d(x, self.kernel, stride=self.stride, padding=self.padding)
-
-    def ref_pool(self, x):
-        return ref.max_pool2d(x, self.kernel, self.stride, self.padding)
+def ref_pool(case, x):
+    return ref.max_pool2d(x, case.k, case.stride, case.pad)
 
 
-CASES = [
-    *(PoolCase(2, 3, 9, 8, k, name="kernel") for k in (1, 2, 3, 4, 5)),
-    PoolCase(2, 3, 8, 8, 2, 2, 0, "k2s2"),
-    PoolCase(2, 3, 7, 11, 2, 2, 0, "k2s2-odd"),  # the 2x2 kernel drops the last row and column
-    PoolCase(2, 3, 9, 9, 3, 1, 0, "overlap-s1"),
-    PoolCase(2, 3, 9, 10, 3, 2, 1, "overlap-s2p1"),
-    PoolCase(2, 2, 10, 9, 4, 2, 2, "overlap-k4p2"),
-    PoolCase(2, 2, 11, 11, 2, 3, 0, "stride-over-kernel"),
-    PoolCase(2, 2, 9, 9, 2, 1, 1, "k2p1"),
-    PoolCase(2, 2, 9, 11, 5, (1, 3), (2, 1), "k5p2"),
-    PoolCase(2, 3, 9, 10, (2, 3), (1, 2), (1, 1), "nonsquare"),
-    PoolCase(1, 2, 10, 7, (3, 1), (2, 1), (1, 0), "nonsquare-k3x1"),
-    PoolCase(2, 3, 7, 5, (7, 5), None, 0, "global"),
-    PoolCase(2, 3, 6, 6, 6, None, 0, "global-square"),
-    PoolCase(3, 1, 13, 7, 3, 2, 0, "odd"),
-    PoolCase(1, 2, 1, 1, 1, None, 0, "1x1"),
-    PoolCase(1, 2, 1, 3, (1, 3), 1, (0, 1), "one-row"),
-    PoolCase(2, 32, 28, 28, 2, 2, 0, "bench-mnist"),
-    PoolCase(1, 64, 56, 56, 3, 2, 1, "bench-resnet"),
-]
+def params(case):
+    """(kh, kw, sh, sw, ph, pw)"""
+    return case.kernel_hw + case.stride_hw + case.pad_hw
+
 
 VALUE_KINDS = ["normal", "ties", "nan", "-inf", "+inf"]
 
@@ -116,29 +69,29 @@ def assert_same_pool(y, idx, y_ref, idx_ref):
 
 
 # ------------------------------------------------------------------------- against the reference
-# The large benchmark-like cases run with two value kinds only, to save time.
-REFERENCE_PARAMS = [
+# Every row with every kind of values; the large benchmark rows with two kinds only, to save time.
+ROW_PARAMS = [
     pytest.param(case, kind, id=f"{case}-{kind}")
-    for case in CASES
+    for case in cases.POOL_ROWS
     for kind in VALUE_KINDS
-    if not case.name.startswith("bench") or kind in ("normal", "nan")
+    if case.bench_batch is None or kind in ("normal", "nan")
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("case", "kind"), REFERENCE_PARAMS)
+@pytest.mark.parametrize(("case", "kind"), ROW_PARAMS)
 def test_max_pool2d_matches_reference(case, kind, dtype, tol):
     rng = np.random.default_rng(_seed(case, kind))
     x = make_input(case.x_shape, kind, rng, dtype)
-    y, idx = case.pool(x)
+    y, idx = pool(case, x)
     assert y.shape == case.y_shape
-    y_ref, idx_ref = case.ref_pool(x)
+    y_ref, idx_ref = ref_pool(case, x)
     assert_same_pool(y, idx, y_ref, idx_ref)
 
     dy = rng.standard_normal(y.shape).astype(dtype)
     dx = fc.max_pool2d_backward(dy, idx, x.shape)
     assert dx.dtype == dtype and dx.shape == x.shape
-    kh, kw, sh, sw, _, _ = case.params
+    kh, kw, sh, sw, _, _ = params(case)
     overlaps = -(-kh // sh) * -(-kw // sw)  # most windows one input can win
     np.testing.assert_allclose(dx, ref.max_pool2d_backward(dy, idx_ref, x.shape), **tol(dtype, overlaps))
 
@@ -146,28 +99,28 @@ def test_max_pool2d_matches_reference(case, kind, dtype, tol):
 # ------------------------------------------------------------------------- semantics, derived by hand
 def _first_real_element(case):
     """Flat index of the first unpadded element of every window (what ties resolve to)."""
-    kh, kw, sh, sw, ph, pw = case.params
+    kh, kw, sh, sw, ph, pw = params(case)
     _, _, Ho, Wo = case.y_shape
     rows = np.maximum(np.arange(Ho) * sh - ph, 0)
     cols = np.maximum(np.arange(Wo) * sw - pw, 0)
-    return rows[:, None] * case.W + cols[None, :]
+    return rows[:, None] * case.w + cols[None, :]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CASES[:-2], ids=str)
+@pytest.mark.parametrize("case", cases.POOL_SHAPES, ids=str)
 def test_ties_go_to_the_first_maximum(case, dtype):
     x = np.full(case.x_shape, 1.5, dtype=dtype)
-    y, idx = case.pool(x)
+    y, idx = pool(case, x)
     assert np.all(y == 1.5)
     np.testing.assert_array_equal(idx, np.broadcast_to(_first_real_element(case), idx.shape))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CASES[:-2], ids=str)
+@pytest.mark.parametrize("case", cases.POOL_SHAPES, ids=str)
 def test_all_minus_inf_windows_point_at_their_first_real_element(case, dtype):
     """As PyTorch does; never into the padding."""
     x = np.full(case.x_shape, -np.inf, dtype=dtype)
-    y, idx = case.pool(x)
+    y, idx = pool(case, x)
     assert np.all(y == -np.inf)
     np.testing.assert_array_equal(idx, np.broadcast_to(_first_real_element(case), idx.shape))
 
@@ -200,12 +153,12 @@ def test_nan_with_padding_and_overlap(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", [c for c in CASES if c.name.startswith("global")], ids=str)
+@pytest.mark.parametrize("case", [c for c in cases.POOL_ROWS if c.name.startswith("global")], ids=str)
 def test_global_pooling_is_the_plane_maximum(case, dtype, rng):
     x = rng.standard_normal(case.x_shape).astype(dtype)
-    y, idx = case.pool(x)
-    assert y.shape == (case.N, case.C, 1, 1)
-    flat = x.reshape(case.N, case.C, -1)
+    y, idx = pool(case, x)
+    assert y.shape == (case.n, case.c, 1, 1)
+    flat = x.reshape(case.n, case.c, -1)
     np.testing.assert_array_equal(y[..., 0, 0], flat.max(axis=2))
     np.testing.assert_array_equal(idx[..., 0, 0], flat.argmax(axis=2))
 
@@ -233,15 +186,15 @@ def test_overlapping_windows_accumulate_gradient(dtype, rng):
     np.testing.assert_allclose(dx, expected, rtol=1e-6 if dtype == np.float32 else 1e-13)
 
 
-@pytest.mark.parametrize("case", CASES[:-2], ids=str)
+@pytest.mark.parametrize("case", cases.POOL_SHAPES, ids=str)
 def test_backward_conserves_the_gradient_sum(case, rng):
     """Every dy element lands on exactly one input: sum(dx) == sum(dy) per plane."""
     x = make_input(case.x_shape, "ties", rng)
-    y, idx = case.pool(x)
+    y, idx = pool(case, x)
     dy = rng.standard_normal(y.shape)
     dx = fc.max_pool2d_backward(dy, idx, x.shape)
     np.testing.assert_allclose(dx.sum(axis=(2, 3)), dy.sum(axis=(2, 3)), rtol=1e-12, atol=1e-12)
-    planes_dx, planes_idx = dx.reshape(case.N * case.C, -1), idx.reshape(case.N * case.C, -1)
+    planes_dx, planes_idx = dx.reshape(case.n * case.c, -1), idx.reshape(case.n * case.c, -1)
     for plane_dx, plane_idx in zip(planes_dx, planes_idx):  # only winners receive gradient
         assert set(np.flatnonzero(plane_dx)) <= set(plane_idx.tolist())
 
@@ -286,20 +239,20 @@ def distinct_values(shape, rng):
 
 
 FD_CASES = [
-    PoolCase(2, 2, 6, 6, 2),
-    PoolCase(1, 2, 7, 6, 3, 1, 1),
-    PoolCase(2, 1, 7, 8, (2, 3), (3, 1), (1, 1)),
-    PoolCase(1, 2, 5, 4, (5, 4)),
+    PoolCase("fd", 2, 2, 6, 6, 2),
+    PoolCase("fd", 1, 2, 7, 6, 3, 1, 1),
+    PoolCase("fd", 2, 1, 7, 8, (2, 3), (3, 1), (1, 1)),
+    PoolCase("fd", 1, 2, 5, 4, (5, 4)),
 ]
 
 
 @pytest.mark.parametrize("case", FD_CASES, ids=str)
 def test_max_pool2d_gradient_matches_finite_differences(case, rng, numgrad, one_thread):
     x = distinct_values(case.x_shape, rng)
-    y, idx = case.pool(x)
+    y, idx = pool(case, x)
     dy = rng.standard_normal(y.shape)
     dx = fc.max_pool2d_backward(dy, idx, x.shape)
-    np.testing.assert_allclose(dx, numgrad(lambda: np.sum(case.pool(x)[0] * dy), x), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dx, numgrad(lambda: np.sum(pool(case, x)[0] * dy), x), rtol=1e-6, atol=1e-7)
 
 
 # ------------------------------------------------------------------------- hypothesis
@@ -312,11 +265,11 @@ def pool_cases(draw):
     ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
     stride = draw(st.one_of(st.none(), st.integers(1, 4), st.tuples(st.integers(1, 4), st.integers(1, 4))))
     padding = ph if square and draw(st.booleans()) else (ph, pw)
-    ph, pw = _pair(padding)
+    ph, pw = (padding, padding) if np.ndim(padding) == 0 else padding
     H = draw(st.integers(max(1, kh - 2 * ph), 12))
     W = draw(st.integers(max(1, kw - 2 * pw), 12))
     kernel = kh if square else (kh, kw)
-    return PoolCase(draw(st.integers(1, 3)), draw(st.integers(1, 3)), H, W, kernel, stride, padding)
+    return PoolCase("hypothesis", draw(st.integers(1, 3)), draw(st.integers(1, 3)), H, W, kernel, stride, padding)
 
 
 @hypothesis.given(
@@ -328,8 +281,8 @@ def pool_cases(draw):
 def test_hypothesis_max_pool2d_matches_reference(case, kind, dtype, seed):
     rng = np.random.default_rng(seed)
     x = make_input(case.x_shape, kind, rng, dtype)
-    y, idx = case.pool(x)
-    y_ref, idx_ref = case.ref_pool(x)
+    y, idx = pool(case, x)
+    y_ref, idx_ref = ref_pool(case, x)
     assert_same_pool(y, idx, y_ref, idx_ref)
     dy = rng.standard_normal(y.shape).astype(dtype)
     np.testing.assert_allclose(
@@ -341,33 +294,20 @@ def test_hypothesis_max_pool2d_matches_reference(case, kind, dtype, seed):
 
 
 # ------------------------------------------------------------------------- PyTorch
-def _random_torch_cases(n, seed=11):
-    rng = np.random.default_rng(seed)
-    cases = []
-    for _ in range(n):
-        kh, kw = (int(k) for k in rng.integers(1, 6, 2))
-        ph, pw = int(rng.integers(0, kh // 2 + 1)), int(rng.integers(0, kw // 2 + 1))
-        stride = None if rng.random() < 0.3 else tuple(int(s) for s in rng.integers(1, 5, 2))
-        H, W = int(rng.integers(max(1, kh - 2 * ph), 16)), int(rng.integers(max(1, kw - 2 * pw), 16))
-        cases.append(PoolCase(int(rng.integers(1, 4)), int(rng.integers(1, 5)), H, W, (kh, kw), stride, (ph, pw)))
-    return cases
-
-
 @pytest.mark.torch
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", VALUE_KINDS)
-@pytest.mark.parametrize("case", _random_torch_cases(12), ids=str)
+@pytest.mark.parametrize(("case", "kind"), ROW_PARAMS)
 def test_max_pool2d_matches_torch(case, kind, dtype, tol):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(_seed(case, kind, "torch"))
     x = make_input(case.x_shape, kind, rng, dtype)
-    kh, kw, sh, sw, ph, pw = case.params
+    kh, kw, sh, sw, ph, pw = params(case)
     tx = torch.tensor(x, requires_grad=True)
     ty, tidx = torch.nn.functional.max_pool2d(tx, (kh, kw), (sh, sw), (ph, pw), return_indices=True)
     dy = rng.standard_normal(tuple(ty.shape)).astype(dtype)
     ty.backward(torch.from_numpy(dy))
 
-    y, idx = case.pool(x)
+    y, idx = pool(case, x)
     assert_same_pool(y, idx, ty.detach().numpy(), tidx.numpy())
     dx = fc.max_pool2d_backward(dy, idx, x.shape)
     np.testing.assert_allclose(dx, tx.grad.numpy(), **tol(dtype, 4 * kh * kw))
@@ -395,7 +335,7 @@ def _layout(a, kind):
 
 
 LAYOUTS = ["fortran", "sliced", "channels-last-view", "negative-strides", "readonly"]
-LAYOUT_CASE = PoolCase(2, 3, 9, 10, (3, 2), (2, 1), (1, 1))
+LAYOUT_CASE = PoolCase("layout", 2, 3, 9, 10, (3, 2), (2, 1), (1, 1))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -403,12 +343,12 @@ LAYOUT_CASE = PoolCase(2, 3, 9, 10, (3, 2), (2, 1), (1, 1))
 def test_any_memory_layout_gives_the_same_result(layout, dtype):
     rng = np.random.default_rng(_seed(layout, "layout"))
     x = make_input(LAYOUT_CASE.x_shape, "ties", rng, dtype)
-    y, idx = LAYOUT_CASE.pool(x)
+    y, idx = pool(LAYOUT_CASE, x)
     dy = rng.standard_normal(y.shape).astype(dtype)
     dx = fc.max_pool2d_backward(dy, idx, x.shape)
 
     xl, dyl, idxl = (_layout(a, layout) for a in (x, dy, idx))
-    y2, idx2 = LAYOUT_CASE.pool(xl)
+    y2, idx2 = pool(LAYOUT_CASE, xl)
     assert_same_pool(y2, idx2, y, idx)
     np.testing.assert_array_equal(fc.max_pool2d_backward(dyl, idxl, x.shape), dx)
     for arranged, original in ((xl, x), (dyl, dy), (idxl, idx)):
@@ -419,7 +359,7 @@ def test_any_memory_layout_gives_the_same_result(layout, dtype):
 def test_inputs_are_not_modified_and_outputs_are_fresh(dtype, rng):
     x = make_input(LAYOUT_CASE.x_shape, "nan", rng, dtype)
     x_before = x.copy()
-    y, idx = LAYOUT_CASE.pool(x)
+    y, idx = pool(LAYOUT_CASE, x)
     np.testing.assert_array_equal(x, x_before)
     dy = rng.standard_normal(y.shape).astype(dtype)
     dy_before, idx_before = dy.copy(), idx.copy()

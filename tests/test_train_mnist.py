@@ -1,4 +1,4 @@
-"""Tests for fastconv.training and the scripts train_mnist.py / predict.py.
+"""Tests for fastconv.training (the generic training loop) and the scripts train_mnist.py / predict.py.
 
 Most runs are in-process on a small synthetic data set (``load_mnist`` is replaced in the
 script module), so they are fast and need no files. The smoke run on real MNIST runs the
@@ -8,6 +8,7 @@ script as a user does, in a subprocess; it needs ``FASTCONV_DATA_DIR`` (skipped 
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastconv import functional, nn, optim, training
-from fastconv.datasets import MNIST_FILES
+from fastconv import functional, nn, optim, serialization, training
+from fastconv.datasets import MNIST_FILES, preprocess_mnist
+from fastconv.models import reference_cnn, reference_cnn_from_checkpoint, to_torch
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DIR = os.environ.get("FASTCONV_DATA_DIR")
@@ -91,69 +93,25 @@ def assert_same_run(path_a, path_b):
     assert strip(a["history"]) == strip(b["history"])
 
 
+EARLIER_KIND = "fastconv.training/mnist"  # the checkpoint kind of the versions before issue 13
+
+
+def save_as_kind(path, kind):
+    """Rewrite the checkpoint at ``path`` with another ``"kind"`` entry (as an earlier version wrote it)."""
+    serialization.save({**serialization.load(path), "kind": kind}, path)
+
+
 # --------------------------------------------------------------------------- library pieces
-
-
-def test_reference_cnn_architecture():
-    model = training.reference_cnn(rng=np.random.default_rng(0))
-    shapes = [p.shape for p in model.parameters()]
-    assert shapes == [(32, 1, 3, 3), (32,), (64, 32, 3, 3), (64,), (128, 3136), (128,), (10, 128), (10,)]
-    assert sum(p.size for p in model.parameters()) == 421_642
-    out = model(np.zeros((3, 1, 28, 28), np.float32))
-    assert out.shape == (3, 10) and out.dtype == np.float32
-    same = training.reference_cnn(rng=np.random.default_rng(0))
-    for p, q in zip(model.parameters(), same.parameters()):
-        np.testing.assert_array_equal(p.data, q.data)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_preprocess(dtype):
-    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
-    before = images.copy()
-    out = training.preprocess(images, dtype)
-    assert out.shape == (5, 1, 28, 28) and out.dtype == dtype and out.flags.c_contiguous
-    expected = (images.astype(np.float64) / 255 - 0.1307) / 0.3081
-    np.testing.assert_allclose(out[:, 0], expected, rtol=1e-6 if dtype == np.float32 else 1e-12, atol=1e-6)
-    np.testing.assert_array_equal(images, before)
-
-
-@pytest.mark.parametrize(
-    "images, dtype, error",
-    [([[1]], np.float32, TypeError), (np.zeros((2, 28, 28), np.float32), np.float32, ValueError),
-     (np.zeros((28, 28), np.uint8), np.float32, ValueError), (np.zeros((2, 28, 28), np.uint8), np.int32, TypeError)],
-    ids=["list", "float input", "2-d", "int dtype"],
-)
-def test_preprocess_errors(images, dtype, error):
-    with pytest.raises(error, match="preprocess"):
-        training.preprocess(images, dtype)
-
-
-def test_confusion_matrix_matches_counting_loop():
-    rng = np.random.default_rng(1)
-    y_true, y_pred = rng.integers(0, 10, 500), rng.integers(0, 10, 500)
-    expected = np.zeros((10, 10), np.int64)
-    for t, p in zip(y_true, y_pred):
-        expected[t, p] += 1
-    np.testing.assert_array_equal(training.confusion_matrix(y_true, y_pred), expected)
-    text = training.format_confusion_matrix(expected)
-    assert len(text.splitlines()) == 11 and "recall" in text
-
-
-@pytest.mark.parametrize("y_true, y_pred", [([1, 2], [1]), ([0, 10], [0, 1]), ([-1], [0])],
-                         ids=["length", "too large", "negative"])
-def test_confusion_matrix_errors(y_true, y_pred):
-    with pytest.raises(ValueError, match="confusion_matrix"):
-        training.confusion_matrix(y_true, y_pred)
 
 
 def test_train_epoch_stops_between_steps_and_resumes_exactly():
     """Stopping after batch 2 and continuing gives the same parameters as one go."""
     (x, y), _ = synthetic_mnist(n_train=80)
-    x = training.preprocess(x)
+    x = preprocess_mnist(x)
     order = np.random.default_rng(5).permutation(len(x))
 
     def fresh():
-        model = training.reference_cnn(rng=np.random.default_rng(0))
+        model = reference_cnn(rng=np.random.default_rng(0))
         return model, optim.Adam(model.parameters())
 
     model_a, opt_a = fresh()
@@ -173,8 +131,8 @@ def test_train_epoch_stops_between_steps_and_resumes_exactly():
 
 def test_evaluate_matches_manual_forward():
     (x, y), _ = synthetic_mnist(n_train=30)
-    x = training.preprocess(x)
-    model = training.reference_cnn(rng=np.random.default_rng(0))
+    x = preprocess_mnist(x)
+    model = reference_cnn(rng=np.random.default_rng(0))
     result = training.evaluate(model, x, y, batch_size=7)
     logits = model(x).astype(np.float64)
     log_probs = logits - logits.max(1, keepdims=True)
@@ -185,12 +143,56 @@ def test_evaluate_matches_manual_forward():
 
 
 def test_warm_up_leaves_parameters_and_grads_unchanged():
-    model = training.reference_cnn(rng=np.random.default_rng(0))
+    model = reference_cnn(rng=np.random.default_rng(0))
     before = [p.data.copy() for p in model.parameters()]
     training.warm_up(model, np.zeros((4, 1, 28, 28), np.float32))
     for p, b in zip(model.parameters(), before):
         np.testing.assert_array_equal(p.data, b)
         assert not p.grad.any()
+
+
+def test_checkpoint_kind_is_generic_and_earlier_kinds_load(tmp_path):
+    """Files saved before the loop was split from the MNIST example (kind "fastconv.training/mnist") still load."""
+    model = reference_cnn(rng=0, image_size=8, channels=(2,), hidden=4)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    training.save_checkpoint(tmp_path / "c.npz", model, opt, np.random.default_rng(1), {"dtype": "float32"},
+                             [], 0, np.arange(3), training.EpochProgress(batch=1, seen=2))
+    assert serialization.load(tmp_path / "c.npz")["kind"] == training.CHECKPOINT_KIND == "fastconv.training/checkpoint"
+    save_as_kind(tmp_path / "c.npz", EARLIER_KIND)
+    ckpt = training.load_checkpoint(tmp_path / "c.npz")
+    assert ckpt["kind"] == EARLIER_KIND and ckpt["progress"] == training.EpochProgress(batch=1, seen=2)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(ckpt["model"][key], value)
+    save_as_kind(tmp_path / "c.npz", "fastconv.training/other")
+    with pytest.raises(serialization.CheckpointError, match="not a training checkpoint"):
+        training.load_checkpoint(tmp_path / "c.npz")
+
+
+@pytest.mark.parametrize(
+    "old, module, new",
+    [("MNIST_MEAN", "fastconv.datasets", "MNIST_MEAN"), ("MNIST_STD", "fastconv.datasets", "MNIST_STD"),
+     ("preprocess", "fastconv.datasets", "preprocess_mnist"), ("reference_cnn", "fastconv.models", "reference_cnn"),
+     ("model_from_checkpoint", "fastconv.models", "reference_cnn_from_checkpoint"),
+     ("format_confusion_matrix", "fastconv.metrics", "format_confusion_matrix")],
+)
+def test_moved_names_still_import_with_a_deprecation_warning(old, module, new):
+    with pytest.warns(DeprecationWarning, match=rf"fastconv\.training\.{old} is deprecated: use {module}\.{new}"):
+        alias = getattr(training, old)
+    assert alias is getattr(importlib.import_module(module), new)
+    with pytest.warns(DeprecationWarning, match=f"use {module}"):
+        exec(f"from fastconv.training import {old}", {})
+
+
+def test_moved_confusion_matrix_keeps_its_ten_classes():
+    with pytest.warns(DeprecationWarning, match=r"use fastconv\.metrics\.confusion_matrix"):
+        old = training.confusion_matrix
+    assert old([0, 1], [1, 1]).shape == (10, 10)  # the new one infers 2 classes here
+    np.testing.assert_array_equal(old([0, 1], [1, 1], 3), [[0, 1, 0], [0, 1, 0], [0, 0, 0]])
+
+
+def test_unknown_attribute_is_still_an_attribute_error():
+    with pytest.raises(AttributeError, match="no_such_name"):
+        training.no_such_name  # noqa: B018
 
 
 # --------------------------------------------------------------------------- train_mnist.py
@@ -241,11 +243,13 @@ def test_plot_without_matplotlib(train_script, fake_data, tmp_path, monkeypatch,
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.parametrize("kind", [training.CHECKPOINT_KIND, EARLIER_KIND], ids=["current kind", "earlier kind"])
 @pytest.mark.parametrize("optimizer", ["adam"])
-def test_resume_at_epoch_boundary_equals_uninterrupted(train_script, fake_data, tmp_path, optimizer):
+def test_resume_at_epoch_boundary_equals_uninterrupted(train_script, fake_data, tmp_path, optimizer, kind):
     flags = (*TINY, "--optimizer", optimizer, "--lr-schedule", "constant")
     assert run(train_script, "--epochs", 2, *flags, "--checkpoint", tmp_path / "a.npz") == 0
     assert run(train_script, "--epochs", 1, *flags, "--checkpoint", tmp_path / "b.npz") == 0
+    save_as_kind(tmp_path / "b.npz", kind)
     assert training.load_checkpoint(tmp_path / "b.npz")["epoch"] == 1
     assert run(train_script, "--epochs", 2, *flags, "--checkpoint", tmp_path / "b.npz", "--resume") == 0
     assert_same_run(tmp_path / "a.npz", tmp_path / "b.npz")
@@ -368,12 +372,7 @@ def test_predict_agrees_with_pytorch(train_script, predict_script, fake_data, tm
     torch = pytest.importorskip("torch")
     assert run(train_script, "--epochs", 1, *TINY, "--checkpoint", tmp_path / "c.npz") == 0
     assert run(predict_script, tmp_path / "c.npz", "--json", tmp_path / "r.json") == 0
-    weights = training.load_checkpoint(tmp_path / "c.npz")["model"]
-    tnn = torch.nn
-    net = tnn.Sequential(tnn.Conv2d(1, 32, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
-                         tnn.Conv2d(32, 64, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(),
-                         tnn.Linear(3136, 128), tnn.ReLU(), tnn.Linear(128, 10))
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    net = to_torch(reference_cnn_from_checkpoint(training.load_checkpoint(tmp_path / "c.npz")))
     _, (x_test, y_test) = fake_data
     x = torch.from_numpy(((x_test.astype(np.float32) / 255 - 0.1307) / 0.3081)[:, None])
     with torch.no_grad():
@@ -383,8 +382,18 @@ def test_predict_agrees_with_pytorch(train_script, predict_script, fake_data, tm
     np.testing.assert_array_equal(json.loads((tmp_path / "r.json").read_text())["confusion_matrix"], expected)
 
 
+def test_predict_reads_a_checkpoint_of_the_earlier_kind(train_script, predict_script, fake_data, tmp_path, capsys):
+    assert run(train_script, "--epochs", 1, *TINY, "--checkpoint", tmp_path / "c.npz") == 0
+    capsys.readouterr()
+    assert run(predict_script, tmp_path / "c.npz") == 0
+    expected = capsys.readouterr().out
+    save_as_kind(tmp_path / "c.npz", EARLIER_KIND)
+    assert run(predict_script, tmp_path / "c.npz") == 0
+    strip = lambda text: re.sub(r"[\d.]+ images/s", "", text)  # noqa: E731
+    assert strip(capsys.readouterr().out) == strip(expected)
+
+
 def test_predict_rejects_a_non_training_checkpoint(predict_script, tmp_path, capsys):
-    from fastconv import serialization
     serialization.save({"model": {}}, tmp_path / "other.npz")
     assert run(predict_script, tmp_path / "other.npz") == 1
     assert "not a training checkpoint" in capsys.readouterr().err
