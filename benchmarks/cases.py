@@ -157,13 +157,6 @@ class ConvCase(_Layer):
             return 2 * mac + self.n * self.f * ho * wo  # dx + dw + db
         return mac
 
-    # fastconv's docstring notation, as tests/test_conv.py's register-tile test reads it.
-    C = property(lambda self: self.c)
-    F = property(lambda self: self.f)
-    KH = property(lambda self: self.kernel_hw[0])
-    KW = property(lambda self: self.kernel_hw[1])
-    padding = property(lambda self: self.pad)
-
 
 @dataclasses.dataclass(frozen=True)
 class PoolCase(_Layer):

@@ -119,14 +119,20 @@ def conv_geometry(func, x_shape, w_shape, stride, padding, x_name="x", w_name="w
         )
     check_nonempty(func, x_name, tuple(x_shape), (1, 2, 3), X_LAYOUT)
     check_nonempty(func, w_name, tuple(w_shape), (0, 2, 3), W_LAYOUT)
-    if KH > H + 2 * ph or KW > W + 2 * pw:
-        raise ValueError(
-            f"{func}: kernel ({KH}, {KW}) is larger than the padded input ({H + 2 * ph}, {W + 2 * pw}) "
-            f"({x_name}.shape={tuple(x_shape)}, {w_name}.shape={tuple(w_shape)}, padding={(ph, pw)})"
-        )
-    Ho = (H + 2 * ph - KH) // sh + 1
-    Wo = (W + 2 * pw - KW) // sw + 1
+    shapes = f"{x_name}.shape={tuple(x_shape)}, {w_name}.shape={tuple(w_shape)}"
+    Ho, Wo = _output_size(func, "kernel", (H, W), (KH, KW), (sh, sw), (ph, pw), shapes)
     return ConvGeometry(N, C, H, W, F, KH, KW, sh, sw, ph, pw, Ho, Wo)
+
+
+def _output_size(func, what, hw, window, stride, padding, shapes):
+    """``(Ho, Wo)`` of a ``window`` sliding over ``hw`` padded by ``padding``; ValueError if it does not fit."""
+    (H, W), (kh, kw), (sh, sw), (ph, pw) = hw, window, stride, padding
+    if kh > H + 2 * ph or kw > W + 2 * pw:
+        raise ValueError(
+            f"{func}: {what} {(kh, kw)} is larger than the padded input {(H + 2 * ph, W + 2 * pw)} "
+            f"({shapes}, padding={(ph, pw)})"
+        )
+    return (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
 
 
 def check_dy(func, dy, g):
@@ -138,8 +144,8 @@ def check_dy(func, dy, g):
 
 
 def pool_geometry(func, x_shape, kernel_size, stride, padding, x_name="x"):
-    """Check a max-pooling of an input of ``x_shape``; returns a ``fastconv.plan.PoolGeometry``."""
-    from .plan import PoolGeometry
+    """Check a max-pooling of an input of ``x_shape``; returns a ``fastconv.plan.ConvGeometry`` with ``F == C``."""
+    from .plan import ConvGeometry
 
     kh, kw = as_pair(kernel_size, "kernel_size", func, minimum=1)
     sh, sw = (kh, kw) if stride is None else as_pair(stride, "stride", func, minimum=1)
@@ -151,14 +157,9 @@ def pool_geometry(func, x_shape, kernel_size, stride, padding, x_name="x"):
         )
     N, C, H, W = x_shape
     check_nonempty(func, x_name, tuple(x_shape), (1, 2, 3), X_LAYOUT)
-    if kh > H + 2 * ph or kw > W + 2 * pw:
-        raise ValueError(
-            f"{func}: kernel_size {(kh, kw)} is larger than the padded input {(H + 2 * ph, W + 2 * pw)} "
-            f"({x_name}.shape={tuple(x_shape)}, padding={(ph, pw)})"
-        )
-    Ho = (H + 2 * ph - kh) // sh + 1
-    Wo = (W + 2 * pw - kw) // sw + 1
-    return PoolGeometry(N, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+    Ho, Wo = _output_size(func, "kernel_size", (H, W), (kh, kw), (sh, sw), (ph, pw),
+                          f"{x_name}.shape={tuple(x_shape)}")
+    return ConvGeometry(N, C, H, W, C, kh, kw, sh, sw, ph, pw, Ho, Wo)
 
 
 def float_dtype(dtype, owner):

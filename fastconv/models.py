@@ -89,19 +89,10 @@ def reference_cnn(dtype=np.float32, rng=None, *, in_channels=1, image_size=28, c
 
     A small variant of the same architecture, e.g. for fast tests:
 
-    >>> reference_cnn(rng=0, image_size=8, channels=(4, 6), hidden=16, num_classes=5)
-    Sequential(
-      (0): Conv2d(1, 4, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
-      (1): ReLU()
-      (2): MaxPool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)
-      (3): Conv2d(4, 6, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
-      (4): ReLU()
-      (5): MaxPool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)
-      (6): Flatten(start_dim=1, end_dim=-1)
-      (7): Linear(in_features=24, out_features=16, bias=True)
-      (8): ReLU()
-      (9): Linear(in_features=16, out_features=5, bias=True)
-    )
+    >>> small = reference_cnn(rng=0, image_size=8, channels=(4, 6), hidden=16, num_classes=5)
+    >>> print(small[3]); print(small[7])
+    Conv2d(4, 6, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
+    Linear(in_features=24, out_features=16, bias=True)
     """
     if isinstance(rng, numbers.Integral) and not isinstance(rng, (bool, np.bool_)):
         rng = np.random.default_rng(int(rng))  # one stream for every layer (a layer given an int seeds its own)

@@ -50,7 +50,6 @@ __all__ = [
     "Strategy",
     "STRATEGIES",
     "ConvGeometry",
-    "PoolGeometry",
     "ConvPlan",
     "PoolPlan",
     "plan_conv2d",
@@ -246,7 +245,10 @@ def contiguous(a, dtype=None):
 
 
 class ConvGeometry(NamedTuple):
-    """A validated convolution: input ``(N, C, H, W)``, ``F`` filters of ``KH x KW``, output ``Ho x Wo``."""
+    """A validated sliding window: input ``(N, C, H, W)``, ``F`` filters of ``KH x KW``, output ``Ho x Wo``.
+
+    A pooling is the depthwise case, ``F == C``: one ``KH x KW`` window per channel.
+    """
 
     N: int
     C: int
@@ -282,31 +284,6 @@ class ConvGeometry(NamedTuple):
     def correlation(self, N, C, H, W, F, KH, KW, ph, pw):
         """The stride-1 geometry of another correlation (the input gradient's inner ones)."""
         return ConvGeometry(N, C, H, W, F, KH, KW, 1, 1, ph, pw, H + 2 * ph - KH + 1, W + 2 * pw - KW + 1)
-
-
-class PoolGeometry(NamedTuple):
-    """A validated pooling: input ``(N, C, H, W)``, ``kh x kw`` windows, output ``Ho x Wo``."""
-
-    N: int
-    C: int
-    H: int
-    W: int
-    kh: int
-    kw: int
-    sh: int
-    sw: int
-    ph: int
-    pw: int
-    Ho: int
-    Wo: int
-
-    @property
-    def x_shape(self):
-        return (self.N, self.C, self.H, self.W)
-
-    @property
-    def y_shape(self):
-        return (self.N, self.C, self.Ho, self.Wo)
 
 
 def _check_operand(plan, name, a, shape):
@@ -437,46 +414,54 @@ def _phases(g):
     return [(rh, rw) for rh in range(min(g.sh, g.KH)) for rw in range(min(g.sw, g.KW))]
 
 
-def _scatter(phase, first, residue, g, dx):
-    _run("pack.pack_scatter_phase", phase, first, residue, (g.sh, g.sw), (g.ph, g.pw), dx, work=phase.size)
+def _each_phase(g, dy, w, compute):
+    """dx of a strided convolution: ``compute(sub, th, tw)`` gives each phase as ``(phase, first)``.
+
+    ``sub`` is the phase's sub-kernel (the taps ``i = rh + sh*t``), ``phase`` the phase
+    computed in padded coordinates and ``first`` its first row and column that count.
+    Positions of no phase (a stride larger than the kernel) stay 0.
+    """
+    dx = np.zeros(g.x_shape, dtype=dy.dtype)
+    for rh, rw in _phases(g):
+        sub = w[:, :, rh::g.sh, rw::g.sw]
+        phase, first = compute(sub, sub.shape[2], sub.shape[3])
+        # Phase element (q_h, q_w) is padded position (rh + sh*q_h, rw + sw*q_w).
+        _run("pack.pack_scatter_phase", phase, first, (rh, rw), (g.sh, g.sw), (g.ph, g.pw), dx, work=phase.size)
+    return dx
 
 
 @_strategy("conv2d_input_grad", "phases_shared_pack",
            ["pack.pack_nhwc_padded", "pack.pack_scatter_phase"], None,
            "strided: one stride-1 correlation per phase with its sub-kernel, dy packed once for all")
 def _input_grad_phases_shared(plan, dy, w):
-    # The phases' sub-kernels have at most t = ceil(K / s) taps per axis; dy is packed once,
-    # padded for the largest; a smaller one computes t - th surplus rows (columns) per side,
-    # which are skipped. Positions of no phase (a stride larger than the kernel) stay 0.
+    # The sub-kernels have at most t = ceil(K / s) taps per axis; dy is packed once, padded
+    # for the largest; a smaller one computes t - th surplus rows (columns) per side, skipped.
     g = plan.geometry
-    dx = np.zeros(g.x_shape, dtype=dy.dtype)
     tmax_h, tmax_w = -(-g.KH // g.sh), -(-g.KW // g.sw)
     dyp = _pack_nhwc(dy, tmax_h - 1, tmax_w - 1).array
     zeros = np.zeros(g.C, dtype=dy.dtype)
     tiled = f"tiled.tiled_forward_{plan.cpu.forward_tile}"
-    for rh, rw in _phases(g):
-        sub = w[:, :, rh::g.sh, rw::g.sw]
-        th, tw = sub.shape[2], sub.shape[3]
+
+    def compute(sub, th, tw):
         wrot = contiguous(sub[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         phase = np.empty((g.N, g.C, g.Ho + 2 * tmax_h - th - 1, g.Wo + 2 * tmax_w - tw - 1), dtype=dy.dtype)
         _run(tiled, dyp, _tiled_weights(wrot), th, zeros, 1, 1, phase, work=phase.size * g.F * th * tw)
-        # Phase element (q_h, q_w) is padded position (rh + sh*q_h, rw + sw*q_w).
-        _scatter(phase, (tmax_h - th, tmax_w - tw), (rh, rw), g, dx)
-    return dx
+        return phase, (tmax_h - th, tmax_w - tw)
+
+    return _each_phase(g, dy, w, compute)
 
 
 @_strategy("conv2d_input_grad", "phases", ["pack.pack_scatter_phase"], None,
            "strided, short sub-kernels: one full correlation per phase, each planned as a forward pass")
 def _input_grad_phases(plan, dy, w):
     g = plan.geometry
-    dx = np.zeros(g.x_shape, dtype=dy.dtype)
-    for rh, rw in _phases(g):
-        sub = w[:, :, rh::g.sh, rw::g.sw]
-        th, tw = sub.shape[2], sub.shape[3]
+
+    def compute(sub, th, tw):
         phase = np.empty((g.N, g.C, g.Ho + th - 1, g.Wo + tw - 1), dtype=dy.dtype)
         _full_correlation(plan, dy, sub, (th - 1, tw - 1), phase)
-        _scatter(phase, (0, 0), (rh, rw), g, dx)
-    return dx
+        return phase, (0, 0)
+
+    return _each_phase(g, dy, w, compute)
 
 
 def _input_grad_inner(g, cpu):
@@ -754,8 +739,8 @@ def _pool_2x2(g, planes, out, indices):
 @_strategy("max_pool2d_forward", "window_any", ["maxpool.maxpool_forward_window"], Layout.NCHW,
            "any window: interior windows merged tap by tap with branch-free selects, edges one by one")
 def _pool_any(g, planes, out, indices):
-    _run("maxpool.maxpool_forward_window", planes, (g.kh, g.kw), (g.sh, g.sw), (g.ph, g.pw), out, indices,
-         work=out.size * g.kh * g.kw)
+    _run("maxpool.maxpool_forward_window", planes, (g.KH, g.KW), (g.sh, g.sw), (g.ph, g.pw), out, indices,
+         work=out.size * g.KH * g.KW)
 
 
 @_strategy("max_pool2d_backward", "route", ["maxpool.maxpool_backward_route"], Layout.NCHW,
@@ -768,7 +753,7 @@ def _pool_route(dy, indices, dx):
 class PoolPlan:
     """The strategies of one max-pooling geometry (see :class:`ConvPlan`)."""
 
-    geometry: PoolGeometry
+    geometry: ConvGeometry
     dtype: np.dtype
     forward: Strategy
     backward: Strategy
@@ -792,7 +777,7 @@ class PoolPlan:
 
     def explain(self):
         g = self.geometry
-        return (f"max_pool2d x{g.x_shape} kernel {(g.kh, g.kw)} stride {(g.sh, g.sw)} padding {(g.ph, g.pw)} "
+        return (f"max_pool2d x{g.x_shape} kernel {(g.KH, g.KW)} stride {(g.sh, g.sw)} padding {(g.ph, g.pw)} "
                 f"{self.dtype}\n  forward   {self.forward.name}: {self.forward.summary}\n"
                 f"  backward  {self.backward.name}: {self.backward.summary}")
 
@@ -829,9 +814,9 @@ def route_max_pool2d(dy, indices, x_shape, func="max_pool2d_backward"):
 
 @functools.lru_cache(maxsize=1024)
 def plan_max_pool2d(geometry, dtype):
-    """The :class:`PoolPlan` of a validated ``geometry`` (a :class:`PoolGeometry`) in ``dtype``."""
+    """The :class:`PoolPlan` of a validated ``geometry`` (a :class:`ConvGeometry` with ``F == C``) in ``dtype``."""
     g = geometry
-    name = "window_2x2" if (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw) == (2, 2, 2, 2, 0, 0) else "window_any"
+    name = "window_2x2" if (g.KH, g.KW, g.sh, g.sw, g.ph, g.pw) == (2, 2, 2, 2, 0, 0) else "window_any"
     return PoolPlan(g, np.dtype(dtype), STRATEGIES["max_pool2d_forward", name],
                     STRATEGIES["max_pool2d_backward", "route"])
 

@@ -20,12 +20,13 @@ import hypothesis
 import hypothesis.strategies as st
 import numpy as np
 import pytest
+from _layouts import LAYOUTS, relayout
 
 import fastconv.functional as fc
 from benchmarks import cases
 from benchmarks.cases import ConvCase
 from fastconv import reference as ref
-from fastconv.kernels import conv as conv_kernels
+from fastconv import _validation, plan
 
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 
@@ -105,21 +106,21 @@ def test_conv2d_backward_weight_matches_reference(case, dtype, tol):
     np.testing.assert_allclose(dw, d.dw, **tol(dtype, summands(case)["dw"]))
 
 
-TILES = {"4x4": conv_kernels.conv2d_forward, "4x3": conv_kernels.conv2d_forward_4x3}
+#: The two register files the plan chooses a forward tile for (4 x 4 with 32 registers, 4 x 3 with 16).
+CPUS = {"32-registers": plan.CPU("32-register CPU", 32), "16-registers": plan.CPU("16-register CPU", 16)}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", cases.CONV_GRID + cases.CONV_KERNELS + cases.CONV_SHAPES, ids=str)
-@pytest.mark.parametrize("tile", list(TILES))
-def test_every_register_tile_matches_reference(tile, case, dtype, tol, monkeypatch):
-    """Both forward tiles (the CPU picks one at import) give the reference forward and input gradient."""
-    monkeypatch.setattr(fc, "_TILED_FORWARD", TILES[tile])
+@pytest.mark.parametrize("cpu", list(CPUS))
+def test_every_register_tile_matches_reference(cpu, case, dtype, tol):
+    """The plans for both register files (the host's is chosen at import) give the reference forward and dx."""
+    g = _validation.conv_geometry("test", case.x_shape, case.w_shape, case.stride, case.pad)
+    p = plan.plan_conv2d(g, dtype, CPUS[cpu])
     d = conv_data(case)
     x, w, b, dy = cast(d, dtype)
-    y = fc.conv2d(x, w, b, stride=case.stride, padding=case.padding)
-    np.testing.assert_allclose(y, d.y, **tol(dtype, case.C * case.KH * case.KW))
-    dx = fc.conv2d_backward_input(dy, w, case.x_shape, stride=case.stride, padding=case.padding)
-    np.testing.assert_allclose(dx, d.dx, **tol(dtype, case.F * case.KH * case.KW))
+    np.testing.assert_allclose(p.run_forward(x, w, b)[0], d.y, **tol(dtype, summands(case)["y"]))
+    np.testing.assert_allclose(p.run_input_grad(dy, w), d.dx, **tol(dtype, summands(case)["dx"]))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -287,31 +288,6 @@ def test_nan_and_inf_propagate_like_the_reference(rng):
 LAYOUT_CASE = ConvCase("layout", 2, 3, 9, 8, 5, (3, 2), (2, 1), (1, 1))
 
 
-def _layout(a, kind):
-    """``a`` (C-contiguous) rearranged in memory but with the same values."""
-    everything = (slice(None),) * a.ndim
-    reverse = (slice(None, None, -1),) * a.ndim
-    if kind == "fortran":
-        return np.asfortranarray(a)
-    if kind == "sliced":
-        base = np.full(tuple(2 * n + 1 for n in a.shape), np.nan, dtype=a.dtype)
-        view = base[(slice(1, None, 2),) * a.ndim]
-        view[everything] = a
-        return view
-    if kind == "channels-last-view" and a.ndim == 4:
-        return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-    if kind == "channels-last-view":
-        return a.copy()
-    if kind == "negative-strides":
-        return a[reverse].copy()[reverse]
-    if kind == "readonly":
-        out = a.copy()
-        out.flags.writeable = False
-        return out
-    raise AssertionError(kind)
-
-
-LAYOUTS = ["fortran", "sliced", "channels-last-view", "negative-strides", "readonly"]
 
 
 def _conv_calls():
@@ -340,7 +316,7 @@ def test_any_memory_layout_gives_the_same_result(op, layout, dtype):
     d = conv_data(LAYOUT_CASE)
     inputs = cast(d, dtype)
     expected = call(*inputs)
-    arranged = [_layout(a, layout) for a in inputs]
+    arranged = [relayout(a, layout) for a in inputs]
     for a, b in zip(arranged, inputs):
         np.testing.assert_array_equal(a, b)
     results = call(*arranged)

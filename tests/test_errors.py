@@ -124,16 +124,20 @@ def test_channel_mismatch(case):
 
 
 # ------------------------------------------------------------------------- kernel larger than the padded input
-def _too_small(op, x_shape, w_shape=(5, 4, 3, 3), padding=0, label=""):
+def _conv_arguments(op, x_shape, w_shape, y_hw, padding):
+    """Keyword arguments of ``op`` for arrays of ones of these shapes (``dy`` of ``y_hw`` pixels)."""
     x, w = np.ones(x_shape), np.ones(w_shape)
-    y_shape = (x_shape[0], w_shape[0], 1, 1)  # any dy: the geometry is wrong first
-    dy = np.ones(y_shape)
-    changes = {
+    dy = np.ones((x_shape[0], w_shape[0]) + tuple(y_hw))
+    return {
         "conv2d": dict(x=x, w=w, b=None, padding=padding),
         "conv2d_backward": dict(dy=dy, x=x, w=w, padding=padding),
         "conv2d_backward_input": dict(dy=dy, w=w, input_shape=x_shape, padding=padding),
         "conv2d_backward_weight": dict(dy=dy, x=x, weight_shape=w_shape, padding=padding),
     }[op]
+
+
+def _too_small(op, x_shape, w_shape=(5, 4, 3, 3), padding=0, label=""):
+    changes = _conv_arguments(op, x_shape, w_shape, (1, 1), padding)  # any dy: the geometry is wrong first
     return Bad(op, changes, ValueError, (shape_of(x_shape), shape_of(w_shape[2:]) + "|" + shape_of(w_shape)), label)
 
 
@@ -351,14 +355,7 @@ def test_inputs_must_be_ndarrays(case):
 
 # ------------------------------------------------------------------------- empty axes
 def _empty(op, label, x_shape=(2, 4, 8, 8), w_shape=(5, 4, 3, 3), padding=1):
-    x, w = np.ones(x_shape), np.ones(w_shape)
-    dy = np.ones((x_shape[0], w_shape[0], 8, 8))
-    changes = {
-        "conv2d": dict(x=x, w=w, b=None, padding=padding),
-        "conv2d_backward": dict(dy=dy, x=x, w=w, padding=padding),
-        "conv2d_backward_input": dict(dy=dy, w=w, input_shape=x_shape, padding=padding),
-        "conv2d_backward_weight": dict(dy=dy, x=x, weight_shape=w_shape, padding=padding),
-    }[op]
+    changes = _conv_arguments(op, x_shape, w_shape, (8, 8), padding)
     zero_shape = x_shape if 0 in x_shape else w_shape
     return Bad(op, changes, ValueError, (shape_of(zero_shape),), label)
 

@@ -237,8 +237,8 @@ def _audit():
     reached |= walk.run_elementwise_and_dense(F32, rng)
     assert reached == set(P.STRATEGIES.values()), "the walk missed some strategies"
     names = {id(d): n for n, d in _defined_kernels().items()}
-    todo = [(P.kernel(k), tuple(sig.args)) for s in P.STRATEGIES.values() for k in s.kernels
-            for sig in P.kernel(k).signatures if sig.args[0].dtype == numba.float32]
+    todo = [(P.kernel(k), tuple(sig)) for s in P.STRATEGIES.values() for k in s.kernels
+            for sig in P.kernel(k).signatures if getattr(sig[0], "dtype", None) == numba.float32]
     found, done = {}, set()
     while todo:
         dispatcher, argtypes = todo.pop()

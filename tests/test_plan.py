@@ -2,7 +2,8 @@
 
 - The case table (``benchmarks.cases``), planned for a 32- and a 16-register CPU, reaches
   every strategy of the registry; each strategy is compared with the pure-NumPy reference
-  on the rows that reach it (so the 4 x 3 forward tile is tested on an AVX-512 machine too).
+  on the rows that reach it (so the 4 x 3 forward tile is tested on an AVX-512 machine too;
+  ``test_conv.py`` runs every test row on both register files).
 - Plans are cached, explain themselves, refuse operands that do not match them, and take
   the non-finite fallback of the flat weight gradient when the input holds an infinity.
 - Structure: ``nn`` and ``compat`` reach kernels only through the plan and the functional
@@ -91,22 +92,6 @@ def test_every_conv_strategy_matches_reference(strategy, dtype):
         _check(plan.run_weight_grad(dyd, xd, packed), dw_ref, dtype, f"weight grad {plan.weight_grad.name} {where}")
         _check(plan.run_weight_grad(dyd, xd), dw_ref, dtype, f"weight grad without the packed x {where}")
         _check(plan.run_bias_grad(dyd), db_ref, dtype, f"bias grad {where}")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("row", [r for r in cases.CONV_ROWS if r.bench_batch is None], ids=str)
-def test_the_16_register_plan_matches_reference(row, dtype):
-    """Every test row planned for a CPU without AVX-512 (the 4 x 3 tile) gives the reference forward and dx."""
-    avx2 = walk.CPUS[1]
-    g = V.conv_geometry("test", row.x_shape, row.w_shape, row.stride_hw, row.pad_hw)
-    plan = P.plan_conv2d(g, dtype, avx2)
-    rng = np.random.default_rng(1)
-    x, w, b, dy = (rng.standard_normal(s).astype(np.float32).astype(np.float64)
-                   for s in (row.x_shape, row.w_shape, (row.f,), g.y_shape))
-    y_ref, dx_ref, _, _ = _reference(row, x, w, b, dy)
-    _check(plan.run_forward(x.astype(dtype), w.astype(dtype), b.astype(dtype))[0], y_ref, dtype,
-           f"forward {plan.forward.name}")
-    _check(plan.run_input_grad(dy.astype(dtype), w.astype(dtype)), dx_ref, dtype, f"input grad {plan.input_grad.name}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

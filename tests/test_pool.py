@@ -14,6 +14,7 @@ import hypothesis
 import hypothesis.strategies as st
 import numpy as np
 import pytest
+from _layouts import LAYOUTS, relayout
 
 import fastconv.functional as fc
 from benchmarks import cases
@@ -314,27 +315,6 @@ def test_max_pool2d_matches_torch(case, kind, dtype, tol):
 
 
 # ------------------------------------------------------------------------- layouts, purity, determinism
-def _layout(a, kind):
-    reverse = (slice(None, None, -1),) * a.ndim
-    if kind == "fortran":
-        return np.asfortranarray(a)
-    if kind == "sliced":
-        base = np.full(tuple(2 * n + 1 for n in a.shape), -1, dtype=a.dtype)
-        view = base[(slice(1, None, 2),) * a.ndim]
-        view[...] = a
-        return view
-    if kind == "channels-last-view":
-        return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-    if kind == "negative-strides":
-        return a[reverse].copy()[reverse]
-    if kind == "readonly":
-        out = a.copy()
-        out.flags.writeable = False
-        return out
-    raise AssertionError(kind)
-
-
-LAYOUTS = ["fortran", "sliced", "channels-last-view", "negative-strides", "readonly"]
 LAYOUT_CASE = PoolCase("layout", 2, 3, 9, 10, (3, 2), (2, 1), (1, 1))
 
 
@@ -347,7 +327,7 @@ def test_any_memory_layout_gives_the_same_result(layout, dtype):
     dy = rng.standard_normal(y.shape).astype(dtype)
     dx = fc.max_pool2d_backward(dy, idx, x.shape)
 
-    xl, dyl, idxl = (_layout(a, layout) for a in (x, dy, idx))
+    xl, dyl, idxl = (relayout(a, layout) for a in (x, dy, idx))
     y2, idx2 = pool(LAYOUT_CASE, xl)
     assert_same_pool(y2, idx2, y, idx)
     np.testing.assert_array_equal(fc.max_pool2d_backward(dyl, idxl, x.shape), dx)

@@ -16,7 +16,7 @@ Kernels
   forward pass (dy copied at the padded pitch). Needs a finite input.
 - :func:`flat_bias_grad`: the bias gradient, each ``(n, f)`` plane summed as one run.
 
-Inline helper: :func:`_tap`.
+Inline helper: :func:`_tap_run`.
 """
 
 import numpy as np
@@ -26,12 +26,17 @@ from ..config import PARALLEL_JIT, SERIAL_JIT
 
 
 @njit(**SERIAL_JIT, inline="always")
-def _tap(t, KHW, KW, Wp):
-    """Channel and flat plane offset ``i * Wp + j`` of tap ``t = (c * KH + i) * KW + j``."""
+def _tap_run(planes, base, t, KHW, KW, Wp, L):
+    """The run of ``L`` input positions that tap ``t = (c * KH + i) * KW + j`` reads.
+
+    ``planes[base + c]`` shifted by ``i * Wp + j``: the plane of channel ``c`` of the image
+    whose first plane is ``base``, at the tap's offset.
+    """
     c = t // KHW
     r = t - c * KHW
     i = r // KW
-    return c, i * Wp + (r - i * KW)
+    o = i * Wp + (r - i * KW)
+    return planes[base + c, o:o + L]
 
 
 @njit(**PARALLEL_JIT)
@@ -81,14 +86,10 @@ def flat_forward(xq, w, b, out):
         wa = wf[f]
         wb = wf[g]
         for t0 in range(0, T4, 4):
-            c0, o0 = _tap(t0, KHW, KW, Wp)
-            c1, o1 = _tap(t0 + 1, KHW, KW, Wp)
-            c2, o2 = _tap(t0 + 2, KHW, KW, Wp)
-            c3, o3 = _tap(t0 + 3, KHW, KW, Wp)
-            s0 = planes[n * C + c0, o0:o0 + L]
-            s1 = planes[n * C + c1, o1:o1 + L]
-            s2 = planes[n * C + c2, o2:o2 + L]
-            s3 = planes[n * C + c3, o3:o3 + L]
+            s0 = _tap_run(planes, n * C, t0, KHW, KW, Wp, L)
+            s1 = _tap_run(planes, n * C, t0 + 1, KHW, KW, Wp, L)
+            s2 = _tap_run(planes, n * C, t0 + 2, KHW, KW, Wp, L)
+            s3 = _tap_run(planes, n * C, t0 + 3, KHW, KW, Wp, L)
             v0 = wa[t0]
             v1 = wa[t0 + 1]
             v2 = wa[t0 + 2]
@@ -105,8 +106,7 @@ def flat_forward(xq, w, b, out):
                 a0[p] += v0 * x0 + v1 * x1 + v2 * x2 + v3 * x3
                 a1[p] += u0 * x0 + u1 * x1 + u2 * x2 + u3 * x3
         for t in range(T4, T):
-            c0, o0 = _tap(t, KHW, KW, Wp)
-            s0 = planes[n * C + c0, o0:o0 + L]
+            s0 = _tap_run(planes, n * C, t, KHW, KW, Wp, L)
             v0 = wa[t]
             u0 = wb[t]
             for p in range(L):
@@ -176,14 +176,10 @@ def flat_weight_grad(xq, dy, KH, KW, partial):
                 pa = part[f]
                 pb = part[g]
                 for t0 in range(0, R4, 4):
-                    c0, o0 = _tap(t0, KHW, KW, Wp)
-                    c1, o1 = _tap(t0 + 1, KHW, KW, Wp)
-                    c2, o2 = _tap(t0 + 2, KHW, KW, Wp)
-                    c3, o3 = _tap(t0 + 3, KHW, KW, Wp)
-                    s0 = planes[n * C + c0, o0:o0 + L]
-                    s1 = planes[n * C + c1, o1:o1 + L]
-                    s2 = planes[n * C + c2, o2:o2 + L]
-                    s3 = planes[n * C + c3, o3:o3 + L]
+                    s0 = _tap_run(planes, n * C, t0, KHW, KW, Wp, L)
+                    s1 = _tap_run(planes, n * C, t0 + 1, KHW, KW, Wp, L)
+                    s2 = _tap_run(planes, n * C, t0 + 2, KHW, KW, Wp, L)
+                    s3 = _tap_run(planes, n * C, t0 + 3, KHW, KW, Wp, L)
                     a0 = a1 = a2 = a3 = zero
                     b0 = b1 = b2 = b3 = zero
                     for p in range(L):
@@ -211,8 +207,7 @@ def flat_weight_grad(xq, dy, KH, KW, partial):
                         pb[t0 + 2] += b2
                         pb[t0 + 3] += b3
                 for r in range(R4, R):
-                    c0, o0 = _tap(r, KHW, KW, Wp)
-                    s0 = planes[n * C + c0, o0:o0 + L]
+                    s0 = _tap_run(planes, n * C, r, KHW, KW, Wp, L)
                     a0 = b0 = zero
                     for p in range(L):
                         x0 = s0[p]
