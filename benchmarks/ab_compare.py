@@ -7,12 +7,14 @@ benchmark cases with the fastconv found on ``sys.path``, each for a fixed time, 
 the minimum; run it alternately from each tree and compare::
 
     for i in 1 2 3; do
-        (cd ../before && python benchmarks/ab_compare.py before) >> ab.jsonl
-        (cd ../after && python benchmarks/ab_compare.py after) >> ab.jsonl
+        (cd ../before && PYTHONPATH=$PWD python $OLDPWD/benchmarks/ab_compare.py before) >> ab.jsonl
+        (cd ../after && PYTHONPATH=$PWD python $OLDPWD/benchmarks/ab_compare.py after) >> ab.jsonl
     done
     python benchmarks/ab_compare.py --compare ab.jsonl
 
-Both trees must have this file (copy it into the older one).
+``PYTHONPATH`` matters: a script's own folder, not the working directory, comes first on
+``sys.path``, so without it both runs import the installed fastconv. Each run prints which
+fastconv it timed. ``AB_CASES=resnet_conv,k5`` limits the cases.
 """
 
 import json
@@ -44,11 +46,17 @@ def best_time(call, seconds=0.6, at_least=5):
 
 
 def measure(dtype=np.float32):
+    import os
+
     import fastconv as fc
 
+    print(f"timing {os.path.dirname(os.path.dirname(fc.__file__))}", file=sys.stderr)
+    only = os.environ.get("AB_CASES")
     rng = np.random.default_rng(0)
     found = {}
     for name, (N, C, H, W, F, k, s, p) in CASES.items():
+        if only and name not in only.split(","):
+            continue
         x = rng.standard_normal((N, C, H, W)).astype(dtype)
         w = rng.standard_normal((F, C, k, k)).astype(dtype)
         b = np.zeros(F, dtype)
@@ -56,6 +64,8 @@ def measure(dtype=np.float32):
         found[f"{name} fwd"] = best_time(lambda: fc.conv2d(x, w, b, s, p))
         found[f"{name} dx"] = best_time(lambda: fc.conv2d_backward_input(dy, w, x.shape, s, p))
         found[f"{name} dw"] = best_time(lambda: fc.conv2d_backward_weight(dy, x, w.shape, s, p))
+    if only:
+        return found
     x = rng.standard_normal((16, 64, 56, 56)).astype(dtype)
     y, idx = fc.max_pool2d(x, 3, 2, 1)
     found["pool_k3s2p1 fwd"] = best_time(lambda: fc.max_pool2d(x, 3, 2, 1))
