@@ -98,3 +98,32 @@ def _has_32_vector_registers():
 
 #: 32 vector registers (AVX-512) or 16 (AVX2 and older x86, and other CPUs).
 WIDE_REGISTER_FILE = _has_32_vector_registers()
+
+
+def _vector_bytes():
+    """Bytes of the vector registers the vector kernels use: 64 (AVX-512F), 32 (AVX2 with FMA), else 16.
+
+    Follows ``NUMBA_CPU_FEATURES`` when it is set, else the host CPU. On CPUs without these
+    (and on other architectures) the kernels are still correct: LLVM splits or emulates the
+    vectors.
+    """
+    from numba.core import config as numba_config
+
+    try:
+        if numba_config.CPU_FEATURES:
+            on = {f[1:] for f in numba_config.CPU_FEATURES.split(",") if f.startswith("+")}
+        else:
+            import llvmlite.binding as ll
+
+            on = {k for k, v in ll.get_host_cpu_features().items() if v}
+    except Exception:  # pragma: no cover - a tuning hint, never an import failure
+        return 16
+    if "avx512f" in on:
+        return 64
+    if "avx2" in on and "fma" in on:
+        return 32
+    return 16
+
+
+#: The vector kernels' register width in bytes (see :func:`_vector_bytes`).
+VECTOR_BYTES = _vector_bytes()

@@ -15,9 +15,9 @@ Asking which strategy a call takes::
     >>> import fastconv as fc
     >>> p = fc.conv2d_plan((64, 32, 14, 14), (64, 32, 3, 3), padding=1)
     >>> p.forward.name, p.weight_grad.name
-    ('tiled_4x4', 'tiled_by_filters')
+    ('vector', 'tiled_by_filters')
 
-(``tiled_4x3`` on a CPU without AVX-512.) ``print(p)`` explains every pass.
+``print(p)`` explains every pass.
 
 Strategies
 ----------
@@ -39,6 +39,7 @@ import numpy as np
 
 from . import config
 from ._runtime import launch
+from .kernels import simd
 
 __all__ = [
     "TUNING",
@@ -107,12 +108,25 @@ class CPU:
     name : str
         LLVM's name of the CPU (for reports).
     vector_registers : int
-        32 with AVX-512, else 16 (AVX2 and older x86, and other CPUs): the forward
+        32 with AVX-512, else 16 (AVX2 and older x86, and other CPUs): the tiled forward
         register tile is 4 x 4 with 32 registers and 4 x 3 with 16, where 4 x 4 spills.
+    vector_bytes : int
+        The width of a vector register the vector kernels use: 64 with AVX-512, 32 with
+        AVX2 and FMA, else 16.
     """
 
     name: str
     vector_registers: int
+    vector_bytes: int = 64
+
+    @property
+    def width(self):
+        """The :class:`fastconv.kernels.simd.Width` the vector kernels are compiled for."""
+        return simd.Width(self.vector_bytes)
+
+    def lanes(self, dtype):
+        """Elements of ``dtype`` in one vector register."""
+        return self.vector_bytes // np.dtype(dtype).itemsize
 
     @property
     def forward_tile(self):
@@ -132,7 +146,7 @@ def _host_cpu():
     forced = os.environ.get("FASTCONV_FORWARD_TILE", "")
     if forced in ("4x4", "4x3"):
         registers = 32 if forced == "4x4" else 16
-    return CPU(name, registers)
+    return CPU(name, registers, config.VECTOR_BYTES)
 
 
 HOST = _host_cpu()
@@ -323,7 +337,7 @@ def _tiled_weights(w):
 
 @_strategy("conv2d_forward", "pointwise_matmul", ["matmul.matmul_nn"], Layout.NCHW,
            "1x1, stride 1, no padding: y[n] = w @ x[n] per image, no repacking")
-def _forward_pointwise(g, x, w, b, out):
+def _forward_pointwise(g, x, w, b, out, cpu):
     packed = Packed(Layout.NCHW, (0, 0), contiguous(x))
     _run("matmul.matmul_nn", contiguous(w).reshape(g.F, g.C), packed.array.reshape(g.N, g.C, g.H * g.W), b,
          out.reshape(g.N, g.F, g.H * g.W), work=out.size * g.C)
@@ -331,12 +345,15 @@ def _forward_pointwise(g, x, w, b, out):
 
 
 def _forward_tiled(kernel_name):
-    def run(g, x, w, b, out):
+    def on_packed(g, xp, w, b, out, cpu):
+        _run(kernel_name, xp, _tiled_weights(w), g.KH, b, g.sh, g.sw, out, work=out.size * g.C * g.KH * g.KW)
+
+    def run(g, x, w, b, out, cpu):
         packed = _pack_nhwc(x, g.ph, g.pw)
-        _run(kernel_name, packed.array, _tiled_weights(w), g.KH, b, g.sh, g.sw, out,
-             work=out.size * g.C * g.KH * g.KW)
+        on_packed(g, packed.array, w, b, out, cpu)
         return packed
 
+    run.on_packed = on_packed
     return run
 
 
@@ -349,7 +366,7 @@ for _tile in ("4x4", "4x3"):
 
 @_strategy("conv2d_forward", "flat", ["pack.pack_nchw_padded", "flat.flat_forward"], Layout.NCHW_PADDED,
            "stride 1, short receptive field: each tap one loop over a whole zero-padded NCHW plane")
-def _forward_flat(g, x, w, b, out):
+def _forward_flat(g, x, w, b, out, cpu):
     packed = _pack_nchw(x, g.ph, g.pw)
     _run("flat.flat_forward", packed.array, contiguous(w), b, out, work=out.size * g.C * g.KH * g.KW)
     return packed
@@ -357,7 +374,7 @@ def _forward_flat(g, x, w, b, out):
 
 @_strategy("conv2d_forward", "filter_vector", ["pack.pack_nhwc_padded", "filter_vector.filter_vector_forward"],
            Layout.NHWC_PADDED, "strided, short receptive field: the vector axis is the filter axis")
-def _forward_filter_vector(g, x, w, b, out):
+def _forward_filter_vector(g, x, w, b, out, cpu):
     packed = _pack_nhwc(x, g.ph, g.pw)
     wk = contiguous(w.transpose(2, 3, 1, 0))
     _run("filter_vector.filter_vector_forward", packed.array, wk, b, g.sh, g.sw, out,
@@ -365,11 +382,38 @@ def _forward_filter_vector(g, x, w, b, out):
     return packed
 
 
-def _choose_forward(g, cpu):
+def _vector_weights(w, lanes):
+    """(F, C, KH, KW) -> (blocks, KH, KW * C, lanes), an even number of blocks (zero-padded filters)."""
+    F, C, KH, KW = w.shape
+    wv = np.empty((2 * -(-F // (2 * lanes)), KH, KW * C, lanes), dtype=w.dtype)
+    _run("pack.pack_vector_weights", contiguous(w), wv, work=wv.size)
+    return wv
+
+
+def _vector_on_packed(g, xp, w, b, out, cpu):
+    _run("vector.vector_forward", cpu.width, xp, _vector_weights(w, cpu.lanes(out.dtype)), b, (g.sh, g.sw), False,
+         out, work=out.size * g.C * g.KH * g.KW)
+
+
+@_strategy("conv2d_forward", "vector",
+           ["pack.pack_nhwc_padded", "pack.pack_vector_weights", "vector.vector_forward"], Layout.NHWC_PADDED,
+           "zero-padded NHWC; outer-product tiles of pixels x 2 vectors of filters, accumulators in registers")
+def _forward_vector(g, x, w, b, out, cpu):
+    packed = _pack_nhwc(x, g.ph, g.pw)
+    _vector_on_packed(g, packed.array, w, b, out, cpu)
+    return packed
+
+
+_forward_vector.on_packed = _vector_on_packed
+
+
+def _choose_forward(g, cpu, dtype):
     """The forward strategy for geometry ``g`` on ``cpu``."""
     if g.pointwise:
         return STRATEGIES["conv2d_forward", "pointwise_matmul"]
     if g.KH * g.KW * g.C >= TUNING.short_reduction:
+        if g.F >= cpu.lanes(dtype):
+            return STRATEGIES["conv2d_forward", "vector"]
         return STRATEGIES["conv2d_forward", f"tiled_{cpu.forward_tile}"]
     if g.sh == g.sw == 1:
         return STRATEGIES["conv2d_forward", "flat"]
@@ -387,7 +431,7 @@ def _full_correlation(plan, dy, w, pad, out):
     C, KH, KW = w.shape[1], w.shape[2], w.shape[3]
     inner = plan.geometry.correlation(N, F, Ho, Wo, C, KH, KW, *pad)
     wrot = contiguous(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    _choose_forward(inner, plan.cpu).run(inner, dy, wrot, np.zeros(C, dtype=dy.dtype), out)
+    _choose_forward(inner, plan.cpu, dy.dtype).run(inner, dy, wrot, np.zeros(C, dtype=dy.dtype), out, plan.cpu)
 
 
 @_strategy("conv2d_input_grad", "pointwise_matmul", ["matmul.matmul_nn"], None,
@@ -440,12 +484,13 @@ def _input_grad_phases_shared(plan, dy, w):
     tmax_h, tmax_w = -(-g.KH // g.sh), -(-g.KW // g.sw)
     dyp = _pack_nhwc(dy, tmax_h - 1, tmax_w - 1).array
     zeros = np.zeros(g.C, dtype=dy.dtype)
-    tiled = f"tiled.tiled_forward_{plan.cpu.forward_tile}"
+    inner = _shared_pack_inner(g, plan.cpu, dy.dtype)
 
     def compute(sub, th, tw):
         wrot = contiguous(sub[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         phase = np.empty((g.N, g.C, g.Ho + 2 * tmax_h - th - 1, g.Wo + 2 * tmax_w - tw - 1), dtype=dy.dtype)
-        _run(tiled, dyp, _tiled_weights(wrot), th, zeros, 1, 1, phase, work=phase.size * g.F * th * tw)
+        sub_g = g.correlation(g.N, g.F, dyp.shape[1], dyp.shape[2], g.C, th, tw, 0, 0)
+        inner.run.on_packed(sub_g, dyp, wrot, zeros, phase, plan.cpu)
         return phase, (tmax_h - th, tmax_w - tw)
 
     return _each_phase(g, dy, w, compute)
@@ -464,19 +509,26 @@ def _input_grad_phases(plan, dy, w):
     return _each_phase(g, dy, w, compute)
 
 
-def _input_grad_inner(g, cpu):
+def _shared_pack_inner(g, cpu, dtype):
+    """The NHWC forward strategy the phases of ``phases_shared_pack`` run on the shared pack of dy."""
+    if g.C >= cpu.lanes(dtype):
+        return STRATEGIES["conv2d_forward", "vector"]
+    return STRATEGIES["conv2d_forward", f"tiled_{cpu.forward_tile}"]
+
+
+def _input_grad_inner(g, cpu, dtype):
     """The forward strategies the input gradient runs inside (for :meth:`ConvPlan.explain`)."""
     name = _choose_input_grad(g).name
     if name == "full_correlation":
         return (_choose_forward(g.correlation(g.N, g.F, g.Ho, g.Wo, g.C, g.KH, g.KW, g.KH - 1 - g.ph,
-                                              g.KW - 1 - g.pw), cpu),)
+                                              g.KW - 1 - g.pw), cpu, dtype),)
     if name == "phases_shared_pack":
-        return (STRATEGIES["conv2d_forward", f"tiled_{cpu.forward_tile}"],)
+        return (_shared_pack_inner(g, cpu, dtype),)
     if name == "phases":
         inner = []
         for rh, rw in _phases(g):
             th, tw = len(range(rh, g.KH, g.sh)), len(range(rw, g.KW, g.sw))
-            s = _choose_forward(g.correlation(g.N, g.F, g.Ho, g.Wo, g.C, th, tw, th - 1, tw - 1), cpu)
+            s = _choose_forward(g.correlation(g.N, g.F, g.Ho, g.Wo, g.C, th, tw, th - 1, tw - 1), cpu, dtype)
             if s not in inner:
                 inner.append(s)
         return tuple(inner)
@@ -640,7 +692,7 @@ class ConvPlan:
         if g.N == 0:
             return out, None
         bias = np.zeros(g.F, dtype=self.dtype) if b is None else contiguous(b)
-        return out, self.forward.run(g, x, w, bias, out)
+        return out, self.forward.run(g, x, w, bias, out, self.cpu)
 
     def run_input_grad(self, dy, w):
         """dx: the full correlation of dy (dilated by the stride) with the 180-degree-rotated kernel."""
@@ -681,7 +733,8 @@ class ConvPlan:
             wg += f" ({self.weight_grad_nonfinite.name} when x is not finite)"
         lines = [
             f"conv2d x{g.x_shape} w{g.w_shape} stride {(g.sh, g.sw)} padding {(g.ph, g.pw)} {self.dtype} "
-            f"on {self.cpu.name} ({self.cpu.vector_registers} vector registers), {self.threads} threads",
+            f"on {self.cpu.name} ({self.cpu.vector_registers} vector registers of {8 * self.cpu.vector_bytes} bits), "
+            f"{self.threads} threads",
             f"  forward      {self.forward.name}: {self.forward.summary}",
             f"  input grad   {self.input_grad.name}{' -> ' + inner if inner else ''}: {self.input_grad.summary}",
             f"  weight grad  {wg}: {self.weight_grad.summary}"
@@ -706,9 +759,9 @@ def _conv_plan(geometry, dtype, cpu, threads):
     wg = _choose_weight_grad(g, dtype.itemsize, threads)
     return ConvPlan(
         geometry=g, dtype=dtype, cpu=cpu, threads=threads,
-        forward=_choose_forward(g, cpu),
+        forward=_choose_forward(g, cpu, dtype),
         input_grad=_choose_input_grad(g),
-        input_grad_inner=_input_grad_inner(g, cpu),
+        input_grad_inner=_input_grad_inner(g, cpu, dtype),
         weight_grad=wg,
         weight_grad_nonfinite=_choose_tiled_weight_grad(g, dtype.itemsize, threads) if wg.needs_finite else wg,
         bias_grad=STRATEGIES["conv2d_bias_grad", "plane_sums"],

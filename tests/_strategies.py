@@ -12,7 +12,7 @@ from fastconv import _validation as V
 from fastconv import plan as P
 
 #: Two CPUs the plan chooses between (the tile of the tiled forward kernel).
-CPUS = (P.CPU("32-register CPU (AVX-512)", 32), P.CPU("16-register CPU (AVX2)", 16))
+CPUS = (P.CPU("32-register CPU (AVX-512)", 32, 64), P.CPU("16-register CPU (AVX2)", 16, 32))
 
 
 def conv_plans(rows, dtype):

@@ -107,7 +107,7 @@ def test_conv2d_backward_weight_matches_reference(case, dtype, tol):
 
 
 #: The two register files the plan chooses a forward tile for (4 x 4 with 32 registers, 4 x 3 with 16).
-CPUS = {"32-registers": plan.CPU("32-register CPU", 32), "16-registers": plan.CPU("16-register CPU", 16)}
+CPUS = {"avx512": plan.CPU("32-register CPU, 512-bit vectors", 32, 64), "avx2": plan.CPU("16-register CPU, 256-bit vectors", 16, 32)}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

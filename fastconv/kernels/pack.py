@@ -8,6 +8,8 @@ Only ``@njit`` code: :mod:`fastconv.plan` decides which layout a strategy needs.
   the flat kernels.
 - :func:`pack_scatter_phase`: one stride phase of an input gradient, computed in padded
   coordinates, written into ``dx`` with the padding cropped.
+- :func:`pack_vector_weights`: ``(F, C, KH, KW)`` weights into the vector kernels' blocks
+  of ``L`` filters.
 """
 
 from numba import njit, prange
@@ -121,3 +123,31 @@ def pack_scatter_phase(phase, first, residue, stride, padding, dx):
             for qw in range(qw_lo, qw_hi):
                 dst[rw + sw * qw - pw] = src[first_w + qw]
 
+
+
+@njit(**PARALLEL_JIT)
+def pack_vector_weights(w, wv):
+    """``wv[blk, i, j*C + c, l] = w[blk*L + l, c, i, j]``, zero for the padded filters ``blk*L + l >= F``.
+
+    The weight layout of :func:`fastconv.kernels.vector.vector_forward`: blocks of ``L``
+    filters, the taps of one kernel row contiguous. One pass, one job per (block, row).
+
+    Parameters
+    ----------
+    w : (F, C, KH, KW) array
+    wv : (blocks, KH, KW * C, L) array
+        Fully overwritten; ``blocks * L >= F``.
+    """
+    F, C, KH, KW = w.shape
+    blocks, _, RW, L = wv.shape
+    for job in prange(blocks * KH):
+        blk = job // KH
+        i = job - blk * KH
+        dst = wv[blk, i]
+        for r in range(RW):
+            j = r // C
+            c = r - j * C
+            row = dst[r]
+            for k in range(L):
+                f = blk * L + k
+                row[k] = w[f, c, i, j] if f < F else 0

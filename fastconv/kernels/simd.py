@@ -1,0 +1,213 @@
+"""Vector registers as Numba values: the types and intrinsics the vector kernels are written with.
+
+Numba keeps accumulators of a loop in registers only as scalar reductions, so a
+direct-loop convolution written with scalars pays a horizontal reduction per output.
+Here a value of type :data:`Vec` is an LLVM vector (``<16 x float>`` in a 512-bit
+register, ``<8 x float>`` in a 256-bit one, ``<8 x double>`` / ``<4 x double>``); Numba keeps
+locals in ``alloca`` slots, which LLVM promotes to registers like scalars, so outer-product
+accumulators stay in vector registers across a whole receptive field.
+
+The register width is a compile-time argument: kernels take a :class:`Width` (``W512``
+or ``W256``, chosen by :mod:`fastconv.plan` from the CPU) and pass it to :func:`vzero`;
+the lane count follows from the width and the array's dtype, so one kernel source
+serves float32 and float64 on AVX-512 and AVX2 machines (and any CPU LLVM targets,
+where LLVM splits or emulates the vectors: correct, if slower).
+
+Intrinsics (``a`` is a 1-D C-contiguous float array; nothing is bounds-checked: the
+callers guarantee every index):
+
+- :func:`vzero(width, a)`: the zero vector of ``a``'s dtype;
+- :func:`vload(v, a, i)`: ``a[i:i+L]`` (``v`` gives the vector type);
+- :func:`vstore(a, i, v)`: ``a[i:i+L] = v``;
+- :func:`vfmab(acc, w, a, i)`: ``acc + w * a[i]`` (the scalar broadcast; one FMA with a
+  broadcast memory operand on AVX-512);
+- :func:`vadd(u, v)`, :func:`vmax(u, v)`;
+- :func:`lanes(v)`: ``L``, a compile-time constant.
+"""
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
+
+__all__ = ["Width", "W512", "W256", "Vec", "vzero", "vload", "vstore", "vfmab", "vadd", "vmax", "lanes"]
+
+
+class Width:
+    """A register width in bytes, passed to kernels so that it is part of their compiled type."""
+
+    def __init__(self, nbytes):
+        self.nbytes = nbytes
+
+    def __repr__(self):
+        return f"Width({self.nbytes * 8} bits)"
+
+    def __reduce__(self):
+        return (Width, (self.nbytes,))
+
+
+W512 = Width(64)
+W256 = Width(32)
+
+
+class WidthType(types.Type):
+    """Numba type of a :class:`Width`: the byte count is part of the type (a compile-time value)."""
+
+    def __init__(self, nbytes):
+        self.nbytes = nbytes
+        super().__init__(name=f"simd_width_{nbytes * 8}")
+
+
+@typeof_impl.register(Width)
+def _typeof_width(value, context):
+    return WidthType(value.nbytes)
+
+
+register_model(WidthType)(models.OpaqueModel)
+
+
+@unbox(WidthType)
+def _unbox_width(typ, obj, c):
+    return NativeValue(c.context.get_dummy_value())
+
+
+class VecType(types.Type):
+    """An LLVM vector of ``count`` elements of ``dtype`` (a Numba float type)."""
+
+    def __init__(self, dtype, count):
+        self.dtype = dtype
+        self.count = count
+        super().__init__(name=f"vec_{dtype}x{count}")
+
+
+def _llvm_float(dtype):
+    return ir.FloatType() if dtype == types.float32 else ir.DoubleType()
+
+
+@register_model(VecType)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(_llvm_float(fe_type.dtype), fe_type.count))
+
+
+#: For documentation: the vector types kernels use.
+Vec = VecType
+
+
+def _is_float_array(a):
+    return isinstance(a, types.Array) and a.dtype in (types.float32, types.float64) and a.ndim == 1
+
+
+def _ptr(context, builder, arrty, arr, idxty, idx):
+    ary = context.make_array(arrty)(context, builder, arr)
+    i = context.cast(builder, idx, idxty, types.intp)
+    return builder.gep(ary.data, [i], inbounds=True)
+
+
+def _splat(builder, x, count):
+    vty = ir.VectorType(x.type, count)
+    undef = ir.Constant(vty, ir.Undefined)
+    v = builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(ir.IntType(32), count), [0] * count))
+
+
+def _fma(builder, vty):
+    name = f"llvm.fma.v{vty.count}{'f32' if isinstance(vty.element, ir.FloatType) else 'f64'}"
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty, vty, vty]), name)
+
+
+@intrinsic
+def vzero(typingctx, width, a):
+    """The zero vector of ``a``'s dtype for register ``width``."""
+    if not (isinstance(width, WidthType) and isinstance(a, types.Array) and a.dtype in (types.float32,
+                                                                                          types.float64)):
+        return None
+    vt = VecType(a.dtype, width.nbytes // (a.dtype.bitwidth // 8))
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(context.get_value_type(vt), None)
+
+    return vt(width, a), codegen
+
+
+@intrinsic
+def lanes(typingctx, v):
+    """The number of elements of vector ``v`` (a constant)."""
+    if not isinstance(v, VecType):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(ir.IntType(64), v.count)
+
+    return types.int64(v), codegen
+
+
+@intrinsic
+def vload(typingctx, v, a, i):
+    """``a[i:i+L]`` as a vector of ``v``'s type (``v`` only gives the type)."""
+    if not (isinstance(v, VecType) and _is_float_array(a) and a.dtype == v.dtype and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vty = context.get_value_type(v)
+        p = _ptr(context, builder, sig.args[1], args[1], sig.args[2], args[2])
+        return builder.load(builder.bitcast(p, vty.as_pointer()), align=a.dtype.bitwidth // 8)
+
+    return v(v, a, i), codegen
+
+
+@intrinsic
+def vstore(typingctx, a, i, v):
+    """``a[i:i+L] = v``."""
+    if not (isinstance(v, VecType) and _is_float_array(a) and a.dtype == v.dtype and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vty = context.get_value_type(v)
+        p = _ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        builder.store(args[2], builder.bitcast(p, vty.as_pointer()), align=a.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.void(a, i, v), codegen
+
+
+@intrinsic
+def vfmab(typingctx, acc, w, a, i):
+    """``acc + w * a[i]``: a fused multiply-add with ``a[i]`` broadcast to every lane."""
+    if not (isinstance(acc, VecType) and w == acc and _is_float_array(a) and a.dtype == acc.dtype
+            and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vty = context.get_value_type(acc)
+        p = _ptr(context, builder, sig.args[2], args[2], sig.args[3], args[3])
+        x = builder.load(p, align=a.dtype.bitwidth // 8)
+        return builder.call(_fma(builder, vty), [args[1], _splat(builder, x, acc.count), args[0]])
+
+    return acc(acc, w, a, i), codegen
+
+
+@intrinsic
+def vadd(typingctx, u, v):
+    """``u + v`` lane by lane."""
+    if not (isinstance(u, VecType) and u == v):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+
+    return u(u, v), codegen
+
+
+@intrinsic
+def vmax(typingctx, u, v):
+    """``max(u, v)`` lane by lane, NaN in ``u`` kept (``u > v or u != u ? u : v``, as ReLU needs)."""
+    if not (isinstance(u, VecType) and u == v):
+        return None
+
+    def codegen(context, builder, sig, args):
+        keep = builder.or_(builder.fcmp_unordered("uno", args[0], args[0]),
+                           builder.fcmp_ordered(">", args[0], args[1]))
+        return builder.select(keep, args[0], args[1])
+
+    return u(u, v), codegen

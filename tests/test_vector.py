@@ -1,0 +1,121 @@
+"""The vector kernels' building blocks: the SIMD intrinsics against NumPy, the generated tiles.
+
+The intrinsics of ``fastconv.kernels.simd`` are compiled into small kernels here and
+compared with NumPy for float32 and float64 at every register width (512, 256 and 128
+bits: AVX-512, AVX2, and what any other CPU LLVM targets gets). The convolution built on
+them is compared with the reference through the plan in ``test_conv.py`` and
+``test_plan.py`` (both widths, every case-table row); here the fused ReLU of
+``vector_forward`` is checked, and that ``vector_tiles.py`` is what its generator writes.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numba import njit
+
+from fastconv import plan as P
+from fastconv.kernels import simd, vector
+from fastconv.kernels.simd import lanes, vadd, vfmab, vload, vmax, vstore, vzero
+
+ROOT = Path(__file__).resolve().parents[1]
+WIDTHS = [pytest.param(simd.Width(n), id=f"{8 * n}bit") for n in (64, 32, 16)]
+DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
+
+
+@njit(cache=False)
+def _lane_count(width, a):
+    return lanes(vzero(width, a))
+
+
+@njit(cache=False)
+def _roundtrip(width, a, i, out, j):
+    """out[j:j+L] = a[i:i+L]; returns L."""
+    z = vzero(width, a)
+    vstore(out, j, vload(z, a, i))
+    return lanes(z)
+
+
+@njit(cache=False)
+def _axpy_max(width, alpha, x, y, floor, out):
+    """out = max(alpha[0] * x + y, floor) lane by lane, one vector at a time."""
+    z = vzero(width, out)
+    L = lanes(z)
+    for i in range(0, out.shape[0], L):
+        acc = vfmab(vload(z, y, i), vload(z, x, i), alpha, 0)
+        vstore(out, i, vmax(acc, vload(z, floor, i)))
+
+
+@njit(cache=False)
+def _sum(width, x, y, out):
+    z = vzero(width, out)
+    for i in range(0, out.shape[0], lanes(z)):
+        vstore(out, i, vadd(vload(z, x, i), vload(z, y, i)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", WIDTHS)
+def test_lanes_follow_width_and_dtype(width, dtype):
+    assert _lane_count(width, np.zeros(1, dtype)) == width.nbytes // np.dtype(dtype).itemsize
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", WIDTHS)
+def test_load_and_store_move_one_vector_at_any_offset(width, dtype):
+    a = np.arange(40, dtype=dtype)
+    for i, j in ((0, 0), (3, 5), (17, 1)):
+        out = np.full(40, -1, dtype)
+        L = _roundtrip(width, a, i, out, j)
+        expected = np.full(40, -1, dtype)
+        expected[j:j + L] = a[i:i + L]
+        np.testing.assert_array_equal(out, expected, err_msg=f"a[{i}:] -> out[{j}:]")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", WIDTHS)
+def test_fma_broadcast_and_max_match_numpy(width, dtype, rng):
+    n = 32
+    x, y = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+    floor = np.zeros(n, dtype)
+    x[3], y[5] = np.nan, np.inf
+    alpha = np.array([1.5], dtype)
+    out = np.empty(n, dtype)
+    _axpy_max(width, alpha, x, y, floor, out)
+    fma = np.float64(alpha[0]) * x.astype(np.float64) + y  # exact products: the FMA rounds once
+    expected = np.where((fma > 0) | np.isnan(fma), fma, 0)  # NaN kept, as ReLU needs
+    scale = np.abs(np.float64(alpha[0]) * x) + np.abs(y)
+    ok = np.isfinite(expected)
+    np.testing.assert_allclose(out[ok], expected[ok], rtol=0, atol=float(np.finfo(dtype).eps * scale[ok].max()))
+    assert np.isnan(out[3]) and out[5] == np.inf
+    total = np.empty(n, dtype)
+    _sum(width, x, y, total)
+    np.testing.assert_array_equal(total, x + y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", WIDTHS[:2])
+def test_vector_forward_fuses_bias_and_relu(width, dtype, rng):
+    """``relu=True`` gives ``max(conv + b, 0)`` with NaN kept, on rows narrower and wider than a tile."""
+    cpu = P.CPU("test", 32 if width.nbytes == 64 else 16, width.nbytes)
+    for shape in ((2, 5, 6, 3), (2, 5, 6, 17)):
+        x = rng.standard_normal(shape).astype(dtype)
+        x[0, 0, 2, 2] = np.nan
+        w = rng.standard_normal((20, 5, 3, 3)).astype(dtype)
+        b = rng.standard_normal(20).astype(dtype)
+        xp = P._pack_nhwc(x, 1, 1).array
+        wv = P._vector_weights(w, cpu.lanes(dtype))
+        plain, fused = (np.empty((2, 20) + shape[2:], dtype) for _ in range(2))
+        vector.vector_forward(width, xp, wv, b, (1, 1), False, plain)
+        vector.vector_forward(width, xp, wv, b, (1, 1), True, fused)
+        expected = np.where((plain > 0) | np.isnan(plain), plain, 0)
+        np.testing.assert_array_equal(fused, expected)
+        assert np.isnan(fused).any()
+
+
+def test_generated_tiles_are_up_to_date():
+    """``fastconv/kernels/vector_tiles.py`` is exactly what ``scripts/generate_kernels.py`` writes."""
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "generate_kernels.py"), "--check"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
