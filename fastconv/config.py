@@ -77,29 +77,6 @@ def _prefer_512_bit_vectors():
 PREFER_512 = _prefer_512_bit_vectors()
 
 
-def _has_32_vector_registers():
-    """True when Numba compiles for a CPU with AVX-512 (32 vector registers, not 16).
-
-    The forward kernel's register tile is chosen by this (see
-    :func:`fastconv.functional._tiled_forward_kernel`). Follows
-    ``NUMBA_CPU_FEATURES`` when it is set, else the host CPU.
-    """
-    from numba.core import config as numba_config
-
-    try:
-        if numba_config.CPU_FEATURES:
-            return "+avx512f" in numba_config.CPU_FEATURES.split(",")
-        import llvmlite.binding as ll
-
-        return bool(ll.get_host_cpu_features().get("avx512f", False))
-    except Exception:  # pragma: no cover - a tuning hint, never an import failure
-        return False
-
-
-#: 32 vector registers (AVX-512) or 16 (AVX2 and older x86, and other CPUs).
-WIDE_REGISTER_FILE = _has_32_vector_registers()
-
-
 def _vector_bytes():
     """Bytes of the vector registers the vector kernels use: 64 (AVX-512F), 32 (AVX2 with FMA), else 16.
 

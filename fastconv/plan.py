@@ -31,7 +31,6 @@ import dataclasses
 import enum
 import functools
 import importlib
-import os
 from typing import Callable, NamedTuple
 
 import numba
@@ -107,16 +106,13 @@ class CPU:
     ----------
     name : str
         LLVM's name of the CPU (for reports).
-    vector_registers : int
-        32 with AVX-512, else 16 (AVX2 and older x86, and other CPUs): the tiled forward
-        register tile is 4 x 4 with 32 registers and 4 x 3 with 16, where 4 x 4 spills.
     vector_bytes : int
-        The width of a vector register the vector kernels use: 64 with AVX-512, 32 with
-        AVX2 and FMA, else 16.
+        The width of a vector register the vector kernels use: 64 with AVX-512 (32 such
+        registers: a tile of 7 x 2 vectors), 32 with AVX2 and FMA (16 registers: 6 x 2),
+        else 16.
     """
 
     name: str
-    vector_registers: int
     vector_bytes: int = 64
 
     @property
@@ -128,25 +124,18 @@ class CPU:
         """Elements of ``dtype`` in one vector register."""
         return self.vector_bytes // np.dtype(dtype).itemsize
 
-    @property
-    def forward_tile(self):
-        """``"4x4"`` or ``"4x3"``: the register tile of the tiled forward kernel."""
-        return "4x4" if self.vector_registers >= 32 else "4x3"
-
 
 def _host_cpu():
-    """The CPU Numba compiles for; ``FASTCONV_FORWARD_TILE=4x4|4x3`` forces the tile (benchmarks)."""
+    """The CPU Numba compiles for (``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` when set)."""
     try:
         import llvmlite.binding as ll
 
         name = ll.get_host_cpu_name()
     except Exception:  # pragma: no cover - a label only
         name = "unknown"
-    registers = 32 if config.WIDE_REGISTER_FILE else 16
-    forced = os.environ.get("FASTCONV_FORWARD_TILE", "")
-    if forced in ("4x4", "4x3"):
-        registers = 32 if forced == "4x4" else 16
-    return CPU(name, registers, config.VECTOR_BYTES)
+    from numba.core import config as numba_config
+
+    return CPU(numba_config.CPU_NAME or name, config.VECTOR_BYTES)
 
 
 HOST = _host_cpu()
@@ -357,11 +346,9 @@ def _forward_tiled(kernel_name):
     return run
 
 
-for _tile in ("4x4", "4x3"):
-    _strategy("conv2d_forward", f"tiled_{_tile}", ["pack.pack_nhwc_padded", f"tiled.tiled_forward_{_tile}"],
-              Layout.NHWC_PADDED,
-              f"zero-padded NHWC, rows interleaved; {_tile} (pixels x filters) dot-product register tiles")(
-        _forward_tiled(f"tiled.tiled_forward_{_tile}"))
+_strategy("conv2d_forward", "tiled", ["pack.pack_nhwc_padded", "tiled.tiled_forward_4x4"], Layout.NHWC_PADDED,
+          "zero-padded NHWC, rows interleaved; 4 pixels x 4 filters dot-product tiles (few filters)")(
+    _forward_tiled("tiled.tiled_forward_4x4"))
 
 
 @_strategy("conv2d_forward", "flat", ["pack.pack_nchw_padded", "flat.flat_forward"], Layout.NCHW_PADDED,
@@ -414,7 +401,7 @@ def _choose_forward(g, cpu, dtype):
     if g.KH * g.KW * g.C >= TUNING.short_reduction:
         if g.F >= cpu.lanes(dtype):
             return STRATEGIES["conv2d_forward", "vector"]
-        return STRATEGIES["conv2d_forward", f"tiled_{cpu.forward_tile}"]
+        return STRATEGIES["conv2d_forward", "tiled"]
     if g.sh == g.sw == 1:
         return STRATEGIES["conv2d_forward", "flat"]
     return STRATEGIES["conv2d_forward", "filter_vector"]
@@ -513,7 +500,7 @@ def _shared_pack_inner(g, cpu, dtype):
     """The NHWC forward strategy the phases of ``phases_shared_pack`` run on the shared pack of dy."""
     if g.C >= cpu.lanes(dtype):
         return STRATEGIES["conv2d_forward", "vector"]
-    return STRATEGIES["conv2d_forward", f"tiled_{cpu.forward_tile}"]
+    return STRATEGIES["conv2d_forward", "tiled"]
 
 
 def _input_grad_inner(g, cpu, dtype):
@@ -733,8 +720,7 @@ class ConvPlan:
             wg += f" ({self.weight_grad_nonfinite.name} when x is not finite)"
         lines = [
             f"conv2d x{g.x_shape} w{g.w_shape} stride {(g.sh, g.sw)} padding {(g.ph, g.pw)} {self.dtype} "
-            f"on {self.cpu.name} ({self.cpu.vector_registers} vector registers of {8 * self.cpu.vector_bytes} bits), "
-            f"{self.threads} threads",
+            f"on {self.cpu.name} ({8 * self.cpu.vector_bytes}-bit vectors), {self.threads} threads",
             f"  forward      {self.forward.name}: {self.forward.summary}",
             f"  input grad   {self.input_grad.name}{' -> ' + inner if inner else ''}: {self.input_grad.summary}",
             f"  weight grad  {wg}: {self.weight_grad.summary}"
@@ -772,7 +758,7 @@ def plan_conv2d(geometry, dtype, cpu=None):
     """The :class:`ConvPlan` of a validated ``geometry`` (a :class:`ConvGeometry`) in ``dtype``.
 
     ``cpu`` defaults to :data:`HOST`; another :class:`CPU` plans (and runs) the kernels
-    another CPU would take, e.g. the 4 x 3 tile on an AVX-512 machine. Plans are cached;
+    another CPU would take, e.g. the 256-bit (AVX2) kernels on an AVX-512 machine. Plans are cached;
     the thread count of the calling thread is part of the key.
     """
     return _conv_plan(geometry, np.dtype(dtype), HOST if cpu is None else cpu, numba.get_num_threads())

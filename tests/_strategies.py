@@ -3,7 +3,7 @@
 Used by the 64-bit index audit (``test_numerics.py``), which needs every registered
 kernel compiled, and checked by ``test_plan.py``, which asserts that the walk reaches the
 whole registry. The geometries come from the case table; the tiled forward kernels are
-reached on both register files by planning for a 32- and a 16-register CPU.
+reached at both vector widths by planning for a 512- and a 256-bit CPU.
 """
 
 import numpy as np
@@ -12,7 +12,7 @@ from fastconv import _validation as V
 from fastconv import plan as P
 
 #: Two CPUs the plan chooses between (the tile of the tiled forward kernel).
-CPUS = (P.CPU("32-register CPU (AVX-512)", 32, 64), P.CPU("16-register CPU (AVX2)", 16, 32))
+CPUS = (P.CPU("512-bit vectors (AVX-512)", 64), P.CPU("256-bit vectors (AVX2)", 32))
 
 
 def conv_plans(rows, dtype):

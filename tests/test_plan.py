@@ -1,8 +1,8 @@
 """The plan layer (``fastconv.plan``): every strategy is reached by the case table and correct.
 
-- The case table (``benchmarks.cases``), planned for a 32- and a 16-register CPU, reaches
+- The case table (``benchmarks.cases``), planned for 512- and 256-bit vectors, reaches
   every strategy of the registry; each strategy is compared with the pure-NumPy reference
-  on the rows that reach it (so the 4 x 3 forward tile is tested on an AVX-512 machine too;
+  on the rows that reach it (so the AVX2 kernels are tested on an AVX-512 machine too;
   ``test_conv.py`` runs every test row on both register files).
 - Plans are cached, explain themselves, refuse operands that do not match them, and take
   the non-finite fallback of the flat weight gradient when the input holds an infinity.
@@ -171,8 +171,7 @@ def test_every_tuning_threshold_lives_in_the_plan():
     """The old thresholds are gone from the modules that used to hold them."""
     for module in ("functional", "_runtime", "nn"):
         source = (ROOT / "fastconv" / f"{module}.py").read_text()
-        for name in ("_SHORT_REDUCTION", "_SHORT_ROW", "_BIG_PARTIALS", "SMALL_WORK", "FASTCONV_FORWARD_TILE",
-                     "isfinite"):
+        for name in ("_SHORT_REDUCTION", "_SHORT_ROW", "_BIG_PARTIALS", "SMALL_WORK", "isfinite"):
             assert name not in source, f"fastconv/{module}.py still mentions {name}"
     assert set(vars(P.TUNING)) == {"short_reduction", "short_row", "big_partials", "small_work"}
 

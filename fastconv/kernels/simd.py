@@ -142,16 +142,26 @@ def lanes(typingctx, v):
     return types.int64(v), codegen
 
 
+def _vector_access(v, a, i):
+    """True when ``v`` is a vector type and ``a[i]`` an element of a matching 1-D float array."""
+    return isinstance(v, VecType) and _is_float_array(a) and a.dtype == v.dtype and isinstance(i, types.Integer)
+
+
+def _vector_ptr(context, builder, v, arrty, arr, idxty, idx):
+    """``&arr[idx]`` as a pointer to a vector of type ``v``."""
+    p = _ptr(context, builder, arrty, arr, idxty, idx)
+    return builder.bitcast(p, context.get_value_type(v).as_pointer())
+
+
 @intrinsic
 def vload(typingctx, v, a, i):
     """``a[i:i+L]`` as a vector of ``v``'s type (``v`` only gives the type)."""
-    if not (isinstance(v, VecType) and _is_float_array(a) and a.dtype == v.dtype and isinstance(i, types.Integer)):
+    if not _vector_access(v, a, i):
         return None
 
     def codegen(context, builder, sig, args):
-        vty = context.get_value_type(v)
-        p = _ptr(context, builder, sig.args[1], args[1], sig.args[2], args[2])
-        return builder.load(builder.bitcast(p, vty.as_pointer()), align=a.dtype.bitwidth // 8)
+        p = _vector_ptr(context, builder, v, sig.args[1], args[1], sig.args[2], args[2])
+        return builder.load(p, align=a.dtype.bitwidth // 8)
 
     return v(v, a, i), codegen
 
@@ -159,13 +169,12 @@ def vload(typingctx, v, a, i):
 @intrinsic
 def vstore(typingctx, a, i, v):
     """``a[i:i+L] = v``."""
-    if not (isinstance(v, VecType) and _is_float_array(a) and a.dtype == v.dtype and isinstance(i, types.Integer)):
+    if not _vector_access(v, a, i):
         return None
 
     def codegen(context, builder, sig, args):
-        vty = context.get_value_type(v)
-        p = _ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        builder.store(args[2], builder.bitcast(p, vty.as_pointer()), align=a.dtype.bitwidth // 8)
+        p = _vector_ptr(context, builder, v, sig.args[0], args[0], sig.args[1], args[1])
+        builder.store(args[2], p, align=a.dtype.bitwidth // 8)
         return context.get_dummy_value()
 
     return types.void(a, i, v), codegen

@@ -13,10 +13,11 @@ and channels ``c`` -- is one contiguous run of ``R = KW * KH * C`` elements. Wei
 Kernels
 -------
 - :func:`tiled_forward_4x4`: each job owns one output row ``(n, oh)``; 4 filters x 4
-  pixels are computed as 16 dot products along the contiguous run (:func:`_row_4x4`),
-  for CPUs with 32 vector registers (AVX-512).
-- :func:`tiled_forward_4x3`: the same with 4 pixels x 3 filters (:func:`_row_4x3`), for
-  CPUs with 16 vector registers (AVX2), where the 4 x 4 tile spills.
+  pixels are computed as 16 dot products along the contiguous run (:func:`_row_4x4`).
+  The plan runs it only for fewer filters than a vector register holds (the input
+  gradient of a first layer): there the vector kernels would compute mostly padding.
+  (A 4 x 3 variant for 16-register CPUs went with the vector kernels, which cover those
+  CPUs' common layers; with fewer than 4 filters both ran :func:`_forward_single_filters`.)
 - :func:`tiled_weight_grad_by_rows`: each job owns a contiguous chunk of the ``N * Ho``
   output rows and its own partial ``(F, R)``; a rank-4 update per 4 filters x 4 pixels
   (:func:`_weight_grad_row`). The caller sums the partials in a fixed order: no atomics,
@@ -25,7 +26,7 @@ Kernels
   between the jobs (no partials), for narrow maps and large weights.
 
 Inline helpers: :func:`_stack_rows`, :func:`_row_tiles`, :func:`_row_4x4`,
-:func:`_row_4x3`, :func:`_forward_single_filters` (filters left over by a tile),
+:func:`_forward_single_filters` (filters left over by a tile),
 :func:`_weight_grad_row`, :func:`_weight_grad_row_4`.
 
 Indexing goes through slices taken before each inner loop, so the loop index is a
@@ -238,101 +239,6 @@ def _forward_single_filters(bf, wt, b, step, f_lo, orows):
             for r in range(R):
                 s0 += x0[r] * w0[r]
             o0[ow] = s0 + b[f]
-
-
-@njit(**PARALLEL_JIT)
-def tiled_forward_4x3(xp, wt, KH, b, sh, sw, out):
-    """:func:`tiled_forward_4x4` with a tile of 4 pixels x 3 filters, for 16-register CPUs.
-
-    Same arguments and result. The 4 x 4 tile needs 16 accumulators plus 8 loaded
-    vectors: more than the 16 vector registers of an AVX2 CPU (x86 without AVX-512), so
-    LLVM spills accumulators to the stack. 4 x 3 needs 12 + 4 (the filter vectors are
-    read from memory by the FMAs). Measured on an AVX2 machine (AMD EPYC, Zen 3): 1.3-1.6x
-    the 4 x 4 tile; see ``benchmarks/NOTES.md``.
-    """
-    N, Hp, Wp, C = xp.shape
-    F = wt.shape[0]
-    Ho = out.shape[2]
-    step = sw * KH * C
-    F3 = F - F % 3
-    for job in prange(N * Ho):
-        n = job // Ho
-        oh = job - n * Ho
-        buf = np.empty((Wp, KH, C), dtype=xp.dtype)
-        _stack_rows(xp, n, oh * sh, KH, buf)
-        bf = buf.reshape(Wp * KH * C)
-        for f0 in range(0, F3, 3):
-            _row_4x3(bf, wt, b, step, f0, out[n, :, oh])
-        _forward_single_filters(bf, wt, b, step, F3, out[n, :, oh])
-
-
-@njit(**SERIAL_JIT, inline="always")
-def _row_4x3(bf, wt, b, step, f0, orows):
-    """:func:`_row_4x4` for the 3 filters ``f0:f0+3``: 12 accumulators, for 16-register CPUs."""
-    R = wt.shape[1]
-    Wo = orows.shape[1]
-    tiles, narrow = _row_tiles(Wo)
-    zero = np.zeros(1, dtype=orows.dtype)[0]
-    w0 = wt[f0]
-    w1 = wt[f0 + 1]
-    w2 = wt[f0 + 2]
-    o0 = orows[f0]
-    o1 = orows[f0 + 1]
-    o2 = orows[f0 + 2]
-    for t in range(tiles):
-        ow = min(4 * t, Wo - 4)  # the last tile overlaps the one before it
-        a = ow * step
-        x0 = bf[a:a + R]
-        x1 = bf[a + step:a + step + R]
-        x2 = bf[a + 2 * step:a + 2 * step + R]
-        x3 = bf[a + 3 * step:a + 3 * step + R]
-        s00 = s01 = s02 = zero
-        s10 = s11 = s12 = s00
-        s20 = s21 = s22 = s00
-        s30 = s31 = s32 = s00
-        for r in range(R):
-            v0 = w0[r]
-            v1 = w1[r]
-            v2 = w2[r]
-            u = x0[r]
-            s00 += u * v0
-            s01 += u * v1
-            s02 += u * v2
-            u = x1[r]
-            s10 += u * v0
-            s11 += u * v1
-            s12 += u * v2
-            u = x2[r]
-            s20 += u * v0
-            s21 += u * v1
-            s22 += u * v2
-            u = x3[r]
-            s30 += u * v0
-            s31 += u * v1
-            s32 += u * v2
-        o0[ow] = s00 + b[f0]
-        o1[ow] = s01 + b[f0 + 1]
-        o2[ow] = s02 + b[f0 + 2]
-        o0[ow + 1] = s10 + b[f0]
-        o1[ow + 1] = s11 + b[f0 + 1]
-        o2[ow + 1] = s12 + b[f0 + 2]
-        o0[ow + 2] = s20 + b[f0]
-        o1[ow + 2] = s21 + b[f0 + 1]
-        o2[ow + 2] = s22 + b[f0 + 2]
-        o0[ow + 3] = s30 + b[f0]
-        o1[ow + 3] = s31 + b[f0 + 1]
-        o2[ow + 3] = s32 + b[f0 + 2]
-    for ow in range(narrow):
-        x0 = bf[ow * step:ow * step + R]
-        s0 = s1 = s2 = zero
-        for r in range(R):
-            u = x0[r]
-            s0 += u * w0[r]
-            s1 += u * w1[r]
-            s2 += u * w2[r]
-        o0[ow] = s0 + b[f0]
-        o1[ow] = s1 + b[f0 + 1]
-        o2[ow] = s2 + b[f0 + 2]
 
 
 @njit(**SERIAL_JIT, inline="always")
