@@ -547,7 +547,7 @@ def _reuse(packed, layout, g):
 
 @_strategy("conv2d_weight_grad", "pointwise_matmul_nt", ["matmul.matmul_nt"], Layout.NCHW,
            "1x1, stride 1, no padding: dw = sum_n dy[n] @ x[n].T")
-def _weight_grad_pointwise(g, x, dy, packed):
+def _weight_grad_pointwise(g, x, dy, packed, cpu):
     xc = _reuse(packed, Layout.NCHW, g)
     xc = contiguous(x) if xc is None else xc
     dw = np.empty((g.F, g.C), dtype=dy.dtype)
@@ -558,7 +558,7 @@ def _weight_grad_pointwise(g, x, dy, packed):
 @_strategy("conv2d_weight_grad", "flat", ["pack.pack_nchw_padded", "flat.flat_weight_grad"], Layout.NCHW_PADDED,
            "stride 1, short receptive field: per-tap dot products over whole planes; per-thread partials",
            needs_finite=True)
-def _weight_grad_flat(g, x, dy, packed):
+def _weight_grad_flat(g, x, dy, packed, cpu):
     xq = _reuse(packed, Layout.NCHW_PADDED, g)
     xq = _pack_nchw(x, g.ph, g.pw).array if xq is None else xq
     threads = numba.get_num_threads()
@@ -579,7 +579,7 @@ def _from_tiled(dw, g):
 
 @_strategy("conv2d_weight_grad", "tiled_by_filters", ["pack.pack_nhwc_padded", "tiled.tiled_weight_grad_by_filters"],
            Layout.NHWC_PADDED, "rank-4 updates on interleaved NHWC rows; the filters split between threads")
-def _weight_grad_by_filters(g, x, dy, packed):
+def _weight_grad_by_filters(g, x, dy, packed, cpu):
     # Every element is summed over the rows in order, whatever the thread count.
     block = max(4, g.F // numba.get_num_threads() // 4 * 4)
     dw = np.empty((g.F, g.KW * g.KH * g.C), dtype=dy.dtype)
@@ -591,12 +591,39 @@ def _weight_grad_by_filters(g, x, dy, packed):
 @_strategy("conv2d_weight_grad", "tiled_by_rows", ["pack.pack_nhwc_padded", "tiled.tiled_weight_grad_by_rows"],
            Layout.NHWC_PADDED, "rank-4 updates on interleaved NHWC rows; the rows split between threads, "
                                "per-thread partials summed in order")
-def _weight_grad_by_rows(g, x, dy, packed):
+def _weight_grad_by_rows(g, x, dy, packed, cpu):
     R = g.KW * g.KH * g.C
     partial = np.empty((_row_jobs(g), g.F, R), dtype=dy.dtype)
     _run("tiled.tiled_weight_grad_by_rows", _nhwc_operand(g, x, packed), dy, g.KH, g.sh, g.sw, partial,
          work=dy.size * R)
     return _from_tiled(partial.sum(axis=0), g)  # partials summed in thread order
+
+
+@_strategy("conv2d_weight_grad", "vector", ["pack.pack_nhwc_padded", "vector.vector_weight_grad"],
+           Layout.NHWC_PADDED, "outer-product tiles of 7 entries x 2 vectors of filters over blocks of rows; "
+                               "rows or filter groups split between threads")
+def _weight_grad_vector(g, x, dy, packed, cpu):
+    L = cpu.lanes(dy.dtype)
+    blocks = 2 * -(-g.F // (2 * L))
+    size = blocks * L * g.KH * g.KW * g.C
+    chunks, gjobs = _vector_weight_grad_split(g, blocks, size * dy.itemsize)
+    part = np.empty((chunks, blocks, g.KH, g.KW * g.C, L), dtype=dy.dtype)
+    _run("vector.vector_weight_grad", cpu.width, _nhwc_operand(g, x, packed), dy, g.KH, (g.sh, g.sw),
+         (chunks, gjobs), part, work=dy.size * g.C * g.KH * g.KW)
+    dw = part.sum(axis=0) if chunks > 1 else part[0]  # partials summed in chunk order
+    # (blocks, KH, KW * C, L) -> (F, C, KH, KW).
+    dw = dw.reshape(blocks, g.KH, g.KW, g.C, L).transpose(0, 4, 3, 1, 2).reshape(blocks * L, g.C, g.KH, g.KW)
+    return contiguous(dw[:g.F])
+
+
+def _vector_weight_grad_split(g, blocks, partial_bytes):
+    """``(chunks, group_jobs)``: split the rows (one partial each) unless the partials pass
+    ``TUNING.big_partials`` or the rows are too few; then split the filter groups."""
+    threads = numba.get_num_threads()
+    if threads * partial_bytes <= TUNING.big_partials and g.N * g.Ho >= 2 * threads:
+        return threads, 1
+    gjobs = max(1, min(threads, blocks // 2))
+    return max(1, threads // gjobs), gjobs
 
 
 def _row_jobs(g):
@@ -610,11 +637,13 @@ def _choose_tiled_weight_grad(g, itemsize, threads):
     return STRATEGIES["conv2d_weight_grad", "tiled_by_rows"]
 
 
-def _choose_weight_grad(g, itemsize, threads):
+def _choose_weight_grad(g, itemsize, threads, cpu):
     if g.pointwise:
         return STRATEGIES["conv2d_weight_grad", "pointwise_matmul_nt"]
     if g.sh == g.sw == 1 and g.C * g.KH * g.KW < TUNING.short_reduction:
         return STRATEGIES["conv2d_weight_grad", "flat"]
+    if g.F >= cpu.vector_bytes // itemsize and g.C * g.KH * g.KW >= TUNING.short_reduction:
+        return STRATEGIES["conv2d_weight_grad", "vector"]
     return _choose_tiled_weight_grad(g, itemsize, threads)
 
 
@@ -703,7 +732,7 @@ class ConvPlan:
         strategy = self.weight_grad
         if strategy.needs_finite and not np.isfinite(x).all():
             strategy = self.weight_grad_nonfinite
-        return strategy.run(g, x, contiguous(dy), packed)
+        return strategy.run(g, x, contiguous(dy), packed, self.cpu)
 
     def run_bias_grad(self, dy):
         """db: ``dy`` summed over the batch and the pixels."""
@@ -742,7 +771,7 @@ class ConvPlan:
 @functools.lru_cache(maxsize=4096)
 def _conv_plan(geometry, dtype, cpu, threads):
     g = geometry
-    wg = _choose_weight_grad(g, dtype.itemsize, threads)
+    wg = _choose_weight_grad(g, dtype.itemsize, threads, cpu)
     return ConvPlan(
         geometry=g, dtype=dtype, cpu=cpu, threads=threads,
         forward=_choose_forward(g, cpu, dtype),

@@ -17,6 +17,13 @@ packed weights ``(blocks, KH, KW * C, L)``, ``wo`` the offset of the tile's firs
 kernel rows, ``KW * C``, the kernel height, the weight step between blocks and the
 row-buffer pitch; ``oo`` is the buffer offset of the tile's first output.
 
+``_dw_tile_TxB(z, xf, xbase, dyt, steps, part, po)`` is the weight gradient's tile: ``T``
+consecutive entries ``e = j*C + c`` of one kernel row x ``B`` blocks of filters, loaded from
+the partial ``part[po + b*bstep + t*L]``, accumulated over ``nb`` output rows (input row
+offsets ``xbase[k]``) x ``Wo`` pixels of the transposed output gradient ``dyt[k, ow*Fp +
+fo + f]``, and stored back; ``steps = (nb, Wo, sx, Fp, fo, bstep, e0)``, ``e0`` the
+first entry.
+
 Usage::
 
     python scripts/generate_kernels.py            # rewrite the file
@@ -81,11 +88,44 @@ def tile(P, B):
     return lines
 
 
+def dw_tile(T, B):
+    """The weight gradient's tile: ``T`` consecutive entries ``e = j*C + c`` x ``B`` filter blocks."""
+    acc = [[f"a{t}_{b}" for b in range(B)] for t in range(T)]
+    lines = [
+        "",
+        "",
+        '@njit(**SERIAL_JIT, inline="always")',
+        f"def _dw_tile_{T}x{B}(z, xf, xbase, dyt, steps, part, po):",
+        f'    """{T} entr{"ies" if T > 1 else "y"} x {B} filter blocks: {T * B} vector accumulators."""',
+        "    nb, Wo, sx, Fp, fo, bstep, e0 = steps",
+        "    L = lanes(z)",
+    ]
+    lines += [f"    {acc[t][b]} = vload(z, part, po + {_times(b, 'bstep')}{_times(t, 'L')}".rstrip(" +") + ")"
+              for t in range(T) for b in range(B)]
+    lines += [
+        "    for k in range(nb):",
+        "        xb = xbase[k] + e0",
+        "        dk = k * Wo * Fp + fo",
+        "        for ow in range(Wo):",
+        "            xo = xb + ow * sx",
+    ]
+    lines += [f"            u{b} = vload(z, dyt, dk + ow * Fp{' + ' + _times(b, 'L').rstrip(' +') if b else ''})"
+              for b in range(B)]
+    for t in range(T):
+        x = f"xo + {t}" if t else "xo"
+        lines += [f"            {acc[t][b]} = vfmab({acc[t][b]}, u{b}, xf, {x})" for b in range(B)]
+    lines += [f"    vstore(part, po + {_times(b, 'bstep')}{_times(t, 'L')}".rstrip(" +") + f", {acc[t][b]})"
+              for t in range(T) for b in range(B)]
+    return lines
+
+
 def generate():
-    tiles = ", ".join(f":func:`_tile_{p}x{b}`" for p, b in TILES)
+    tiles = ", ".join([f":func:`_tile_{p}x{b}`" for p, b in TILES] + [f":func:`_dw_tile_{t}x{b}`" for t, b in TILES])
     out = HEADER.format(tiles=tiles).split("\n")
     for p, b in TILES:
         out += tile(p, b)
+    for t, b in TILES:
+        out += dw_tile(t, b)
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -9,7 +9,7 @@ module             kernels
 =================  ==========================================================================
 ``pack``           ``pack_nhwc_padded``, ``pack_nchw_padded``, ``pack_scatter_phase``,
                    ``pack_vector_weights``
-``vector``         ``vector_forward`` (its register tiles in ``vector_tiles``, its types in ``simd``)
+``vector``         ``vector_forward``, ``vector_weight_grad`` (tiles in ``vector_tiles``, types in ``simd``)
 ``tiled``          ``tiled_forward_4x4``, ``tiled_weight_grad_by_rows``, ``tiled_weight_grad_by_filters``
 ``flat``           ``flat_forward``, ``flat_weight_grad``, ``flat_bias_grad``
 ``filter_vector``  ``filter_vector_forward``

@@ -22,17 +22,25 @@ Kernels
 -------
 - :func:`vector_forward`: the forward pass (and, through the plan, the input gradient,
   which is a forward pass of ``dy`` with the rotated kernel).
+- :func:`vector_weight_grad`: the weight gradient, the same tile with the roles swapped:
+  7 consecutive entries ``j*C + c`` of a kernel row x 2 blocks of filters, accumulated
+  over a block of output rows of ``dy`` transposed to ``(Wo, F)`` (:func:`_transpose_rows`).
 
-Inline helpers: :func:`_full_tile` (the register tile of the width), :func:`_tile_pixels`.
+Inline helpers: :func:`_full_tile` and :func:`_full_dw_tile` (the register tiles of the
+width), :func:`_tile_pixels`, :func:`_transpose_rows`.
 """
 
 import numpy as np
 from numba import njit, prange
 from numba.extending import overload
 
-from ..config import PARALLEL_JIT
+from ..config import PARALLEL_JIT, SERIAL_JIT
 from .simd import lanes, vzero
-from .vector_tiles import _tile_1x2, _tile_6x2, _tile_7x2
+from .vector_tiles import _dw_tile_1x2, _dw_tile_6x2, _dw_tile_7x2, _tile_1x2, _tile_6x2, _tile_7x2
+
+#: Output rows per block of the weight gradient: each tile's accumulators are loaded from
+#: and stored to the partial once per block.
+_ROW_BLOCK = 16
 
 
 def _tile_pixels(z):
@@ -41,6 +49,10 @@ def _tile_pixels(z):
 
 def _full_tile(z, xf, xo, wf, wo, steps, obuf, oo):
     """The register tile for vectors like ``z``: 7 x 2 in 512-bit registers, else 6 x 2."""
+
+
+def _full_dw_tile(z, xf, xbase, dyt, steps, part, po):
+    """The weight gradient's register tile for vectors like ``z``: 7 x 2 in 512-bit registers, else 6 x 2."""
 
 
 def _wide(z):
@@ -59,6 +71,16 @@ def _full_tile_impl(z, xf, xo, wf, wo, steps, obuf, oo):
 
     def impl(z, xf, xo, wf, wo, steps, obuf, oo):
         tile(z, xf, xo, wf, wo, steps, obuf, oo)
+
+    return impl
+
+
+@overload(_full_dw_tile, inline="always")
+def _full_dw_tile_impl(z, xf, xbase, dyt, steps, part, po):
+    tile = _dw_tile_7x2 if _wide(z) else _dw_tile_6x2
+
+    def impl(z, xf, xbase, dyt, steps, part, po):
+        tile(z, xf, xbase, dyt, steps, part, po)
 
     return impl
 
@@ -115,3 +137,83 @@ def vector_forward(width, xp, wv, b, stride, relu, out):
             for q in range(Wo):
                 v = obuf[q * Fp + f] + bias
                 orow[q] = zero if relu and v <= zero else v
+
+
+@njit(**SERIAL_JIT, inline="always")
+def _transpose_rows(dy, r0, nb, Fp, dyt):
+    """``dyt[k, ow, f] = dy[n, f, oh, ow]`` for the output rows ``r0 + k = n * Ho + oh``, ``k < nb``."""
+    F, Ho, Wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    for k in range(nb):
+        n = (r0 + k) // Ho
+        oh = r0 + k - n * Ho
+        base = k * Wo * Fp
+        for f in range(F):
+            src = dy[n, f, oh]
+            for ow in range(Wo):
+                dyt[base + ow * Fp + f] = src[ow]
+
+
+@njit(**PARALLEL_JIT)
+def vector_weight_grad(width, xp, dy, KH, stride, split, part):
+    """Partial weight gradients with vector accumulators: the correlation of ``xp`` with ``dy``.
+
+    ``part[t, blk, i, j*C + c, l] = sum dy[n, blk*L + l, oh, ow] * xp[n, oh*sh + i, ow*sw + j, c]``
+    over the ``t``-th contiguous chunk of the ``N * Ho`` output rows. Jobs are ``chunks x
+    group_jobs``: each owns a chunk of rows and a range of filter groups (2 blocks of
+    ``L``), so nothing is written by two threads; the caller sums ``part`` over ``t`` in
+    order. A tile holds 7 entries ``j*C + c`` x 2 blocks (6 x 2 with 256-bit registers)
+    across a block of rows; the entries left over by the tile go one at a time.
+
+    Parameters
+    ----------
+    width : fastconv.kernels.simd.Width
+    xp : (N, Hp, Wp, C) array
+        Zero-padded input, NHWC.
+    dy : (N, F, Ho, Wo) array
+        Output gradient, NCHW.
+    KH : int
+        Kernel height.
+    stride : (int, int)
+    split : (int, int)
+        ``(chunks, group_jobs)``.
+    part : (chunks, blocks, KH, KW * C, L) array
+        Fully overwritten; ``blocks`` even, ``blocks * L >= F`` (padded filters get zeros).
+    """
+    sh, sw = stride
+    chunks, gjobs = split
+    N, Hp, Wp, C = xp.shape
+    Ho, Wo = dy.shape[2], dy.shape[3]
+    blocks, RW = part.shape[1], part.shape[3]
+    xf = xp.reshape(xp.size)
+    z = vzero(width, xf)
+    L = lanes(z)
+    Fp = blocks * L
+    T = _tile_pixels(z)
+    full = RW - RW % T
+    bstep = KH * RW * L
+    rows = N * Ho
+    for job in prange(chunks * gjobs):
+        ch = job // gjobs
+        gj = job - ch * gjobs
+        g_lo = (blocks // 2) * gj // gjobs
+        g_hi = (blocks // 2) * (gj + 1) // gjobs
+        pf = part[ch].reshape(blocks * bstep)
+        pf[2 * g_lo * bstep:2 * g_hi * bstep] = 0
+        dyt = np.zeros(_ROW_BLOCK * Wo * Fp, dtype=xp.dtype)  # the padded filters stay 0
+        xbase = np.empty(_ROW_BLOCK, dtype=np.int64)
+        r_end = rows * (ch + 1) // chunks
+        for r0 in range(rows * ch // chunks, r_end, _ROW_BLOCK):
+            nb = min(_ROW_BLOCK, r_end - r0)
+            _transpose_rows(dy, r0, nb, Fp, dyt)
+            for i in range(KH):
+                for k in range(nb):
+                    n = (r0 + k) // Ho
+                    xbase[k] = ((n * Hp + (r0 + k - n * Ho) * sh + i) * Wp) * C
+                for g in range(g_lo, g_hi):
+                    po = (2 * g * KH + i) * RW * L
+                    for e0 in range(0, full, T):
+                        _full_dw_tile(z, xf, xbase, dyt, (nb, Wo, sw * C, Fp, 2 * g * L, bstep, e0), pf,
+                                      po + e0 * L)
+                    for e0 in range(full, RW):
+                        _dw_tile_1x2(z, xf, xbase, dyt, (nb, Wo, sw * C, Fp, 2 * g * L, bstep, e0), pf,
+                                     po + e0 * L)
