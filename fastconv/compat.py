@@ -293,7 +293,7 @@ def affine_forward(x, w, b):
             f"affine_forward: need x (N, d_1, ..., d_k), w (D, M) with D = d_1*...*d_k and b (M,); "
             f"got x.shape={x_arr.shape}, w.shape={w_arr.shape}, b.shape={b_arr.shape}"
         )
-    out = x_arr.reshape(N, D) @ w_arr + b_arr
+    out = _matmul(x_arr.reshape(N, D), w_arr) + b_arr
     return out, (x, w, b)
 
 
@@ -318,10 +318,21 @@ def affine_backward(dout, cache):
     if dout.shape != (N, w.shape[1]):
         raise ValueError(f"affine_backward: dout must have shape {(N, w.shape[1])}; got {dout.shape}")
     x2 = x.reshape(N, -1) if N else x.reshape(0, w.shape[0])
-    dx = (dout @ w.T).reshape(x.shape)
-    dw = x2.T @ dout
+    dx = _matmul(dout, w.T).reshape(x.shape)
+    dw = _matmul(x2.T, dout)
     db = dout.sum(axis=0)
     return dx, dw, db
+
+
+def _matmul(a, b):
+    """``a @ b``: on fastconv's threads for float32/float64 operands of one dtype, else NumPy's.
+
+    NumPy's BLAS threads keep spinning after a product and take the cores from the next
+    fastconv kernel; a cs231n ``Solver`` loop over these layers ran at half speed.
+    """
+    if a.dtype == b.dtype and a.dtype in _FLOATS and a.size and b.size:
+        return _F.matmul(a, b)
+    return a @ b
 
 
 def _check_scores(x, y, func):

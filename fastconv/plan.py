@@ -926,8 +926,12 @@ def linear_forward(x2, weight, bias):
     return out
 
 
-def _matmul(a, b):
-    """``a @ b`` on fastconv's thread pool (see :mod:`fastconv.kernels.matmul` for why not BLAS)."""
+@_strategy("matmul", "matmul_nn", ["matmul.matmul_nn"], None, "4 rows x 256 columns of the product per job")
+def matmul(a, b):
+    """``a @ b`` for 2-D arrays on fastconv's thread pool (no checks: see :func:`fastconv.functional.matmul`).
+
+    See :mod:`fastconv.kernels.matmul` for why not NumPy's BLAS.
+    """
     a, b = contiguous(a), contiguous(b)
     out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
     _run("matmul.matmul_nn", a, b[None], np.zeros(a.shape[0], dtype=a.dtype), out[None],
@@ -939,7 +943,7 @@ def _matmul(a, b):
            "dx = dy @ weight and dw = dy.T @ x as matrix products on fastconv's threads")
 def linear_backward(d2, x2, weight, input_grad=True):
     """``(dx2, dw, db)`` for 2-D operands; ``dx2`` is None without ``input_grad`` (no checks)."""
-    dw = _matmul(d2.T, x2)
+    dw = matmul(d2.T, x2)
     db = d2.sum(axis=0)
-    dx2 = _matmul(d2, weight) if input_grad else None
+    dx2 = matmul(d2, weight) if input_grad else None
     return dx2, dw, db

@@ -47,14 +47,15 @@ def run_conv(plan, rng, finite=True):
 
 
 def run_elementwise_and_dense(dtype, rng):
-    """ReLU and the dense layer, forward and backward; returns the strategies run."""
+    """ReLU, the dense layer (forward and backward) and matmul; returns the strategies run."""
     import fastconv.functional as F
 
     x = rng.standard_normal((5, 7)).astype(dtype)
     w = rng.standard_normal((3, 7)).astype(dtype)
     F.relu_backward(x, F.relu(x))
     F.linear_backward(F.linear(x, w), x, w)
-    return {s for (op, _), s in P.STRATEGIES.items() if op.startswith(("relu", "linear"))}
+    F.matmul(x, w.T.copy())
+    return {s for (op, _), s in P.STRATEGIES.items() if op.startswith(("relu", "linear", "matmul"))}
 
 
 def run_pool(plan, rng):

@@ -275,3 +275,18 @@ def test_prefer_512_is_reported_only_when_applied():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
                          env={**__import__("os").environ, "FASTCONV_PREFER_512": "1"}).stdout.split()
     assert out == ["False", "False"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 7, 3), (64, 300, 10), (9, 1030, 13)], ids=str)
+def test_matmul_matches_numpy_and_refuses_bad_operands(shape, dtype, rng):
+    M, K, N = shape
+    a, b = rng.standard_normal((M, K)).astype(dtype), rng.standard_normal((K, N)).astype(dtype)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(F.matmul(a, b), a.astype(np.float64) @ b, rtol=tol, atol=tol * np.sqrt(K))
+    np.testing.assert_allclose(F.matmul(np.asfortranarray(a), b[::1]), a.astype(np.float64) @ b, rtol=tol,
+                               atol=tol * np.sqrt(K))
+    with pytest.raises(ValueError, match="matmul: a.shape"):
+        F.matmul(a, b.T.copy() if N != K else np.zeros((K + 1, N), dtype))
+    with pytest.raises(TypeError, match="matmul: arrays must share one dtype"):
+        F.matmul(a, b.astype(np.float64 if dtype == np.float32 else np.float32))
