@@ -290,3 +290,26 @@ def test_matmul_matches_numpy_and_refuses_bad_operands(shape, dtype, rng):
         F.matmul(a, b.T.copy() if N != K else np.zeros((K + 1, N), dtype))
     with pytest.raises(TypeError, match="matmul: arrays must share one dtype"):
         F.matmul(a, b.astype(np.float64 if dtype == np.float32 else np.float32))
+
+
+def test_compile_all_runs_every_strategy():
+    """``python -m fastconv.compile`` compiles what any call could need on this CPU."""
+    import io
+
+    from fastconv import compile as fc_compile
+
+    out = io.StringIO()
+    reached = fc_compile.compile_all(("float32", "float64"), file=out)
+    missing = sorted(f"{s.op}/{s.name}" for s in set(P.STRATEGIES.values()) - reached)
+    assert not missing, f"fastconv.compile misses {missing}"
+    assert "compiled fastconv's kernels for float32, float64 in" in out.getvalue()
+
+
+def test_compile_command_line():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "fastconv.compile", "--dtype", "float32"], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "compiled fastconv's kernels for float32" in done.stderr
