@@ -318,6 +318,26 @@ def _pack_nchw(a, ph, pw):
     return Packed(Layout.NCHW_PADDED, (ph, pw), out)
 
 
+class _Rotated:
+    """The input gradient's kernel: ``w`` rotated by 180 degrees, channel axes swapped, not yet copied.
+
+    The vector strategy packs it straight from ``w``; the others take :meth:`array`.
+    """
+
+    def __init__(self, w):
+        self.w = contiguous(w)
+        self.shape = (w.shape[1], w.shape[0], w.shape[2], w.shape[3])
+        self.dtype = w.dtype
+
+    def array(self):
+        return contiguous(self.w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+
+
+def _weights(w):
+    """The kernel as an (F, C, KH, KW) array (a :class:`_Rotated` one copied now)."""
+    return w.array() if isinstance(w, _Rotated) else w
+
+
 def _tiled_weights(w):
     """(F, C, KH, KW) -> (F, KW * KH * C), ordered (f, j, i, c) as the tiled kernels read the input."""
     F, C, KH, KW = w.shape
@@ -328,14 +348,15 @@ def _tiled_weights(w):
            "1x1, stride 1, no padding: y[n] = w @ x[n] per image, no repacking")
 def _forward_pointwise(g, x, w, b, out, cpu):
     packed = Packed(Layout.NCHW, (0, 0), contiguous(x))
-    _run("matmul.matmul_nn", contiguous(w).reshape(g.F, g.C), packed.array.reshape(g.N, g.C, g.H * g.W), b,
+    _run("matmul.matmul_nn", contiguous(_weights(w)).reshape(g.F, g.C), packed.array.reshape(g.N, g.C, g.H * g.W), b,
          out.reshape(g.N, g.F, g.H * g.W), work=out.size * g.C)
     return packed
 
 
 def _forward_tiled(kernel_name):
     def on_packed(g, xp, w, b, out, cpu):
-        _run(kernel_name, xp, _tiled_weights(w), g.KH, b, g.sh, g.sw, out, work=out.size * g.C * g.KH * g.KW)
+        _run(kernel_name, xp, _tiled_weights(_weights(w)), g.KH, b, g.sh, g.sw, out,
+             work=out.size * g.C * g.KH * g.KW)
 
     def run(g, x, w, b, out, cpu):
         packed = _pack_nhwc(x, g.ph, g.pw)
@@ -355,7 +376,7 @@ _strategy("conv2d_forward", "tiled", ["pack.pack_nhwc_padded", "tiled.tiled_forw
            "stride 1, short receptive field: each tap one loop over a whole zero-padded NCHW plane")
 def _forward_flat(g, x, w, b, out, cpu):
     packed = _pack_nchw(x, g.ph, g.pw)
-    _run("flat.flat_forward", packed.array, contiguous(w), b, out, work=out.size * g.C * g.KH * g.KW)
+    _run("flat.flat_forward", packed.array, contiguous(_weights(w)), b, out, work=out.size * g.C * g.KH * g.KW)
     return packed
 
 
@@ -363,17 +384,18 @@ def _forward_flat(g, x, w, b, out, cpu):
            Layout.NHWC_PADDED, "strided, short receptive field: the vector axis is the filter axis")
 def _forward_filter_vector(g, x, w, b, out, cpu):
     packed = _pack_nhwc(x, g.ph, g.pw)
-    wk = contiguous(w.transpose(2, 3, 1, 0))
+    wk = contiguous(_weights(w).transpose(2, 3, 1, 0))
     _run("filter_vector.filter_vector_forward", packed.array, wk, b, g.sh, g.sw, out,
          work=out.size * g.C * g.KH * g.KW)
     return packed
 
 
 def _vector_weights(w, lanes):
-    """(F, C, KH, KW) -> (blocks, KH, KW * C, lanes), an even number of blocks (zero-padded filters)."""
+    """(F, C, KH, KW) (or a :class:`_Rotated`) -> (blocks, KH, KW * C, lanes), an even number of blocks."""
     F, C, KH, KW = w.shape
     wv = np.empty((2 * -(-F // (2 * lanes)), KH, KW * C, lanes), dtype=w.dtype)
-    _run("pack.pack_vector_weights", contiguous(w), wv, work=wv.size)
+    rotated = isinstance(w, _Rotated)
+    _run("pack.pack_vector_weights", w.w if rotated else contiguous(w), rotated, wv, work=wv.size)
     return wv
 
 
@@ -417,8 +439,7 @@ def _full_correlation(plan, dy, w, pad, out):
     N, F, Ho, Wo = dy.shape
     C, KH, KW = w.shape[1], w.shape[2], w.shape[3]
     inner = plan.geometry.correlation(N, F, Ho, Wo, C, KH, KW, *pad)
-    wrot = contiguous(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    _choose_forward(inner, plan.cpu, dy.dtype).run(inner, dy, wrot, np.zeros(C, dtype=dy.dtype), out, plan.cpu)
+    _choose_forward(inner, plan.cpu, dy.dtype).run(inner, dy, _Rotated(w), np.zeros(C, dtype=dy.dtype), out, plan.cpu)
 
 
 @_strategy("conv2d_input_grad", "pointwise_matmul", ["matmul.matmul_nn"], None,
@@ -474,10 +495,9 @@ def _input_grad_phases_shared(plan, dy, w):
     inner = _shared_pack_inner(g, plan.cpu, dy.dtype)
 
     def compute(sub, th, tw):
-        wrot = contiguous(sub[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         phase = np.empty((g.N, g.C, g.Ho + 2 * tmax_h - th - 1, g.Wo + 2 * tmax_w - tw - 1), dtype=dy.dtype)
         sub_g = g.correlation(g.N, g.F, dyp.shape[1], dyp.shape[2], g.C, th, tw, 0, 0)
-        inner.run.on_packed(sub_g, dyp, wrot, zeros, phase, plan.cpu)
+        inner.run.on_packed(sub_g, dyp, _Rotated(sub), zeros, phase, plan.cpu)
         return phase, (tmax_h - th, tmax_w - tw)
 
     return _each_phase(g, dy, w, compute)

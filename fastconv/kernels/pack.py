@@ -126,19 +126,25 @@ def pack_scatter_phase(phase, first, residue, stride, padding, dx):
 
 
 @njit(**PARALLEL_JIT)
-def pack_vector_weights(w, wv):
-    """``wv[blk, i, j*C + c, l] = w[blk*L + l, c, i, j]``, zero for the padded filters ``blk*L + l >= F``.
+def pack_vector_weights(w, rotate, wv):
+    """``wv[blk, i, j*C + c, l] = k[blk*L + l, c, i, j]``, zero for the padded filters ``blk*L + l >= F``.
 
     The weight layout of :func:`fastconv.kernels.vector.vector_forward`: blocks of ``L``
-    filters, the taps of one kernel row contiguous. One pass, one job per (block, row).
+    filters, the taps of one kernel row contiguous. ``k`` is ``w`` itself, or with
+    ``rotate`` the input gradient's kernel -- ``w`` rotated by 180 degrees with its channel
+    axes swapped, ``k[f, c, i, j] = w[c, f, KH-1-i, KW-1-j]`` -- read in place, without a
+    rotated copy. One pass, one job per (block, kernel row).
 
     Parameters
     ----------
-    w : (F, C, KH, KW) array
+    w : (F, C, KH, KW) array, or (C, F, KH, KW) with ``rotate``
+    rotate : bool
     wv : (blocks, KH, KW * C, L) array
         Fully overwritten; ``blocks * L >= F``.
     """
-    F, C, KH, KW = w.shape
+    KH, KW = w.shape[2], w.shape[3]
+    F = w.shape[1] if rotate else w.shape[0]
+    C = w.shape[0] if rotate else w.shape[1]
     blocks, _, RW, L = wv.shape
     for job in prange(blocks * KH):
         blk = job // KH
@@ -150,4 +156,9 @@ def pack_vector_weights(w, wv):
             row = dst[r]
             for k in range(L):
                 f = blk * L + k
-                row[k] = w[f, c, i, j] if f < F else 0
+                if f >= F:
+                    row[k] = 0
+                elif rotate:
+                    row[k] = w[c, f, KH - 1 - i, KW - 1 - j]
+                else:
+                    row[k] = w[f, c, i, j]
