@@ -353,23 +353,20 @@ def _forward_pointwise(g, x, w, b, out, cpu):
     return packed
 
 
-def _forward_tiled(kernel_name):
-    def on_packed(g, xp, w, b, out, cpu):
-        _run(kernel_name, xp, _tiled_weights(_weights(w)), g.KH, b, g.sh, g.sw, out,
-             work=out.size * g.C * g.KH * g.KW)
-
-    def run(g, x, w, b, out, cpu):
-        packed = _pack_nhwc(x, g.ph, g.pw)
-        on_packed(g, packed.array, w, b, out, cpu)
-        return packed
-
-    run.on_packed = on_packed
-    return run
+def _tiled_on_packed(g, xp, w, b, out, cpu):
+    _run("tiled.tiled_forward_4x4", xp, _tiled_weights(_weights(w)), g.KH, b, g.sh, g.sw, out,
+         work=out.size * g.C * g.KH * g.KW)
 
 
-_strategy("conv2d_forward", "tiled", ["pack.pack_nhwc_padded", "tiled.tiled_forward_4x4"], Layout.NHWC_PADDED,
-          "zero-padded NHWC, rows interleaved; 4 pixels x 4 filters dot-product tiles (few filters)")(
-    _forward_tiled("tiled.tiled_forward_4x4"))
+@_strategy("conv2d_forward", "tiled", ["pack.pack_nhwc_padded", "tiled.tiled_forward_4x4"], Layout.NHWC_PADDED,
+           "zero-padded NHWC, rows interleaved; 4 pixels x 4 filters dot-product tiles (few filters)")
+def _forward_tiled(g, x, w, b, out, cpu):
+    packed = _pack_nhwc(x, g.ph, g.pw)
+    _tiled_on_packed(g, packed.array, w, b, out, cpu)
+    return packed
+
+
+_forward_tiled.on_packed = _tiled_on_packed
 
 
 @_strategy("conv2d_forward", "flat", ["pack.pack_nchw_padded", "flat.flat_forward"], Layout.NCHW_PADDED,
@@ -613,7 +610,7 @@ def _weight_grad_by_filters(g, x, dy, packed, cpu):
                                "per-thread partials summed in order")
 def _weight_grad_by_rows(g, x, dy, packed, cpu):
     R = g.KW * g.KH * g.C
-    partial = np.empty((_row_jobs(g), g.F, R), dtype=dy.dtype)
+    partial = np.empty((_row_jobs(g, numba.get_num_threads()), g.F, R), dtype=dy.dtype)
     _run("tiled.tiled_weight_grad_by_rows", _nhwc_operand(g, x, packed), dy, g.KH, g.sh, g.sw, partial,
          work=dy.size * R)
     return _from_tiled(partial.sum(axis=0), g)  # partials summed in thread order
@@ -646,12 +643,13 @@ def _vector_weight_grad_split(g, blocks, partial_bytes):
     return max(1, threads // gjobs), gjobs
 
 
-def _row_jobs(g):
-    return max(1, min(numba.get_num_threads(), g.N * g.Ho))
+def _row_jobs(g, threads):
+    """Jobs of the row-split tiled weight gradient: one per thread, at most one per output row."""
+    return max(1, min(threads, g.N * g.Ho))
 
 
 def _choose_tiled_weight_grad(g, itemsize, threads):
-    partials = max(1, min(threads, g.N * g.Ho)) * g.F * g.KW * g.KH * g.C * itemsize
+    partials = _row_jobs(g, threads) * g.F * g.KW * g.KH * g.C * itemsize
     if g.Wo <= TUNING.short_row or partials > TUNING.big_partials:
         return STRATEGIES["conv2d_weight_grad", "tiled_by_filters"]
     return STRATEGIES["conv2d_weight_grad", "tiled_by_rows"]

@@ -21,6 +21,7 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 from _layouts import LAYOUTS, relayout
+import _strategies as walk
 
 import fastconv.functional as fc
 from benchmarks import cases
@@ -107,7 +108,7 @@ def test_conv2d_backward_weight_matches_reference(case, dtype, tol):
 
 
 #: The two vector widths the plan chooses kernels for (7 x 2 vector tiles in 512 bits, 6 x 2 in 256).
-CPUS = {"avx512": plan.CPU("512-bit vectors", 64), "avx2": plan.CPU("256-bit vectors", 32)}
+CPUS = {f"{8 * cpu.vector_bytes}bit": cpu for cpu in walk.CPUS}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
