@@ -616,9 +616,22 @@ class Sequential(Module):
         return items[idx][1]
 
     def forward(self, x):
-        """Apply every module in order."""
-        for m in self._modules.values():
-            x = m(x)
+        """Apply every module in order.
+
+        A :class:`Conv2d` followed by a :class:`ReLU` runs as one convolution with the ReLU
+        fused into its last pass (the result is the same; the ReLU keeps the output for its
+        backward pass, as it does when called alone).
+        """
+        modules = list(self._modules.values())
+        i = 0
+        while i < len(modules):
+            m = modules[i]
+            if i + 1 < len(modules) and _plain(m, Conv2d) and _plain(modules[i + 1], ReLU):
+                x = modules[i + 1]._adopt(m._forward(x, relu=True))
+                i += 2
+            else:
+                x = m(x)
+                i += 1
         return x
 
     def backward(self, dout, input_grad=True):
@@ -628,11 +641,34 @@ class Sequential(Module):
         (the usual case in training, as when PyTorch's input does not require grad):
         a first ``Conv2d`` then skips its input-gradient convolution, and ``None`` is
         returned. Parameter gradients are the same either way.
+
+        A :class:`MaxPool2d` whose last input was the last output of the :class:`ReLU`
+        before it runs that ReLU's backward pass in its own routing pass (the same
+        gradients, one pass over the large activation less).
         """
         modules = list(self._modules.values())
-        for i in range(len(modules) - 1, -1, -1):
-            dout = modules[i].backward(dout, input_grad=input_grad or i > 0)
+        i = len(modules) - 1
+        while i >= 0:
+            m = modules[i]
+            if i > 0 and _routes_relu(modules[i - 1], m):
+                dout = m._backward(dout, input_grad or i > 1, relu=True)
+                i -= 2
+            else:
+                dout = m.backward(dout, input_grad=input_grad or i > 0)
+                i -= 1
         return dout
+
+
+def _plain(module, cls):
+    """``module`` is a ``cls`` whose forward and backward are ``cls``'s own (safe to fuse)."""
+    return (isinstance(module, cls) and type(module).forward is cls.forward
+            and type(module).backward is cls.backward)
+
+
+def _routes_relu(relu, pool):
+    """The pool's last input was the ReLU's last output, and both kept their caches."""
+    return (_plain(relu, ReLU) and _plain(pool, MaxPool2d) and relu._cache is not None
+            and pool._cache is not None and pool._cache[3] is relu._cache)
 
 
 # ---------------------------------------------------------------------------------------
@@ -715,6 +751,10 @@ class Conv2d(Module):
 
     def forward(self, x):
         """Convolve ``x`` of shape ``(N, C_in, H, W)``; returns ``(N, C_out, Ho, Wo)``."""
+        return self._forward(x, relu=False)
+
+    def _forward(self, x, relu):
+        """:meth:`forward`, with the ReLU of a following :class:`ReLU` fused in when ``relu``."""
         _check_input(x, "Conv2d", 4, "(N, C_in, H, W)", self.weight.data.dtype)
         if x.shape[1] != self.in_channels:
             raise ValueError(
@@ -723,7 +763,7 @@ class Conv2d(Module):
             )
         b = None if self.bias is None else self.bias.data
         plan = self.plan(x.shape)
-        out, packed = plan.run_forward(x, self.weight.data, b)
+        out, packed = plan.run_forward(x, self.weight.data, b, relu=relu)
         # The packed input is kept for the weight gradient, which reuses it when it reads
         # the same layout (the plan says which): one pass over the input less per step.
         self._cache = (x, packed, plan) if is_grad_enabled() else None
@@ -805,16 +845,25 @@ class MaxPool2d(Module):
         _check_input(x, "MaxPool2d", 4, "(N, C, H, W)")
         plan = self.plan(x.shape, x.dtype)
         out, indices = plan.run_forward(x)
-        self._cache = (indices, plan) if is_grad_enabled() else None
+        # The output (and which input) are kept for the backward pass fused with the
+        # ReLU's before it (Sequential).
+        self._cache = (indices, plan, out, x) if is_grad_enabled() else None
         return out
 
     def backward(self, dout, input_grad=True):
         """Route ``dout`` to the positions of the maxima; return ``dL/dx``."""
+        return self._backward(dout, input_grad, relu=False)
+
+    def _backward(self, dout, input_grad, relu):
+        """:meth:`backward`; with ``relu``, also the backward pass of the :class:`ReLU` whose
+        output this pool's input was (one pass: only maxima that are not ``<= 0`` route)."""
         if self._cache is None:
             raise _no_cache_error("MaxPool2d")
-        indices, plan = self._cache
+        indices, plan, out, _ = self._cache
         _check_dout(dout, "MaxPool2d", indices.shape, plan.dtype)
-        return plan.run_backward(dout, indices) if input_grad else None
+        if not input_grad:
+            return None
+        return plan.run_backward(dout, indices, relu_output=out if relu else None)
 
     def extra_repr(self):
         # PyTorch prints its two fixed options too; fastconv supports only these values.
@@ -836,18 +885,22 @@ class ReLU(Module):
     def forward(self, x):
         """``max(x, 0)``, same shape and dtype as ``x``."""
         _check_input(x, "ReLU")
-        # Backward needs only the sign of the input (PyTorch's rule: the gradient is
-        # blocked where x <= 0, so NaN lets it through); keep the input, as Conv2d does.
-        self._cache = x if is_grad_enabled() else None
-        return _plan.relu_forward(x)
+        return self._adopt(_plan.relu_forward(x))
+
+    def _adopt(self, out):
+        # Backward needs only where the input was <= 0 (PyTorch's rule, so NaN lets the
+        # gradient through), and ``out <= 0`` exactly there: keep the output, as PyTorch
+        # does. A fused producer (Sequential: Conv2d then ReLU) hands its output in here.
+        self._cache = out if is_grad_enabled() else None
+        return out
 
     def backward(self, dout, input_grad=True):
         """``dout`` where the input was positive (or NaN), else 0."""
         if self._cache is None:
             raise _no_cache_error("ReLU")
-        x = self._cache
-        _check_dout(dout, "ReLU", x.shape, x.dtype)
-        return _plan.relu_backward(dout, x) if input_grad else None
+        out = self._cache
+        _check_dout(dout, "ReLU", out.shape, out.dtype)
+        return _plan.relu_backward(dout, out) if input_grad else None
 
 
 class Flatten(Module):

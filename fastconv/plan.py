@@ -344,12 +344,20 @@ def _tiled_weights(w):
     return contiguous(w.transpose(0, 3, 2, 1)).reshape(F, KW * KH * C)
 
 
-@_strategy("conv2d_forward", "pointwise_matmul", ["matmul.matmul_nn"], Layout.NCHW,
+def _relu_in_place(out, relu):
+    """The ReLU of the strategies whose kernel has no fused one: one more pass, in place."""
+    if relu:
+        flat = out.reshape(-1)
+        _run("elementwise.elementwise_relu", flat, flat, work=flat.size)
+
+
+@_strategy("conv2d_forward", "pointwise_matmul", ["matmul.matmul_nn", "elementwise.elementwise_relu"], Layout.NCHW,
            "1x1, stride 1, no padding: y[n] = w @ x[n] per image, no repacking")
-def _forward_pointwise(g, x, w, b, out, cpu):
+def _forward_pointwise(g, x, w, b, out, cpu, relu=False):
     packed = Packed(Layout.NCHW, (0, 0), contiguous(x))
     _run("matmul.matmul_nn", contiguous(_weights(w)).reshape(g.F, g.C), packed.array.reshape(g.N, g.C, g.H * g.W), b,
          out.reshape(g.N, g.F, g.H * g.W), work=out.size * g.C)
+    _relu_in_place(out, relu)
     return packed
 
 
@@ -358,11 +366,12 @@ def _tiled_on_packed(g, xp, w, b, out, cpu):
          work=out.size * g.C * g.KH * g.KW)
 
 
-@_strategy("conv2d_forward", "tiled", ["pack.pack_nhwc_padded", "tiled.tiled_forward_4x4"], Layout.NHWC_PADDED,
+@_strategy("conv2d_forward", "tiled", ["pack.pack_nhwc_padded", "tiled.tiled_forward_4x4", "elementwise.elementwise_relu"], Layout.NHWC_PADDED,
            "zero-padded NHWC, rows interleaved; 4 pixels x 4 filters dot-product tiles (few filters)")
-def _forward_tiled(g, x, w, b, out, cpu):
+def _forward_tiled(g, x, w, b, out, cpu, relu=False):
     packed = _pack_nhwc(x, g.ph, g.pw)
     _tiled_on_packed(g, packed.array, w, b, out, cpu)
+    _relu_in_place(out, relu)
     return packed
 
 
@@ -371,19 +380,22 @@ _forward_tiled.on_packed = _tiled_on_packed
 
 @_strategy("conv2d_forward", "flat", ["pack.pack_nchw_padded", "flat.flat_forward"], Layout.NCHW_PADDED,
            "stride 1, short receptive field: each tap one loop over a whole zero-padded NCHW plane")
-def _forward_flat(g, x, w, b, out, cpu):
+def _forward_flat(g, x, w, b, out, cpu, relu=False):
     packed = _pack_nchw(x, g.ph, g.pw)
-    _run("flat.flat_forward", packed.array, contiguous(_weights(w)), b, out, work=out.size * g.C * g.KH * g.KW)
+    _run("flat.flat_forward", packed.array, contiguous(_weights(w)), b, relu, out,
+         work=out.size * g.C * g.KH * g.KW)
     return packed
 
 
-@_strategy("conv2d_forward", "filter_vector", ["pack.pack_nhwc_padded", "filter_vector.filter_vector_forward"],
+@_strategy("conv2d_forward", "filter_vector", ["pack.pack_nhwc_padded", "filter_vector.filter_vector_forward",
+            "elementwise.elementwise_relu"],
            Layout.NHWC_PADDED, "strided, short receptive field: the vector axis is the filter axis")
-def _forward_filter_vector(g, x, w, b, out, cpu):
+def _forward_filter_vector(g, x, w, b, out, cpu, relu=False):
     packed = _pack_nhwc(x, g.ph, g.pw)
     wk = contiguous(_weights(w).transpose(2, 3, 1, 0))
     _run("filter_vector.filter_vector_forward", packed.array, wk, b, g.sh, g.sw, out,
          work=out.size * g.C * g.KH * g.KW)
+    _relu_in_place(out, relu)
     return packed
 
 
@@ -396,17 +408,17 @@ def _vector_weights(w, lanes):
     return wv
 
 
-def _vector_on_packed(g, xp, w, b, out, cpu):
-    _run("vector.vector_forward", cpu.width, xp, _vector_weights(w, cpu.lanes(out.dtype)), b, (g.sh, g.sw), False,
+def _vector_on_packed(g, xp, w, b, out, cpu, relu=False):
+    _run("vector.vector_forward", cpu.width, xp, _vector_weights(w, cpu.lanes(out.dtype)), b, (g.sh, g.sw), relu,
          out, work=out.size * g.C * g.KH * g.KW)
 
 
 @_strategy("conv2d_forward", "vector",
            ["pack.pack_nhwc_padded", "pack.pack_vector_weights", "vector.vector_forward"], Layout.NHWC_PADDED,
            "zero-padded NHWC; outer-product tiles of pixels x 2 vectors of filters, accumulators in registers")
-def _forward_vector(g, x, w, b, out, cpu):
+def _forward_vector(g, x, w, b, out, cpu, relu=False):
     packed = _pack_nhwc(x, g.ph, g.pw)
-    _vector_on_packed(g, packed.array, w, b, out, cpu)
+    _vector_on_packed(g, packed.array, w, b, out, cpu, relu)
     return packed
 
 
@@ -711,11 +723,13 @@ class ConvPlan:
     bias_grad: Strategy
 
     # -- running ----------------------------------------------------------------------
-    def run_forward(self, x, w, b=None):
+    def run_forward(self, x, w, b=None, relu=False):
         """``(y, packed)``: the convolution, and ``x`` as the forward strategy packed it.
 
         Hand ``packed`` to :meth:`run_weight_grad`, which reuses it when it reads the same
-        layout. ``packed`` is None for an empty batch.
+        layout. ``packed`` is None for an empty batch. With ``relu=True``, ``y`` is
+        ``max(conv, 0)`` (NaN kept), fused into the kernel's last pass where the strategy
+        has it (``vector``, ``flat``) and one in-place pass otherwise.
         """
         g = self.geometry
         _check_operand(self, "x", x, g.x_shape)
@@ -726,7 +740,7 @@ class ConvPlan:
         if g.N == 0:
             return out, None
         bias = np.zeros(g.F, dtype=self.dtype) if b is None else contiguous(b)
-        return out, self.forward.run(g, x, w, bias, out, self.cpu)
+        return out, self.forward.run(g, x, w, bias, out, self.cpu, relu)
 
     def run_input_grad(self, dy, w):
         """dx: the full correlation of dy (dilated by the stride) with the 180-degree-rotated kernel."""
@@ -831,8 +845,8 @@ def _pool_any(g, planes, out, indices):
 
 @_strategy("max_pool2d_backward", "route", ["maxpool.maxpool_backward_route"], Layout.NCHW,
            "each dy element added to its window's winner; bad indices counted, never written through")
-def _pool_route(dy, indices, dx):
-    return _run("maxpool.maxpool_backward_route", dy, indices, dx, work=dx.size + dy.size)
+def _pool_route(dy, indices, y, relu, dx):
+    return _run("maxpool.maxpool_backward_route", dy, indices, y, relu, dx, work=dx.size + dy.size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -856,10 +870,17 @@ class PoolPlan:
                              indices.reshape(P, g.Ho, g.Wo))
         return out, indices
 
-    def run_backward(self, dy, indices):
-        """dx: each ``dy`` element routed to its window's winner (``indices`` from :meth:`run_forward`)."""
+    def run_backward(self, dy, indices, relu_output=None):
+        """dx: each ``dy`` element routed to its window's winner (``indices`` from :meth:`run_forward`).
+
+        ``relu_output``: when the pooled input was a ReLU's output, pass the pool's output
+        ``y`` here to run that ReLU's backward pass in the same pass (a gradient is routed
+        only where ``not y <= 0``); ``dx`` is then the gradient w.r.t. the ReLU's input.
+        """
         _check_operand(self, "dy", dy, self.geometry.y_shape)
-        return route_max_pool2d(dy, indices, self.geometry.x_shape)
+        if relu_output is not None:
+            _check_operand(self, "relu_output", relu_output, self.geometry.y_shape)
+        return route_max_pool2d(dy, indices, self.geometry.x_shape, relu_output=relu_output)
 
     def explain(self):
         g = self.geometry
@@ -874,12 +895,13 @@ class PoolPlan:
         return [self.forward, self.backward]
 
 
-def route_max_pool2d(dy, indices, x_shape, func="max_pool2d_backward"):
+def route_max_pool2d(dy, indices, x_shape, func="max_pool2d_backward", relu_output=None):
     """dx of shape ``x_shape``: ``dx[n, c].flat[indices[n, c, k]] += dy[n, c, k]`` (the ``route`` strategy).
 
     ``dy`` and ``indices`` share their shape ``(N, C, ...)``. The kernel checks every index
     before it writes; a ``ValueError`` naming ``func`` is raised after it if any was
-    outside ``[0, H*W)``.
+    outside ``[0, H*W)``. With ``relu_output`` (the pooled maxima, same shape), only the
+    ``dy`` elements whose maximum is not ``<= 0`` are routed (see :meth:`PoolPlan.run_backward`).
     """
     N, C, H, W = x_shape
     dx = np.empty(x_shape, dtype=dy.dtype)
@@ -887,8 +909,11 @@ def route_max_pool2d(dy, indices, x_shape, func="max_pool2d_backward"):
         dx[...] = 0
         return dx
     P = N * C
+    dy2 = contiguous(dy).reshape(P, -1)
+    relu = relu_output is not None
+    y2 = contiguous(relu_output).reshape(P, -1) if relu else dy2
     bad = STRATEGIES["max_pool2d_backward", "route"].run(
-        contiguous(dy).reshape(P, -1), contiguous(indices, np.int64).reshape(P, -1), dx.reshape(P, H * W))
+        dy2, contiguous(indices, np.int64).reshape(P, -1), y2, relu, dx.reshape(P, H * W))
     if bad:
         lo, hi = int(indices.min()), int(indices.max())
         raise ValueError(

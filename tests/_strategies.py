@@ -62,4 +62,5 @@ def run_pool(plan, rng):
     x = rng.standard_normal(plan.geometry.x_shape).astype(plan.dtype)
     y, idx = plan.run_forward(x)
     plan.run_backward(y, idx)
+    plan.run_backward(y, idx, relu_output=y)
     return set(plan.strategies())

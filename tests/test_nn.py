@@ -476,6 +476,65 @@ def test_sequential_backward_without_input_grad(first, rng):
         np.testing.assert_array_equal(pa.grad, pb.grad, err_msg=name)
 
 
+class _CountingReLU(nn.ReLU):
+    """A user's ReLU with its own forward: Sequential must call it, not fuse it away."""
+
+    calls = 0
+
+    def forward(self, x):
+        type(self).calls += 1
+        return super().forward(x)
+
+
+def _conv_net(dtype, relu=nn.ReLU):
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1, dtype=dtype, rng=0), relu(), nn.MaxPool2d(2),   # flat + ReLU
+        nn.Conv2d(16, 32, 3, padding=1, dtype=dtype, rng=1), relu(), nn.MaxPool2d(3, 2, 1),  # vector
+        nn.Conv2d(32, 8, 1, dtype=dtype, rng=2), relu(),  # pointwise + ReLU, no pool after
+        nn.Flatten(), nn.Linear(8 * 4 * 4, 5, dtype=dtype, rng=3))
+
+
+@pytest.mark.parametrize("nan", [False, True], ids=["finite", "nan"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sequential_fusions_give_the_layer_by_layer_result(dtype, nan, rng):
+    """Conv2d+ReLU forward and ReLU+MaxPool2d backward, fused by Sequential, change no bit."""
+    x = rng.standard_normal((3, 1, 15, 15)).astype(dtype)
+    if nan:
+        x[0, 0, 3, 4] = np.nan
+    fused, alone = _conv_net(dtype), _conv_net(dtype)
+    y = fused(x)
+    h = x
+    for m in alone:  # each layer called on its own: nothing fused
+        h = m(h)
+    np.testing.assert_array_equal(y, h)
+    dout = rng.standard_normal(y.shape).astype(dtype)
+    dx = fused.backward(dout)
+    d = dout
+    for m in reversed(list(alone)):
+        d = m.backward(d)
+    np.testing.assert_array_equal(dx, d)
+    for (name, pa), (_, pb) in zip(fused.named_parameters(), alone.named_parameters()):
+        np.testing.assert_array_equal(pa.grad, pb.grad, err_msg=name)
+    assert np.isnan(fused[0].weight.grad).any() == nan
+
+
+def test_sequential_does_not_fuse_overridden_layers_or_foreign_inputs(rng):
+    x = rng.standard_normal((2, 1, 8, 8))
+    _CountingReLU.calls = 0
+    model = _conv_net(np.float64, relu=_CountingReLU)
+    model(rng.standard_normal((2, 1, 15, 15)))
+    assert _CountingReLU.calls == 3
+    # The pool ran last on another array than the ReLU's output: its backward is not fused.
+    relu, pool = nn.ReLU(), nn.MaxPool2d(2)
+    seq = nn.Sequential(relu, pool)
+    seq(x)
+    other = rng.standard_normal((2, 1, 8, 8))
+    dy = rng.standard_normal((2, 1, 4, 4))
+    pool(other)
+    want = relu.backward(pool.backward(dy))
+    np.testing.assert_array_equal(seq.backward(dy), want)
+
+
 @pytest.mark.parametrize(
     "layer, dout",
     [

@@ -88,6 +88,8 @@ def test_every_conv_strategy_matches_reference(strategy, dtype):
         where = f"{row} on {cpu.name}"
         y, packed = plan.run_forward(xd, wd, bd)
         _check(y, y_ref, dtype, f"forward {plan.forward.name} {where}")
+        _check(plan.run_forward(xd, wd, bd, relu=True)[0], np.maximum(y_ref, 0), dtype,
+               f"forward {plan.forward.name} with the fused ReLU {where}")
         _check(plan.run_input_grad(dyd, wd), dx_ref, dtype, f"input grad {plan.input_grad.name} {where}")
         _check(plan.run_weight_grad(dyd, xd, packed), dw_ref, dtype, f"weight grad {plan.weight_grad.name} {where}")
         _check(plan.run_weight_grad(dyd, xd), dw_ref, dtype, f"weight grad without the packed x {where}")

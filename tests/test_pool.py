@@ -97,6 +97,26 @@ def test_max_pool2d_matches_reference(case, kind, dtype, tol):
     np.testing.assert_allclose(dx, ref.max_pool2d_backward(dy, idx_ref, x.shape), **tol(dtype, overlaps))
 
 
+# ------------------------------------------------------------------------- the ReLU fused into the routing
+FUSED_PARAMS = [pytest.param(case, kind, id=f"{case}-{kind}") for case in cases.POOL_ROWS
+                if case.bench_batch is None for kind in ("normal", "ties", "nan")]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("case", "kind"), FUSED_PARAMS)
+def test_backward_with_the_relu_fused_equals_the_two_passes(case, kind, dtype):
+    """``run_backward(..., relu_output=y)`` on a ReLU's output = the route, then the ReLU's backward."""
+    rng = np.random.default_rng(_seed(case, kind, "relu"))
+    r = np.maximum(make_input(case.x_shape, kind, rng, dtype) - dtype(0.5), dtype(0))  # NaN stays NaN
+    plan = fc.max_pool2d_plan(case.x_shape, case.k, case.stride, case.pad, dtype=dtype)
+    y, idx = plan.run_forward(r)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    fused = plan.run_backward(dy, idx, relu_output=y)
+    np.testing.assert_array_equal(fused, fc.relu_backward(plan.run_backward(dy, idx), r))
+    want = np.where(r <= 0, 0, ref.max_pool2d_backward(dy.astype(np.float64), idx, r.shape))
+    np.testing.assert_allclose(fused, want, rtol=1e-6 if dtype == np.float32 else 1e-13, atol=1e-6)
+
+
 # ------------------------------------------------------------------------- semantics, derived by hand
 def _first_real_element(case):
     """Flat index of the first unpadded element of every window (what ties resolve to)."""

@@ -40,7 +40,7 @@ def _tap_run(planes, base, t, KHW, KW, Wp, L):
 
 
 @njit(**PARALLEL_JIT)
-def flat_forward(xq, w, b, out):
+def flat_forward(xq, w, b, relu, out):
     """Stride-1 cross-correlation for short receptive fields, vectorised along whole images.
 
     With the input zero-padded to width ``Wp`` and each plane read as one flat vector,
@@ -60,6 +60,8 @@ def flat_forward(xq, w, b, out):
         Filters (C-contiguous).
     b : (F,) array
         Bias.
+    relu : bool
+        Apply ``max(y, 0)`` (NaN kept) to the output as it is written.
     out : (N, F, Ho, Wo) array
         Output, fully overwritten; ``Ho = Hp - KH + 1``, ``Wo = Wp - KW + 1``.
     """
@@ -74,6 +76,7 @@ def flat_forward(xq, w, b, out):
     pairs = (F + 1) // 2
     planes = xq.reshape(N * C, Hp * Wp)
     wf = w.reshape(F, T)
+    zero = np.zeros(1, dtype=out.dtype)[0]
     for job in prange(N * pairs):
         n = job // pairs
         f = 2 * (job - n * pairs)
@@ -120,7 +123,8 @@ def flat_forward(xq, w, b, out):
                 row = plane[oh]
                 src = a[oh * Wp:oh * Wp + Wo]
                 for ow in range(Wo):
-                    row[ow] = src[ow]
+                    v = src[ow]
+                    row[ow] = zero if relu and v <= zero else v
 
 
 @njit(**PARALLEL_JIT)

@@ -115,17 +115,24 @@ def maxpool_forward_window(x, window, stride, padding, out, indices):
 
 
 @njit(**PARALLEL_JIT)
-def maxpool_backward_route(dy, indices, dx):
+def maxpool_backward_route(dy, indices, y, relu, dx):
     """Route each ``dy`` element to its winner: ``dx[p, indices[p, k]] += dy[p, k]``.
 
     An index outside ``[0, H*W)`` is never used to write; it is counted instead, and the
     count is returned (0 for valid indices), so the caller can refuse the call without a
     separate pass over ``indices`` to check them first.
 
+    With ``relu``, the pooled input was a ReLU's output and this is also that ReLU's
+    backward pass: ``dy[p, k]`` is routed only where the window's maximum ``y[p, k]`` is
+    not ``<= 0`` (the ReLU's own rule, so NaN passes), which is where the ReLU let the
+    gradient through at the winner.
+
     Parameters
     ----------
-    dy, indices : (P, K) arrays
-        Output gradient and winners (flat indices into a plane).
+    dy, indices, y : (P, K) arrays
+        Output gradient, winners (flat indices into a plane) and the pooled maxima
+        (read only with ``relu``).
+    relu : bool
     dx : (P, H * W) array
         Input gradient, fully overwritten; overlapping windows accumulate.
 
@@ -136,18 +143,20 @@ def maxpool_backward_route(dy, indices, dx):
     """
     P, K = dy.shape
     HW = dx.shape[1]
+    zero = np.zeros(1, dtype=dx.dtype)[0]
     bad = 0
     for p in prange(P):
         drow = dx[p]
         drow[:] = 0
         grow = dy[p]
         irow = indices[p]
+        yrow = y[p]
         for k in range(K):
             i = irow[k]
-            if 0 <= i < HW:
-                drow[i] += grow[k]
-            else:
+            if not 0 <= i < HW:
                 bad += 1
+            elif not relu or not yrow[k] <= zero:
+                drow[i] += grow[k]
     return bad
 
 

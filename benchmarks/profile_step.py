@@ -1,0 +1,122 @@
+"""Where one training step of the reference MNIST CNN goes, layer by layer, beside PyTorch's step.
+
+Usage (from the repository root)::
+
+    python benchmarks/profile_step.py [--batch 64] [--steps 40] [--threads 2]
+
+Prints the median time of each layer's forward and backward pass over ``--steps`` steps
+(the model run layer by layer, exactly as ``Sequential`` runs it), the SGD update, the
+minor page faults per step (fresh memory the step touched), and the whole step's median
+next to PyTorch's on the same weights and batch (when torch is installed). The batch is
+real MNIST when ``FASTCONV_DATA_DIR`` points at it (PyTorch's step is faster on real
+digits than on noise), else standard-normal noise.
+"""
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import fastconv  # noqa: E402
+from benchmarks.training import LR, MOMENTUM, make_batch  # noqa: E402
+from fastconv import nn, optim  # noqa: E402
+from fastconv.models import reference_cnn, to_torch  # noqa: E402
+
+
+def _batch(batch):
+    try:
+        from fastconv.datasets import load_mnist, preprocess_mnist
+        (x, y), _ = load_mnist(download=False, progress=False)
+    except Exception:  # no data set here: noise
+        return make_batch(batch)
+    return preprocess_mnist(x[:batch]), y[:batch].astype(np.int64)
+
+
+def _faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def profile_fastconv(x, y, steps):
+    model = reference_cnn(rng=0)
+    loss_fn = nn.CrossEntropyLoss()
+    opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    layers = list(model)
+    names = [f"{i} {type(m).__name__}" for i, m in enumerate(layers)]
+    times = {}
+
+    def timed(key, fn, *args, **kw):
+        t = time.perf_counter()
+        out = fn(*args, **kw)
+        times.setdefault(key, []).append(time.perf_counter() - t)
+        return out
+
+    faults = []
+    for _ in range(steps + 3):
+        f0, t0 = _faults(), time.perf_counter()
+        h = x
+        for name, m in zip(names, layers):
+            h = timed(("forward", name), m, h)
+        timed(("loss", ""), loss_fn, h, y)
+        d = loss_fn.backward()
+        for i in range(len(layers) - 1, -1, -1):
+            d = timed(("backward", names[i]), layers[i].backward, d, input_grad=i > 0)
+        timed(("sgd", ""), opt.step)
+        opt.zero_grad()
+        times.setdefault(("step", ""), []).append(time.perf_counter() - t0)
+        faults.append(_faults() - f0)
+    return {k: statistics.median(v[3:]) for k, v in times.items()}, statistics.median(faults[3:])
+
+
+def torch_step_time(x, y, steps):
+    try:
+        import torch
+    except ImportError:
+        return None
+    model = to_torch(reference_cnn(rng=0))
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    times = []
+    for _ in range(steps + 3):
+        t = time.perf_counter()
+        opt.zero_grad()
+        loss_fn(model(xt), yt).backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[3:])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    fastconv.set_num_threads(args.threads)
+    try:
+        import torch
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        pass
+    x, y = _batch(args.batch)
+    times, faults = profile_fastconv(x, y, args.steps)
+    time.sleep(0.2)  # let fastconv's threads settle before torch's pool runs
+    t_torch = torch_step_time(x, y, args.steps)
+    print(f"reference CNN, batch {args.batch}, {args.threads} threads, median of {args.steps} steps (ms)")
+    for (phase, name), t in times.items():
+        if phase != "step":
+            print(f"  {phase:9s} {name:18s} {1e3 * t:7.3f}")
+    step = times["step", ""]
+    print(f"  step (fastconv)              {1e3 * step:7.3f}   minor page faults per step: {faults:.0f}")
+    if t_torch is not None:
+        print(f"  step (torch)                 {1e3 * t_torch:7.3f}   fastconv/torch time {step / t_torch:.2f}")
+
+
+if __name__ == "__main__":
+    main()
