@@ -8,6 +8,11 @@ in ``P`` and ``B``; writing each by hand would copy the same code, so this scrip
 (XNNPACK's template approach) and ``tests/test_vector.py`` checks the committed file is what
 it generates.
 
+The tiles are ordinary ``@njit`` functions, not ``inline="always"``: inlining them into the
+Numba IR of every parallel kernel made each kernel's compile about a second longer (the
+parfor passes walk the bigger IR), while LLVM inlines them into the same machine code
+anyway (the hot loops' instructions are the same; ``benchmarks/NOTES.md``).
+
 ``_tile_PxB(z, xf, xo, wf, wo, steps, obuf, oo)`` accumulates ``P`` output pixels x ``B``
 blocks of ``L`` filters (``L`` the vector's lanes) and stores them to the row buffer
 ``obuf[(ow + p) * Fp + f]``: ``z`` is a zero vector (it gives the type), ``xf`` the flat
@@ -64,7 +69,7 @@ def tile(P, B):
     lines = [
         "",
         "",
-        '@njit(**SERIAL_JIT, inline="always")',
+        '@njit(**SERIAL_JIT)',
         f"def _tile_{P}x{B}(z, xf, xo, wf, wo, steps, obuf, oo):",
         f'    """{P} pixel{"s" if P > 1 else ""} x {B} filter blocks: {P * B} vector accumulators."""',
         "    sx, rowstep, RW, KH, bstep, Fp = steps",
@@ -94,7 +99,7 @@ def dw_tile(T, B):
     lines = [
         "",
         "",
-        '@njit(**SERIAL_JIT, inline="always")',
+        '@njit(**SERIAL_JIT)',
         f"def _dw_tile_{T}x{B}(z, xf, xbase, dyt, steps, part, po):",
         f'    """{T} entr{"ies" if T > 1 else "y"} x {B} filter blocks: {T * B} vector accumulators."""',
         "    nb, Wo, sx, Fp, fo, bstep, e0 = steps",

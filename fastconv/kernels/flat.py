@@ -76,7 +76,9 @@ def flat_forward(xq, w, b, relu, out):
     pairs = (F + 1) // 2
     planes = xq.reshape(N * C, Hp * Wp)
     wf = w.reshape(F, T)
-    zero = np.zeros(1, dtype=out.dtype)[0]
+    # The ReLU as a floor: -inf (no change) or 0, one select either way (no branch on ``relu``
+    # in the loop: LLVM would compile the loop twice).
+    floor = np.full(1, 0 if relu else -np.inf, dtype=out.dtype)[0]
     for job in prange(N * pairs):
         n = job // pairs
         f = 2 * (job - n * pairs)
@@ -124,7 +126,7 @@ def flat_forward(xq, w, b, relu, out):
                 src = a[oh * Wp:oh * Wp + Wo]
                 for ow in range(Wo):
                     v = src[ow]
-                    row[ow] = zero if relu and v <= zero else v
+                    row[ow] = floor if v <= floor else v
 
 
 @njit(**PARALLEL_JIT)

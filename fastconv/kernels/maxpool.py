@@ -143,7 +143,9 @@ def maxpool_backward_route(dy, indices, y, relu, dx):
     """
     P, K = dy.shape
     HW = dx.shape[1]
-    zero = np.zeros(1, dtype=dx.dtype)[0]
+    # ``not y <= gate`` is the ReLU's rule with gate 0, and always true with gate NaN (no
+    # branch on ``relu`` in the loop).
+    gate = np.full(1, 0 if relu else np.nan, dtype=dx.dtype)[0]
     bad = 0
     for p in prange(P):
         drow = dx[p]
@@ -155,7 +157,7 @@ def maxpool_backward_route(dy, indices, y, relu, dx):
             i = irow[k]
             if not 0 <= i < HW:
                 bad += 1
-            elif not relu or not yrow[k] <= zero:
+            elif not yrow[k] <= gate:
                 drow[i] += grow[k]
     return bad
 

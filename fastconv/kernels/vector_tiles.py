@@ -11,7 +11,7 @@ from ..config import SERIAL_JIT
 from .simd import lanes, vfmab, vload, vstore
 
 
-@njit(**SERIAL_JIT, inline="always")
+@njit(**SERIAL_JIT)
 def _tile_7x2(z, xf, xo, wf, wo, steps, obuf, oo):
     """7 pixels x 2 filter blocks: 14 vector accumulators."""
     sx, rowstep, RW, KH, bstep, Fp = steps
@@ -66,7 +66,7 @@ def _tile_7x2(z, xf, xo, wf, wo, steps, obuf, oo):
     vstore(obuf, oo + 6 * Fp + L, a6_1)
 
 
-@njit(**SERIAL_JIT, inline="always")
+@njit(**SERIAL_JIT)
 def _tile_6x2(z, xf, xo, wf, wo, steps, obuf, oo):
     """6 pixels x 2 filter blocks: 12 vector accumulators."""
     sx, rowstep, RW, KH, bstep, Fp = steps
@@ -115,7 +115,7 @@ def _tile_6x2(z, xf, xo, wf, wo, steps, obuf, oo):
     vstore(obuf, oo + 5 * Fp + L, a5_1)
 
 
-@njit(**SERIAL_JIT, inline="always")
+@njit(**SERIAL_JIT)
 def _tile_1x2(z, xf, xo, wf, wo, steps, obuf, oo):
     """1 pixel x 2 filter blocks: 2 vector accumulators."""
     sx, rowstep, RW, KH, bstep, Fp = steps
@@ -134,7 +134,7 @@ def _tile_1x2(z, xf, xo, wf, wo, steps, obuf, oo):
     vstore(obuf, oo + L, a0_1)
 
 
-@njit(**SERIAL_JIT, inline="always")
+@njit(**SERIAL_JIT)
 def _dw_tile_7x2(z, xf, xbase, dyt, steps, part, po):
     """7 entries x 2 filter blocks: 14 vector accumulators."""
     nb, Wo, sx, Fp, fo, bstep, e0 = steps
@@ -190,7 +190,7 @@ def _dw_tile_7x2(z, xf, xbase, dyt, steps, part, po):
     vstore(part, po + bstep + 6 * L, a6_1)
 
 
-@njit(**SERIAL_JIT, inline="always")
+@njit(**SERIAL_JIT)
 def _dw_tile_6x2(z, xf, xbase, dyt, steps, part, po):
     """6 entries x 2 filter blocks: 12 vector accumulators."""
     nb, Wo, sx, Fp, fo, bstep, e0 = steps
@@ -240,7 +240,7 @@ def _dw_tile_6x2(z, xf, xbase, dyt, steps, part, po):
     vstore(part, po + bstep + 5 * L, a5_1)
 
 
-@njit(**SERIAL_JIT, inline="always")
+@njit(**SERIAL_JIT)
 def _dw_tile_1x2(z, xf, xbase, dyt, steps, part, po):
     """1 entry x 2 filter blocks: 2 vector accumulators."""
     nb, Wo, sx, Fp, fo, bstep, e0 = steps
