@@ -161,6 +161,12 @@ def world():
     RuntimeError
         Launched by ``mpiexec`` with several processes but mpi4py is not installed (each
         process would otherwise train alone and they would overwrite each other's files).
+
+    Examples
+    --------
+    >>> w = world()                      # python script.py: a world of one
+    >>> w.rank, w.size, w is world()
+    (0, 1, True)
     """
     global _WORLD
     if _WORLD is None:
@@ -209,6 +215,12 @@ class World:
     local_rank, local_size : int
         The same among the processes on this machine (they share its cores: give each
         ``cores // local_size`` threads).
+
+    Examples
+    --------
+    >>> w = World(None)
+    >>> w, w.is_root, w.any(False), w.broadcast_object({"lr": 0.1})
+    (World(rank=0, size=1, local_size=1), True, False, {'lr': 0.1})
     """
 
     def __init__(self, comm=None):
@@ -374,6 +386,15 @@ class GradientAverager:
     ----------
     nbytes : int
         Bytes allreduced per call (0 in a world of one).
+
+    Examples
+    --------
+    >>> from fastconv.models import reference_cnn
+    >>> model = reference_cnn(rng=0)
+    >>> averager = GradientAverager(model.parameters())
+    >>> averager.average()               # after backward, before the optimizer step
+    >>> sum(p.size for p in model.parameters()) * 4   # bytes per call under mpiexec (float32)
+    1686568
     """
 
     def __init__(self, parameters, world=None):
@@ -434,6 +455,15 @@ class Replicas:
     module : fastconv.nn.Module
     world : World, optional
         Default: :func:`world`.
+
+    Examples
+    --------
+    >>> from fastconv.models import reference_cnn
+    >>> replicas = Replicas(reference_cnn(rng=0))
+    >>> batch = np.arange(64)
+    >>> local = replicas.shard(batch)    # all 64 alone; 32 each on 2 ranks
+    >>> replicas.synchronize(len(local), len(batch), 2.3 * len(local), 7)
+    (147.2, 7)
     """
 
     def __init__(self, module, world=None):
@@ -463,7 +493,15 @@ class Replicas:
         -------
         (float, int)
             The global batch's loss sum and correct count.
+
+        Raises
+        ------
+        ValueError
+            Unless ``0 <= n_local <= n_global`` and ``n_global >= 1``.
         """
+        if not 0 <= n_local <= n_global or n_global < 1:
+            raise ValueError(f"Replicas.synchronize: need 0 <= n_local <= n_global and n_global >= 1; "
+                             f"got n_local={n_local}, n_global={n_global}")
         if self.world.comm is None:
             return loss_sum, correct
         self.averager.average(n_local / n_global)
@@ -477,9 +515,24 @@ def evaluate(model, x, y, world=None, batch_size=1000):
     set and the predictions are gathered on every rank, so the result equals the
     single-process one (up to rounding of the loss sum) in ``1 / size`` of the time.
 
+    Parameters
+    ----------
+    model, x, y, batch_size
+        As for :func:`fastconv.training.evaluate`.
+    world : World, optional
+        Default: :func:`world`.
+
     Returns
     -------
     fastconv.training.Evaluation
+
+    Examples
+    --------
+    >>> from fastconv.models import reference_cnn
+    >>> x = np.zeros((8, 1, 28, 28), np.float32)
+    >>> result = evaluate(reference_cnn(rng=0), x, np.zeros(8, np.int64))
+    >>> result.predictions.shape, 0 <= result.accuracy <= 1
+    ((8,), True)
     """
     from .training import Evaluation, evaluate as local_evaluate
 

@@ -336,14 +336,15 @@ def main(argv=None):
         return code
     except (OSError, CorruptFileError, serialization.CheckpointError, ResumeError) as exc:  # OSError: files, downloads
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return world.abort(1)  # [distributed] ends every rank (in a single process: returns 1)
     except KeyboardInterrupt:
         print("Aborted; nothing saved since the last checkpoint.", file=sys.stderr)
-        return 130
+        return world.abort(130)
     finally:
         functional.set_num_threads(threads_before)
 
 
 if __name__ == "__main__":
-    with distributed.world().abort_on_exception():  # [distributed] a failing rank ends the whole job
-        sys.exit(main())
+    with distributed.world().abort_on_exception():  # [distributed] an exception on one rank ends the whole job
+        code = main()
+    sys.exit(code)  # every rank returns the same status (an error on one rank aborts inside main)

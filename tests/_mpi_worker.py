@@ -10,10 +10,12 @@ step OUT
 raise OUT / exit OUT
     Rank 1 raises (or calls ``sys.exit(3)``) inside ``abort_on_exception`` while rank 0
     waits in a barrier: the job must end, not hang.
-script OUT KILL_EPOCH ARGS...
+script OUT FAULT ARGS...
     ``scripts/train_mnist.py ARGS`` on the synthetic data set of tests/test_train_mnist.py.
-    Every rank but 0 fails at once if it tries to write a file; with ``KILL_EPOCH > 0``
-    rank 1 kills itself (SIGKILL) when it starts that epoch.
+    Every rank but 0 fails at once if it tries to write a file. FAULT is ``none``,
+    ``kill:E`` (rank 1 kills itself with SIGKILL when it starts epoch E) or ``interrupt:S``
+    (rank 1 alone sees a Ctrl-C after step S of the first epoch, as if the signal reached
+    only that process).
 """
 
 import importlib.util
@@ -78,20 +80,39 @@ def kill_rank_1_at(epoch):
     training.train_epoch = wrapped
 
 
-def run_script(argv, world, kill_epoch):
+def interrupt_rank_1_after(steps, script):
+    class LateInterrupt(script.InterruptFlag):
+        reads = 0
+
+        @property
+        def requested(self):  # read once per step by train_epoch's should_stop
+            self.reads += 1
+            return self.reads >= steps
+
+        @requested.setter
+        def requested(self, value):
+            pass
+    script.InterruptFlag = LateInterrupt
+
+
+def run_script(argv, world, fault):
     script = load(REPO / "scripts" / "train_mnist.py", "_train_mnist_under_mpi")
     data = load(REPO / "tests" / "test_train_mnist.py", "_test_train_mnist").synthetic_mnist()
     script.load_mnist = lambda *args, **kwargs: data
     if not world.is_root:
         forbid_writes(script)
-    if kill_epoch and world.rank == 1:
-        kill_rank_1_at(kill_epoch)
+    kind, _, at = fault.partition(":")
+    if kind == "kill" and world.rank == 1:
+        kill_rank_1_at(int(at))
+    if kind == "interrupt" and world.rank == 1:
+        interrupt_rank_1_after(int(at), script)
     return script.main(argv)
 
 
 def main():
     mode, out = sys.argv[1], Path(sys.argv[2])
     world = distributed.world()
+    code = 0
     with world.abort_on_exception():
         if mode == "step":
             run_step(out, world)
@@ -102,7 +123,8 @@ def main():
                 raise RuntimeError("a failure on rank 1")
             world.barrier()
         elif mode == "script":
-            sys.exit(run_script(sys.argv[4:], world, int(sys.argv[3])))
+            code = run_script(sys.argv[4:], world, sys.argv[3])
+    sys.exit(code)
 
 
 if __name__ == "__main__":

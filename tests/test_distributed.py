@@ -109,6 +109,14 @@ def test_world_of_one_changes_nothing():
     np.testing.assert_array_equal(ours.predictions, theirs.predictions)
 
 
+@pytest.mark.parametrize("n_local, n_global", [(5, 4), (-1, 4), (0, 0)], ids=["more-than-global", "negative",
+                                                                           "empty-batch"])
+def test_synchronize_rejects_impossible_counts(n_local, n_global):
+    model, *_ = load_worker().step_problem()
+    with pytest.raises(ValueError, match=rf"Replicas.synchronize: .*n_local={n_local}, n_global={n_global}"):
+        distributed.Replicas(model, distributed.World(None)).synchronize(n_local, n_global, 0.0, 0)
+
+
 def test_gradient_averager_refuses_a_changed_parameter():
     class Fake:  # a two-rank world's interface, without MPI
         comm, _mpi, size, rank = object(), None, 2, 0
@@ -192,13 +200,13 @@ def test_script_on_two_ranks_trains_like_one_process_and_rank_0_alone_writes(tmp
         d.mkdir()
     single = run_in_process(single_dir, *script_args(single_dir, "--epochs", 2))
 
-    proc, _ = mpirun("script", a, 0, *script_args(a, "--epochs", 1))  # 2 ranks, then 1 process
+    proc, _ = mpirun("script", a, "none", *script_args(a, "--epochs", 1))  # 2 ranks, then 1 process
     assert proc.returncode == 0, report(proc)
     assert "x 2 processes" in proc.stdout and proc.stdout.count("epoch 1/1:") == 1, report(proc)
     assert_close_checkpoints(run_in_process(a, *script_args(a, "--epochs", 2, "--resume")), single)
 
     run_in_process(b, *script_args(b, "--epochs", 1))  # 1 process, then 2 ranks
-    proc, _ = mpirun("script", b, 0, *script_args(b, "--epochs", 2, "--resume", "--metrics-out", b / "m.json",
+    proc, _ = mpirun("script", b, "none", *script_args(b, "--epochs", 2, "--resume", "--metrics-out", b / "m.json",
                                                    "--plot", b / "p.png"))
     assert proc.returncode == 0, report(proc)
     assert proc.stdout.count("epoch 2/2:") == 1 and "resumed from" in proc.stdout, report(proc)  # rank 0 alone
@@ -211,8 +219,21 @@ def test_script_on_two_ranks_trains_like_one_process_and_rank_0_alone_writes(tmp
 
 @requires_mpi
 def test_killing_one_rank_ends_the_job_and_the_last_checkpoint_loads(tmp_path):
-    proc, seconds = mpirun("script", tmp_path, 3, *script_args(tmp_path, "--epochs", 3))
+    proc, seconds = mpirun("script", tmp_path, "kill:3", *script_args(tmp_path, "--epochs", 3))
     assert proc.returncode != 0, report(proc)
     assert seconds < 60, f"the job took {seconds:.0f} s to end"
     ckpt = training.load_checkpoint(tmp_path / "ck.npz")
     assert ckpt["epoch"] in (1, 2) and ckpt["config"]["world_size"] == 2
+
+
+@requires_mpi
+def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step_and_resumes(tmp_path):
+    """Rank 1 alone sees Ctrl-C after step 1: both stop there, rank 0 saves, the job exits 130; resuming matches."""
+    proc, _ = mpirun("script", tmp_path, "interrupt:1", *script_args(tmp_path, "--epochs", 2))
+    assert proc.returncode == 130, report(proc)
+    ckpt = training.load_checkpoint(tmp_path / "ck.npz")
+    assert ckpt["epoch"] == 0 and ckpt["progress"].batch == 1 and ckpt["progress"].seen == 32
+    resumed = run_in_process(tmp_path, *script_args(tmp_path, "--epochs", 2, "--resume"))
+    single_dir = tmp_path / "single"
+    single_dir.mkdir()
+    assert_close_checkpoints(resumed, run_in_process(single_dir, *script_args(single_dir, "--epochs", 2)))
