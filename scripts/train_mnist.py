@@ -103,12 +103,13 @@ def parse_args(argv=None):
     return args
 
 
-def config_of(args):
+def config_of(args, world):
     """The settings stored in the checkpoint and metrics (everything that defines the run)."""
     return {"model": "reference_cnn", "optimizer": args.optimizer, "lr": args.lr,
             "momentum": args.momentum if args.optimizer == "sgd" else None, "lr_schedule": args.lr_schedule,
             "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "dtype": args.dtype,
-            "limit": args.limit, "test_limit": args.test_limit, "threads": functional.get_num_threads()}
+            "limit": args.limit, "test_limit": args.test_limit, "threads": functional.get_num_threads(),
+            "world_size": world.size}
 
 
 def make_optimizer(model, args):
@@ -178,7 +179,7 @@ def load_checkpoint_on_root(path, world):
 def resume(path, args, model, opt, rng, world):
     """Restore a checkpoint into ``model``, ``opt`` and ``rng``; return (history, epoch, order, progress)."""
     ckpt = load_checkpoint_on_root(path, world)
-    saved, current = ckpt["config"], config_of(args)
+    saved, current = ckpt["config"], config_of(args, world)
     names = TRAJECTORY_FLAGS + (("epochs",) if args.lr_schedule != "constant" else ())
     diffs = [f"--{k.replace('_', '-')} {saved.get(k)} (checkpoint) vs {current[k]} (now)"
              for k in names if saved.get(k) != current[k]]
@@ -186,9 +187,9 @@ def resume(path, args, model, opt, rng, world):
         raise ResumeError(f"{path} was trained with different settings; pass the same flags to resume:\n  "
                           + "\n  ".join(diffs))
     for key, what in (("threads", "threads"), ("world_size", "processes")):
-        before, now = saved.get(key, 1 if key == "world_size" else None), current.get(key, world.size)
-        if before != now:
-            note(world, f"note: the checkpoint was trained with {before} {what}, now {now}: "
+        before = saved.get(key, 1 if key == "world_size" else None)  # 1 process before fastconv.distributed
+        if before != current[key]:
+            note(world, f"note: the checkpoint was trained with {before} {what}, now {current[key]}: "
                         "the result may differ from an uninterrupted run in the last bits")
     if ckpt["progress"] is not None and ckpt["epoch"] >= args.epochs:
         raise ResumeError(f"{path} stopped inside epoch {ckpt['epoch'] + 1}; pass --epochs {ckpt['epoch'] + 1} "
@@ -251,7 +252,7 @@ def train(args, world):
     model = reference_cnn(dtype, rng=rng)
     opt = make_optimizer(model, args)
     loss_fn = nn.CrossEntropyLoss()
-    config = {**config_of(args), "world_size": world.size}
+    config = config_of(args, world)
     history, epoch, order, progress = [], 0, None, None
     if args.resume:
         history, epoch, order, progress = resume(args.checkpoint, args, model, opt, rng, world)
