@@ -82,8 +82,10 @@ each rank's shard, as PyTorch's plain ``BatchNorm2d`` does under
 ``DistributedDataParallel``: the running statistics then differ between ranks and
 :meth:`World.broadcast_parameters` (which also broadcasts a module's buffers, when it
 has ``named_buffers``) copies rank 0's. A synchronised BatchNorm is not provided.
-**Dropout** layers built from the same seed draw the same masks on every rank (for
-different images); seed their generators with the rank to decorrelate them.
+**Dropout** draws its masks from a generator on each rank: seeded alike on every rank
+(its ``rng=`` or :func:`fastconv.nn.manual_seed`), the ranks repeat each other's masks
+(on different images); seed it with the rank to decorrelate them (an unseeded one
+already differs per process). Nothing else needs a per-rank seed.
 """
 
 import contextlib
