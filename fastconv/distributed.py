@@ -308,7 +308,9 @@ class World:
         """True on every rank if ``flag`` is true on any rank (to agree on stopping)."""
         if self.comm is None:
             return bool(flag)
-        return bool(self.comm.allreduce(bool(flag), op=self._mpi.LOR))
+        buf = np.array([1 if flag else 0], dtype=np.int32)
+        self.comm.Allreduce(self._mpi.IN_PLACE, buf, op=self._mpi.MAX)
+        return bool(buf[0])
 
     def shard(self, indices):
         """This rank's contiguous part of ``indices`` (:func:`numpy.array_split` into ``size`` parts).
