@@ -207,7 +207,7 @@ class EpochProgress:
 
 
 def train_epoch(model, loss_fn, optimizer, x, y, order, batch_size, progress=None, should_stop=None,
-                bar=None, before_step=None, curve_every=None):
+                bar=None, before_step=None, curve_every=None, replicas=None):
     """Run (the rest of) one training epoch: forward, backward and an optimizer step per batch.
 
     Works for any classification model: ``model(x[idx])`` must give ``(B, K)`` logits for
@@ -247,6 +247,12 @@ def train_epoch(model, loss_fn, optimizer, x, y, order, batch_size, progress=Non
     curve_every : int, optional
         Record a point of ``progress.loss_curve`` every this many batches (default:
         about 20 points per epoch).
+    replicas : fastconv.distributed.Replicas, optional
+        Data-parallel training over MPI ranks: ``batch_size`` is the global batch, each
+        rank computes the gradient of its shard of it, and :meth:`Replicas.synchronize
+        <fastconv.distributed.Replicas.synchronize>` turns that into the gradient of the
+        whole batch before every optimizer step; ``progress`` then counts the images and
+        loss of all ranks. Every rank must call this with the same ``order``.
 
     Returns
     -------
@@ -265,19 +271,28 @@ def train_epoch(model, loss_fn, optimizer, x, y, order, batch_size, progress=Non
     start = time.perf_counter()
     for k in range(progress.batch, n_batches):
         idx = order[k * batch_size:(k + 1) * batch_size]
+        n_batch = len(idx)
+        if replicas is not None:  # [distributed] this rank's shard of the global batch
+            idx = replicas.shard(idx)
         xb, yb = x[idx], y[idx]
         if before_step is not None:
             before_step(k)
-        logits = model(xb)
-        loss = float(loss_fn(logits, yb))
         model.zero_grad()
-        model.backward(loss_fn.backward(), input_grad=False)
+        loss, correct = 0.0, 0
+        if len(idx):  # [distributed] empty on a rank whose shard of a short last batch is empty
+            logits = model(xb)
+            loss = float(loss_fn(logits, yb))
+            model.backward(loss_fn.backward(), input_grad=False)
+            correct = int(np.count_nonzero(logits.argmax(axis=1) == yb))
+        loss_sum = loss * len(idx)
+        if replicas is not None:  # [distributed] the global batch's gradient, loss sum and correct count
+            loss_sum, correct = replicas.synchronize(len(idx), n_batch, loss_sum, correct)
         optimizer.step()
 
         progress.batch = k + 1
-        progress.loss_sum += loss * len(idx)
-        progress.correct += int(np.count_nonzero(logits.argmax(axis=1) == yb))
-        progress.seen += len(idx)
+        progress.loss_sum += loss_sum
+        progress.correct += correct
+        progress.seen += n_batch
         if progress.batch % curve_every == 0 or progress.batch == n_batches:
             mark_loss, mark_seen = progress.curve_mark
             window = (progress.loss_sum - mark_loss) / (progress.seen - mark_seen)

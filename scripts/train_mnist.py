@@ -15,6 +15,10 @@ Smoke test on 2,000 images::
 
     python scripts/train_mnist.py --limit 2000 --epochs 1
 
+Data-parallel on 4 processes (MPI, ``pip install 'fastconv[mpi]'``; see docs/distributed.md)::
+
+    mpiexec -n 4 python scripts/train_mnist.py --checkpoint mnist.npz
+
 Exit status: 0 on success, 1 for a data or checkpoint problem, 2 for bad arguments,
 130 after Ctrl-C (with the checkpoint saved).
 """
@@ -27,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastconv import functional, nn, optim, serialization, training
+from fastconv import distributed, functional, nn, optim, serialization, training
 from fastconv.datasets import CorruptFileError, load_mnist, preprocess_mnist
 from fastconv.models import reference_cnn
 
@@ -60,7 +64,8 @@ def parse_args(argv=None):
         description="Train the reference CNN (conv32-pool-conv64-pool-fc128-fc10) on MNIST with fastconv.",
         epilog="Exit status: 0 done, 1 data/checkpoint error, 2 bad arguments, 130 interrupted (checkpoint saved).")
     p.add_argument("--epochs", type=positive_int, metavar="N", default=3, help="total epochs to train (default: 3)")
-    p.add_argument("--batch-size", type=positive_int, metavar="N", default=64, help="images per step (default: 64)")
+    p.add_argument("--batch-size", type=positive_int, metavar="N", default=64,
+                   help="images per step, over all MPI processes together (default: 64)")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="default: sgd")
     p.add_argument("--lr", type=positive_float, metavar="LR", default=None,
                    help="peak learning rate (default: 0.05 for sgd, 0.001 for adam)")
@@ -71,8 +76,8 @@ def parse_args(argv=None):
                    help="seeds the initial weights and the shuffling (default: 0)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="default: float32")
     p.add_argument("--threads", type=positive_int, metavar="N", default=None,
-                   help="threads for the kernels (default: all cores; results are bitwise reproducible "
-                        "for a given thread count)")
+                   help="threads for the kernels (default: all cores, shared out among the MPI processes on "
+                        "a machine; results are bitwise reproducible for a given thread count)")
     p.add_argument("--data-dir", type=Path, metavar="DIR", default=None,
                    help="directory holding the four MNIST files (default: $FASTCONV_DATA_DIR, then the cache)")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing MNIST files")
@@ -98,12 +103,13 @@ def parse_args(argv=None):
     return args
 
 
-def config_of(args):
+def config_of(args, world):
     """The settings stored in the checkpoint and metrics (everything that defines the run)."""
     return {"model": "reference_cnn", "optimizer": args.optimizer, "lr": args.lr,
             "momentum": args.momentum if args.optimizer == "sgd" else None, "lr_schedule": args.lr_schedule,
             "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "dtype": args.dtype,
-            "limit": args.limit, "test_limit": args.test_limit, "threads": functional.get_num_threads()}
+            "limit": args.limit, "test_limit": args.test_limit, "threads": functional.get_num_threads(),
+            "world_size": world.size}
 
 
 def make_optimizer(model, args):
@@ -150,19 +156,41 @@ class InterruptFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def resume(path, args, model, opt, rng):
+def note(world, message):
+    """A note on stderr, from rank 0 only."""
+    if world.is_root:
+        print(message, file=sys.stderr)
+
+
+def load_checkpoint_on_root(path, world):
+    """[distributed] Rank 0 reads the checkpoint and sends it (or the error) to every rank."""
+    ckpt = None
+    if world.is_root:
+        try:
+            ckpt = training.load_checkpoint(path)
+        except Exception as exc:  # raised below on every rank alike
+            ckpt = exc
+    ckpt = world.broadcast_object(ckpt)
+    if isinstance(ckpt, Exception):
+        raise ckpt
+    return ckpt
+
+
+def resume(path, args, model, opt, rng, world):
     """Restore a checkpoint into ``model``, ``opt`` and ``rng``; return (history, epoch, order, progress)."""
-    ckpt = training.load_checkpoint(path)
-    saved, current = ckpt["config"], config_of(args)
+    ckpt = load_checkpoint_on_root(path, world)
+    saved, current = ckpt["config"], config_of(args, world)
     names = TRAJECTORY_FLAGS + (("epochs",) if args.lr_schedule != "constant" else ())
     diffs = [f"--{k.replace('_', '-')} {saved.get(k)} (checkpoint) vs {current[k]} (now)"
              for k in names if saved.get(k) != current[k]]
     if diffs:
         raise ResumeError(f"{path} was trained with different settings; pass the same flags to resume:\n  "
                           + "\n  ".join(diffs))
-    if saved.get("threads") != current["threads"]:
-        print(f"note: the checkpoint was trained with {saved.get('threads')} threads, now {current['threads']}: "
-              "the result may differ from an uninterrupted run in the last bits", file=sys.stderr)
+    for key, what in (("threads", "threads"), ("world_size", "processes")):
+        before = saved.get(key, 1 if key == "world_size" else None)  # 1 process before fastconv.distributed
+        if before != current[key]:
+            note(world, f"note: the checkpoint was trained with {before} {what}, now {current[key]}: "
+                        "the result may differ from an uninterrupted run in the last bits")
     if ckpt["progress"] is not None and ckpt["epoch"] >= args.epochs:
         raise ResumeError(f"{path} stopped inside epoch {ckpt['epoch'] + 1}; pass --epochs {ckpt['epoch'] + 1} "
                           "or more to finish it")
@@ -177,7 +205,7 @@ def summary(history, config):
     return {"epochs": history,
             "test_accuracy": history[-1]["test_accuracy"] if history else None,
             "images_per_second": float(np.mean([h["images_per_second"] for h in history])) if history else None,
-            "config": config}
+            "world_size": config.get("world_size", 1), "config": config}
 
 
 def plot(history, path):
@@ -209,9 +237,11 @@ def plot(history, path):
     print(f"plot written to {path}")
 
 
-def train(args):
+def train(args, world):
     if args.threads is not None:
         functional.set_num_threads(args.threads)
+    elif world.local_size > 1:  # [distributed] the processes on one machine share its cores
+        functional.set_num_threads(max(1, functional.get_num_threads() // world.local_size))
     dtype = np.dtype(args.dtype)
     (x_train, y_train), (x_test, y_test) = load_mnist(args.data_dir, download=not args.no_download)
     x_train, y_train = x_train[:args.limit], y_train[:args.limit]
@@ -222,17 +252,18 @@ def train(args):
     model = reference_cnn(dtype, rng=rng)
     opt = make_optimizer(model, args)
     loss_fn = nn.CrossEntropyLoss()
-    config = config_of(args)
+    config = config_of(args, world)
     history, epoch, order, progress = [], 0, None, None
     if args.resume:
-        history, epoch, order, progress = resume(args.checkpoint, args, model, opt, rng)
+        history, epoch, order, progress = resume(args.checkpoint, args, model, opt, rng, world)
         where = f"epoch {epoch + 1}, batch {progress.batch}" if progress else f"the end of epoch {epoch}"
         print(f"resumed from {args.checkpoint} at {where}")
     elif args.checkpoint is not None and args.checkpoint.exists():
-        print(f"note: {args.checkpoint} exists and will be overwritten (use --resume to continue it)",
-              file=sys.stderr)
+        note(world, f"note: {args.checkpoint} exists and will be overwritten (use --resume to continue it)")
+    replicas = distributed.Replicas(model, world)  # [distributed] rank 0's parameters on every rank
+    ranks = f" x {world.size} processes" if world.size > 1 else ""
     print(f"training on {len(x_train)} images, testing on {len(x_test)}, {args.dtype}, "
-          f"{functional.get_num_threads()} threads, {args.optimizer} lr={args.lr:g} ({args.lr_schedule}), "
+          f"{functional.get_num_threads()} threads{ranks}, {args.optimizer} lr={args.lr:g} ({args.lr_schedule}), "
           f"batch size {args.batch_size}")
 
     print(f"compiling kernels (cached after the first run)... {training.warm_up(model, x_train):.1f} s")
@@ -249,22 +280,22 @@ def train(args):
                     group["lr"] = learning_rate(args, first_step + k, total_steps)
 
             bar = training.ProgressBar(n_batches, f"epoch {epoch + 1}/{args.epochs}",
-                                       enabled=not args.no_progress, initial=progress.batch)
+                                       enabled=not args.no_progress and world.is_root, initial=progress.batch)
             try:
                 training.train_epoch(model, loss_fn, opt, x_train, y_train, order, args.batch_size,
-                                     progress=progress, should_stop=lambda: interrupt.requested,
-                                     bar=bar, before_step=before_step)
+                                     progress=progress, should_stop=lambda: world.any(interrupt.requested),
+                                     bar=bar, before_step=before_step, replicas=replicas)
             finally:
                 bar.close()
             save_to = args.checkpoint or Path(INTERRUPT_CHECKPOINT)
             if progress.batch < n_batches:  # stopped by Ctrl-C between two steps
-                training.save_checkpoint(save_to, model, opt, rng, config, history, epoch, order, progress)
-                print(f"Stopped in epoch {epoch + 1} after batch {progress.batch}/{n_batches}; saved this "
-                      f"mid-epoch state to {save_to}. Continue with: --checkpoint {save_to} --resume",
-                      file=sys.stderr)
+                if world.is_root:
+                    training.save_checkpoint(save_to, model, opt, rng, config, history, epoch, order, progress)
+                note(world, f"Stopped in epoch {epoch + 1} after batch {progress.batch}/{n_batches}; saved this "
+                            f"mid-epoch state to {save_to}. Continue with: --checkpoint {save_to} --resume")
                 return 130
 
-            result = training.evaluate(model, x_test, y_test)
+            result = distributed.evaluate(model, x_test, y_test, world)
             epoch += 1
             history.append({
                 "epoch": epoch, "train_loss": progress.loss, "train_accuracy": progress.accuracy,
@@ -275,39 +306,46 @@ def train(args):
                   f"train acc {100 * progress.accuracy:.2f}%, test acc {100 * result.accuracy:.2f}%, "
                   f"{progress.seconds:.1f} s, {progress.images_per_second:.0f} images/s", flush=True)
             progress = None
-            if args.checkpoint is not None or interrupt.requested:
+            stopping = world.any(interrupt.requested)  # [distributed] every rank stops if one was interrupted
+            if (args.checkpoint is not None or stopping) and world.is_root:
                 training.save_checkpoint(save_to, model, opt, rng, config, history, epoch)
-            if interrupt.requested:  # Ctrl-C during the evaluation
-                print(f"Stopped after epoch {epoch}; saved it to {save_to}. Continue with: "
-                      f"--checkpoint {save_to} --resume", file=sys.stderr)
+            if stopping:  # Ctrl-C during the evaluation
+                note(world, f"Stopped after epoch {epoch}; saved it to {save_to}. Continue with: "
+                            f"--checkpoint {save_to} --resume")
                 return 130
 
     if history:
         final = history[-1]
         print(f"final test accuracy {100 * final['test_accuracy']:.2f}% after {final['epoch']} epoch(s); "
               f"mean {np.mean([h['images_per_second'] for h in history]):.0f} images/s")
-    if args.metrics_out is not None:
+    if args.metrics_out is not None and world.is_root:
         args.metrics_out.write_text(training.to_json(summary(history, config)) + "\n")
         print(f"metrics written to {args.metrics_out}")
-    if args.plot is not None and history:
+    if args.plot is not None and history and world.is_root:
         plot(history, args.plot)
     return 0
 
 
 def main(argv=None):
     args = parse_args(argv)
+    world = distributed.world()  # [distributed] the MPI world when started by mpiexec, else a world of one
     threads_before = functional.get_num_threads()
     try:
-        return train(args)
+        with world.root_only_stdout():
+            code = train(args, world)
+        world.barrier()  # [distributed] no rank exits before rank 0 has written its files
+        return code
     except (OSError, CorruptFileError, serialization.CheckpointError, ResumeError) as exc:  # OSError: files, downloads
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return world.abort(1)  # [distributed] ends every rank (in a single process: returns 1)
     except KeyboardInterrupt:
         print("Aborted; nothing saved since the last checkpoint.", file=sys.stderr)
-        return 130
+        return world.abort(130)
     finally:
         functional.set_num_threads(threads_before)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with distributed.world().abort_on_exception():  # [distributed] an exception on one rank ends the whole job
+        code = main()
+    sys.exit(code)  # every rank returns the same status (an error on one rank aborts inside main)
