@@ -10,8 +10,14 @@ warm-cache start. :func:`run_probe` does that from the parent.
 
 Reported (seconds): ``import_s`` (``import fastconv.functional``, numba included),
 ``first_call_s`` (the first call: compilation or cache load, plus the work),
-``second_call_s`` (the same call again: the work alone) and ``process_s`` (the whole
-child process, interpreter start-up included, measured by the parent).
+``second_call_s`` (the same call again: the work alone), ``first_call_cpu_s`` (the first
+call's CPU time: compilation is single-threaded, so this moves less with the machine's load
+than the wall time) and ``process_s`` (the whole child process, interpreter start-up
+included, measured by the parent). ``--op train_step`` times one training step of the
+reference CNN (batch 64, :class:`benchmarks.training.FastconvStep`): every kernel a
+training run needs::
+
+    NUMBA_CACHE_DIR=$(mktemp -d) python -m benchmarks.compile_probe --op train_step
 """
 
 import argparse
@@ -34,15 +40,21 @@ def _measure(op, dtype):
 
     from benchmarks import cases
 
-    case = cases.ConvCase(**PROBE_CONV) if op in cases.CONV_OPS else cases.PoolCase(**PROBE_POOL)
-    thunk = cases.IMPLEMENTATIONS["fastconv"].thunk(op, case, cases.make_inputs(case, dtype))
-    t0 = time.perf_counter()
+    if op == "train_step":
+        from benchmarks.training import FastconvStep
+
+        thunk = FastconvStep(64)
+    else:
+        case = cases.ConvCase(**PROBE_CONV) if op in cases.CONV_OPS else cases.PoolCase(**PROBE_POOL)
+        thunk = cases.IMPLEMENTATIONS["fastconv"].thunk(op, case, cases.make_inputs(case, dtype))
+    t0, c0 = time.perf_counter(), time.process_time()
     thunk()
-    t_first = time.perf_counter() - t0
+    t_first, c_first = time.perf_counter() - t0, time.process_time() - c0
     t0 = time.perf_counter()
     thunk()
     t_second = time.perf_counter() - t0
-    return {"op": op, "dtype": dtype, "import_s": t_import, "first_call_s": t_first, "second_call_s": t_second}
+    return {"op": op, "dtype": dtype, "import_s": t_import, "first_call_s": t_first, "second_call_s": t_second,
+            "first_call_cpu_s": c_first}
 
 
 def run_probe(op, dtype, cache_dir, timeout=600):
@@ -51,7 +63,7 @@ def run_probe(op, dtype, cache_dir, timeout=600):
     Parameters
     ----------
     op : str
-        One of :data:`benchmarks.cases.OPS`.
+        One of :data:`benchmarks.cases.OPS`, or ``"train_step"``.
     dtype : str
         ``"float32"`` or ``"float64"``.
     cache_dir : str or path
