@@ -400,9 +400,9 @@ def _forward_filter_vector(g, x, w, b, out, cpu, relu=False):
 
 
 def _vector_weights(w, lanes):
-    """(F, C, KH, KW) (or a :class:`_Rotated`) -> (blocks, KH, KW * C, lanes), an even number of blocks."""
+    """(F, C, KH, KW) (or a :class:`_Rotated`) -> (blocks, KH, KW * C, lanes), ``blocks = ceil(F / lanes)``."""
     F, C, KH, KW = w.shape
-    wv = np.empty((2 * -(-F // (2 * lanes)), KH, KW * C, lanes), dtype=w.dtype)
+    wv = np.empty((-(-F // lanes), KH, KW * C, lanes), dtype=w.dtype)
     rotated = isinstance(w, _Rotated)
     _run("pack.pack_vector_weights", w.w if rotated else contiguous(w), rotated, wv, work=wv.size)
     return wv
@@ -633,7 +633,7 @@ def _weight_grad_by_rows(g, x, dy, packed, cpu):
                                "rows or filter groups split between threads")
 def _weight_grad_vector(g, x, dy, packed, cpu):
     L = cpu.lanes(dy.dtype)
-    blocks = 2 * -(-g.F // (2 * L))
+    blocks = -(-g.F // L)
     size = blocks * L * g.KH * g.KW * g.C
     chunks, gjobs = _vector_weight_grad_split(g, blocks, size * dy.itemsize)
     part = np.empty((chunks, blocks, g.KH, g.KW * g.C, L), dtype=dy.dtype)
@@ -651,7 +651,7 @@ def _vector_weight_grad_split(g, blocks, partial_bytes):
     threads = numba.get_num_threads()
     if threads * partial_bytes <= TUNING.big_partials and g.N * g.Ho >= 2 * threads:
         return threads, 1
-    gjobs = max(1, min(threads, blocks // 2))
+    gjobs = max(1, min(threads, (blocks + 1) // 2))
     return max(1, threads // gjobs), gjobs
 
 

@@ -14,7 +14,8 @@ Layouts
 -------
 Input: zero-padded NHWC ``xp[n, h, w, c]``. For one kernel row ``i`` the taps ``(j, c)``
 of an output pixel are ``KW * C`` contiguous elements. Weights: ``wv[blk, i, j*C + c, l]``
-= ``w[blk*L + l, c, i, j]``, with the filters zero-padded to an even number of blocks.
+= ``w[blk*L + l, c, i, j]``, with the filters zero-padded to whole blocks. Blocks go in
+pairs (2 vectors of filters per tile); an odd last block gets a tile of 1 block.
 Each job computes one output row ``(n, oh)`` into a small NHWC buffer, then adds the bias
 (and applies a ReLU when asked) while transposing it to the NCHW output.
 
@@ -36,7 +37,7 @@ from numba.extending import overload
 
 from ..config import PARALLEL_JIT, SERIAL_JIT
 from .simd import lanes, vzero
-from .vector_tiles import _dw_tile_1x2, _dw_tile_6x2, _dw_tile_7x2, _tile_1x2, _tile_6x2, _tile_7x2
+from .vector_tiles import _dw_tile_1, _dw_tile_6, _dw_tile_7, _tile_1, _tile_6, _tile_7
 
 #: Output rows per block of the weight gradient: each tile's accumulators are loaded from
 #: and stored to the partial once per block.
@@ -48,11 +49,12 @@ def _tile_pixels(z):
 
 
 def _full_tile(z, xf, xo, wf, wo, steps, obuf, oo):
-    """The register tile for vectors like ``z``: 7 x 2 in 512-bit registers, else 6 x 2."""
+    """The register tile for vectors like ``z``: 7 pixels in 512-bit registers, else 6; x ``steps[-1]``
+    (2, or 1 for the last block of an odd number) blocks of filters."""
 
 
 def _full_dw_tile(z, xf, xbase, dyt, steps, part, po):
-    """The weight gradient's register tile for vectors like ``z``: 7 x 2 in 512-bit registers, else 6 x 2."""
+    """The weight gradient's register tile: 7 entries (512-bit) or 6, x ``steps[-1]`` blocks."""
 
 
 def _wide(z):
@@ -67,7 +69,7 @@ def _tile_pixels_impl(z):
 
 @overload(_full_tile, inline="always")
 def _full_tile_impl(z, xf, xo, wf, wo, steps, obuf, oo):
-    tile = _tile_7x2 if _wide(z) else _tile_6x2
+    tile = _tile_7 if _wide(z) else _tile_6
 
     def impl(z, xf, xo, wf, wo, steps, obuf, oo):
         tile(z, xf, xo, wf, wo, steps, obuf, oo)
@@ -77,7 +79,7 @@ def _full_tile_impl(z, xf, xo, wf, wo, steps, obuf, oo):
 
 @overload(_full_dw_tile, inline="always")
 def _full_dw_tile_impl(z, xf, xbase, dyt, steps, part, po):
-    tile = _dw_tile_7x2 if _wide(z) else _dw_tile_6x2
+    tile = _dw_tile_7 if _wide(z) else _dw_tile_6
 
     def impl(z, xf, xbase, dyt, steps, part, po):
         tile(z, xf, xbase, dyt, steps, part, po)
@@ -96,7 +98,7 @@ def vector_forward(width, xp, wv, b, stride, relu, out):
     xp : (N, Hp, Wp, C) array
         Zero-padded input, NHWC.
     wv : (blocks, KH, KW * C, L) array
-        Weights in blocks of ``L`` filters (an even number of blocks; see the module).
+        Weights in blocks of ``L`` filters (see the module).
     b : (F,) array
         Bias.
     stride : (int, int)
@@ -117,20 +119,22 @@ def vector_forward(width, xp, wv, b, stride, relu, out):
     P = _tile_pixels(z)
     tiles = (Wo + P - 1) // P if Wo >= P else 0
     narrow = 0 if Wo >= P else Wo
-    steps = (sw * C, Wp * C, RW, KH, KH * RW * L, Fp)
+    pairs = (sw * C, Wp * C, RW, KH, KH * RW * L, Fp, 2)
+    last = (sw * C, Wp * C, RW, KH, KH * RW * L, Fp, 2 - blocks % 2)  # an odd last block: 1
     zero = np.zeros(1, dtype=out.dtype)[0]
     for job in prange(N * Ho):
         n = job // Ho
         oh = job - n * Ho
         obuf = np.empty(Wo * Fp, dtype=out.dtype)
         xrow = (n * Hp + oh * sh) * Wp * C
-        for g in range(blocks // 2):
+        for g in range((blocks + 1) // 2):
             wo = 2 * g * KH * RW * L
+            steps = pairs if 2 * g + 2 <= blocks else last
             for t in range(tiles):
                 ow = min(t * P, Wo - P)  # the last tile overlaps the one before it
                 _full_tile(z, xf, xrow + ow * sw * C, wf, wo, steps, obuf, ow * Fp + 2 * g * L)
             for ow in range(narrow):
-                _tile_1x2(z, xf, xrow + ow * sw * C, wf, wo, steps, obuf, ow * Fp + 2 * g * L)
+                _tile_1(z, xf, xrow + ow * sw * C, wf, wo, steps, obuf, ow * Fp + 2 * g * L)
         for f in range(F):
             orow = out[n, f, oh]
             bias = b[f]
@@ -160,7 +164,7 @@ def vector_weight_grad(width, xp, dy, KH, stride, split, part):
     ``part[t, blk, i, j*C + c, l] = sum dy[n, blk*L + l, oh, ow] * xp[n, oh*sh + i, ow*sw + j, c]``
     over the ``t``-th contiguous chunk of the ``N * Ho`` output rows. Jobs are ``chunks x
     group_jobs``: each owns a chunk of rows and a range of filter groups (2 blocks of
-    ``L``), so nothing is written by two threads; the caller sums ``part`` over ``t`` in
+    ``L``, or the odd last one), so nothing is written by two threads; the caller sums ``part`` over ``t`` in
     order. A tile holds 7 entries ``j*C + c`` x 2 blocks (6 x 2 with 256-bit registers)
     across a block of rows; the entries left over by the tile go one at a time.
 
@@ -177,7 +181,7 @@ def vector_weight_grad(width, xp, dy, KH, stride, split, part):
     split : (int, int)
         ``(chunks, group_jobs)``.
     part : (chunks, blocks, KH, KW * C, L) array
-        Fully overwritten; ``blocks`` even, ``blocks * L >= F`` (padded filters get zeros).
+        Fully overwritten; ``blocks * L >= F`` (padded filters get zeros).
     """
     sh, sw = stride
     chunks, gjobs = split
@@ -190,15 +194,16 @@ def vector_weight_grad(width, xp, dy, KH, stride, split, part):
     Fp = blocks * L
     T = _tile_pixels(z)
     full = RW - RW % T
+    groups = (blocks + 1) // 2  # pairs of blocks; an odd last block is a group of its own
     bstep = KH * RW * L
     rows = N * Ho
     for job in prange(chunks * gjobs):
         ch = job // gjobs
         gj = job - ch * gjobs
-        g_lo = (blocks // 2) * gj // gjobs
-        g_hi = (blocks // 2) * (gj + 1) // gjobs
+        g_lo = groups * gj // gjobs
+        g_hi = groups * (gj + 1) // gjobs
         pf = part[ch].reshape(blocks * bstep)
-        pf[2 * g_lo * bstep:2 * g_hi * bstep] = 0
+        pf[2 * g_lo * bstep:min(2 * g_hi, blocks) * bstep] = 0
         dyt = np.zeros(_ROW_BLOCK * Wo * Fp, dtype=xp.dtype)  # the padded filters stay 0
         xbase = np.empty(_ROW_BLOCK, dtype=np.int64)
         r_end = rows * (ch + 1) // chunks
@@ -211,9 +216,10 @@ def vector_weight_grad(width, xp, dy, KH, stride, split, part):
                     xbase[k] = ((n * Hp + (r0 + k - n * Ho) * sh + i) * Wp) * C
                 for g in range(g_lo, g_hi):
                     po = (2 * g * KH + i) * RW * L
+                    nblk = min(2, blocks - 2 * g)  # 1 for an odd last block
                     for e0 in range(0, full, T):
-                        _full_dw_tile(z, xf, xbase, dyt, (nb, Wo, sw * C, Fp, 2 * g * L, bstep, e0), pf,
+                        _full_dw_tile(z, xf, xbase, dyt, (nb, Wo, sw * C, Fp, 2 * g * L, bstep, e0, nblk), pf,
                                       po + e0 * L)
                     for e0 in range(full, RW):
-                        _dw_tile_1x2(z, xf, xbase, dyt, (nb, Wo, sw * C, Fp, 2 * g * L, bstep, e0), pf,
-                                     po + e0 * L)
+                        _dw_tile_1(z, xf, xbase, dyt, (nb, Wo, sw * C, Fp, 2 * g * L, bstep, e0, nblk), pf,
+                                   po + e0 * L)
