@@ -55,6 +55,10 @@ def _run_others(dtype, rng):
     F.relu_backward(x, F.relu(x))
     F.linear_backward(F.linear(a, w), a, w)
     F.matmul(a, w.T.copy())
+    rm, rv = np.zeros(3, dtype), np.ones(3, dtype)
+    y, mean, invstd = F.batch_norm(x, rm, rv, training=True, return_stats=True)
+    F.batch_norm(x, rm, rv)
+    F.batch_norm_backward(y, x, mean, invstd)
 
 
 def compile_all(dtypes=("float32", "float64"), progress=True, file=None):
@@ -69,7 +73,7 @@ def compile_all(dtypes=("float32", "float64"), progress=True, file=None):
     reached = set()
     for k, (dt, geo) in enumerate(steps, start=1):
         if progress:
-            what = "pooling, ReLU and dense layers" if geo is None else f"conv2d x{geo[0]} w{geo[1]}"
+            what = "pooling, ReLU, dense and norm layers" if geo is None else f"conv2d x{geo[0]} w{geo[1]}"
             file.write(f"\rcompiling fastconv kernels: {k}/{len(steps)} ({np.dtype(dt).name} {what})"
                        f" {time.perf_counter() - start:5.1f} s\033[K")
             file.flush()

@@ -527,12 +527,6 @@ def matmul(a, b):
     return _plan.matmul(a, b)
 
 
-def _channel_view(x):
-    """``x`` (N, C, *) as an (N, C, L) array (a view when contiguous)."""
-    N, C = x.shape[:2]
-    return _plan.contiguous(x).reshape(N, C, int(np.prod(x.shape[2:], dtype=np.int64)))
-
-
 def _check_per_channel(func, x, **vectors):
     """Check that every non-None vector is a 1-D array of x's dtype with one entry per channel of ``x``."""
     C = x.shape[1]
@@ -549,21 +543,8 @@ def _check_per_channel(func, x, **vectors):
 def _check_batch_norm_input(func, x):
     V.check_any_float_array(x, "x", func)
     if x.ndim < 2:
-        raise ValueError(f"{func}: x must be (N, C), (N, C, L) or (N, C, H, W) with at least 2 dims; got shape {x.shape}")
-
-
-def _check_batch_size(func, shape):
-    """PyTorch's check of a training batch: ValueError unless it has more than one value per channel."""
-    if shape[0] * int(np.prod(shape[2:], dtype=np.int64)) == 1:
-        raise ValueError(f"{func}: Expected more than 1 value per channel when training, got input size {tuple(shape)}")
-
-
-def _check_real(func, name, value, minimum=None):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{func}: {name} must be a real number; got {value!r}")
-    if minimum is not None and not value >= minimum:
-        raise ValueError(f"{func}: {name} must be >= {minimum}; got {value!r}")
-    return float(value)
+        raise ValueError(f"{func}: x must be (N, C), (N, C, L) or (N, C, H, W) with at least 2 dims; "
+                         f"got shape {x.shape}")
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
@@ -624,19 +605,19 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     _check_per_channel(func, x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     training = _check_flag(func, "training", training)
     return_stats = _check_flag(func, "return_stats", return_stats)
-    momentum = _check_real(func, "momentum", momentum)
-    eps = _check_real(func, "eps", eps, minimum=0.0)
+    momentum = V.check_real(func, "momentum", momentum)
+    eps = V.check_real(func, "eps", eps, minimum=0.0)
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{func}: give both running_mean and running_var, or neither")
     if not training and running_mean is None:
         raise ValueError(f"{func}: running_mean and running_var must be given when training=False")
     if training:
-        _check_batch_size(func, x.shape)
+        V.check_batch_size(func, x.shape)
         for name, v in (("running_mean", running_mean), ("running_var", running_var)):
             if v is not None and not v.flags.writeable:
                 raise ValueError(f"{func}: {name} must be writeable: it is updated in place when training")
-    out, mean, invstd = _plan.batch_norm_forward(_channel_view(x), running_mean, running_var, weight, bias, training,
-                                                 momentum, eps)
+    out, mean, invstd = _plan.batch_norm_forward(_plan.channel_view(x), running_mean, running_var, weight, bias,
+                                                 training, momentum, eps)
     out = out.reshape(x.shape)
     if return_stats:
         return out, mean, invstd
@@ -696,8 +677,9 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, training=True):
                              f"x.shape={x.shape}) and dtype float64 or {x.dtype}; got {v.shape}, {v.dtype}")
     training = _check_flag(func, "training", training)
     if training:
-        _check_batch_size(func, x.shape)
-    dx, dw, db = _plan.batch_norm_backward(_channel_view(dy), _channel_view(x), mean, invstd, weight, training)
+        V.check_batch_size(func, x.shape)
+    dx, dw, db = _plan.batch_norm_backward(_plan.channel_view(dy), _plan.channel_view(x), mean, invstd, weight,
+                                           training)
     return dx.reshape(x.shape), dw, db
 
 

@@ -1215,8 +1215,8 @@ class _BatchNorm(Module):
         super().__init__()
         owner = type(self).__name__
         self.num_features = _positive_int(num_features, "num_features", owner)
-        self.eps = _F._check_real(owner, "eps", eps, minimum=0.0)
-        self.momentum = None if momentum is None else _F._check_real(owner, "momentum", momentum)
+        self.eps = _V.check_real(owner, "eps", eps, minimum=0.0)
+        self.momentum = None if momentum is None else _V.check_real(owner, "momentum", momentum)
         self.affine = _check_bool(affine, "affine", owner)
         self.track_running_stats = _check_bool(track_running_stats, "track_running_stats", owner)
         has_bias = _check_bool(bias, "bias", owner) and self.affine
@@ -1273,7 +1273,7 @@ class _BatchNorm(Module):
         self._check(x)
         batch_stats = self.training or self.running_mean is None
         if batch_stats:
-            _F._check_batch_size(owner, x.shape)
+            _V.check_batch_size(owner, x.shape)
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
             self.num_batches_tracked += 1
@@ -1282,7 +1282,7 @@ class _BatchNorm(Module):
         keep = not self.training or self.track_running_stats
         w = None if self.weight is None else self.weight.data
         b = None if self.bias is None else self.bias.data
-        x3 = _F._channel_view(x)
+        x3 = _plan.channel_view(x)
         out, mean, invstd = _plan.batch_norm_forward(
             x3, self.running_mean if keep else None, self.running_var if keep else None, w, b, batch_stats,
             factor, self.eps)
@@ -1297,7 +1297,7 @@ class _BatchNorm(Module):
         x3, mean, invstd, batch_stats, shape = self._cache
         _check_dout(dout, owner, shape, x3.dtype)
         w = None if self.weight is None else self.weight.data
-        dx, dw, db = _plan.batch_norm_backward(_F._channel_view(dout), x3, mean, invstd, w, batch_stats)
+        dx, dw, db = _plan.batch_norm_backward(_plan.channel_view(dout), x3, mean, invstd, w, batch_stats)
         if self.weight is not None:
             self.weight.grad += dw
         if self.bias is not None:

@@ -972,6 +972,12 @@ def linear_backward(d2, x2, weight, input_grad=True):
 # ---------------------------------------------------------------------------------------
 
 
+def channel_view(a):
+    """``a`` of shape (N, C, *) as a C-contiguous (N, C, L) array (a view when it already is contiguous)."""
+    N, C = a.shape[:2]
+    return contiguous(a).reshape(N, C, int(np.prod(a.shape[2:], dtype=np.int64)))
+
+
 @_strategy("norm_statistics", "chan_blocks", ["norm.norm_moments"], None,
            "one job per channel; each row block's mean and squared deviations in float64, merged by Chan's formula")
 def norm_moments(x3):
@@ -1072,3 +1078,38 @@ def batch_norm_backward(dy3, x3, mean, invstd, weight, training):
     gain = np.ones(x3.shape[1]) if weight is None else weight
     dx, sum_dy, sum_dy_xmu = norm_backward(dy3, x3, mean, invstd, gain, training)
     return dx, (sum_dy_xmu * np.asarray(invstd, np.float64)).astype(dt), sum_dy.astype(dt)
+
+
+def group_norm_forward(x, groups, weight, bias, eps):
+    """``(out, (mean, invstd, xhat))`` of group normalisation of an (N, C, ...) array (no checks).
+
+    Each sample's ``C`` channels form ``groups`` consecutive groups, normalised by their own
+    statistics (the norm kernels on the ``(1, N * groups, C // groups * L)`` view), then
+    scaled and shifted per channel. Over an ``(N, D)`` array with one group this is layer
+    normalisation. ``mean`` and ``invstd`` are float64 of shape ``(N * groups,)``; ``xhat``
+    is the normalised input as ``(N, C, L)``.
+    """
+    N, C = x.shape[:2]
+    x3 = channel_view(x)
+    L = x3.shape[2]
+    xs = x3.reshape(1, N * groups, C // groups * L)
+    mean, m2 = norm_moments(xs)
+    invstd = 1.0 / np.sqrt(m2 / max(xs.shape[2], 1) + eps)
+    xhat = norm_affine(xs, mean, invstd, np.zeros(N * groups)).reshape(N, C, L)
+    ones, zeros = np.ones(C), np.zeros(C)
+    out = norm_affine(xhat, zeros, ones if weight is None else weight, zeros if bias is None else bias)
+    return out.reshape(x.shape), (mean, invstd, xhat)
+
+
+def group_norm_backward(dy, x, groups, saved, weight):
+    """``(dx, dweight, dbias)`` of :func:`group_norm_forward`, ``saved`` its ``(mean, invstd, xhat)`` (no checks)."""
+    mean, invstd, xhat = saved
+    N, C = x.shape[:2]
+    dy3 = channel_view(dy).astype(x.dtype, copy=False)
+    zeros = np.zeros(C)
+    dbias, dweight = norm_grad_sums(dy3, xhat, zeros)
+    dxhat = dy3 if weight is None else norm_affine(dy3, zeros, weight, zeros)
+    M = xhat.size // (N * groups) if N else 0
+    dx, _, _ = norm_backward(dxhat.reshape(1, N * groups, M), channel_view(x).reshape(1, N * groups, M), mean,
+                             invstd, np.ones(N * groups), True)
+    return dx.reshape(x.shape), dweight.astype(x.dtype), dbias.astype(x.dtype)

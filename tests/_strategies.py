@@ -58,6 +58,18 @@ def run_elementwise_and_dense(dtype, rng):
     return {s for (op, _), s in P.STRATEGIES.items() if op.startswith(("relu", "linear", "matmul"))}
 
 
+def run_norm(dtype, rng):
+    """Batch norm forward (training and eval) and backward; returns the norm strategies run."""
+    import fastconv.functional as F
+
+    x = rng.standard_normal((3, 4, 5)).astype(dtype)
+    rm, rv = np.zeros(4, dtype), np.ones(4, dtype)
+    _, mean, invstd = F.batch_norm(x, rm, rv, training=True, return_stats=True)
+    F.batch_norm(x, rm, rv)
+    F.batch_norm_backward(x, x, mean, invstd)
+    return {s for (op, _), s in P.STRATEGIES.items() if op.startswith("norm_")}
+
+
 def run_pool(plan, rng):
     x = rng.standard_normal(plan.geometry.x_shape).astype(plan.dtype)
     y, idx = plan.run_forward(x)
