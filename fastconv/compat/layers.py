@@ -254,7 +254,7 @@ def _batchnorm(func, x, gamma, beta, bn_param, layout):
         raise TypeError(f"{func}: bn_param must be a dict with key 'mode'; got {type(bn_param).__name__}")
     mode = _mode(bn_param, "bn_param", func)
     xf, g, b = _as_float(func, x=x, gamma=gamma, beta=beta)
-    if xf.ndim != len(layout):
+    if xf.ndim != layout.count(",") + 1:
         raise ValueError(f"{func}: x must have shape {layout}; got {xf.shape}")
     C = xf.shape[1]
     g, b = (_check_vector(func, n, v, C, "(C,)") for n, v in (("gamma", g), ("beta", b)))
@@ -364,7 +364,7 @@ def _groupnorm(func, x, gamma, beta, G, param, name, layout, shape_text):
     if not isinstance(param, dict):
         raise TypeError(f"{func}: {name} must be a dict (keys: 'eps'); got {type(param).__name__}")
     xf, g, b = _as_float(func, x=x, gamma=gamma, beta=beta)
-    if xf.ndim != len(layout) or xf.shape[0] == 0:
+    if xf.ndim != layout.count(",") + 1 or xf.shape[0] == 0:
         raise ValueError(f"{func}: x must have shape {layout} with N >= 1; got {xf.shape}")
     C = xf.shape[1]
     if isinstance(G, (bool, np.bool_)) or not isinstance(G, (int, np.integer)) or G < 1 or C % G:
