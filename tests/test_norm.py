@@ -75,22 +75,9 @@ def test_batch_norm_matches_reference(row, dtype, training, affine, rng):
     _close(db, wdb, dtype, "dbias")
 
 
-def _numeric_grad(f, a, h=1e-6):
-    g = np.zeros_like(a)
-    for ix in np.ndindex(a.shape):
-        old = a[ix]
-        a[ix] = old + h
-        pos = f()
-        a[ix] = old - h
-        neg = f()
-        a[ix] = old
-        g[ix] = (pos - neg) / (2 * h)
-    return g
-
-
 @pytest.mark.parametrize("shape", [(3, 2), (2, 3, 4), (2, 2, 3, 2)], ids=["NC", "NCL", "NCHW"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_batch_norm_backward_matches_finite_differences(shape, training, rng):
+def test_batch_norm_backward_matches_finite_differences(shape, training, rng, numgrad):
     x, w, b, rm, rv = _inputs(rng, shape, np.float64)
     dy = rng.standard_normal(shape)
 
@@ -100,7 +87,7 @@ def test_batch_norm_backward_matches_finite_differences(shape, training, rng):
     _, mean, invstd = fc.batch_norm(x, rm.copy(), rv.copy(), w, b, training=training, return_stats=True)
     dx, dw, db = fc.batch_norm_backward(dy, x, mean, invstd, w, training=training)
     for name, got, arr in (("dx", dx, x), ("dweight", dw, w), ("dbias", db, b)):
-        np.testing.assert_allclose(got, _numeric_grad(loss, arr), rtol=1e-6, atol=1e-8, err_msg=name)
+        np.testing.assert_allclose(got, numgrad(loss, arr), rtol=1e-6, atol=1e-8, err_msg=name)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])

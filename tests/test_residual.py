@@ -34,19 +34,6 @@ def _f64_block(rng_seed=0, shortcut=False):
     return nn.Residual(body, sc)
 
 
-def _numeric(f, a, h=1e-6):
-    g = np.zeros_like(a)
-    for ix in np.ndindex(a.shape):
-        old = a[ix]
-        a[ix] = old + h
-        pos = f()
-        a[ix] = old - h
-        neg = f()
-        a[ix] = old
-        g[ix] = (pos - neg) / (2 * h)
-    return g
-
-
 def test_identity():
     x = np.arange(6.0).reshape(2, 3)
     ident = nn.Identity(54, unused="argument")
@@ -59,7 +46,7 @@ def test_identity():
 
 
 @pytest.mark.parametrize("shortcut", [False, True], ids=["identity-skip", "projection-shortcut"])
-def test_residual_gradients_match_finite_differences(shortcut, rng):
+def test_residual_gradients_match_finite_differences(shortcut, rng, numgrad):
     block = _f64_block(shortcut=shortcut)
     x = rng.standard_normal((2, 3, 4, 4))
     y = block(x)
@@ -70,9 +57,9 @@ def test_residual_gradients_match_finite_differences(shortcut, rng):
     def loss():
         return float((block(x) * dout).sum())
 
-    np.testing.assert_allclose(dx, _numeric(loss, x), rtol=1e-6, atol=1e-7, err_msg="dx")
+    np.testing.assert_allclose(dx, numgrad(loss, x), rtol=1e-6, atol=1e-7, err_msg="dx")
     for name, p in block.named_parameters():
-        np.testing.assert_allclose(p.grad, _numeric(loss, p.data), rtol=1e-6, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(p.grad, numgrad(loss, p.data), rtol=1e-6, atol=1e-7, err_msg=name)
 
 
 def test_residual_output_is_the_sum_of_the_branches(rng):
