@@ -345,6 +345,7 @@ NORM_ROWS = (
     NormCase("bn1d-NC", (6, 5)),
     NormCase("bn1d-NCL", (3, 4, 7)),
     NormCase("bn2d", (2, 3, 5, 4)),
+    NormCase("bn2d-one-channel", (3, 1, 4, 4)),
     NormCase("bn2d-long-rows", (2, 2, 50, 50)),  # rows longer than one statistics block
     NormCase("bn3d", (2, 2, 3, 2, 2)),
     NormCase("bn2d-resnet", (2, 4, 8, 8), bench_shape=(32, 64, 56, 56)),

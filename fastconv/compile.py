@@ -15,6 +15,7 @@ import argparse
 import sys
 import time
 
+import numba
 import numpy as np
 
 from . import functional as F
@@ -55,10 +56,14 @@ def _run_others(dtype, rng):
     F.relu_backward(x, F.relu(x))
     F.linear_backward(F.linear(a, w), a, w)
     F.matmul(a, w.T.copy())
-    rm, rv = np.zeros(3, dtype), np.ones(3, dtype)
-    y, mean, invstd = F.batch_norm(x, rm, rv, training=True, return_stats=True)
-    F.batch_norm(x, rm, rv)
-    F.batch_norm_backward(y, x, mean, invstd)
+    for C in (1, numba.config.NUMBA_NUM_THREADS + 1):  # batch norm by rows and channel by channel
+        xc = rng.standard_normal((2, C, 6)).astype(dtype)
+        rm, rv = np.zeros(C, dtype), np.ones(C, dtype)
+        y, mean, invstd = F.batch_norm(xc, rm, rv, training=True, return_stats=True)
+        F.batch_norm(xc, rm, rv)
+        F.batch_norm_backward(y, xc, mean, invstd)
+    y, saved = P.group_norm_forward(x, 3, None, None, 1e-5)  # layer and group norm (cs231n's compat)
+    P.group_norm_backward(y, x, 3, saved, np.ones(3, dtype))
 
 
 def compile_all(dtypes=("float32", "float64"), progress=True, file=None):

@@ -1047,6 +1047,38 @@ def norm_backward(dy3, x3, mean, invstd, gain, training):
     return dx, sum_dy, sum_dy_xmu
 
 
+def _fused_channels(C):
+    """Batch norm runs channel by channel (the ``fused_channels`` strategies) when every thread gets a channel."""
+    return C >= numba.get_num_threads()
+
+
+@_strategy("norm_batch_forward", "fused_channels", ["norm.norm_fused_forward"], None,
+           "one job per channel: its statistics, then its normalisation while it is still in the cache")
+def norm_fused_forward(x3, weight, bias, eps):
+    """``(out3, mean, invstd, m2)`` of a training batch norm of an ``(N, C, L)`` array, N * L > 0 (no checks)."""
+    C = x3.shape[1]
+    out = np.empty(x3.shape, dtype=x3.dtype)
+    stats = np.empty((3, C))
+    gain = np.ones(C) if weight is None else contiguous(weight, np.float64)
+    shift = np.zeros(C) if bias is None else contiguous(bias, np.float64)
+    _run("norm.norm_fused_forward", contiguous(x3), gain, shift, float(eps), out, stats,
+         np.empty((3, C), dtype=x3.dtype), work=2 * x3.size)
+    return out, stats[0], stats[1], stats[2]
+
+
+@_strategy("norm_batch_backward", "fused_channels", ["norm.norm_fused_backward"], None,
+           "one job per channel: the sums of dy and dy * (x - mean), then dx while the channel is in the cache")
+def norm_fused_backward(dy3, x3, mean, invstd, gain, training):
+    """``(dx3, sum_dy, sum_dy_xmu)`` as :func:`norm_backward`, channel by channel (no checks)."""
+    C = x3.shape[1]
+    dx = np.empty(x3.shape, dtype=x3.dtype)
+    sums = np.empty((2, C))
+    stats = np.stack([np.asarray(mean, dtype=np.float64), np.asarray(invstd, dtype=np.float64)])
+    _run("norm.norm_fused_backward", contiguous(dy3, x3.dtype), contiguous(x3), stats,
+         contiguous(gain, np.float64), bool(training), dx, sums, np.empty((4, C), dtype=x3.dtype), work=3 * x3.size)
+    return dx, sums[0], sums[1]
+
+
 def batch_norm_forward(x3, running_mean, running_var, weight, bias, training, momentum, eps):
     """``(out3, mean, invstd)`` of batch normalisation over an ``(N, C, L)`` array (no checks).
 
@@ -1055,16 +1087,18 @@ def batch_norm_forward(x3, running_mean, running_var, weight, bias, training, mo
     given, are updated in place (``momentum``; the running variance is unbiased).
     """
     N, C, L = x3.shape
-    if training:
-        mean, m2 = norm_moments(x3)
-        M = N * L
-        invstd = 1.0 / np.sqrt((m2 / M if M else m2) + eps)
+    M = N * L
+    if training and M and _fused_channels(C):
+        out, mean, invstd, m2 = norm_fused_forward(x3, weight, bias, eps)
     else:
-        mean = running_mean.astype(np.float64)
-        invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
-    scale = invstd if weight is None else invstd * weight
-    shift = np.zeros(C) if bias is None else bias
-    out = norm_affine(x3, mean, scale, shift)
+        if training:
+            mean, m2 = norm_moments(x3)
+            invstd = 1.0 / np.sqrt((m2 / M if M else m2) + eps)
+        else:
+            mean = running_mean.astype(np.float64)
+            invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+        scale = invstd if weight is None else invstd * weight
+        out = norm_affine(x3, mean, scale, np.zeros(C) if bias is None else bias)
     if training and running_mean is not None and M > 1:  # an empty batch leaves them alone (as PyTorch)
         m = float(momentum)
         for buf, batch in ((running_mean, mean), (running_var, m2 / (M - 1))):
@@ -1076,7 +1110,8 @@ def batch_norm_backward(dy3, x3, mean, invstd, weight, training):
     """``(dx3, dweight, dbias)`` of :func:`batch_norm_forward` (no checks); ``dweight``, ``dbias`` in x's dtype."""
     dt = x3.dtype
     gain = np.ones(x3.shape[1]) if weight is None else weight
-    dx, sum_dy, sum_dy_xmu = norm_backward(dy3, x3, mean, invstd, gain, training)
+    run = norm_fused_backward if _fused_channels(x3.shape[1]) else norm_backward
+    dx, sum_dy, sum_dy_xmu = run(dy3, x3, mean, invstd, gain, training)
     return dx, (sum_dy_xmu * np.asarray(invstd, np.float64)).astype(dt), sum_dy.astype(dt)
 
 

@@ -59,14 +59,20 @@ def run_elementwise_and_dense(dtype, rng):
 
 
 def run_norm(dtype, rng):
-    """Batch norm forward (training and eval) and backward; returns the norm strategies run."""
+    """Batch norm forward (training and eval) and backward, channel by channel and by rows, and group
+    norm (the separate statistics kernels); returns the norm strategies run."""
+    import numba
+
     import fastconv.functional as F
 
-    x = rng.standard_normal((3, 4, 5)).astype(dtype)
-    rm, rv = np.zeros(4, dtype), np.ones(4, dtype)
+    C = numba.config.NUMBA_NUM_THREADS + 1  # the fused per-channel strategies need a channel per thread
+    x = rng.standard_normal((3, C, 5)).astype(dtype)
+    rm, rv = np.zeros(C, dtype), np.ones(C, dtype)
     _, mean, invstd = F.batch_norm(x, rm, rv, training=True, return_stats=True)
     F.batch_norm(x, rm, rv)
     F.batch_norm_backward(x, x, mean, invstd)
+    y, saved = P.group_norm_forward(x, 1, None, None, 1e-5)
+    P.group_norm_backward(y, x, 1, saved, np.ones(C, dtype))
     return {s for (op, _), s in P.STRATEGIES.items() if op.startswith("norm_")}
 
 

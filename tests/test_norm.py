@@ -37,6 +37,15 @@ def _inputs(rng, shape, dtype, loc=0.0, scale=1.0):
     return x, w, b, rm, rv
 
 
+@pytest.fixture(params=["fused_channels", "by_rows"])
+def strategy(request, monkeypatch):
+    """Run the test on both batch-norm strategies: channel by channel, and the separate passes split by rows."""
+    from fastconv import plan as P
+
+    monkeypatch.setattr(P, "_fused_channels", lambda C: request.param == "fused_channels")
+    return request.param
+
+
 def _close(got, want, dtype, what):
     np.testing.assert_allclose(got, want, err_msg=what, **TOL[np.dtype(dtype)])
 
@@ -50,7 +59,7 @@ def _close(got, want, dtype, what):
 @pytest.mark.parametrize("row", NORM_ROWS, ids=lambda r: r.name)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
-def test_batch_norm_matches_reference(row, dtype, training, affine, rng):
+def test_batch_norm_matches_reference(row, dtype, training, affine, rng, strategy):
     x, w, b, rm, rv = _inputs(rng, row.shape, dtype, loc=2.0, scale=3.0)
     w, b = (w, b) if affine else (None, None)
     x64 = x.astype(np.float64)
@@ -77,7 +86,7 @@ def test_batch_norm_matches_reference(row, dtype, training, affine, rng):
 
 @pytest.mark.parametrize("shape", [(3, 2), (2, 3, 4), (2, 2, 3, 2)], ids=["NC", "NCL", "NCHW"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_batch_norm_backward_matches_finite_differences(shape, training, rng, numgrad):
+def test_batch_norm_backward_matches_finite_differences(shape, training, rng, numgrad, strategy):
     x, w, b, rm, rv = _inputs(rng, shape, np.float64)
     dy = rng.standard_normal(shape)
 
@@ -135,7 +144,7 @@ def test_nan_stays_in_its_channel(rng):
 
 
 @pytest.mark.parametrize("shape", [(16, 8, 30, 30), (4096, 3)], ids=["NCHW", "NC"])
-def test_large_mean_float32_matches_float64(shape, rng):
+def test_large_mean_float32_matches_float64(shape, rng, strategy):
     """float32, mean 1000, std 1: E[x^2] - E[x]^2 would lose every digit; we stay within 1e-3 (1e-5 here)."""
     x = (1000 + rng.standard_normal(shape)).astype(np.float32)
     rm, rv = np.zeros(shape[1], np.float32), np.ones(shape[1], np.float32)

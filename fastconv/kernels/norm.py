@@ -2,7 +2,7 @@
 
 An activation is viewed as ``(N, C, L)``: the statistics of "channel" ``c`` are taken
 over ``N * L`` values (batch norm: ``(N, C, H*W)``; layer and group norm view the batch
-as ``(1, N*G, L)`` instead). Every kernel is one parallel pass over the data.
+as ``(1, N*G, L)`` instead).
 
 Statistics are numerically sound: ``E[x^2] - E[x]^2`` loses every digit of a float32
 activation with mean 1000 and standard deviation 1. Here each block of a row (at most
@@ -10,55 +10,111 @@ activation with mean 1000 and standard deviation 1. Here each block of a row (at
 deviations from that mean -- and the blocks are merged with Chan's pairwise formula, so
 the data is read from memory once.
 
+The ``fused`` kernels do a batch norm's two passes channel by channel in one job: the
+statistics (or the gradient's sums) of a channel, then its normalisation (or ``dx``),
+while the channel's values are still in the cache. The separate kernels split the second
+pass by rows instead, for batches with fewer channels than threads.
+
 Kernels
 -------
 - :func:`norm_moments`: per-channel mean and sum of squared deviations (``M2``).
 - :func:`norm_affine`: ``out = (x - mean[c]) * scale[c] + shift[c]``.
 - :func:`norm_grad_sums`: per-channel ``sum(dy)`` and ``sum(dy * (x - mean[c]))``.
 - :func:`norm_grad_apply`: ``dx = dy * a[c] + (x - mean[c]) * b[c] + k[c]``.
+- :func:`norm_fused_forward`: :func:`norm_moments` then :func:`norm_affine`, per channel.
+- :func:`norm_fused_backward`: :func:`norm_grad_sums` then :func:`norm_grad_apply`, per channel.
+
+Inline helpers: :func:`_channel_moments`, :func:`_channel_grad_sums`, :func:`_channel_affine`,
+:func:`_channel_grad_apply` (one channel's pass of the kernels above).
 """
 
 import numpy as np
 from numba import njit, prange
 
-from ..config import PARALLEL_JIT
+from ..config import PARALLEL_JIT, SERIAL_JIT
 
 #: Values of a row summed as one block: small enough to stay in the L1 cache between
 #: the block's two sums.
 _BLOCK = 2048
 
 
+@njit(**SERIAL_JIT, inline="always")
+def _channel_moments(x, c):
+    """``(mean, m2)`` in float64 of channel ``c`` of an (N, C, L) array: blocks merged by Chan's formula."""
+    N, C, L = x.shape
+    count = 0.0
+    mu = 0.0
+    acc = 0.0
+    for n in range(N):
+        row = x[n, c]
+        for lo in range(0, L, _BLOCK):
+            hi = min(L, lo + _BLOCK)
+            blk = row[lo:hi]
+            nb = float(hi - lo)
+            s = 0.0
+            for i in range(hi - lo):
+                s += np.float64(blk[i])
+            bm = s / nb
+            q = 0.0
+            for i in range(hi - lo):
+                d = np.float64(blk[i]) - bm
+                q += d * d
+            total = count + nb
+            delta = bm - mu
+            mu += delta * (nb / total)
+            acc += q + delta * delta * (count * nb / total)
+            count = total
+    return mu, acc
+
+
+@njit(**SERIAL_JIT, inline="always")
+def _channel_affine(x, c, m, s, t, out):
+    """``out[:, c] = (x[:, c] - m) * s + t`` (scalars of x's dtype)."""
+    N, C, L = x.shape
+    for n in range(N):
+        src = x[n, c]
+        dst = out[n, c]
+        for i in range(L):
+            dst[i] = (src[i] - m) * s + t
+
+
+@njit(**SERIAL_JIT, inline="always")
+def _channel_grad_sums(dy, x, c, m):
+    """``(sum(dy[:, c]), sum(dy[:, c] * (x[:, c] - m)))`` in float64 (``m`` float64)."""
+    N, C, L = x.shape
+    a = 0.0
+    b = 0.0
+    for n in range(N):
+        g = dy[n, c]
+        src = x[n, c]
+        for i in range(L):
+            gi = np.float64(g[i])
+            a += gi
+            b += gi * (np.float64(src[i]) - m)
+    return a, b
+
+
+@njit(**SERIAL_JIT, inline="always")
+def _channel_grad_apply(dy, x, c, m, coefficients, dx):
+    """``dx[:, c] = dy[:, c] * a + (x[:, c] - m) * b + k`` with ``(a, b, k) = coefficients`` (x's dtype)."""
+    N, C, L = x.shape
+    a, b, k = coefficients
+    for n in range(N):
+        g = dy[n, c]
+        src = x[n, c]
+        dst = dx[n, c]
+        for i in range(L):
+            dst[i] = g[i] * a + (src[i] - m) * b + k
+
+
 @njit(**PARALLEL_JIT)
 def norm_moments(x, mean, m2):
     """``mean[c]`` and ``m2[c] = sum((x[:, c, :] - mean[c])**2)`` (float64 outputs) of an (N, C, L) array.
 
-    One job per channel; blocks of a row are merged with Chan's formula.
+    One job per channel.
     """
-    N, C, L = x.shape
-    for c in prange(C):
-        count = 0.0
-        mu = 0.0
-        acc = 0.0
-        for n in range(N):
-            row = x[n, c]
-            for lo in range(0, L, _BLOCK):
-                hi = min(L, lo + _BLOCK)
-                nb = float(hi - lo)
-                s = 0.0
-                for i in range(lo, hi):
-                    s += np.float64(row[i])
-                bm = s / nb
-                q = 0.0
-                for i in range(lo, hi):
-                    d = np.float64(row[i]) - bm
-                    q += d * d
-                total = count + nb
-                delta = bm - mu
-                mu += delta * (nb / total)
-                acc += q + delta * delta * (count * nb / total)
-                count = total
-        mean[c] = mu
-        m2[c] = acc
+    for c in prange(x.shape[1]):
+        mean[c], m2[c] = _channel_moments(x, c)
 
 
 @njit(**PARALLEL_JIT)
@@ -80,20 +136,8 @@ def norm_affine(x, mean, scale, shift, out):
 @njit(**PARALLEL_JIT)
 def norm_grad_sums(dy, x, mean, sum_dy, sum_dy_xmu):
     """``sum_dy[c] = sum(dy[:, c])`` and ``sum_dy_xmu[c] = sum(dy[:, c] * (x[:, c] - mean[c]))`` in float64."""
-    N, C, L = x.shape
-    for c in prange(C):
-        m = np.float64(mean[c])
-        a = 0.0
-        b = 0.0
-        for n in range(N):
-            g = dy[n, c]
-            src = x[n, c]
-            for i in range(L):
-                gi = np.float64(g[i])
-                a += gi
-                b += gi * (np.float64(src[i]) - m)
-        sum_dy[c] = a
-        sum_dy_xmu[c] = b
+    for c in prange(x.shape[1]):
+        sum_dy[c], sum_dy_xmu[c] = _channel_grad_sums(dy, x, c, np.float64(mean[c]))
 
 
 @njit(**PARALLEL_JIT)
@@ -112,3 +156,53 @@ def norm_grad_apply(dy, x, mean, a, b, k, dx):
         dst = dx[n, c]
         for i in range(L):
             dst[i] = g[i] * ac + (src[i] - m) * bc + kc
+
+
+@njit(**PARALLEL_JIT)
+def norm_fused_forward(x, gain, shift, eps, out, stats, coef):
+    """Batch norm of (N, C, L) ``x`` with its own statistics, channel by channel.
+
+    ``out[:, c] = (x[:, c] - mean) / sqrt(var + eps) * gain[c] + shift[c]`` (``gain``,
+    ``shift`` float64); ``stats[0, c]`` and ``stats[1, c]`` receive the mean and ``1 /
+    sqrt(var + eps)`` (float64). ``coef`` (3, C), of x's dtype, is scratch: the mean in x's
+    dtype, the scale, and the shift with the rest of the float64 mean folded in.
+    """
+    N, C, L = x.shape
+    M = N * L
+    for c in prange(C):
+        mean, m2 = _channel_moments(x, c)
+        invstd = 1.0 / np.sqrt(m2 / M + eps)
+        scale = gain[c] * invstd
+        coef[0, c] = mean
+        coef[1, c] = scale
+        coef[2, c] = shift[c] - (mean - np.float64(coef[0, c])) * scale
+        stats[0, c] = mean
+        stats[1, c] = invstd
+        stats[2, c] = m2
+        _channel_affine(x, c, coef[0, c], coef[1, c], coef[2, c], out)
+
+
+@njit(**PARALLEL_JIT)
+def norm_fused_backward(dy, x, stats, gain, training, dx, sums, coef):
+    """``dx`` of :func:`norm_fused_forward` (``training``) or of a normalisation by constants, channel by channel.
+
+    ``stats`` (2, C) float64: the mean and ``invstd`` used; ``gain`` float64. ``sums[0, c]``
+    and ``sums[1, c]`` receive ``sum(dy)`` and ``sum(dy * (x - mean))`` (float64); ``coef``
+    (4, C), of x's dtype, is scratch.
+    """
+    N, C, L = x.shape
+    M = N * L
+    for c in prange(C):
+        mean = stats[0, c]
+        invstd = stats[1, c]
+        a, b = _channel_grad_sums(dy, x, c, mean)
+        sums[0, c] = a
+        sums[1, c] = b
+        ca = gain[c] * invstd
+        cb = -ca * invstd * invstd * b / M if training else 0.0
+        ck = -ca * a / M if training else 0.0
+        coef[0, c] = mean
+        coef[1, c] = ca
+        coef[2, c] = cb
+        coef[3, c] = ck - (mean - np.float64(coef[0, c])) * cb
+        _channel_grad_apply(dy, x, c, coef[0, c], (coef[1, c], coef[2, c], coef[3, c]), dx)
