@@ -301,8 +301,8 @@ class Module:
     Attributes
     ----------
     training : bool
-        True in training mode (the default), False after :meth:`eval`. Only
-        :class:`Dropout` behaves differently.
+        True in training mode (the default), False after :meth:`eval`. :class:`Dropout`
+        and the batch norms (running statistics in eval) behave differently.
     """
 
     def __init__(self):
