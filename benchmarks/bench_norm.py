@@ -2,7 +2,8 @@
 
     PYTHONPATH=$PWD python benchmarks/bench_norm.py [--shape 32 64 56 56] [--threads 2] [--repeat 10] [--rounds 3]
 
-Training mode (batch statistics, running statistics updated), float32. The two libraries
+Training mode (batch statistics, running statistics updated) forward and backward, and the
+evaluation-mode forward (running statistics), float32. The two libraries
 run in alternating blocks of calls, so that both see the same load on a shared machine.
 Prints the median and the minimum time of each pass and fastconv's time divided by torch's
 (<= 1.0 is the goal).
@@ -70,9 +71,17 @@ def main(argv=None):
         tx.grad = None
         out["t"].backward(tdy, retain_graph=True)
 
+    eval_layer = nn.BatchNorm2d(C).eval()
+    teval = torch.nn.BatchNorm2d(C).eval()
+
+    def torch_eval():
+        with torch.no_grad():
+            teval(tx)
+
     rows = [
         ("forward", lambda: layer(x), torch_forward),
         ("backward", lambda: layer.backward(dy), torch_backward),
+        ("eval fwd", lambda: eval_layer(x), torch_eval),
     ]
     layer(x)
     torch_forward()

@@ -377,3 +377,18 @@ def test_hypothesis_shapes_match_reference():
         np.testing.assert_allclose(rm, want[1], rtol=1e-12, atol=1e-12)
 
     check()
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf], ids=["nan", "inf"])
+def test_nonfinite_inputs_like_torch(torch, value, rng):
+    x = rng.standard_normal((4, 3, 2, 2))
+    x[1, 1, 0, 1] = value
+    dy = rng.standard_normal(x.shape)
+    layer, tlayer = nn.BatchNorm2d(3, dtype=np.float64), torch.nn.BatchNorm2d(3, dtype=torch.float64)
+    tx = torch.from_numpy(x.copy()).requires_grad_(True)
+    ty = tlayer(tx)
+    ty.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(layer(x), ty.detach().numpy(), rtol=1e-12, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(layer.backward(dy), tx.grad.numpy(), rtol=1e-12, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(layer.running_mean, tlayer.running_mean.numpy(), rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(layer.running_var, tlayer.running_var.numpy(), rtol=1e-12, equal_nan=True)

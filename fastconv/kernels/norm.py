@@ -40,11 +40,12 @@ _BLOCK = 2048
 
 @njit(**SERIAL_JIT, inline="always")
 def _channel_moments(x, c):
-    """``(mean, m2)`` in float64 of channel ``c`` of an (N, C, L) array: blocks merged by Chan's formula."""
+    """``(mean, m2)`` in float64 of channel ``c`` of an (N, C, L) array: blocks' deviations merged by Chan's formula."""
     N, C, L = x.shape
     count = 0.0
     mu = 0.0
     acc = 0.0
+    total = 0.0
     for n in range(N):
         row = x[n, c]
         for lo in range(0, L, _BLOCK):
@@ -54,17 +55,20 @@ def _channel_moments(x, c):
             s = 0.0
             for i in range(hi - lo):
                 s += np.float64(blk[i])
+            total += s
             bm = s / nb
             q = 0.0
             for i in range(hi - lo):
                 d = np.float64(blk[i]) - bm
                 q += d * d
-            total = count + nb
+            merged = count + nb
             delta = bm - mu
-            mu += delta * (nb / total)
-            acc += q + delta * delta * (count * nb / total)
-            count = total
-    return mu, acc
+            mu += delta * (nb / merged)
+            acc += q + delta * delta * (count * nb / merged)
+            count = merged
+    # The mean returned is the plain float64 sum's (as accurate, and +-inf as PyTorch's for an
+    # infinite input, where Chan's running mean turns into NaN); Chan's serves the deviations.
+    return total / count if count else 0.0, acc
 
 
 @njit(**SERIAL_JIT, inline="always")
