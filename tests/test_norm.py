@@ -392,3 +392,18 @@ def test_nonfinite_inputs_like_torch(torch, value, rng):
     np.testing.assert_allclose(layer.backward(dy), tx.grad.numpy(), rtol=1e-12, atol=1e-12, equal_nan=True)
     np.testing.assert_allclose(layer.running_mean, tlayer.running_mean.numpy(), rtol=1e-12, equal_nan=True)
     np.testing.assert_allclose(layer.running_var, tlayer.running_var.numpy(), rtol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"affine": False, "momentum": None}, {"bias": False},
+                                    {"track_running_stats": False}], ids=["default", "plain", "no-bias", "untracked"])
+def test_to_torch_converts_batch_norm(torch, kwargs, rng):
+    from fastconv.models import to_torch
+
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, rng=0), nn.BatchNorm2d(3, **kwargs), nn.Identity(), nn.ReLU(),
+                          nn.Flatten(), nn.BatchNorm1d(12, **kwargs))
+    x = rng.standard_normal((4, 2, 4, 4)).astype(np.float32)
+    model(x)
+    model.eval()
+    twin = to_torch(model)
+    assert repr(twin) == repr(model) and list(twin.state_dict()) == list(model.state_dict())
+    np.testing.assert_allclose(twin(torch.from_numpy(x)).detach().numpy(), model(x), rtol=1e-5, atol=1e-5)
