@@ -5,7 +5,7 @@ over ``N * L`` values (batch norm: ``(N, C, H*W)``; layer and group norm view th
 as ``(1, N*G, L)`` instead).
 
 Statistics are numerically sound: ``E[x^2] - E[x]^2`` loses every digit of a float32
-activation with mean 1000 and standard deviation 1. Here each block of a row (at most
+activation with mean 1000 and standard deviation 1. Here each block of a channel (at most
 :data:`_BLOCK` values, in cache) is summed twice in float64 -- its mean, then the squared
 deviations from that mean -- and the blocks are merged with Chan's pairwise formula, so
 the data is read from memory once.
@@ -33,34 +33,42 @@ from numba import njit, prange
 
 from ..config import PARALLEL_JIT, SERIAL_JIT
 
-#: Values of a row summed as one block: small enough to stay in the L1 cache between
-#: the block's two sums.
+#: Values summed as one block (a piece of a row, or whole short rows): small enough to
+#: stay in the L1 cache between the block's two sums.
 _BLOCK = 2048
 
 
 @njit(**SERIAL_JIT, inline="always")
 def _channel_moments(x, c):
-    """``(mean, m2)`` in float64 of channel ``c`` of an (N, C, L) array: blocks' deviations merged by Chan's formula."""
+    """``(mean, m2)`` in float64 of channel ``c`` of an (N, C, L) array: blocks' deviations merged by Chan's formula.
+
+    A block is at most :data:`_BLOCK` values: a piece of one row, or several whole short rows
+    (an (N, C) input has rows of one value).
+    """
     N, C, L = x.shape
+    rows = max(1, _BLOCK // max(L, 1))
     count = 0.0
     mu = 0.0
     acc = 0.0
     total = 0.0
-    for n in range(N):
-        row = x[n, c]
+    for n0 in range(0, N, rows):
+        n1 = min(N, n0 + rows)
         for lo in range(0, L, _BLOCK):
             hi = min(L, lo + _BLOCK)
-            blk = row[lo:hi]
-            nb = float(hi - lo)
+            nb = float((n1 - n0) * (hi - lo))
             s = 0.0
-            for i in range(hi - lo):
-                s += np.float64(blk[i])
+            for n in range(n0, n1):
+                blk = x[n, c, lo:hi]
+                for i in range(hi - lo):
+                    s += np.float64(blk[i])
             total += s
             bm = s / nb
             q = 0.0
-            for i in range(hi - lo):
-                d = np.float64(blk[i]) - bm
-                q += d * d
+            for n in range(n0, n1):
+                blk = x[n, c, lo:hi]
+                for i in range(hi - lo):
+                    d = np.float64(blk[i]) - bm
+                    q += d * d
             merged = count + nb
             delta = bm - mu
             mu += delta * (nb / merged)
