@@ -343,6 +343,7 @@ class NormCase:
 
 NORM_ROWS = (
     NormCase("bn1d-NC", (6, 5)),
+    NormCase("bn1d-NC-many-rows", (2100, 2)),  # more rows than one statistics block holds
     NormCase("bn1d-NCL", (3, 4, 7)),
     NormCase("bn2d", (2, 3, 5, 4)),
     NormCase("bn2d-one-channel", (3, 1, 4, 4)),
