@@ -517,10 +517,12 @@ class Module:
         return self.train(False)
 
     def to(self, dtype):
-        """Cast every parameter (and its gradient) to ``dtype`` (float32 or float64), in place.
+        """Cast every parameter (and its gradient) and every float buffer to ``dtype`` (float32 or float64).
 
         The :class:`Parameter` objects are kept, so an optimizer built before still updates
-        them; its state (momentum buffers...) is not cast. Returns ``self``.
+        them; its state (momentum buffers...) is not cast. Float buffers (running statistics)
+        are replaced by cast copies; integer ones (``num_batches_tracked``) are kept.
+        Returns ``self``.
         """
         dt = _V.float_dtype(dtype, f"{type(self).__name__}.to")
         for p in self.parameters():
