@@ -407,3 +407,20 @@ def test_to_torch_converts_batch_norm(torch, kwargs, rng):
     twin = to_torch(model)
     assert repr(twin) == repr(model) and list(twin.state_dict()) == list(model.state_dict())
     np.testing.assert_allclose(twin(torch.from_numpy(x)).detach().numpy(), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["fastconv.functional.batch_norm", "fastconv.functional.batch_norm_backward",
+                                  "fastconv.nn.BatchNorm1d", "fastconv.nn.BatchNorm2d", "fastconv.nn.Residual",
+                                  "fastconv.compat.layers.batchnorm_forward"])
+def test_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    module, attr = name.rsplit(".", 1)
+    obj = getattr(importlib.import_module(module), attr)
+    tests = doctest.DocTestFinder(recurse=False).find(obj, name, globs={})
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    for t in tests:
+        runner.run(t)
+    failed, attempted = runner.summarize(verbose=False)
+    assert attempted >= 2 and failed == 0, f"{name}: {failed} of {attempted} examples failed"
