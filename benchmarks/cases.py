@@ -327,6 +327,32 @@ POOL_BENCH = (
 POOL_ROWS = POOL_SHAPES + POOL_RANDOM + POOL_LAYERS + POOL_BENCH
 
 
+@dataclasses.dataclass(frozen=True)
+class NormCase:
+    """A normalisation layer's input: ``shape`` (N, C, ...) for the tests, ``bench_shape`` for the benchmark.
+
+    ``tests/test_norm.py`` runs :func:`fastconv.functional.batch_norm` and its backward on
+    every row against the reference; ``benchmarks/bench_norm.py`` times the ``bench_shape``
+    of a row (``--case``) against PyTorch.
+    """
+
+    name: str
+    shape: tuple
+    bench_shape: object = None
+
+
+NORM_ROWS = (
+    NormCase("bn1d-NC", (6, 5)),
+    NormCase("bn1d-NC-many-rows", (2100, 2)),  # more rows than one statistics block holds
+    NormCase("bn1d-NCL", (3, 4, 7)),
+    NormCase("bn2d", (2, 3, 5, 4)),
+    NormCase("bn2d-one-channel", (3, 1, 4, 4)),
+    NormCase("bn2d-long-rows", (2, 2, 50, 50)),  # rows longer than one statistics block
+    NormCase("bn3d", (2, 2, 3, 2, 2)),
+    NormCase("bn2d-resnet", (2, 4, 8, 8), bench_shape=(32, 64, 56, 56)),
+)
+
+
 def _benchmarks(rows):
     """The benchmark rows of ``rows`` by name, at their benchmark batch (names must be unique)."""
     names = [r.name for r in rows]

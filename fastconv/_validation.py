@@ -191,3 +191,18 @@ def check_like(func, name, a, ref_name, ref):
         raise ValueError(f"{func}: {name} must have the shape of {ref_name}, {ref.shape}; got {a.shape}")
     if a.dtype != ref.dtype:
         raise TypeError(f"{func}: {name} must have the dtype of {ref_name}, {ref.dtype}; got {a.dtype}")
+
+
+def check_real(func, name, value, minimum=None):
+    """``value`` (a real number, not a bool) as a float; ``minimum``: ValueError below it (and for NaN)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{func}: {name} must be a real number; got {value!r}")
+    if minimum is not None and not value >= minimum:
+        raise ValueError(f"{func}: {name} must be >= {minimum}; got {value!r}")
+    return float(value)
+
+
+def check_batch_size(func, shape):
+    """PyTorch's check of a training batch norm: ValueError unless there is more than one value per channel."""
+    if shape[0] * int(np.prod(shape[2:], dtype=np.int64)) == 1:
+        raise ValueError(f"{func}: Expected more than 1 value per channel when training, got input size {tuple(shape)}")

@@ -15,6 +15,7 @@ import argparse
 import sys
 import time
 
+import numba
 import numpy as np
 
 from . import functional as F
@@ -55,6 +56,14 @@ def _run_others(dtype, rng):
     F.relu_backward(x, F.relu(x))
     F.linear_backward(F.linear(a, w), a, w)
     F.matmul(a, w.T.copy())
+    for C in (1, numba.config.NUMBA_NUM_THREADS + 1):  # batch norm by rows and channel by channel
+        xc = rng.standard_normal((2, C, 6)).astype(dtype)
+        rm, rv = np.zeros(C, dtype), np.ones(C, dtype)
+        y, mean, invstd = F.batch_norm(xc, rm, rv, training=True, return_stats=True)
+        F.batch_norm(xc, rm, rv)
+        F.batch_norm_backward(y, xc, mean, invstd)
+    y, saved = P.group_norm_forward(x, 3, None, None, 1e-5)  # layer and group norm (cs231n's compat)
+    P.group_norm_backward(y, x, 3, saved, np.ones(3, dtype))
 
 
 def compile_all(dtypes=("float32", "float64"), progress=True, file=None):
@@ -69,7 +78,7 @@ def compile_all(dtypes=("float32", "float64"), progress=True, file=None):
     reached = set()
     for k, (dt, geo) in enumerate(steps, start=1):
         if progress:
-            what = "pooling, ReLU and dense layers" if geo is None else f"conv2d x{geo[0]} w{geo[1]}"
+            what = "pooling, ReLU, dense and norm layers" if geo is None else f"conv2d x{geo[0]} w{geo[1]}"
             file.write(f"\rcompiling fastconv kernels: {k}/{len(steps)} ({np.dtype(dt).name} {what})"
                        f" {time.perf_counter() - start:5.1f} s\033[K")
             file.flush()

@@ -41,6 +41,8 @@ __all__ = [
     "linear",
     "linear_backward",
     "matmul",
+    "batch_norm",
+    "batch_norm_backward",
     "set_num_threads",
     "get_num_threads",
 ]
@@ -523,6 +525,162 @@ def matmul(a, b):
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"{func}: a.shape={a.shape} and b.shape={b.shape} do not chain (a's columns must be b's rows)")
     return _plan.matmul(a, b)
+
+
+def _check_per_channel(func, x, **vectors):
+    """Check that every non-None vector is a 1-D array of x's dtype with one entry per channel of ``x``."""
+    C = x.shape[1]
+    for name, v in vectors.items():
+        if v is None:
+            continue
+        V.check_float_array(v, name, func, 1, "(C,)")
+        V.check_same_dtype(func, x=x, **{name: v})
+        if v.shape[0] != C:
+            raise ValueError(f"{func}: {name} must have shape ({C},), one entry per channel of x.shape={x.shape}; "
+                             f"got {v.shape}")
+
+
+def _check_batch_norm_input(func, x):
+    V.check_any_float_array(x, "x", func)
+    if x.ndim < 2:
+        raise ValueError(f"{func}: x must be (N, C), (N, C, L) or (N, C, H, W) with at least 2 dims; "
+                         f"got shape {x.shape}")
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
+               return_stats=False):
+    """Batch normalisation over the channel axis 1 (PyTorch's ``F.batch_norm``).
+
+    ``y = (x - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c]``. In training the
+    statistics are the batch's (over every axis but 1, the variance biased); otherwise
+    they are ``running_mean`` and ``running_var``. Statistics are computed in float64 by
+    one compiled pass (blockwise means and deviations merged by Chan's formula), so a
+    float32 activation with a large mean loses no precision.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W), float32 or float64
+    running_mean, running_var : ndarray, shape (C,), dtype of ``x``, or None
+        Required when ``training=False``. In training, when given, they are updated in
+        place: ``running = (1 - momentum) * running + momentum * batch``, with the
+        *unbiased* batch variance (as PyTorch). An empty batch leaves them unchanged.
+    weight, bias : ndarray, shape (C,), optional
+        The affine scale and shift (default 1 and 0).
+    training : bool, default False
+    momentum : float, default 0.1
+        A number; the cumulative average (PyTorch's ``momentum=None``) is
+        ``momentum = 1 / num_batches_tracked``, which :class:`fastconv.nn.BatchNorm2d` does.
+    eps : float, default 1e-5
+    return_stats : bool, default False
+        Also return the statistics used, what :func:`batch_norm_backward` takes.
+
+    Returns
+    -------
+    y : ndarray, shape and dtype of ``x``
+    mean, invstd : ndarray, shape (C,), float64
+        Only with ``return_stats``: the mean and ``1 / sqrt(var + eps)`` that normalised
+        ``x`` (kept in float64: a float32 mean of 1000 would be off by up to 3e-5).
+
+    Raises
+    ------
+    ValueError
+        A training batch with one value per channel (PyTorch's message), a vector whose
+        length is not the channel count, no running statistics when ``training=False``.
+    TypeError
+        Non-float arrays, mixed dtypes, a non-number ``momentum`` or ``eps``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> x = np.array([[1.0, 10.0], [3.0, 30.0]])
+    >>> rm, rv = np.zeros(2), np.ones(2)
+    >>> fc.batch_norm(x, rm, rv, training=True, eps=0.0)
+    array([[-1., -1.],
+           [ 1.,  1.]])
+    >>> rm, rv                                  # 0.9 * old + 0.1 * batch (unbiased variance)
+    (array([0.2, 2. ]), array([ 1.1, 20.9]))
+    """
+    func = "batch_norm"
+    _check_batch_norm_input(func, x)
+    _check_per_channel(func, x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+    training = _check_flag(func, "training", training)
+    return_stats = _check_flag(func, "return_stats", return_stats)
+    momentum = V.check_real(func, "momentum", momentum)
+    eps = V.check_real(func, "eps", eps, minimum=0.0)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{func}: give both running_mean and running_var, or neither")
+    if not training and running_mean is None:
+        raise ValueError(f"{func}: running_mean and running_var must be given when training=False")
+    if training:
+        V.check_batch_size(func, x.shape)
+        for name, v in (("running_mean", running_mean), ("running_var", running_var)):
+            if v is not None and not v.flags.writeable:
+                raise ValueError(f"{func}: {name} must be writeable: it is updated in place when training")
+    out, mean, invstd = _plan.batch_norm_forward(_plan.channel_view(x), running_mean, running_var, weight, bias,
+                                                 training, momentum, eps)
+    out = out.reshape(x.shape)
+    if return_stats:
+        return out, mean, invstd
+    return out
+
+
+def _check_flag(func, name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{func}: {name} must be True or False; got {value!r}")
+    return bool(value)
+
+
+def batch_norm_backward(dy, x, mean, invstd, weight=None, training=True):
+    """Gradients of :func:`batch_norm`: ``(dx, dweight, dbias)``.
+
+    Two compiled passes: the per-channel sums of ``dy`` and ``dy * (x - mean)``, then ``dx``.
+
+    Parameters
+    ----------
+    dy : ndarray, shape and dtype of ``x``
+        Gradient with respect to the output.
+    x : ndarray
+        Input of the forward pass.
+    mean, invstd : ndarray, shape (C,), float64 or the dtype of ``x``
+        The statistics the forward pass used (``batch_norm(..., return_stats=True)``); in
+        evaluation mode these are ``running_mean`` and ``1 / sqrt(running_var + eps)``.
+    weight : ndarray, shape (C,), optional
+        The forward's ``weight`` (default 1).
+    training : bool, default True
+        Whether the forward used the batch's statistics (then they depend on ``x`` and
+        their gradient enters ``dx``) or the running ones (constants).
+
+    Returns
+    -------
+    dx : ndarray, shape of ``x``
+    dweight, dbias : ndarray, shape (C,)
+        The gradients with respect to the affine scale and shift (computed also when the
+        forward had none: with respect to a scale of 1 and a shift of 0).
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> x = np.array([[1.0], [3.0]])
+    >>> y, mean, invstd = fc.batch_norm(x, None, None, training=True, eps=0.0, return_stats=True)
+    >>> dx, dw, db = fc.batch_norm_backward(np.array([[1.0], [0.0]]), x, mean, invstd)
+    >>> dx.ravel(), dw, db
+    (array([0., 0.]), array([-1.]), array([1.]))
+    """
+    func = "batch_norm_backward"
+    _check_batch_norm_input(func, x)
+    V.check_like(func, "dy", dy, "x", x)
+    _check_per_channel(func, x, weight=weight)
+    for name, v in (("mean", mean), ("invstd", invstd)):
+        V.check_float_array(v, name, func, 1, "(C,)")
+        if v.dtype not in (x.dtype, np.dtype(np.float64)) or v.shape[0] != x.shape[1]:
+            raise ValueError(f"{func}: {name} must have shape ({x.shape[1]},) (one entry per channel of "
+                             f"x.shape={x.shape}) and dtype float64 or {x.dtype}; got {v.shape}, {v.dtype}")
+    training = _check_flag(func, "training", training)
+    if training:
+        V.check_batch_size(func, x.shape)
+    dx, dw, db = _plan.batch_norm_backward(_plan.channel_view(dy), _plan.channel_view(x), mean, invstd, weight,
+                                           training)
+    return dx.reshape(x.shape), dw, db
 
 
 def set_num_threads(n):

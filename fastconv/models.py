@@ -174,7 +174,17 @@ def _converters(torch):
         nn.ReLU: lambda m: tnn.ReLU(),
         nn.Flatten: lambda m: tnn.Flatten(m.start_dim, m.end_dim),
         nn.Dropout: lambda m: tnn.Dropout(m.p),
+        nn.BatchNorm1d: lambda m: _torch_batch_norm(torch, tnn.BatchNorm1d, m),
+        nn.BatchNorm2d: lambda m: _torch_batch_norm(torch, tnn.BatchNorm2d, m),
+        nn.Identity: lambda m: tnn.Identity(),
     }
+
+
+def _torch_batch_norm(torch, cls, m):
+    arrays = [a for a in (None if m.weight is None else m.weight.data, m.running_mean) if a is not None]
+    dtype = torch.float64 if arrays and arrays[0].dtype == np.float64 else torch.float32
+    extra = {"bias": False} if m.affine and m.bias is None else {}  # the keyword exists from torch 2.6 on
+    return cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats, dtype=dtype, **extra)
 
 
 def _convert(torch, converters, module, where):
@@ -202,8 +212,9 @@ def to_torch(model):
         A :class:`fastconv.nn.Sequential` (nested ones included) of
         :class:`~fastconv.nn.Conv2d`, :class:`~fastconv.nn.ReLU`,
         :class:`~fastconv.nn.MaxPool2d`, :class:`~fastconv.nn.Flatten`,
-        :class:`~fastconv.nn.Linear` and :class:`~fastconv.nn.Dropout` layers, or one
-        such layer. Subclasses are refused: their forward may differ.
+        :class:`~fastconv.nn.Linear`, :class:`~fastconv.nn.Dropout`,
+        :class:`~fastconv.nn.BatchNorm1d`, :class:`~fastconv.nn.BatchNorm2d` and
+        :class:`~fastconv.nn.Identity` layers, or one such layer. Subclasses are refused: their forward may differ.
 
     Returns
     -------

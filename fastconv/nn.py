@@ -73,6 +73,10 @@ __all__ = [
     "Linear",
     "Dropout",
     "CrossEntropyLoss",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "Identity",
+    "Residual",
     "manual_seed",
     "default_generator",
     "no_grad",
@@ -289,18 +293,23 @@ class Module:
     Subclasses call ``super().__init__()`` first, then assign :class:`Parameter` and
     :class:`Module` attributes, which are registered in assignment order (that order is
     the order of :meth:`parameters` and of the :meth:`state_dict` keys, as in PyTorch).
+    Arrays that are state but not trained (running statistics) are registered with
+    :meth:`register_buffer`: they are saved in :meth:`state_dict` after the module's own
+    parameters but are not in :meth:`parameters`, so optimizers leave them alone.
     They implement :meth:`forward` and :meth:`backward`.
 
     Attributes
     ----------
     training : bool
-        True in training mode (the default), False after :meth:`eval`. Only
-        :class:`Dropout` behaves differently.
+        True in training mode (the default), False after :meth:`eval`. :class:`Dropout`
+        and the batch norms (running statistics in eval) behave differently.
     """
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_non_persistent", set())
         object.__setattr__(self, "training", True)
 
     # -- attribute registration ------------------------------------------------------
@@ -314,6 +323,13 @@ class Module:
             object.__setattr__(self, name, value)
             return
         modules = self.__dict__["_modules"]
+        buffers = self.__dict__["_buffers"]
+        if name in buffers and not isinstance(value, (Parameter, Module)):
+            if value is not None and not isinstance(value, np.ndarray):
+                raise TypeError(f"cannot assign {type(value).__name__} to buffer '{name}' (ndarray or None expected)")
+            buffers[name] = value
+            return
+        buffers.pop(name, None)
         # Re-assigning a registered name keeps its place in the order (as in PyTorch).
         if isinstance(value, Parameter):
             modules.pop(name, None)
@@ -335,6 +351,8 @@ class Module:
             return d["_parameters"][name]
         if name in d.get("_modules", ()):
             return d["_modules"][name]
+        if name in d.get("_buffers", ()):
+            return d["_buffers"][name]
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
     def __delattr__(self, name):
@@ -342,8 +360,31 @@ class Module:
             del self._parameters[name]
         elif name in self._modules:
             del self._modules[name]
+        elif name in self._buffers:
+            del self._buffers[name]
+            self._non_persistent.discard(name)
         else:
             object.__delattr__(self, name)
+
+    def register_buffer(self, name, array, persistent=True):
+        """Register ``array`` (an ndarray, or None for "not kept") as the buffer ``name`` (PyTorch's API).
+
+        A buffer is state that is not trained: it is in :meth:`state_dict` (unless
+        ``persistent=False`` or it is None), follows :meth:`to` when it is a float array,
+        and is not in :meth:`parameters`. Assigning ``self.name = array`` later replaces it.
+        """
+        owner = f"{type(self).__name__}.register_buffer"
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"{owner}: name must be a non-empty str without '.'; got {name!r}")
+        if array is not None and not isinstance(array, np.ndarray):
+            raise TypeError(f"{owner}: buffer {name!r} must be a numpy.ndarray or None; got {type(array).__name__}")
+        if name in self._parameters or name in self._modules or (name in self.__dict__ and name not in self._buffers):
+            raise KeyError(f"{owner}: attribute {name!r} already exists")
+        self._buffers[name] = array
+        if persistent:
+            self._non_persistent.discard(name)
+        else:
+            self._non_persistent.add(name)
 
     # -- computation -----------------------------------------------------------------
     def forward(self, *args, **kwargs):
@@ -418,6 +459,39 @@ class Module:
         visit(self, prefix)
         return out
 
+    def named_buffers(self, prefix="", recurse=True):
+        """List of ``(dotted_name, ndarray)`` of the buffers that are not None, module by module."""
+        out = []
+        for name, module in (self.named_modules(prefix) if recurse else [(prefix, self)]):
+            for bname, b in module._buffers.items():
+                if b is not None:
+                    out.append((f"{name}.{bname}" if name else bname, b))
+        return out
+
+    def buffers(self, recurse=True):
+        """List of the buffers (running statistics, ...) that are not None."""
+        return [b for _, b in self.named_buffers(recurse=recurse)]
+
+    def _state_entries(self):
+        """``(dotted_name, module, attribute, kind)`` of every state_dict entry, in PyTorch's order:
+        each module's parameters, then its persistent buffers, then its children."""
+        out = []
+
+        def visit(module, prefix):
+            for pname in module._parameters:
+                out.append((prefix + pname, module, pname, "parameter"))
+            for bname, b in module._buffers.items():
+                if b is not None and bname not in module._non_persistent:
+                    out.append((prefix + bname, module, bname, "buffer"))
+            for child_name, child in module._modules.items():
+                visit(child, f"{prefix}{child_name}.")
+
+        visit(self, "")
+        return out
+
+    def _state_array(self, module, attribute, kind):
+        return module._parameters[attribute].data if kind == "parameter" else module._buffers[attribute]
+
     def parameters(self, recurse=True):
         """List of the :class:`Parameter` objects, in PyTorch's order (what optimizers take)."""
         return [p for _, p in self.named_parameters(recurse=recurse)]
@@ -443,16 +517,22 @@ class Module:
         return self.train(False)
 
     def to(self, dtype):
-        """Cast every parameter (and its gradient) to ``dtype`` (float32 or float64), in place.
+        """Cast every parameter (and its gradient) and every float buffer to ``dtype`` (float32 or float64).
 
         The :class:`Parameter` objects are kept, so an optimizer built before still updates
-        them; its state (momentum buffers...) is not cast. Returns ``self``.
+        them; its state (momentum buffers...) is not cast. Float buffers (running statistics)
+        are replaced by cast copies; integer ones (``num_batches_tracked``) are kept.
+        Returns ``self``.
         """
         dt = _V.float_dtype(dtype, f"{type(self).__name__}.to")
         for p in self.parameters():
             if p.data.dtype != dt:
                 p.data = p.data.astype(dt)
                 p.grad = p.grad.astype(dt)
+        for m in self.modules():
+            for name, b in m._buffers.items():
+                if b is not None and b.dtype.kind == "f" and b.dtype != dt:
+                    m._buffers[name] = b.astype(dt)
         return self
 
     def float(self):
@@ -465,7 +545,7 @@ class Module:
 
     # -- state -----------------------------------------------------------------------
     def state_dict(self):
-        """Copies of every parameter, keyed by dotted name (``"0.weight"``, ``"0.bias"``, ...).
+        """Copies of every parameter and persistent buffer, keyed by dotted name (``"0.weight"``, ``"0.bias"``, ...).
 
         Returns
         -------
@@ -474,7 +554,7 @@ class Module:
             views instead).
         """
         return OrderedDict(
-            (name, p.data.copy()) for name, p in self.named_parameters(remove_duplicate=False)
+            (name, self._state_array(m, attr, kind).copy()) for name, m, attr, kind in self._state_entries()
         )
 
     def load_state_dict(self, state_dict, strict=True):
@@ -512,29 +592,29 @@ class Module:
             raise TypeError(
                 f"{owner}: state_dict must be a mapping of name -> ndarray; got {type(state_dict).__name__}"
             )
-        own = OrderedDict(self.named_parameters(remove_duplicate=False))
+        own = OrderedDict((name, self._state_array(m, attr, kind)) for name, m, attr, kind in self._state_entries())
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         problems = []
-        for name, p in own.items():
+        for name, a in own.items():
             if name not in state_dict:
                 continue
             value = state_dict[name]
             if not isinstance(value, np.ndarray):
                 raise TypeError(f"{owner}: state_dict[{name!r}] must be a numpy.ndarray; got {type(value).__name__}")
-            if value.shape != p.data.shape:
-                problems.append(f"{name!r}: shape {value.shape} in state_dict, {p.data.shape} in the model")
-            elif value.dtype != p.data.dtype:
-                problems.append(f"{name!r}: dtype {value.dtype} in state_dict, {p.data.dtype} in the model")
+            if value.shape != a.shape:
+                problems.append(f"{name!r}: shape {value.shape} in state_dict, {a.shape} in the model")
+            elif value.dtype != a.dtype:
+                problems.append(f"{name!r}: dtype {value.dtype} in state_dict, {a.dtype} in the model")
         if strict and missing:
             problems.append("missing key(s): " + ", ".join(map(repr, missing)))
         if strict and unexpected:
             problems.append("unexpected key(s): " + ", ".join(map(repr, unexpected)))
         if problems:
             raise ValueError(f"{owner}: error(s) in loading state_dict:\n    " + "\n    ".join(problems))
-        for name, p in own.items():
+        for name, a in own.items():
             if name in state_dict:
-                np.copyto(p.data, state_dict[name])
+                np.copyto(a, state_dict[name])
         return IncompatibleKeys(missing, unexpected)
 
     # -- printing --------------------------------------------------------------------
@@ -1172,3 +1252,271 @@ class CrossEntropyLoss(Module):
 
     def extra_repr(self):
         return "" if self.reduction == "mean" else f"reduction={self.reduction!r}"
+
+
+# ---------------------------------------------------------------------------------------
+# Batch normalisation
+# ---------------------------------------------------------------------------------------
+
+
+class _BatchNorm(Module):
+    """Shared code of :class:`BatchNorm1d` and :class:`BatchNorm2d` (PyTorch's ``_BatchNorm``)."""
+
+    _ndims = ()
+    _expected = ""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 dtype=np.float32, *, bias=True):
+        super().__init__()
+        owner = type(self).__name__
+        self.num_features = _positive_int(num_features, "num_features", owner)
+        self.eps = _V.check_real(owner, "eps", eps, minimum=0.0)
+        self.momentum = None if momentum is None else _V.check_real(owner, "momentum", momentum)
+        self.affine = _check_bool(affine, "affine", owner)
+        self.track_running_stats = _check_bool(track_running_stats, "track_running_stats", owner)
+        has_bias = _check_bool(bias, "bias", owner) and self.affine
+        dt = _V.float_dtype(dtype, owner)
+        C = self.num_features
+        self.weight = Parameter(np.ones(C, dtype=dt)) if self.affine else None
+        self.bias = Parameter(np.zeros(C, dtype=dt)) if has_bias else None
+        if self.track_running_stats:
+            self.register_buffer("running_mean", np.zeros(C, dtype=dt))
+            self.register_buffer("running_var", np.ones(C, dtype=dt))
+            self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+        else:
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                self.register_buffer(name, None)
+        self._cache = None
+
+    def reset_running_stats(self):
+        """Running mean 0, running variance 1, ``num_batches_tracked`` 0 (in place)."""
+        if self.track_running_stats:
+            self.running_mean.fill(0)
+            self.running_var.fill(1)
+            self.num_batches_tracked.fill(0)
+
+    def reset_parameters(self):
+        """:meth:`reset_running_stats`, and weight 1 and bias 0."""
+        self.reset_running_stats()
+        if self.weight is not None:
+            self.weight.data.fill(1)
+        if self.bias is not None:
+            self.bias.data.fill(0)
+
+    def _dtype(self):
+        for a in (self.weight, self.running_mean):
+            if a is not None:
+                return a.dtype
+        return None
+
+    def _check(self, x):
+        owner = type(self).__name__
+        _check_input(x, owner, dtype=self._dtype())
+        if x.ndim not in self._ndims:
+            raise ValueError(f"{owner}: expected {self._expected} input (got {x.ndim}D input); got shape {x.shape}")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{owner}: expected input with {self.num_features} channels (num_features="
+                             f"{self.num_features}) on axis 1; got shape {x.shape}")
+
+    def forward(self, x):
+        """Normalise ``x`` with the batch's statistics (training) or the running ones (eval).
+
+        In training, with ``track_running_stats``, the running statistics are updated and
+        ``num_batches_tracked`` counts the batch (``momentum=None``: a cumulative average).
+        """
+        owner = type(self).__name__
+        self._check(x)
+        batch_stats = self.training or self.running_mean is None
+        if batch_stats:
+            _V.check_batch_size(owner, x.shape)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked += 1
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+        keep = not self.training or self.track_running_stats
+        w = None if self.weight is None else self.weight.data
+        b = None if self.bias is None else self.bias.data
+        x3 = _plan.channel_view(x)
+        out, mean, invstd = _plan.batch_norm_forward(
+            x3, self.running_mean if keep else None, self.running_var if keep else None, w, b, batch_stats,
+            factor, self.eps)
+        self._cache = (x3, mean, invstd, batch_stats, x.shape) if is_grad_enabled() else None
+        return out.reshape(x.shape)
+
+    def backward(self, dout, input_grad=True):
+        """Add ``dL/dweight`` and ``dL/dbias`` into ``.grad``; return ``dL/dx``."""
+        owner = type(self).__name__
+        if self._cache is None:
+            raise _no_cache_error(owner)
+        x3, mean, invstd, batch_stats, shape = self._cache
+        _check_dout(dout, owner, shape, x3.dtype)
+        w = None if self.weight is None else self.weight.data
+        dx, dw, db = _plan.batch_norm_backward(_plan.channel_view(dout), x3, mean, invstd, w, batch_stats)
+        if self.weight is not None:
+            self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += db
+        return dx.reshape(shape) if input_grad else None
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of ``(N, C)`` or ``(N, C, L)`` inputs over the batch (and length) axes.
+
+    ``y = (x - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c]``, as PyTorch's
+    ``BatchNorm1d``: in training ``mean`` and ``var`` are the batch's (biased variance) and
+    the running statistics move towards them by ``momentum`` (the running variance is the
+    unbiased one); in evaluation the running statistics are used. Computed by
+    :func:`fastconv.functional.batch_norm`'s compiled kernels; statistics in float64.
+
+    Parameters
+    ----------
+    num_features : int
+        ``C``.
+    eps : float, default 1e-5
+    momentum : float or None, default 0.1
+        ``None``: the running statistics are the cumulative average of every batch seen
+        (``momentum = 1 / num_batches_tracked``).
+    affine : bool, default True
+        Learnable ``weight`` (ones) and ``bias`` (zeros).
+    track_running_stats : bool, default True
+        Keep ``running_mean`` (zeros), ``running_var`` (ones) and ``num_batches_tracked``
+        (an int64 0-d array) as buffers. Without them the batch's statistics are used in
+        evaluation too.
+    dtype : float32 or float64, default float32
+    bias : bool, default True (keyword only)
+        With ``affine``, whether there is a ``bias``.
+
+    Notes
+    -----
+    ``state_dict`` keys: ``weight``, ``bias``, ``running_mean``, ``running_var``,
+    ``num_batches_tracked`` (as PyTorch). A training batch with one value per channel
+    raises PyTorch's ``ValueError``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> bn = nn.BatchNorm1d(2, dtype=np.float64)
+    >>> bn(np.array([[1.0, 10.0], [3.0, 30.0]])).round(3)
+    array([[-1., -1.],
+           [ 1.,  1.]])
+    >>> bn.running_mean, int(bn.num_batches_tracked)
+    (array([0.2, 2. ]), 1)
+    >>> bn
+    BatchNorm1d(2, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)
+    """
+
+    _ndims = (2, 3)
+    _expected = "2D or 3D"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of ``(N, C, H, W)`` inputs per channel (PyTorch's ``BatchNorm2d``).
+
+    Parameters and behaviour as :class:`BatchNorm1d`; the statistics of channel ``c`` are
+    taken over ``N * H * W`` values.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> bn = nn.BatchNorm2d(3)
+    >>> x = np.random.default_rng(0).normal(5.0, 2.0, (4, 3, 8, 8)).astype(np.float32)
+    >>> y = bn(x)
+    >>> bool(abs(y.mean()) < 1e-5), bool(abs(y.std() - 1) < 1e-3)
+    (True, True)
+    >>> list(bn.state_dict())
+    ['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked']
+    """
+
+    _ndims = (4,)
+    _expected = "4D"
+
+
+# ---------------------------------------------------------------------------------------
+# Composition
+# ---------------------------------------------------------------------------------------
+
+
+class Identity(Module):
+    """``forward(x)`` returns ``x``; ``backward(dout)`` returns ``dout`` (PyTorch's ``Identity``).
+
+    Any constructor arguments are ignored, as in PyTorch.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+        self._cache = None
+
+    def forward(self, x):
+        """``x`` itself."""
+        self._cache = (np.shape(x), getattr(x, "dtype", None)) if is_grad_enabled() else None
+        return x
+
+    def backward(self, dout, input_grad=True):
+        """``dout`` itself."""
+        if self._cache is None:
+            raise _no_cache_error("Identity")
+        _check_dout(dout, "Identity", *self._cache)
+        return dout if input_grad else None
+
+
+class Residual(Module):
+    """A residual block: ``body(x) + x``, or ``body(x) + shortcut(x)`` with a ``shortcut`` module.
+
+    Parameters
+    ----------
+    body : Module
+        The main branch (e.g. a :class:`Sequential` of convolutions, batch norms, ReLUs).
+    shortcut : Module, optional
+        The skip branch, e.g. a strided 1x1 :class:`Conv2d` and a :class:`BatchNorm2d`
+        when the body changes the shape. None: the identity.
+
+    Notes
+    -----
+    The backward pass runs both branches' backward on ``dout`` (each adds its parameter
+    gradients) and returns the sum of their input gradients. ``state_dict`` keys nest the
+    branches' under ``body.`` and ``shortcut.`` (``body.0.weight``, ``shortcut.0.weight``).
+    There is no activation after the sum: follow the block with a :class:`ReLU` as ResNet does.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> block = nn.Residual(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, rng=0), nn.BatchNorm2d(4)))
+    >>> x = np.ones((2, 4, 5, 5), np.float32)
+    >>> block(x).shape, block.backward(np.ones_like(x)).shape
+    ((2, 4, 5, 5), (2, 4, 5, 5))
+    >>> list(block.state_dict())[:3]
+    ['body.0.weight', 'body.0.bias', 'body.1.weight']
+    """
+
+    def __init__(self, body, shortcut=None):
+        super().__init__()
+        for name, m in (("body", body), ("shortcut", shortcut)):
+            if not isinstance(m, Module) and not (name == "shortcut" and m is None):
+                raise TypeError(f"Residual: {name} must be a Module{' or None' if name == 'shortcut' else ''}; "
+                                f"got {type(m).__name__}")
+        self.body = body
+        self.shortcut = shortcut
+
+    def forward(self, x):
+        """``body(x) + (x or shortcut(x))``; the two must have the same shape."""
+        y = self.body(x)
+        s = x if self.shortcut is None else self.shortcut(x)
+        if not isinstance(y, np.ndarray) or not isinstance(s, np.ndarray) or y.shape != s.shape:
+            branch = "x" if self.shortcut is None else "shortcut(x)"
+            raise ValueError(f"Residual: body(x) and {branch} must have the same shape; got "
+                             f"{np.shape(y)} and {np.shape(s)} for x.shape={np.shape(x)}")
+        return y + s
+
+    def backward(self, dout, input_grad=True):
+        """Both branches' backward on ``dout``; returns the sum of their input gradients."""
+        dx = self.body.backward(dout, input_grad=input_grad)
+        ds = dout if self.shortcut is None else self.shortcut.backward(dout, input_grad=input_grad)
+        return dx + ds if input_grad else None

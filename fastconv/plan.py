@@ -990,3 +990,186 @@ def linear_backward(d2, x2, weight, input_grad=True):
     db = d2.sum(axis=0)
     dx2 = matmul(d2, weight) if input_grad else None
     return dx2, dw, db
+
+
+# ---------------------------------------------------------------------------------------
+# Normalisation (batch, layer and group norm): an activation viewed as (N, C, L)
+# ---------------------------------------------------------------------------------------
+
+
+def channel_view(a):
+    """``a`` of shape (N, C, *) as a C-contiguous (N, C, L) array (a view when it already is contiguous)."""
+    N, C = a.shape[:2]
+    return contiguous(a).reshape(N, C, int(np.prod(a.shape[2:], dtype=np.int64)))
+
+
+@_strategy("norm_statistics", "chan_blocks", ["norm.norm_moments"], None,
+           "one job per channel; each row block's mean and squared deviations in float64, merged by Chan's formula")
+def norm_moments(x3):
+    """``(mean, m2)``, float64 arrays of shape ``(C,)``, of an ``(N, C, L)`` array (no checks).
+
+    ``m2[c]`` is the sum of squared deviations from ``mean[c]`` over the ``N * L`` values of channel ``c``.
+    """
+    x3 = contiguous(x3)
+    C = x3.shape[1]
+    mean, m2 = np.empty(C), np.empty(C)
+    _run("norm.norm_moments", x3, mean, m2, work=x3.size)
+    return mean, m2
+
+
+@_strategy("norm_forward", "affine_rows", ["norm.norm_affine"], None,
+           "one job per (n, c) row: (x - mean[c]) * scale[c] + shift[c]")
+def norm_affine(x3, mean, scale, shift):
+    """``(x3 - mean[c]) * scale[c] + shift[c]`` of an ``(N, C, L)`` array, in its dtype (no checks).
+
+    ``mean`` (float64) is split into its value in x's dtype and the rest, which is folded
+    into the shift: ``x - mean`` then loses nothing of a float64 mean in float32 (for
+    ``x`` within a factor 2 of it, the subtraction is exact).
+    """
+    dt = x3.dtype
+    mean = np.asarray(mean, dtype=np.float64)
+    head = mean.astype(dt)
+    shift = np.asarray(shift, dtype=np.float64) - (mean - head) * scale
+    out = np.empty(x3.shape, dtype=dt)
+    _run("norm.norm_affine", contiguous(x3), head, contiguous(scale, dt), shift.astype(dt), out, work=x3.size)
+    return out
+
+
+def norm_grad_sums(dy3, x3, mean):
+    """``(sum(dy), sum(dy * (x - mean[c])))`` per channel of ``(N, C, L)`` arrays, float64 (no checks)."""
+    C = x3.shape[1]
+    sum_dy, sum_dy_xmu = np.empty(C), np.empty(C)
+    _run("norm.norm_grad_sums", contiguous(dy3, x3.dtype), contiguous(x3), contiguous(mean, np.float64), sum_dy,
+         sum_dy_xmu, work=2 * x3.size)
+    return sum_dy, sum_dy_xmu
+
+
+@_strategy("norm_backward", "two_pass", ["norm.norm_grad_sums", "norm.norm_grad_apply"], None,
+           "per-channel sums of dy and dy * (x - mean) in float64, then one pass dy * a + (x - mean) * b + k")
+def norm_backward(dy3, x3, mean, invstd, gain, training):
+    """``(dx3, sum_dy, sum_dy_xmu)`` of ``y = (x - mean) * invstd * gain`` over ``(N, C, L)`` arrays (no checks).
+
+    With ``training`` the statistics are the batch's own (their gradient flows into ``dx``);
+    otherwise they are constants. ``mean``, ``invstd`` and ``gain`` have shape ``(C,)``;
+    the sums are float64.
+    """
+    dt = x3.dtype
+    N, C, L = x3.shape
+    sum_dy, sum_dy_xmu = norm_grad_sums(dy3, x3, mean)
+    invstd = np.asarray(invstd, dtype=np.float64)
+    a = np.asarray(gain, dtype=np.float64) * invstd
+    if training:
+        M = N * L
+        b, k = -a * invstd * invstd * sum_dy_xmu / M, -a * sum_dy / M
+    else:
+        b, k = np.zeros(C), np.zeros(C)
+    mean = np.asarray(mean, dtype=np.float64)
+    head = mean.astype(dt)
+    k = k - (mean - head) * b  # the rest of the float64 mean, as in norm_affine
+    dx = np.empty(x3.shape, dtype=dt)
+    _run("norm.norm_grad_apply", contiguous(dy3, dt), contiguous(x3), head, a.astype(dt), b.astype(dt),
+         k.astype(dt), dx, work=x3.size)
+    return dx, sum_dy, sum_dy_xmu
+
+
+def _fused_channels(C):
+    """Batch norm runs channel by channel (the ``fused_channels`` strategies) when every thread gets a channel."""
+    return C >= numba.get_num_threads()
+
+
+@_strategy("norm_batch_forward", "fused_channels", ["norm.norm_fused_forward"], None,
+           "one job per channel: its statistics, then its normalisation while it is still in the cache")
+def norm_fused_forward(x3, weight, bias, eps):
+    """``(out3, mean, invstd, m2)`` of a training batch norm of an ``(N, C, L)`` array, N * L > 0 (no checks)."""
+    C = x3.shape[1]
+    out = np.empty(x3.shape, dtype=x3.dtype)
+    stats = np.empty((3, C))
+    gain = np.ones(C) if weight is None else contiguous(weight, np.float64)
+    shift = np.zeros(C) if bias is None else contiguous(bias, np.float64)
+    _run("norm.norm_fused_forward", contiguous(x3), gain, shift, float(eps), out, stats,
+         np.empty((3, C), dtype=x3.dtype), work=2 * x3.size)
+    return out, stats[0], stats[1], stats[2]
+
+
+@_strategy("norm_batch_backward", "fused_channels", ["norm.norm_fused_backward"], None,
+           "one job per channel: the sums of dy and dy * (x - mean), then dx while the channel is in the cache")
+def norm_fused_backward(dy3, x3, mean, invstd, gain, training):
+    """``(dx3, sum_dy, sum_dy_xmu)`` as :func:`norm_backward`, channel by channel (no checks)."""
+    C = x3.shape[1]
+    dx = np.empty(x3.shape, dtype=x3.dtype)
+    sums = np.empty((2, C))
+    stats = np.stack([np.asarray(mean, dtype=np.float64), np.asarray(invstd, dtype=np.float64)])
+    _run("norm.norm_fused_backward", contiguous(dy3, x3.dtype), contiguous(x3), stats,
+         contiguous(gain, np.float64), bool(training), dx, sums, np.empty((4, C), dtype=x3.dtype), work=3 * x3.size)
+    return dx, sums[0], sums[1]
+
+
+def batch_norm_forward(x3, running_mean, running_var, weight, bias, training, momentum, eps):
+    """``(out3, mean, invstd)`` of batch normalisation over an ``(N, C, L)`` array (no checks).
+
+    ``mean`` and ``invstd`` (float64, shape ``(C,)``) are the statistics used: the batch's
+    in training, the running ones otherwise. In training the running statistics, when
+    given, are updated in place (``momentum``; the running variance is unbiased).
+    """
+    N, C, L = x3.shape
+    M = N * L
+    if training and M and _fused_channels(C):
+        out, mean, invstd, m2 = norm_fused_forward(x3, weight, bias, eps)
+    else:
+        if training:
+            mean, m2 = norm_moments(x3)
+            invstd = 1.0 / np.sqrt((m2 / M if M else m2) + eps)
+        else:
+            mean = running_mean.astype(np.float64)
+            invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+        scale = invstd if weight is None else invstd * weight
+        out = norm_affine(x3, mean, scale, np.zeros(C) if bias is None else bias)
+    if training and running_mean is not None and M > 1:  # an empty batch leaves them alone (as PyTorch)
+        m = float(momentum)
+        for buf, batch in ((running_mean, mean), (running_var, m2 / (M - 1))):
+            np.copyto(buf, (1.0 - m) * buf.astype(np.float64) + m * batch, casting="unsafe")
+    return out, mean, invstd
+
+
+def batch_norm_backward(dy3, x3, mean, invstd, weight, training):
+    """``(dx3, dweight, dbias)`` of :func:`batch_norm_forward` (no checks); ``dweight``, ``dbias`` in x's dtype."""
+    dt = x3.dtype
+    gain = np.ones(x3.shape[1]) if weight is None else weight
+    run = norm_fused_backward if _fused_channels(x3.shape[1]) else norm_backward
+    dx, sum_dy, sum_dy_xmu = run(dy3, x3, mean, invstd, gain, training)
+    return dx, (sum_dy_xmu * np.asarray(invstd, np.float64)).astype(dt), sum_dy.astype(dt)
+
+
+def group_norm_forward(x, groups, weight, bias, eps):
+    """``(out, (mean, invstd, xhat))`` of group normalisation of an (N, C, ...) array (no checks).
+
+    Each sample's ``C`` channels form ``groups`` consecutive groups, normalised by their own
+    statistics (the norm kernels on the ``(1, N * groups, C // groups * L)`` view), then
+    scaled and shifted per channel. Over an ``(N, D)`` array with one group this is layer
+    normalisation. ``mean`` and ``invstd`` are float64 of shape ``(N * groups,)``; ``xhat``
+    is the normalised input as ``(N, C, L)``.
+    """
+    N, C = x.shape[:2]
+    x3 = channel_view(x)
+    L = x3.shape[2]
+    xs = x3.reshape(1, N * groups, C // groups * L)
+    mean, m2 = norm_moments(xs)
+    invstd = 1.0 / np.sqrt(m2 / max(xs.shape[2], 1) + eps)
+    xhat = norm_affine(xs, mean, invstd, np.zeros(N * groups)).reshape(N, C, L)
+    ones, zeros = np.ones(C), np.zeros(C)
+    out = norm_affine(xhat, zeros, ones if weight is None else weight, zeros if bias is None else bias)
+    return out.reshape(x.shape), (mean, invstd, xhat)
+
+
+def group_norm_backward(dy, x, groups, saved, weight):
+    """``(dx, dweight, dbias)`` of :func:`group_norm_forward`, ``saved`` its ``(mean, invstd, xhat)`` (no checks)."""
+    mean, invstd, xhat = saved
+    N, C = x.shape[:2]
+    dy3 = channel_view(dy).astype(x.dtype, copy=False)
+    zeros = np.zeros(C)
+    dbias, dweight = norm_grad_sums(dy3, xhat, zeros)
+    dxhat = dy3 if weight is None else norm_affine(dy3, zeros, weight, zeros)
+    M = xhat.size // (N * groups) if N else 0
+    dx, _, _ = norm_backward(dxhat.reshape(1, N * groups, M), channel_view(x).reshape(1, N * groups, M), mean,
+                             invstd, np.ones(N * groups), True)
+    return dx.reshape(x.shape), dweight.astype(x.dtype), dbias.astype(x.dtype)

@@ -29,6 +29,10 @@ __all__ = [
     "conv2d_backward_bias",
     "max_pool2d",
     "max_pool2d_backward",
+    "batch_norm",
+    "batch_norm_backward",
+    "group_norm",
+    "group_norm_backward",
 ]
 
 
@@ -296,3 +300,111 @@ def max_pool2d_backward(dy, indices, input_shape):
                     h, w = divmod(int(indices[n, c, i, j]), W)
                     dx[n, c, h, w] += dy[n, c, i, j]
     return dx
+
+
+def _channel_values(x, c):
+    """Every value of channel ``c`` of an (N, C, ...) array, as a flat array."""
+    return x[:, c].reshape(-1)
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    """Batch normalisation of an (N, C, ...) array over every axis but the channel axis 1.
+
+    Returns ``(y, new_running_mean, new_running_var)`` (the running statistics are not
+    modified: new arrays, or None when not given). In training, channel ``c`` is
+    normalised with the mean and the biased variance of its ``M = N * prod(spatial)``
+    values, and the running statistics move by ``momentum`` towards the mean and the
+    unbiased variance ``var * M / (M - 1)``; otherwise the running statistics are used.
+    """
+    C = x.shape[1]
+    y = np.empty_like(x)
+    new_mean = None if running_mean is None else np.array(running_mean, copy=True)
+    new_var = None if running_var is None else np.array(running_var, copy=True)
+    for c in range(C):
+        values = _channel_values(x, c)
+        if training:
+            mean = values.mean()
+            var = ((values - mean) ** 2).mean()
+            if new_mean is not None:
+                M = values.size
+                new_mean[c] = (1 - momentum) * running_mean[c] + momentum * mean
+                new_var[c] = (1 - momentum) * running_var[c] + momentum * var * M / (M - 1)
+        else:
+            mean, var = running_mean[c], running_var[c]
+        g = 1 if weight is None else weight[c]
+        b = 0 if bias is None else bias[c]
+        y[:, c] = (x[:, c] - mean) / np.sqrt(var + eps) * g + b
+    return y, new_mean, new_var
+
+
+def batch_norm_backward(dy, x, weight=None, running_mean=None, running_var=None, training=True, eps=1e-5):
+    """``(dx, dweight, dbias)`` of :func:`batch_norm`, from the chain rule written out per channel.
+
+    With ``training`` the statistics are the batch's: ``xhat = (x - mean) / std``,
+    ``dxhat = dy * weight`` and
+    ``dx = (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) / std``. Otherwise the
+    running statistics are constants and ``dx = dy * weight / sqrt(running_var + eps)``.
+    """
+    C = x.shape[1]
+    dx = np.empty_like(x)
+    dweight = np.empty(C, dtype=x.dtype)
+    dbias = np.empty(C, dtype=x.dtype)
+    for c in range(C):
+        values = _channel_values(x, c)
+        if training:
+            mean = values.mean()
+            std = np.sqrt(((values - mean) ** 2).mean() + eps)
+        else:
+            mean, std = running_mean[c], np.sqrt(running_var[c] + eps)
+        g = 1 if weight is None else weight[c]
+        xhat = (x[:, c] - mean) / std
+        dweight[c] = (dy[:, c] * xhat).sum()
+        dbias[c] = dy[:, c].sum()
+        dxhat = dy[:, c] * g
+        if training:
+            dx[:, c] = (dxhat - dxhat.mean() - xhat * (dxhat * xhat).mean()) / std
+        else:
+            dx[:, c] = dxhat / std
+    return dx, dweight, dbias
+
+
+def group_norm(x, groups, weight=None, bias=None, eps=1e-5):
+    """Group normalisation of an (N, C, ...) array: each sample's channels split into ``groups``
+    consecutive groups, each normalised by its own mean and biased variance, then
+    ``* weight[c] + bias[c]``. ``groups = 1`` over an (N, D) array is layer normalisation."""
+    N, C = x.shape[:2]
+    size = C // groups
+    y = np.empty_like(x)
+    for n in range(N):
+        for g in range(groups):
+            part = x[n, g * size:(g + 1) * size]
+            mean = part.mean()
+            var = ((part - mean) ** 2).mean()
+            y[n, g * size:(g + 1) * size] = (part - mean) / np.sqrt(var + eps)
+    shape = (1, C) + (1,) * (x.ndim - 2)
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y
+
+
+def group_norm_backward(dy, x, groups, weight=None, eps=1e-5):
+    """``(dx, dweight, dbias)`` of :func:`group_norm` (the batch-norm formula within each group)."""
+    N, C = x.shape[:2]
+    size = C // groups
+    shape = (1, C) + (1,) * (x.ndim - 2)
+    axes = (0,) + tuple(range(2, x.ndim))
+    xhat = group_norm(x, groups, eps=eps)
+    dweight = (dy * xhat).sum(axis=axes)
+    dbias = dy.sum(axis=axes)
+    dxhat = dy if weight is None else dy * weight.reshape(shape)
+    dx = np.empty_like(x)
+    for n in range(N):
+        for g in range(groups):
+            sl = (n, slice(g * size, (g + 1) * size))
+            part = x[sl]
+            std = np.sqrt(((part - part.mean()) ** 2).mean() + eps)
+            d, h = dxhat[sl], xhat[sl]
+            dx[sl] = (d - d.mean() - h * (d * h).mean()) / std
+    return dx, dweight, dbias

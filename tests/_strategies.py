@@ -58,6 +58,24 @@ def run_elementwise_and_dense(dtype, rng):
     return {s for (op, _), s in P.STRATEGIES.items() if op.startswith(("relu", "linear", "matmul"))}
 
 
+def run_norm(dtype, rng):
+    """Batch norm forward (training and eval) and backward, channel by channel and by rows, and group
+    norm (the separate statistics kernels); returns the norm strategies run."""
+    import numba
+
+    import fastconv.functional as F
+
+    C = numba.config.NUMBA_NUM_THREADS + 1  # the fused per-channel strategies need a channel per thread
+    x = rng.standard_normal((3, C, 5)).astype(dtype)
+    rm, rv = np.zeros(C, dtype), np.ones(C, dtype)
+    _, mean, invstd = F.batch_norm(x, rm, rv, training=True, return_stats=True)
+    F.batch_norm(x, rm, rv)
+    F.batch_norm_backward(x, x, mean, invstd)
+    y, saved = P.group_norm_forward(x, 1, None, None, 1e-5)
+    P.group_norm_backward(y, x, 1, saved, np.ones(C, dtype))
+    return {s for (op, _), s in P.STRATEGIES.items() if op.startswith("norm_")}
+
+
 def run_pool(plan, rng):
     x = rng.standard_normal(plan.geometry.x_shape).astype(plan.dtype)
     y, idx = plan.run_forward(x)

@@ -382,3 +382,292 @@ def test_inputs_not_modified(rng):
     conv_relu_pool_backward(dout, cache)
     for a, c in zip((x, w, b, dout), copies + [dout_copy]):
         np.testing.assert_array_equal(a, c)
+
+
+# ---------------------------------------------------------------------------------------
+# The package layout: one module per cs231n file
+# ---------------------------------------------------------------------------------------
+
+CS231N_FAST_LAYERS = {
+    "conv_forward_fast", "conv_backward_fast", "conv_forward_im2col", "conv_backward_im2col",
+    "conv_forward_strides", "conv_backward_strides", "max_pool_forward_fast", "max_pool_backward_fast",
+    "max_pool_forward_reshape", "max_pool_backward_reshape", "max_pool_forward_im2col", "max_pool_backward_im2col",
+}
+
+
+def _star(module):
+    namespace = {}
+    exec(f"from {module} import *", namespace)
+    namespace.pop("__builtins__")
+    return namespace
+
+
+def test_fast_layers_star_import_is_exactly_cs231ns_names():
+    names = set(_star("fastconv.compat.fast_layers"))
+    assert names == CS231N_FAST_LAYERS
+    assert not any(n.endswith("_naive") for n in names)
+
+
+def test_layers_and_layer_utils_star_imports():
+    layers = _star("fastconv.compat.layers")
+    for name in ["affine_forward", "affine_backward", "relu_forward", "relu_backward", "batchnorm_forward",
+                 "batchnorm_backward", "batchnorm_backward_alt", "layernorm_forward", "layernorm_backward",
+                 "dropout_forward", "dropout_backward", "conv_forward_naive", "conv_backward_naive",
+                 "max_pool_forward_naive", "max_pool_backward_naive", "spatial_batchnorm_forward",
+                 "spatial_batchnorm_backward", "spatial_groupnorm_forward", "spatial_groupnorm_backward",
+                 "svm_loss", "softmax_loss"]:
+        assert callable(layers.pop(name)), name
+    assert not layers, f"layers exports more than cs231n's layers.py: {sorted(layers)}"
+    utils = set(_star("fastconv.compat.layer_utils"))
+    assert {"conv_bn_relu_forward", "conv_bn_relu_backward", "affine_bn_relu_forward", "affine_ln_relu_backward",
+            "conv_relu_pool_forward", "affine_relu_forward"} <= utils
+    # only sandwiches: a student's own layers.py functions are never replaced by layer_utils' star import
+    assert not utils & set(_star("fastconv.compat.layers")) and not utils & CS231N_FAST_LAYERS
+    top = _star("fastconv.compat")
+    assert "conv_bn_relu_forward" in top and "spatial_batchnorm_forward" in top and "conv_forward_naive" in top
+
+
+def test_the_tie_rule_is_documented_as_cs231ns_naive_code():
+    import fastconv.compat.fast_layers as fl
+
+    assert "splits a tie's gradient" in " ".join(fl.__doc__.split())
+    assert "as cs231n's fast version" not in fl.__doc__
+
+
+# ---------------------------------------------------------------------------------------
+# Normalisation and dropout (cs231n assignment 2, BatchNormalization / LayerNormalization /
+# Dropout / ConvolutionalNetworks notebooks)
+# ---------------------------------------------------------------------------------------
+
+from fastconv import reference as ref  # noqa: E402
+from fastconv.compat.layer_utils import (  # noqa: E402
+    affine_bn_relu_backward,
+    affine_bn_relu_forward,
+    affine_ln_relu_backward,
+    affine_ln_relu_forward,
+    conv_bn_relu_backward,
+    conv_bn_relu_forward,
+)
+from fastconv.compat.layers import (  # noqa: E402
+    batchnorm_backward,
+    batchnorm_backward_alt,
+    batchnorm_forward,
+    dropout_backward,
+    dropout_forward,
+    layernorm_backward,
+    layernorm_forward,
+    spatial_batchnorm_backward,
+    spatial_batchnorm_forward,
+    spatial_groupnorm_backward,
+    spatial_groupnorm_forward,
+)
+
+
+def _check_grads(forward, args, dout, grads, names):
+    """cs231n's eval_numerical_gradient_array on every listed argument of ``forward``."""
+    for name, g in zip(names, grads):
+        arr = args[name]
+        num = num_grad_array(lambda: forward(**args)[0], arr, dout)
+        assert g.shape == arr.shape, name
+        np.testing.assert_allclose(g, num, rtol=1e-5, atol=1e-8, err_msg=name)
+
+
+def test_batchnorm_forward_train_and_test_like_the_notebook(rng):
+    N, D1, D2, D3 = 200, 50, 60, 3
+    X = rng.standard_normal((N, D1))
+    W1, W2 = rng.standard_normal((D1, D2)), rng.standard_normal((D2, D3))
+    a = np.maximum(0, X.dot(W1)).dot(W2)
+    gamma, beta = np.asarray([1.0, 2.0, 3.0]), np.asarray([11.0, 12.0, 13.0])
+    out, _ = batchnorm_forward(a, gamma, beta, {"mode": "train"})
+    np.testing.assert_allclose(out.mean(axis=0), beta, atol=1e-10)
+    np.testing.assert_allclose(out.std(axis=0), gamma, rtol=1e-6)
+    want = ref.batch_norm(a, None, None, gamma, beta, training=True)[0]
+    assert rel_error(out, want) < 1e-10
+
+    bn_param = {"mode": "train"}
+    running_mean, running_var = np.zeros(D3), np.zeros(D3)
+    for _ in range(50):
+        a = np.maximum(0, rng.standard_normal((N, D1)).dot(W1)).dot(W2)
+        batchnorm_forward(a, gamma, beta, bn_param)
+        running_mean = 0.9 * running_mean + 0.1 * a.mean(axis=0)
+        running_var = 0.9 * running_var + 0.1 * a.var(axis=0)  # cs231n: the uncorrected variance
+    np.testing.assert_allclose(bn_param["running_mean"], running_mean, rtol=1e-12)
+    np.testing.assert_allclose(bn_param["running_var"], running_var, rtol=1e-12)
+    bn_param["mode"] = "test"
+    a = np.maximum(0, rng.standard_normal((N, D1)).dot(W1)).dot(W2)
+    out, _ = batchnorm_forward(a, gamma, beta, bn_param)
+    np.testing.assert_allclose(out, (a - running_mean) / np.sqrt(running_var + 1e-5) * gamma + beta, rtol=1e-12)
+    np.testing.assert_allclose(out.mean(axis=0), beta, rtol=0.2)  # the notebook's "means close to beta"
+
+
+@pytest.mark.parametrize("mode", ["train", "test"])
+@pytest.mark.parametrize("backward", [batchnorm_backward, batchnorm_backward_alt], ids=["backward", "alt"])
+def test_batchnorm_backward_matches_numeric_gradients(backward, mode, rng):
+    N, D = 4, 5
+    x = 5 * rng.standard_normal((N, D)) + 12
+    gamma, beta = rng.standard_normal(D), rng.standard_normal(D)
+    dout = rng.standard_normal((N, D))
+    stats = {"running_mean": rng.standard_normal(D), "running_var": rng.uniform(1, 2, D)}
+
+    def forward(x, gamma, beta):
+        return batchnorm_forward(x, gamma, beta, {"mode": mode, **{k: v.copy() for k, v in stats.items()}})
+
+    _, cache = forward(x, gamma, beta)
+    dx, dgamma, dbeta = backward(dout, cache)
+    _check_grads(forward, {"x": x, "gamma": gamma, "beta": beta}, dout, (dx, dgamma, dbeta), ["x", "gamma", "beta"])
+
+
+def test_spatial_batchnorm_like_the_notebook(rng):
+    N, C, H, W = 10, 4, 11, 12
+    x = 4 * rng.standard_normal((N, C, H, W)) + 10
+    gamma, beta = np.asarray([3.0, 4.0, 5.0, 6.0]), np.asarray([6.0, 7.0, 8.0, 9.0])
+    out, _ = spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    np.testing.assert_allclose(out.mean(axis=(0, 2, 3)), beta, atol=1e-10)
+    np.testing.assert_allclose(out.std(axis=(0, 2, 3)), gamma, rtol=1e-6)
+    assert rel_error(out, ref.batch_norm(x, None, None, gamma, beta, training=True)[0]) < 1e-10
+
+
+def test_spatial_batchnorm_backward_matches_numeric_gradients(rng):
+    """The ConvolutionalNetworks notebook's gradient check (N, C, H, W = 2, 3, 4, 5)."""
+    N, C, H, W = 2, 3, 4, 5
+    x = 5 * rng.standard_normal((N, C, H, W)) + 12
+    gamma, beta = rng.standard_normal(C), rng.standard_normal(C)
+    dout = rng.standard_normal((N, C, H, W))
+
+    def forward(x, gamma, beta):
+        return spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})
+
+    dx, dgamma, dbeta = spatial_batchnorm_backward(dout, forward(x, gamma, beta)[1])
+    _check_grads(forward, {"x": x, "gamma": gamma, "beta": beta}, dout, (dx, dgamma, dbeta), ["x", "gamma", "beta"])
+
+
+def test_spatial_groupnorm_matches_reference_and_numeric_gradients(rng):
+    N, C, H, W, G = 2, 6, 4, 5, 2
+    x = 5 * rng.standard_normal((N, C, H, W)) + 12
+    gamma, beta = rng.standard_normal((1, C, 1, 1)), rng.standard_normal((1, C, 1, 1))
+    dout = rng.standard_normal((N, C, H, W))
+    out, cache = spatial_groupnorm_forward(x, gamma, beta, G, {})
+    assert rel_error(out, ref.group_norm(x, G, gamma.ravel(), beta.ravel())) < 1e-10
+
+    def forward(x, gamma, beta):
+        return spatial_groupnorm_forward(x, gamma, beta, G, {"eps": 1e-5})
+
+    dx, dgamma, dbeta = spatial_groupnorm_backward(dout, cache)
+    wdx, wdg, wdb = ref.group_norm_backward(dout, x, G, gamma.ravel())
+    assert rel_error(dx, wdx) < 1e-9
+    assert rel_error(dgamma.ravel(), wdg) < 1e-12 and rel_error(dbeta.ravel(), wdb) < 1e-12
+    _check_grads(forward, {"x": x, "gamma": gamma, "beta": beta}, dout, (dx, dgamma, dbeta), ["x", "gamma", "beta"])
+
+
+def test_layernorm_matches_reference_and_numeric_gradients(rng):
+    N, D = 4, 5
+    x = 5 * rng.standard_normal((N, D)) + 12
+    gamma, beta = rng.standard_normal(D), rng.standard_normal(D)
+    dout = rng.standard_normal((N, D))
+    out, cache = layernorm_forward(x, gamma, beta, {"eps": 1e-5})
+    np.testing.assert_allclose(out, ref.group_norm(x, 1, gamma, beta), rtol=1e-12, atol=1e-12)
+    xhat = (out - beta) / gamma
+    np.testing.assert_allclose(xhat.mean(axis=1), 0, atol=1e-12)
+    np.testing.assert_allclose(xhat.std(axis=1), 1, rtol=1e-5)
+
+    def forward(x, gamma, beta):
+        return layernorm_forward(x, gamma, beta, {})
+
+    dx, dgamma, dbeta = layernorm_backward(dout, cache)
+    _check_grads(forward, {"x": x, "gamma": gamma, "beta": beta}, dout, (dx, dgamma, dbeta), ["x", "gamma", "beta"])
+
+
+def test_norms_are_sound_for_a_large_mean_in_float32(rng):
+    x = (1000 + rng.standard_normal((64, 8, 6, 6))).astype(np.float32)
+    g, b = np.ones(8, np.float32), np.zeros(8, np.float32)
+    x64 = x.astype(np.float64)
+    out, _ = spatial_batchnorm_forward(x, g, b, {"mode": "train"})
+    assert out.dtype == np.float32 and np.abs(out - ref.batch_norm(x64, None, None, training=True)[0]).max() < 1e-4
+    out, _ = spatial_groupnorm_forward(x, g.reshape(1, 8, 1, 1), b.reshape(1, 8, 1, 1), 4, {})
+    assert np.abs(out - ref.group_norm(x64, 4)).max() < 1e-4
+    flat = x.reshape(64, -1)
+    out, _ = layernorm_forward(flat, np.ones(flat.shape[1], np.float32), np.zeros(flat.shape[1], np.float32), {})
+    assert np.abs(out - ref.group_norm(flat.astype(np.float64), 1)).max() < 1e-4
+
+
+def test_dropout_like_the_notebook(rng):
+    x = rng.standard_normal((500, 500)) + 10
+    for p in [0.25, 0.4, 0.7]:
+        out, _ = dropout_forward(x, {"mode": "train", "p": p})
+        out_test, _ = dropout_forward(x, {"mode": "test", "p": p})
+        assert abs(x.mean() - out.mean()) < 0.1
+        np.testing.assert_array_equal(out_test, x)
+        assert abs((out == 0).mean() - (1 - p)) < 0.01
+    x = rng.standard_normal((10, 10)) + 10
+    dout = rng.standard_normal(x.shape)
+    param = {"mode": "train", "p": 0.2, "seed": 123}
+    out, cache = dropout_forward(x, param)
+    dx = dropout_backward(dout, cache)
+    assert_grad_close(dx, num_grad_array(lambda: dropout_forward(x, param)[0], x, dout))
+    np.testing.assert_array_equal(dropout_backward(dout, dropout_forward(x, {"mode": "test", "p": 0.2})[1]), dout)
+
+
+def test_conv_bn_relu_and_affine_norm_relu_sandwiches(rng):
+    x, w, b = rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    gamma, beta = rng.uniform(0.5, 1.5, 4), rng.standard_normal(4)
+    conv_param = {"stride": 1, "pad": 1}
+
+    def conv_bn_relu(x, w, b, gamma, beta):
+        return conv_bn_relu_forward(x, w, b, gamma, beta, conv_param, {"mode": "train"})
+
+    out, cache = conv_bn_relu(x, w, b, gamma, beta)
+    conv_out = conv_formula(x, w, b, 1, 1)
+    np.testing.assert_allclose(out, np.maximum(ref.batch_norm(conv_out, None, None, gamma, beta, True)[0], 0),
+                               rtol=1e-10, atol=1e-10)
+    dout = rng.standard_normal(out.shape)
+    _check_grads(conv_bn_relu, {"x": x, "w": w, "b": b, "gamma": gamma, "beta": beta}, dout,
+                 conv_bn_relu_backward(dout, cache), ["x", "w", "b", "gamma", "beta"])
+
+    xa, wa, ba = rng.standard_normal((5, 2, 3)), rng.standard_normal((6, 4)), rng.standard_normal(4)
+    ga, be = rng.uniform(0.5, 1.5, 4), rng.standard_normal(4)
+    for forward, backward, param in ((affine_bn_relu_forward, affine_bn_relu_backward, {"mode": "train"}),
+                                     (affine_ln_relu_forward, affine_ln_relu_backward, {})):
+        def f(x, w, b, gamma, beta):
+            return forward(x, w, b, gamma, beta, dict(param))
+
+        out, cache = f(xa, wa, ba, ga, be)
+        dout = rng.standard_normal(out.shape)
+        _check_grads(f, {"x": xa, "w": wa, "b": ba, "gamma": ga, "beta": be}, dout, backward(dout, cache),
+                     ["x", "w", "b", "gamma", "beta"])
+
+
+def test_norm_inputs_not_modified_and_dtypes(rng):
+    x = rng.standard_normal((3, 4, 2, 2)).astype(np.float32)
+    g, b = np.ones(4, np.float32), np.zeros(4, np.float32)
+    copies = [a.copy() for a in (x, g, b)]
+    rm = np.zeros(4, np.float32)
+    bn_param = {"mode": "train", "running_mean": rm}
+    out, cache = spatial_batchnorm_forward(x, g, b, bn_param)
+    dx, dg, db = spatial_batchnorm_backward(np.ones_like(out), cache)
+    assert out.dtype == dx.dtype == dg.dtype == np.float32 and bn_param["running_mean"].dtype == np.float32
+    np.testing.assert_array_equal(rm, 0)  # the dict gets a new array, as cs231n's code does
+    out, cache = spatial_groupnorm_forward(x, g.reshape(1, 4, 1, 1), b.reshape(1, 4, 1, 1), 2, {})
+    assert out.dtype == np.float32 and spatial_groupnorm_backward(np.ones_like(out), cache)[1].shape == (1, 4, 1, 1)
+    for a, c in zip((x, g, b), copies):
+        np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda x: batchnorm_forward(x, np.ones(3), np.zeros(3), {}), KeyError, "mode"),
+        (lambda x: batchnorm_forward(x, np.ones(3), np.zeros(3), {"mode": "eval"}), ValueError, "'train' or 'test'"),
+        (lambda x: batchnorm_forward(x, np.ones(4), np.zeros(3), {"mode": "train"}), ValueError, r"gamma.*\(4,\)"),
+        (lambda x: batchnorm_forward(x[None], np.ones(3), np.zeros(3), {"mode": "train"}), ValueError, r"\(N, D\)"),
+        (lambda x: spatial_groupnorm_forward(np.ones((2, 6, 2, 2)), np.ones(6), np.ones(6), 4, {}), ValueError,
+         "G must be a positive int dividing C = 6"),
+        (lambda x: dropout_forward(x, {"mode": "train", "p": 0.0}), ValueError, "keep probability"),
+        (lambda x: batchnorm_backward(np.ones((2, 2)), batchnorm_forward(x, np.ones(3), np.zeros(3),
+                                                                          {"mode": "train"})[1]),
+         ValueError, "dout must have the shape of x"),
+    ],
+    ids=["no-mode", "bad-mode", "gamma-shape", "bn-ndim", "groups", "dropout-p", "dout-shape"],
+)
+def test_norm_errors(call, exc, match, rng):
+    with pytest.raises(exc, match=match):
+        call(rng.standard_normal((4, 3)))

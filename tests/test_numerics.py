@@ -241,6 +241,7 @@ def _audit():
     for _, plan in walk.pool_plans(cases.POOL_ROWS, F32):
         reached |= walk.run_pool(plan, rng)
     reached |= walk.run_elementwise_and_dense(F32, rng)
+    reached |= walk.run_norm(F32, rng)
     assert reached == set(P.STRATEGIES.values()), "the walk missed some strategies"
     names = {id(d): n for n, d in _defined_kernels().items()}
     todo = [(P.kernel(k), tuple(sig)) for s in P.STRATEGIES.values() for k in s.kernels

@@ -55,6 +55,7 @@ def test_the_case_table_reaches_every_strategy():
     for _, plan in walk.pool_plans(cases.POOL_ROWS, np.float32):
         reached.update(plan.strategies())
     reached |= walk.run_elementwise_and_dense(np.float32, np.random.default_rng(0))
+    reached |= walk.run_norm(np.float32, np.random.default_rng(0))
     missing = sorted(f"{s.op}/{s.name}" for s in set(P.STRATEGIES.values()) - reached)
     assert not missing, f"no row of benchmarks.cases reaches: {missing}"
 
@@ -196,9 +197,12 @@ def _imports(path):
     return found, tree
 
 
-@pytest.mark.parametrize("module", ["nn", "compat", "training", "models", "metrics", "datasets", "optim"])
+@pytest.mark.parametrize("module", ["nn", "compat", "compat/layers", "compat/fast_layers", "compat/layer_utils",
+                                    "compat/_common", "training", "models", "metrics", "datasets", "optim"])
 def test_layers_reach_kernels_only_through_the_plan(module):
     path = ROOT / "fastconv" / f"{module}.py"
+    if (ROOT / "fastconv" / module).is_dir():
+        path = ROOT / "fastconv" / module / "__init__.py"
     if not path.exists():
         pytest.skip(f"fastconv/{module}.py does not exist")
     imports, tree = _imports(path)

@@ -16,5 +16,7 @@ module             kernels
 ``matmul``         ``matmul_nn``, ``matmul_nt``
 ``maxpool``        ``maxpool_forward_2x2``, ``maxpool_forward_window``, ``maxpool_backward_route``
 ``elementwise``    ``elementwise_relu``, ``elementwise_relu_grad``
+``norm``           ``norm_moments``, ``norm_affine``, ``norm_grad_sums``, ``norm_grad_apply``,
+                   ``norm_fused_forward``, ``norm_fused_backward``
 =================  ==========================================================================
 """
