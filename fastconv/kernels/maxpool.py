@@ -13,10 +13,12 @@ keep NaN and infinities exact, which these comparisons rely on.
 Kernels
 -------
 - :func:`maxpool_forward_2x2`: 2 x 2 windows at stride 2 without padding.
-- :func:`maxpool_forward_window`: any window, stride and padding.
+- :func:`maxpool_forward_window`: any window, stride, padding and dilation (and the
+  windows ``ceil_mode`` adds, which end past the input: they are clipped).
+- :func:`maxpool_forward_ranges`: windows given as row and column ranges (adaptive pooling).
 - :func:`maxpool_backward_route`: each output gradient to its window's winner.
 
-Inline helper: :func:`_window_max`.
+Inline helpers: :func:`_window_max`, :func:`_first_tap`.
 """
 
 import numpy as np
@@ -26,14 +28,17 @@ from ..config import PARALLEL_JIT, SERIAL_JIT
 
 
 @njit(**SERIAL_JIT, inline="always")
-def _window_max(plane, h_lo, h_hi, w_lo, w_hi):
-    """Winner of one window by the rule above: ``(value, flat index h * W + w)``."""
+def _window_max(plane, h_lo, h_hi, dh, w_lo, w_hi, dw):
+    """Winner of one window by the rule above: ``(value, flat index h * W + w)``.
+
+    The window's taps are rows ``h_lo, h_lo + dh, ... < h_hi`` and columns likewise.
+    """
     W = plane.shape[1]
     best = -np.inf
     best_idx = h_lo * W + w_lo
-    for h in range(h_lo, h_hi):
+    for h in range(h_lo, h_hi, dh):
         row = plane[h]
-        for w in range(w_lo, w_hi):
+        for w in range(w_lo, w_hi, dw):
             v = row[w]
             if v > best or v != v:
                 best = v
@@ -41,8 +46,14 @@ def _window_max(plane, h_lo, h_hi, w_lo, w_hi):
     return best, best_idx
 
 
+@njit(**SERIAL_JIT, inline="always")
+def _first_tap(start, step):
+    """The first tap ``start + i * step`` (``i >= 0``) that is not in the leading padding."""
+    return start if start >= 0 else start + ((step - 1 - start) // step) * step
+
+
 @njit(**PARALLEL_JIT)
-def maxpool_forward_window(x, window, stride, padding, out, indices):
+def maxpool_forward_window(x, window, stride, padding, dilation, out, indices):
     """Max-pool every ``(n, c)`` plane of ``x``.
 
     The windows of one output row that lie wholly inside the row's columns (all but at
@@ -58,8 +69,9 @@ def maxpool_forward_window(x, window, stride, padding, out, indices):
     ----------
     x : (P, H, W) array
         Input planes (``P = N * C``).
-    window, stride, padding : (int, int)
-        ``(kh, kw)``, ``(sh, sw)`` and the (``-inf``) padding ``(ph, pw)``.
+    window, stride, padding, dilation : (int, int)
+        ``(kh, kw)``, ``(sh, sw)``, the (``-inf``) padding ``(ph, pw)`` and the spacing
+        of the taps ``(dh, dw)``. Windows may end past the input (``ceil_mode``): clipped.
     out : (P, Ho, Wo) array
         Maxima, fully overwritten.
     indices : (P, Ho, Wo) int64 array
@@ -68,35 +80,38 @@ def maxpool_forward_window(x, window, stride, padding, out, indices):
     kh, kw = window
     sh, sw = stride
     ph, pw = padding
+    dh, dw = dilation
     P, H, W = x.shape
     Ho = out.shape[1]
     Wo = out.shape[2]
-    # Output columns [ow_a, ow_b) have their whole window inside [0, W).
+    # Output columns [ow_a, ow_b) have their whole (dilated) window inside [0, W).
     ow_a = min((pw + sw - 1) // sw, Wo)
-    ow_b = max(min((W - kw + pw) // sw + 1, Wo), ow_a)
+    ow_b = max(min((W - (kw - 1) * dw - 1 + pw) // sw + 1, Wo), ow_a)
     inner = ow_b - ow_a
     for p in prange(P):
         plane = x[p]
         vals = np.empty(inner, dtype=x.dtype)
         for oh in range(Ho):
             h0 = oh * sh - ph
-            h_lo = max(h0, 0)
-            h_hi = min(h0 + kh, H)
+            h_lo = _first_tap(h0, dh)
+            h_hi = min(h0 + (kh - 1) * dh + 1, H)
             orow = out[p, oh]
             irow = indices[p, oh]
             for ow in range(ow_a):
                 w0 = ow * sw - pw
-                orow[ow], irow[ow] = _window_max(plane, h_lo, h_hi, max(w0, 0), min(w0 + kw, W))
+                orow[ow], irow[ow] = _window_max(plane, h_lo, h_hi, dh, _first_tap(w0, dw),
+                                                 min(w0 + (kw - 1) * dw + 1, W), dw)
             for ow in range(ow_b, Wo):
                 w0 = ow * sw - pw
-                orow[ow], irow[ow] = _window_max(plane, h_lo, h_hi, max(w0, 0), min(w0 + kw, W))
+                orow[ow], irow[ow] = _window_max(plane, h_lo, h_hi, dh, _first_tap(w0, dw),
+                                                 min(w0 + (kw - 1) * dw + 1, W), dw)
             best = orow[ow_a:ow_b]
             best_idx = irow[ow_a:ow_b]
             first = True
-            for h in range(h_lo, h_hi):
+            for h in range(h_lo, h_hi, dh):
                 row = plane[h]
                 for j in range(kw):
-                    start = ow_a * sw - pw + j
+                    start = ow_a * sw - pw + j * dw
                     for k in range(inner):
                         vals[k] = row[start + k * sw]
                     at = h * W + start
@@ -112,6 +127,32 @@ def maxpool_forward_window(x, window, stride, padding, out, indices):
                         take = (v > b) | (v != v)
                         best[k] = v if take else b
                         best_idx[k] = at + k * sw if take else best_idx[k]
+
+
+@njit(**PARALLEL_JIT)
+def maxpool_forward_ranges(x, rows, cols, out, indices):
+    """Max-pool every plane of ``x`` over windows ``rows[oh] x cols[ow]`` (adaptive pooling).
+
+    Same winner rule; each window scanned on its own (PyTorch's adaptive windows differ in
+    size from one output to the next, so there is no shared tap sequence to merge).
+
+    Parameters
+    ----------
+    x : (P, H, W) array
+    rows, cols : (Ho, 2), (Wo, 2) int64 arrays
+        ``[start, end)`` of every output row's and column's window, inside the input.
+    out, indices : (P, Ho, Wo) arrays
+        Maxima and flat winner indices ``h * W + w``, fully overwritten.
+    """
+    P = x.shape[0]
+    Ho = rows.shape[0]
+    Wo = cols.shape[0]
+    for p in prange(P):
+        plane = x[p]
+        for oh in range(Ho):
+            for ow in range(Wo):
+                out[p, oh, ow], indices[p, oh, ow] = _window_max(plane, rows[oh, 0], rows[oh, 1], 1,
+                                                                 cols[ow, 0], cols[ow, 1], 1)
 
 
 @njit(**PARALLEL_JIT)
