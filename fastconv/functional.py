@@ -566,7 +566,7 @@ def adaptive_avg_pool2d(x, output_size):
     >>> import numpy as np, fastconv as fc
     >>> x = np.arange(10.0).reshape(1, 1, 2, 5)
     >>> fc.adaptive_avg_pool2d(x, (1, 2))[0, 0]
-    array([[3., 6.]])
+    array([[3.5, 5.5]])
     >>> fc.adaptive_avg_pool2d(x, 1)[0, 0]
     array([[4.5]])
     """

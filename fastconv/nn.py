@@ -927,9 +927,9 @@ class AvgPool2d(_AvgPool):
         self.divisor_override = divisor_override
 
     def _make_plan(self, x_shape, dtype):
-        return _F.avg_pool2d_plan(x_shape, self.kernel_size, self.stride, self.padding, dtype,
-                                  ceil_mode=self.ceil_mode, count_include_pad=self.count_include_pad,
-                                  divisor_override=self.divisor_override)
+        g = _V.pool_geometry("AvgPool2d", x_shape, self.kernel_size, self.stride, self.padding, "x", 1,
+                             self.ceil_mode)
+        return _plan.plan_avg_pool2d(g, dtype, self.count_include_pad, self.divisor_override)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"

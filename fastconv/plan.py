@@ -920,8 +920,8 @@ class PoolWindows(NamedTuple):
     @property
     def is_global(self):
         """One window, the whole plane, divided by its size: the mean of each plane."""
-        return (self.rows, self.cols, self.row_div[0] * self.col_div[0]) == (((0, self.H),), ((0, self.W),),
-                                                                            self.H * self.W)
+        whole = (self.rows, self.cols) == (((0, self.H),), ((0, self.W),))
+        return whole and self.row_div[0] * self.col_div[0] == self.H * self.W
 
     def describe(self):
         return f"x{self.x_shape} -> {(self.Ho, self.Wo)} windows"
