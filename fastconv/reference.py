@@ -332,6 +332,17 @@ def _avg_window(i, size, kernel, stride, padding, count_include_pad):
     return lo, hi, (end - start) if count_include_pad else (hi - lo)
 
 
+def _avg_windows(hw, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    """Yield ``(i, j, rows, cols, divisor)`` for every output of an average pooling of an ``hw`` input."""
+    (H, W), (KH, KW), (ph, pw) = hw, _pair(kernel_size), _pair(padding)
+    sh, sw = _pair(kernel_size if stride is None else stride)
+    for i in range(_pool_output_size(H, KH, sh, ph, 1, ceil_mode)):
+        h0, h1, dh = _avg_window(i, H, KH, sh, ph, count_include_pad)
+        for j in range(_pool_output_size(W, KW, sw, pw, 1, ceil_mode)):
+            w0, w1, dw = _avg_window(j, W, KW, sw, pw, count_include_pad)
+            yield i, j, slice(h0, h1), slice(w0, w1), dh * dw if divisor_override is None else divisor_override
+
+
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None):
     """2-D average pooling, PyTorch's ``avg_pool2d``: each window's sum over its divisor.
@@ -351,39 +362,25 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     -------
     y : ndarray, shape (N, C, Ho, Wo)
     """
-    KH, KW = _pair(kernel_size)
-    sh, sw = _pair(kernel_size if stride is None else stride)
-    ph, pw = _pair(padding)
     N, C, H, W = x.shape
-    Ho = _pool_output_size(H, KH, sh, ph, 1, ceil_mode)
-    Wo = _pool_output_size(W, KW, sw, pw, 1, ceil_mode)
-    y = np.empty((N, C, Ho, Wo), dtype=x.dtype)
-    for i in range(Ho):
-        h0, h1, dh = _avg_window(i, H, KH, sh, ph, count_include_pad)
-        for j in range(Wo):
-            w0, w1, dw = _avg_window(j, W, KW, sw, pw, count_include_pad)
-            divisor = dh * dw if divisor_override is None else divisor_override
-            for n in range(N):
-                for c in range(C):
-                    y[n, c, i, j] = np.sum(x[n, c, h0:h1, w0:w1]) / divisor
+    windows = list(_avg_windows((H, W), kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                divisor_override))
+    y = np.empty((N, C, windows[-1][0] + 1, windows[-1][1] + 1), dtype=x.dtype)
+    for i, j, rows, cols, divisor in windows:
+        for n in range(N):
+            for c in range(C):
+                y[n, c, i, j] = np.sum(x[n, c, rows, cols]) / divisor
     return y
 
 
 def avg_pool2d_backward(dy, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
                         count_include_pad=True, divisor_override=None):
     """Gradient of :func:`avg_pool2d`: each ``dy[n, c, i, j] / divisor`` added to every element of its window."""
-    KH, KW = _pair(kernel_size)
-    sh, sw = _pair(kernel_size if stride is None else stride)
-    ph, pw = _pair(padding)
     N, C, H, W = (int(s) for s in input_shape)
-    _, _, Ho, Wo = dy.shape
     dx = np.zeros((N, C, H, W), dtype=dy.dtype)
-    for i in range(Ho):
-        h0, h1, dh = _avg_window(i, H, KH, sh, ph, count_include_pad)
-        for j in range(Wo):
-            w0, w1, dw = _avg_window(j, W, KW, sw, pw, count_include_pad)
-            divisor = dh * dw if divisor_override is None else divisor_override
-            dx[:, :, h0:h1, w0:w1] += (dy[:, :, i, j] / divisor)[:, :, None, None]
+    for i, j, rows, cols, divisor in _avg_windows((H, W), kernel_size, stride, padding, ceil_mode,
+                                                  count_include_pad, divisor_override):
+        dx[:, :, rows, cols] += (dy[:, :, i, j] / divisor)[:, :, None, None]
     return dx
 
 
