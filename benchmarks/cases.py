@@ -423,6 +423,9 @@ POOL_VARIANTS = (
     PoolCase("dilation-2x3-p1", 2, 2, 10, 11, (3, 2), (1, 2), 1, dilation=(2, 3)),
     PoolCase("dilation-3-s2-ceil", 1, 3, 12, 13, 3, 2, 1, dilation=3, ceil_mode=True),
     PoolCase("dilation-1x4-wide", 1, 2, 4, 30, (1, 3), (1, 2), (0, 1), dilation=(1, 4)),
+    # Outputs 16 wide at stride 1, 32 at stride 2, and wider: window_any (narrower: window_columns).
+    PoolCase("wide-s1-dilation-ceil", 1, 2, 5, 40, 3, 1, 1, dilation=(1, 2), ceil_mode=True),
+    PoolCase("wide-s2-ceil", 1, 2, 4, 67, 3, 2, 0, ceil_mode=True),
 )
 #: Every pool row, as :data:`CONV_ROWS`.
 POOL_ROWS = POOL_SHAPES + POOL_RANDOM + POOL_LAYERS + POOL_BENCH + POOL_VARIANTS

@@ -281,7 +281,7 @@ def max_pool2d_plan(x_shape, kernel_size, stride=None, padding=0, dtype=np.float
     >>> fc.max_pool2d_plan((8, 32, 28, 28), 2).forward.name
     'window_2x2'
     >>> fc.max_pool2d_plan((8, 32, 27, 27), 2, ceil_mode=True).forward.name
-    'window_any'
+    'window_columns'
     """
     func = "max_pool2d_plan"
     dt = V.float_dtype(dtype, func)

@@ -285,9 +285,12 @@ def test_hypothesis_adaptive_pools_match_torch(shape, out, seed):
 # ------------------------------------------------------------------------- strategies
 def test_strategy_choice():
     assert fc.max_pool2d_plan((2, 3, 8, 8), 2, ceil_mode=True).forward.name == "window_2x2"  # nothing added
-    assert fc.max_pool2d_plan((2, 3, 7, 8), 2, ceil_mode=True).forward.name == "window_any"  # one more row
-    assert fc.max_pool2d_plan((2, 3, 8, 8), 2, 1).forward.name == "window_any"
-    assert fc.max_pool2d_plan((2, 3, 8, 8), 2, dilation=2).forward.name == "window_any"
+    assert fc.max_pool2d_plan((2, 3, 7, 8), 2, ceil_mode=True).forward.name == "window_columns"  # one more row
+    assert fc.max_pool2d_plan((2, 3, 8, 8), 2, 1).forward.name == "window_columns"
+    assert fc.max_pool2d_plan((2, 3, 8, 8), 2, dilation=2).forward.name == "window_columns"
+    assert fc.max_pool2d_plan((2, 3, 8, 40), 3, 2, ceil_mode=True).forward.name == "window_columns"  # Wo 20 < 32
+    assert fc.max_pool2d_plan((2, 3, 8, 40), 3, 1, dilation=2).forward.name == "window_any"  # Wo 36, stride 1
+    assert fc.max_pool2d_plan((2, 3, 8, 67), 3, 2, ceil_mode=True).forward.name == "window_any"  # Wo 33
     assert fc.avg_pool2d_plan((2, 3, 7, 6), (7, 6)).forward.name == "global"
     assert fc.avg_pool2d_plan((2, 3, 7, 6), (7, 6), divisor_override=3).forward.name == "ranges"
     assert fc.avg_pool2d_plan((2, 3, 7, 6), 3, 2, 1).backward.name == "ranges"
