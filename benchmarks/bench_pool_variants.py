@@ -1,11 +1,13 @@
 """fastconv's average, adaptive, global and ceil-mode pooling side by side with PyTorch, in one process.
 
 Prints, for each case, the best of ``--repeat`` timed calls of fastconv and of torch (float32,
-``--threads`` threads for both, inputs converted to tensors before timing, never inside)
+``--threads`` threads for both, in alternated blocks of calls, inputs converted to tensors
+before timing, never inside)
 and the ratio fastconv / torch (below 1: fastconv is faster). Every case is checked
 against torch before it is timed. Run from the repository root::
 
     PYTHONPATH=$PWD python benchmarks/bench_pool_variants.py --threads 2
+    PYTHONPATH=$PWD python benchmarks/bench_pool_variants.py --threads 1 --clock cpu   # on a busy machine
 """
 
 import argparse
@@ -50,14 +52,22 @@ def cases(torch):
     ]
 
 
-def best_of(thunks, repeat, clock=time.perf_counter):
-    """The best time of each thunk, timed in turn (so both see the same machine load)."""
+def best_of(thunks, repeat, clock=time.perf_counter, rounds=3):
+    """The best time of each thunk: ``rounds`` blocks of calls per thunk, the thunks' blocks alternated.
+
+    Blocks, after a pause, because calling two libraries call by call slows both (their
+    thread pools spin after a call; ``benchmarks/NOTES.md``); alternated, so that both
+    see the same machine load.
+    """
     best = [float("inf")] * len(thunks)
-    for _ in range(repeat):
+    for _ in range(rounds):
         for i, thunk in enumerate(thunks):
-            start = clock()
+            time.sleep(0.15)
             thunk()
-            best[i] = min(best[i], clock() - start)
+            for _ in range(max(1, repeat // rounds)):
+                start = clock()
+                thunk()
+                best[i] = min(best[i], clock() - start)
     return best
 
 
