@@ -20,13 +20,16 @@ Kernels
 - :func:`maxpool_forward_ranges`: windows given as row and column ranges (adaptive pooling).
 - :func:`maxpool_backward_route`: each output gradient to its window's winner.
 
-Inline helpers: :func:`_window_max`, :func:`_first_tap`, :func:`_merge_columns`.
+Inline helpers: :func:`_window_max`, :func:`_first_tap`, :func:`_merge_rows`, :func:`_merge_columns`.
 """
 
 import numpy as np
 from numba import njit, prange
 
 from ..config import PARALLEL_JIT, SERIAL_JIT
+
+#: Planes per parallel job of the row-merging kernels (their row buffers are allocated once per job).
+_PLANES = 16
 
 
 @njit(**SERIAL_JIT, inline="always")
@@ -132,6 +135,28 @@ def maxpool_forward_window(x, window, stride, padding, dilation, out, indices):
 
 
 @njit(**SERIAL_JIT, inline="always")
+def _merge_rows(plane, h_lo, h_hi, dh, col, col_idx):
+    """Column by column, the winner of rows ``h_lo, h_lo + dh, ... < h_hi`` (the rule above, down each column).
+
+    ``col[w]`` and ``col_idx[w]`` (flat index ``h * W + w``) receive it; branch-free
+    selects over whole rows, which LLVM vectorises.
+    """
+    W = plane.shape[1]
+    first = plane[h_lo]
+    for w in range(W):
+        col[w] = first[w]
+        col_idx[w] = h_lo * W + w
+    for h in range(h_lo + dh, h_hi, dh):
+        row = plane[h]
+        for w in range(W):
+            v = row[w]
+            b = col[w]
+            take = (v > b) | (v != v)
+            col[w] = v if take else b
+            col_idx[w] = h * W + w if take else col_idx[w]
+
+
+@njit(**SERIAL_JIT, inline="always")
 def _merge_columns(col, col_idx, w_lo, w_hi, dw):
     """The winner among column winners ``col[w]`` (at flat ``col_idx[w]``), ``w = w_lo, w_lo + dw, ... < w_hi``.
 
@@ -170,27 +195,16 @@ def maxpool_forward_columns(x, window, stride, padding, dilation, out, indices):
     P, H, W = x.shape
     Ho = out.shape[1]
     Wo = out.shape[2]
-    for blk in prange((P + 15) // 16):
+    for blk in prange((P + _PLANES - 1) // _PLANES):
         col = np.empty(W, dtype=x.dtype)
         col_idx = np.empty(W, dtype=np.int64)
-        for p in range(blk * 16, min(P, (blk + 1) * 16)):
+        for p in range(blk * _PLANES, min(P, (blk + 1) * _PLANES)):
             plane = x[p]
             for oh in range(Ho):
                 h0 = oh * sh - ph
                 h_lo = _first_tap(h0, dh)
                 h_hi = min(h0 + (kh - 1) * dh + 1, H)
-                first = plane[h_lo]
-                for w in range(W):
-                    col[w] = first[w]
-                    col_idx[w] = h_lo * W + w
-                for h in range(h_lo + dh, h_hi, dh):
-                    row = plane[h]
-                    for w in range(W):
-                        v = row[w]
-                        b = col[w]
-                        take = (v > b) | (v != v)
-                        col[w] = v if take else b
-                        col_idx[w] = h * W + w if take else col_idx[w]
+                _merge_rows(plane, h_lo, h_hi, dh, col, col_idx)
                 for ow in range(Wo):
                     w0 = ow * sw - pw
                     out[p, oh, ow], indices[p, oh, ow] = _merge_columns(col, col_idx, _first_tap(w0, dw),
@@ -201,8 +215,9 @@ def maxpool_forward_columns(x, window, stride, padding, dilation, out, indices):
 def maxpool_forward_ranges(x, rows, cols, out, indices):
     """Max-pool every plane of ``x`` over windows ``rows[oh] x cols[ow]`` (adaptive pooling).
 
-    Same winner rule; each window scanned on its own (PyTorch's adaptive windows differ in
-    size from one output to the next, so there is no shared tap sequence to merge).
+    Same winner rule, and the order of :func:`maxpool_forward_columns`: a window's rows
+    merged across the whole input row, then its columns (on 32x64x56x56 to 7x7, one
+    thread: 21.7 ms scanning each window on its own, PyTorch 9.8).
 
     Parameters
     ----------
@@ -212,15 +227,17 @@ def maxpool_forward_ranges(x, rows, cols, out, indices):
     out, indices : (P, Ho, Wo) arrays
         Maxima and flat winner indices ``h * W + w``, fully overwritten.
     """
-    P = x.shape[0]
+    P, _, W = x.shape
     Ho = rows.shape[0]
     Wo = cols.shape[0]
-    for p in prange(P):
-        plane = x[p]
-        for oh in range(Ho):
-            for ow in range(Wo):
-                out[p, oh, ow], indices[p, oh, ow] = _window_max(plane, rows[oh, 0], rows[oh, 1], 1,
-                                                                 cols[ow, 0], cols[ow, 1], 1)
+    for blk in prange((P + _PLANES - 1) // _PLANES):
+        col = np.empty(W, dtype=x.dtype)
+        col_idx = np.empty(W, dtype=np.int64)
+        for p in range(blk * _PLANES, min(P, (blk + 1) * _PLANES)):
+            for oh in range(Ho):
+                _merge_rows(x[p], rows[oh, 0], rows[oh, 1], 1, col, col_idx)
+                for ow in range(Wo):
+                    out[p, oh, ow], indices[p, oh, ow] = _merge_columns(col, col_idx, cols[ow, 0], cols[ow, 1], 1)
 
 
 @njit(**PARALLEL_JIT)
