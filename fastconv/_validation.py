@@ -208,6 +208,11 @@ def _check_dilated_windows(func, axis, size, window, out, shapes):
             )
 
 
+def as_int(value, name, func):
+    """``value`` as a Python int; ``TypeError`` naming ``name`` for anything that is not an integer."""
+    return _as_int(value, name, func)
+
+
 def adaptive_output_size(func, output_size, x_shape):
     """``(Ho, Wo)`` from PyTorch's ``output_size``: an int, or a pair whose None entries keep the input's size."""
     if isinstance(output_size, (tuple, list)):

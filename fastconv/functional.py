@@ -409,7 +409,7 @@ def _avg_plan(func, x_shape, dtype, kernel_size, stride, padding, ceil_mode, cou
     g = V.pool_geometry(func, x_shape, kernel_size, stride, padding, x_name, 1, ceil_mode)
     V.check_bool(count_include_pad, "count_include_pad", func)
     if divisor_override is not None:
-        divisor_override = V._as_int(divisor_override, "divisor_override", func)
+        divisor_override = V.as_int(divisor_override, "divisor_override", func)
         if divisor_override == 0:
             raise ValueError(f"{func}: divisor_override must not be zero (None: the window's size)")
     return _plan.plan_avg_pool2d(g, dtype, bool(count_include_pad), divisor_override)
@@ -654,7 +654,27 @@ def adaptive_max_pool2d(x, output_size, return_indices=False):
 def adaptive_max_pool2d_backward(dy, indices, input_shape):
     """Gradient of :func:`adaptive_max_pool2d`: each ``dy`` element routed to its window's winner.
 
-    The same routing as :func:`max_pool2d_backward` (which it calls), under this name.
+    The routing of :func:`max_pool2d_backward`, under this name.
+
+    Parameters
+    ----------
+    dy : ndarray, shape (N, C, Ho, Wo), float32 or float64
+    indices : ndarray of integers, shape (N, C, Ho, Wo)
+        As returned by ``adaptive_max_pool2d(..., return_indices=True)``.
+    input_shape : tuple of 4 ints
+
+    Returns
+    -------
+    dx : ndarray, shape ``input_shape``
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> x = np.arange(10.0).reshape(1, 1, 2, 5)
+    >>> y, idx = fc.adaptive_max_pool2d(x, (1, 2), return_indices=True)
+    >>> fc.adaptive_max_pool2d_backward(np.ones_like(y), idx, x.shape)[0, 0]
+    array([[0., 0., 0., 0., 0.],
+           [0., 0., 1., 0., 1.]])
     """
     return _max_pool_backward("adaptive_max_pool2d_backward", dy, indices, input_shape)
 

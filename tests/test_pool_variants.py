@@ -528,7 +528,8 @@ def test_to_torch_converts_the_pooling_layers(rng):
 
 def test_docstring_examples_run():
     for name in ("max_pool2d", "max_pool2d_plan", "avg_pool2d", "avg_pool2d_backward", "avg_pool2d_plan",
-                 "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d"):
+                 "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d",
+                 "adaptive_max_pool2d_backward"):
         tests = doctest.DocTestFinder().find(getattr(fc, name), name, globs={})
         assert tests and tests[0].examples, f"{name} has no example"
         runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
