@@ -160,7 +160,7 @@ class ConvCase(_Layer):
 
 @dataclasses.dataclass(frozen=True)
 class PoolCase(_Layer):
-    """A max-pool layer: input (N, C, H, W), KH x KW windows, stride, -inf padding.
+    """A max-pool layer: input (N, C, H, W), KH x KW windows, stride, -inf padding, dilation, ceil_mode.
 
     Fields as :class:`ConvCase` (without ``f``); ``stride`` None means the kernel size,
     as in :func:`fastconv.functional.max_pool2d`.
@@ -170,16 +170,104 @@ class PoolCase(_Layer):
     stride: object = None
     pad: object = 0
     bench_batch: object = None
+    dilation: object = 1
+    ceil_mode: bool = False
 
     kind = "pool"
+
+    @property
+    def dilation_hw(self):
+        return im2col._pair(self.dilation)
+
+    @property
+    def out_hw(self):
+        """``(Ho, Wo)`` by PyTorch's rule (dilation and ``ceil_mode`` included)."""
+        from fastconv._validation import pool_output_size
+
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_hw, self.stride_hw, self.pad_hw, self.dilation_hw
+        return (pool_output_size(self.h, (kh - 1) * dh + 1, sh, ph, self.ceil_mode),
+                pool_output_size(self.w, (kw - 1) * dw + 1, sw, pw, self.ceil_mode))
 
     @property
     def y_shape(self):
         return (self.n, self.c) + self.out_hw
 
+    @property
+    def options(self):
+        """The keyword arguments beyond kernel, stride and padding: ``dilation`` and ``ceil_mode``."""
+        return {"dilation": self.dilation, "ceil_mode": self.ceil_mode}
+
+    def __str__(self):
+        extra = (f"-d{_label(self.dilation)}" if self.dilation != 1 else "") + ("-ceil" if self.ceil_mode else "")
+        return super().__str__() + extra
+
     def flop(self, op):
         """None: pooling has no floating-point arithmetic worth counting."""
         return None
+
+
+@dataclasses.dataclass(frozen=True)
+class AvgPoolCase(_Layer):
+    """An average-pool layer (:func:`fastconv.functional.avg_pool2d`): window, stride, zero padding and options."""
+
+    k: object
+    stride: object = None
+    pad: object = 0
+    ceil_mode: bool = False
+    count_include_pad: bool = True
+    divisor_override: object = None
+
+    kind = "avg_pool"
+
+    @property
+    def out_hw(self):
+        from fastconv._validation import pool_output_size
+
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_hw, self.stride_hw, self.pad_hw
+        return (pool_output_size(self.h, kh, sh, ph, self.ceil_mode), pool_output_size(self.w, kw, sw, pw, self.ceil_mode))
+
+    @property
+    def y_shape(self):
+        return (self.n, self.c) + self.out_hw
+
+    @property
+    def options(self):
+        return {"ceil_mode": self.ceil_mode, "count_include_pad": self.count_include_pad,
+                "divisor_override": self.divisor_override}
+
+    def __str__(self):
+        extra = ("-ceil" if self.ceil_mode else "") + ("" if self.count_include_pad else "-nopad")
+        return super().__str__() + extra + (f"-div{self.divisor_override}" if self.divisor_override else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptivePoolCase:
+    """An adaptive pooling (average and max) of an input (N, C, H, W) to ``output_size`` (PyTorch's spelling)."""
+
+    name: str
+    n: int
+    c: int
+    h: int
+    w: int
+    output_size: object
+
+    kind = "adaptive_pool"
+
+    @property
+    def x_shape(self):
+        return (self.n, self.c, self.h, self.w)
+
+    @property
+    def out_hw(self):
+        pair = self.output_size if isinstance(self.output_size, (tuple, list)) else (self.output_size,) * 2
+        return tuple(size if v is None else v for v, size in zip(pair, (self.h, self.w)))
+
+    @property
+    def y_shape(self):
+        return (self.n, self.c) + self.out_hw
+
+    def __str__(self):
+        return f"{self.name}:N{self.n}-C{self.c}-{self.h}x{self.w}-out{_label(self.output_size)}"
 
 
 # Test-only rows. Every stride and padding spelling on one small layer:
@@ -323,8 +411,60 @@ POOL_BENCH = (
     PoolCase("pool_k2s2", 2, 32, 28, 28, 2, 2, 0, bench_batch=64),
     PoolCase("pool_k3s2p1", 1, 64, 56, 56, 3, 2, 1, bench_batch=16),
 )
+#: Dilation and ceil_mode (issue 16): windows that hang past the input, taps skipping inputs.
+POOL_VARIANTS = (
+    PoolCase("ceil-k3s2", 2, 3, 8, 9, 3, 2, 0, ceil_mode=True),
+    PoolCase("ceil-k2s2-odd", 2, 3, 7, 11, 2, 2, 0, ceil_mode=True),  # not the 2x2 kernel: one more window
+    PoolCase("ceil-k2s2-even", 1, 2, 6, 8, 2, 2, 0, ceil_mode=True),  # the 2x2 kernel: nothing added
+    PoolCase("ceil-k3s2p1", 2, 2, 9, 10, 3, 2, 1, ceil_mode=True),
+    PoolCase("ceil-last-window-dropped", 1, 2, 5, 5, 2, 2, 1, ceil_mode=True),  # would start in the right padding
+    PoolCase("ceil-window-over-input", 1, 2, 2, 2, 3, 2, 0, ceil_mode=True),  # larger than the input: clipped
+    PoolCase("dilation-2", 2, 3, 9, 9, 3, 1, 0, dilation=2),
+    PoolCase("dilation-2x3-p1", 2, 2, 10, 11, (3, 2), (1, 2), 1, dilation=(2, 3)),
+    PoolCase("dilation-3-s2-ceil", 1, 3, 12, 13, 3, 2, 1, dilation=3, ceil_mode=True),
+    PoolCase("dilation-1x4-wide", 1, 2, 4, 30, (1, 3), (1, 2), (0, 1), dilation=(1, 4)),
+    # Outputs 16 wide at stride 1, 32 at stride 2, and wider: window_any (narrower: window_columns).
+    PoolCase("wide-s1-dilation-ceil", 1, 2, 5, 40, 3, 1, 1, dilation=(1, 2), ceil_mode=True),
+    PoolCase("wide-s2-ceil", 1, 2, 4, 67, 3, 2, 0, ceil_mode=True),
+)
 #: Every pool row, as :data:`CONV_ROWS`.
-POOL_ROWS = POOL_SHAPES + POOL_RANDOM + POOL_LAYERS + POOL_BENCH
+POOL_ROWS = POOL_SHAPES + POOL_RANDOM + POOL_LAYERS + POOL_BENCH + POOL_VARIANTS
+
+#: Average-pooling rows (issue 16): every option, the whole-plane window (the ``global``
+#: strategy), and the layers :mod:`benchmarks.bench_pool_variants` times at full size.
+AVG_POOL_ROWS = (
+    AvgPoolCase("avg-k2", 2, 3, 8, 9, 2),
+    AvgPoolCase("avg-k3s2p1", 2, 3, 9, 10, 3, 2, 1),
+    AvgPoolCase("avg-k3s2p1-nopad", 2, 3, 9, 10, 3, 2, 1, count_include_pad=False),
+    AvgPoolCase("avg-k3s2-ceil", 2, 2, 8, 9, 3, 2, 0, ceil_mode=True),
+    AvgPoolCase("avg-k3s2p1-ceil-nopad", 2, 2, 10, 9, 3, 2, 1, ceil_mode=True, count_include_pad=False),
+    AvgPoolCase("avg-ceil-over-input", 1, 2, 2, 2, 3, 2, 0, ceil_mode=True),
+    AvgPoolCase("avg-divisor", 2, 2, 7, 8, (3, 2), (2, 1), (1, 1), divisor_override=5),
+    AvgPoolCase("avg-divisor-negative-ceil", 1, 2, 7, 7, 2, 2, 1, ceil_mode=True, divisor_override=-3),
+    AvgPoolCase("avg-overlap-s1", 2, 2, 6, 7, 3, 1, 1),
+    AvgPoolCase("avg-stride-over-kernel", 2, 2, 11, 11, 2, 3, 0),
+    AvgPoolCase("avg-nonsquare", 1, 3, 9, 12, (2, 4), (1, 3), (1, 2)),
+    AvgPoolCase("avg-wide-rows", 1, 2, 5, 70, 3, 2, 1),  # over 16 columns: summed tap by tap
+    AvgPoolCase("avg-whole-plane", 2, 3, 5, 6, (5, 6)),  # the global strategy
+    AvgPoolCase("avg-1x1", 2, 2, 4, 5, 1),
+    AvgPoolCase("avg-resnet-14", 2, 8, 14, 14, 3, 2, 1),
+    AvgPoolCase("avg-resnet-56", 1, 4, 56, 56, 2, 2, 0),
+)
+#: Adaptive rows: PyTorch's windows when the sizes divide and when they do not, output
+#: larger than the input, None entries, the global average (output 1).
+ADAPTIVE_POOL_ROWS = (
+    AdaptivePoolCase("adaptive-divides", 2, 3, 8, 6, (4, 3)),
+    AdaptivePoolCase("adaptive-uneven", 2, 3, 10, 7, (3, 4)),
+    AdaptivePoolCase("adaptive-larger", 1, 2, 3, 5, (5, 7)),
+    AdaptivePoolCase("adaptive-none-h", 2, 2, 6, 9, (None, 4)),
+    AdaptivePoolCase("adaptive-none-w", 1, 2, 6, 9, (2, None)),
+    AdaptivePoolCase("adaptive-int", 2, 2, 9, 9, 4),
+    AdaptivePoolCase("adaptive-global", 2, 5, 7, 6, 1),
+    AdaptivePoolCase("adaptive-global-1x1-input", 2, 3, 1, 1, 1),
+    AdaptivePoolCase("adaptive-resnet-7", 1, 8, 14, 14, 7),
+    AdaptivePoolCase("adaptive-resnet-56-7", 1, 2, 56, 56, 7),
+    AdaptivePoolCase("adaptive-wide-uniform", 1, 2, 3, 64, (1, 32)),  # 32 uniform column windows
+)
 
 
 @dataclasses.dataclass(frozen=True)

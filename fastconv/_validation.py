@@ -143,13 +143,19 @@ def check_dy(func, dy, g):
         )
 
 
-def pool_geometry(func, x_shape, kernel_size, stride, padding, x_name="x"):
-    """Check a max-pooling of an input of ``x_shape``; returns a ``fastconv.plan.ConvGeometry`` with ``F == C``."""
-    from .plan import ConvGeometry
+def pool_geometry(func, x_shape, kernel_size, stride, padding, x_name="x", dilation=1, ceil_mode=False):
+    """Check a pooling of an input of ``x_shape``; returns a ``fastconv.plan.PoolGeometry``.
+
+    PyTorch's rules: positive ``kernel_size``, ``stride`` and ``dilation``; ``padding`` at
+    most half the kernel; the output size of :func:`pool_output_size`, at least 1.
+    """
+    from .plan import PoolGeometry
 
     kh, kw = as_pair(kernel_size, "kernel_size", func, minimum=1)
     sh, sw = (kh, kw) if stride is None else as_pair(stride, "stride", func, minimum=1)
     ph, pw = as_pair(padding, "padding", func, minimum=0)
+    dh, dw = as_pair(dilation, "dilation", func, minimum=1)
+    check_bool(ceil_mode, "ceil_mode", func)
     if ph > kh // 2 or pw > kw // 2:
         raise ValueError(
             f"{func}: padding {(ph, pw)} must be at most half the kernel_size {(kh, kw)} "
@@ -157,9 +163,76 @@ def pool_geometry(func, x_shape, kernel_size, stride, padding, x_name="x"):
         )
     N, C, H, W = x_shape
     check_nonempty(func, x_name, tuple(x_shape), (1, 2, 3), X_LAYOUT)
-    Ho, Wo = _output_size(func, "kernel_size", (H, W), (kh, kw), (sh, sw), (ph, pw),
-                          f"{x_name}.shape={tuple(x_shape)}")
-    return ConvGeometry(N, C, H, W, C, kh, kw, sh, sw, ph, pw, Ho, Wo)
+    shapes = f"{x_name}.shape={tuple(x_shape)}"
+    ekh, ekw = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    Ho = pool_output_size(H, ekh, sh, ph, ceil_mode)
+    Wo = pool_output_size(W, ekw, sw, pw, ceil_mode)
+    if Ho < 1 or Wo < 1:
+        what = "kernel_size" if (dh, dw) == (1, 1) else f"kernel_size {(kh, kw)} with dilation {(dh, dw)} spans"
+        raise ValueError(
+            f"{func}: {what} {(ekh, ekw)} is larger than the padded input {(H + 2 * ph, W + 2 * pw)} "
+            f"({shapes}, padding={(ph, pw)}, ceil_mode={ceil_mode}): output size {(Ho, Wo)}"
+        )
+    for axis, size, k, s, p, d, out in (("rows", H, kh, sh, ph, dh, Ho), ("columns", W, kw, sw, pw, dw, Wo)):
+        _check_dilated_windows(func, axis, size, (k, s, p, d), out, shapes)
+    return PoolGeometry(N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, bool(ceil_mode))
+
+
+def pool_output_size(size, span, stride, pad, ceil_mode):
+    """PyTorch's pooling output size for a window spanning ``span`` inputs (``(k - 1) * dilation + 1``).
+
+    ``(size + 2*pad - span) // stride + 1``, rounded up instead with ``ceil_mode``, where
+    the last window must still start inside the input or the leading padding.
+    """
+    top = size + 2 * pad - span + (stride - 1 if ceil_mode else 0)
+    out = top // stride + 1
+    if ceil_mode and out > 0 and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _check_dilated_windows(func, axis, size, window, out, shapes):
+    """A dilated window that starts in the padding may skip every input element: refuse it.
+
+    (PyTorch returns ``-inf`` there with an index outside the plane, which its backward
+    pass would write through.) Only windows starting in the leading padding can be empty.
+    """
+    k, s, p, d = window
+    for o in range(min(-(-p // s), out)):
+        start = o * s - p
+        first = start + (-start + d - 1) // d * d
+        if first >= size or first > start + (k - 1) * d:
+            raise ValueError(
+                f"{func}: with dilation {d} and padding {p}, window {o} of the {axis} holds no input element "
+                f"({shapes}); use less padding or dilation"
+            )
+
+
+def as_int(value, name, func):
+    """``value`` as a Python int; ``TypeError`` naming ``name`` for anything that is not an integer."""
+    return _as_int(value, name, func)
+
+
+def adaptive_output_size(func, output_size, x_shape):
+    """``(Ho, Wo)`` from PyTorch's ``output_size``: an int, or a pair whose None entries keep the input's size."""
+    if isinstance(output_size, (tuple, list)):
+        if len(output_size) != 2:
+            raise ValueError(f"{func}: output_size must be an int or a pair (h, w); got {output_size!r}")
+        pair = tuple(x_shape[2 + i] if v is None else _as_int(v, "output_size", func)
+                     for i, v in enumerate(output_size))
+    elif output_size is None:
+        raise TypeError(f"{func}: output_size must be an int or a pair of ints (or None entries); got None")
+    else:
+        pair = (_as_int(output_size, "output_size", func),) * 2
+    if min(pair) < 0 or max(pair) > MAX_PARAMETER:
+        raise ValueError(f"{func}: output_size must be non-negative (and at most 2**60); got {output_size!r}")
+    return pair
+
+
+def check_bool(value, name, func):
+    """Raise ``TypeError`` unless ``value`` is a bool (or NumPy bool)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{func}: {name} must be a bool; got {value!r} of type {type(value).__name__}")
 
 
 def float_dtype(dtype, owner):

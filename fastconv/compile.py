@@ -52,6 +52,13 @@ def _run_others(dtype, rng):
     for k, s, p in ((2, 2, 0), (3, 2, 1)):
         y, idx = F.max_pool2d(x, k, s, p)
         F.max_pool2d_backward(y, idx, x.shape)
+    wide = np.zeros((1, 1, 2, 70), dtype)  # 70 columns: window_any (narrow outputs take window_columns)
+    F.max_pool2d(wide, 3, 2, 1)
+    F.avg_pool2d(wide, 3, 2, 1)  # tap by tap over the interior columns
+    for size in (1, 3):  # global, ranges
+        F.adaptive_avg_pool2d_backward(F.adaptive_avg_pool2d(x, size), x.shape)
+        F.adaptive_max_pool2d(x, size)
+    F.avg_pool2d_backward(F.avg_pool2d(x, 3, 2, 1), x.shape, 3, 2, 1)
     a, w = x.reshape(12, 18), rng.standard_normal((4, 18)).astype(dtype)
     F.relu_backward(x, F.relu(x))
     F.linear_backward(F.linear(a, w), a, w)

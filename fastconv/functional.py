@@ -36,6 +36,13 @@ __all__ = [
     "max_pool2d",
     "max_pool2d_backward",
     "max_pool2d_plan",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "avg_pool2d_plan",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool2d_backward",
     "relu",
     "relu_backward",
     "linear",
@@ -267,7 +274,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0):
     return p.run_input_grad(dy, w), p.run_weight_grad(dy, x), p.run_bias_grad(dy)
 
 
-def max_pool2d_plan(x_shape, kernel_size, stride=None, padding=0, dtype=np.float32):
+def max_pool2d_plan(x_shape, kernel_size, stride=None, padding=0, dtype=np.float32, *, dilation=1, ceil_mode=False):
     """The plan of a max-pooling (see :func:`conv2d_plan`): a ``fastconv.plan.PoolPlan``.
 
     Examples
@@ -275,17 +282,20 @@ def max_pool2d_plan(x_shape, kernel_size, stride=None, padding=0, dtype=np.float
     >>> import fastconv as fc
     >>> fc.max_pool2d_plan((8, 32, 28, 28), 2).forward.name
     'window_2x2'
+    >>> fc.max_pool2d_plan((8, 32, 27, 27), 2, ceil_mode=True).forward.name
+    'window_columns'
     """
     func = "max_pool2d_plan"
     dt = V.float_dtype(dtype, func)
     x_shape = V.as_shape(x_shape, "x_shape", func, 4)
-    return _plan.plan_max_pool2d(V.pool_geometry(func, x_shape, kernel_size, stride, padding, "x_shape"), dt)
+    g = V.pool_geometry(func, x_shape, kernel_size, stride, padding, "x_shape", dilation, ceil_mode)
+    return _plan.plan_max_pool2d(g, dt)
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0):
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
     """2-D max-pooling that also returns the position of each maximum.
 
-    ``y[n, c, oh, ow] = max over the window xpad[n, c, oh*sh : oh*sh+kh, ow*sw : ow*sw+kw]``,
+    ``y[n, c, oh, ow] = max over i < kh, j < kw of xpad[n, c, oh*sh + i*dh, ow*sw + j*dw]``,
     where ``xpad`` is ``x`` padded with ``-inf``.
 
     Parameters
@@ -299,11 +309,19 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
         overlapping windows.
     padding : int or (int, int), default 0
         ``-inf`` padding on both sides; at most half the window (as in PyTorch).
+    dilation : int or (int, int), default 1
+        Spacing ``(dh, dw)`` of a window's taps (PyTorch's ``dilation``).
+    ceil_mode : bool, default False
+        Round the output size up instead of down (PyTorch's rule): a last window may
+        hang over the end of the input (it is clipped), as long as it starts inside the
+        input or the leading padding.
 
     Returns
     -------
     y : ndarray, shape (N, C, Ho, Wo)
-        ``Ho = (H + 2*ph - kh) // sh + 1``, likewise ``Wo``.
+        ``Ho = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1``, likewise ``Wo`` (with
+        ``ceil_mode``: rounded up, minus one if the last window would start past
+        ``H + ph``).
     indices : ndarray of int64, shape (N, C, Ho, Wo)
         Flat index ``h * W + w`` of each window's winner inside its ``(n, c)`` plane of
         ``x`` (PyTorch's ``return_indices=True`` convention). Ties go to the first maximum
@@ -313,17 +331,31 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     Raises
     ------
     TypeError, ValueError
-        Non-float input, non-integer parameters, wrong ndim, ``kernel_size``/``stride``
-        not positive, negative padding or padding over half the window, a window larger
-        than the padded input, or an empty channel/spatial axis.
+        Non-float input, non-integer parameters, a non-bool ``ceil_mode``, wrong ndim,
+        ``kernel_size``/``stride``/``dilation`` not positive, negative padding or padding
+        over half the window, a window larger than the padded input (an empty output), a
+        dilated window holding no input element, or an empty channel/spatial axis.
 
     See Also
     --------
     max_pool2d_backward : the gradient. See ``docs/backprop.md``, section 3.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> x = np.arange(25.0).reshape(1, 1, 5, 5)
+    >>> y, idx = fc.max_pool2d(x, 2, ceil_mode=True)
+    >>> y[0, 0]
+    array([[ 6.,  8.,  9.],
+           [16., 18., 19.],
+           [21., 23., 24.]])
+    >>> fc.max_pool2d(x, 2, stride=1, dilation=3)[0][0, 0]
+    array([[18., 19.],
+           [23., 24.]])
     """
     func = "max_pool2d"
     V.check_float_array(x, "x", func, 4, _X)
-    g = V.pool_geometry(func, x.shape, kernel_size, stride, padding)
+    g = V.pool_geometry(func, x.shape, kernel_size, stride, padding, "x", dilation, ceil_mode)
     return _plan.plan_max_pool2d(g, x.dtype).run_forward(x)
 
 
@@ -354,7 +386,10 @@ def max_pool2d_backward(dy, indices, input_shape):
     ValueError
         Shapes that disagree, or an index outside ``[0, H*W)``.
     """
-    func = "max_pool2d_backward"
+    return _max_pool_backward("max_pool2d_backward", dy, indices, input_shape)
+
+
+def _max_pool_backward(func, dy, indices, input_shape):
     V.check_float_array(dy, "dy", func, 4, "(N, C, Ho, Wo)")
     if not isinstance(indices, np.ndarray):
         raise TypeError(f"{func}: indices must be a numpy.ndarray; got {type(indices).__name__}")
@@ -369,6 +404,281 @@ def max_pool2d_backward(dy, indices, input_shape):
         )
     V.check_nonempty(func, "input_shape", (N, C, H, W), (1, 2, 3), _X)
     return _plan.route_max_pool2d(dy, indices, (N, C, H, W), func)
+
+
+def _avg_plan(func, x_shape, dtype, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+              x_name="x"):
+    g = V.pool_geometry(func, x_shape, kernel_size, stride, padding, x_name, 1, ceil_mode)
+    V.check_bool(count_include_pad, "count_include_pad", func)
+    if divisor_override is not None:
+        divisor_override = V.as_int(divisor_override, "divisor_override", func)
+        if divisor_override == 0:
+            raise ValueError(f"{func}: divisor_override must not be zero (None: the window's size)")
+    return _plan.plan_avg_pool2d(g, dtype, bool(count_include_pad), divisor_override)
+
+
+def avg_pool2d_plan(x_shape, kernel_size, stride=None, padding=0, dtype=np.float32, *, ceil_mode=False,
+                    count_include_pad=True, divisor_override=None):
+    """The plan of an average pooling (see :func:`conv2d_plan`): a ``fastconv.plan.AvgPoolPlan``.
+
+    Examples
+    --------
+    >>> import fastconv as fc
+    >>> fc.avg_pool2d_plan((8, 32, 28, 28), 3, 2, 1).forward.name
+    'ranges'
+    >>> fc.avg_pool2d_plan((8, 32, 7, 7), 7).forward.name
+    'global'
+    """
+    func = "avg_pool2d_plan"
+    dt = V.float_dtype(dtype, func)
+    x_shape = V.as_shape(x_shape, "x_shape", func, 4)
+    return _avg_plan(func, x_shape, dt, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+                     "x_shape")
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """2-D average pooling (PyTorch's ``F.avg_pool2d``).
+
+    ``y[n, c, oh, ow] = sum of the window xpad[n, c, oh*sh : oh*sh+kh, ow*sw : ow*sw+kw] / divisor``,
+    where ``xpad`` is ``x`` zero-padded.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W), float32 or float64
+    kernel_size : int or (int, int)
+        Window ``(kh, kw)``.
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int, int), default 0
+        Zero padding on both sides; at most half the window.
+    ceil_mode : bool, default False
+        Round the output size up (as :func:`max_pool2d`); a last window that hangs over
+        the end of the padded input averages what it covers.
+    count_include_pad : bool, default True
+        The divisor counts the padding a window covers (not what ``ceil_mode`` adds past
+        it); False: only the input elements it covers.
+    divisor_override : int, optional
+        Divide every window's sum by this instead (not zero).
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, Ho, Wo)
+        ``Ho = (H + 2*ph - kh) // sh + 1`` (rounded up with ``ceil_mode``), likewise ``Wo``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`max_pool2d`; also a non-bool ``count_include_pad`` or a zero or
+        non-integer ``divisor_override``.
+
+    See Also
+    --------
+    avg_pool2d_backward, adaptive_avg_pool2d
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> fc.avg_pool2d(x, 2)[0, 0]
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]])
+    >>> fc.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)[0, 0]
+    array([[ 2.5,  4. ],
+           [ 8.5, 10. ]])
+    """
+    func = "avg_pool2d"
+    V.check_float_array(x, "x", func, 4, _X)
+    return _avg_plan(func, x.shape, x.dtype, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override).run_forward(x)
+
+
+def _check_pool_dy(func, dy, y_shape):
+    if dy.shape != tuple(y_shape):
+        raise ValueError(f"{func}: dy must have shape {tuple(y_shape)} (N, C, Ho, Wo) for this pooling; got {dy.shape}")
+
+
+def avg_pool2d_backward(dy, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                        divisor_override=None):
+    """Gradient of :func:`avg_pool2d`: each ``dy`` element divided by its window's divisor and spread over the window.
+
+    ``dx[n, c, h, w] = sum over the windows that hold (h, w) of dy[n, c, oh, ow] / divisor(oh, ow)``;
+    inputs in no window get zero.
+
+    Parameters
+    ----------
+    dy : ndarray, shape (N, C, Ho, Wo), float32 or float64
+        Gradient with respect to the pooled output.
+    input_shape : tuple of 4 ints
+        ``(N, C, H, W)``, the shape of the forward input.
+    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+        As given to :func:`avg_pool2d`.
+
+    Returns
+    -------
+    dx : ndarray, shape ``input_shape``, dtype of ``dy``
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`avg_pool2d`, and a ``dy`` whose shape is not the forward output's.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.avg_pool2d_backward(np.ones((1, 1, 1, 2)), (1, 1, 2, 4), 2)[0, 0]
+    array([[0.25, 0.25, 0.25, 0.25],
+           [0.25, 0.25, 0.25, 0.25]])
+    """
+    func = "avg_pool2d_backward"
+    V.check_float_array(dy, "dy", func, 4, "(N, C, Ho, Wo)")
+    shape = V.as_shape(input_shape, "input_shape", func, 4)
+    plan = _avg_plan(func, shape, dy.dtype, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override, "input_shape")
+    _check_pool_dy(func, dy, plan.windows.y_shape)
+    return plan.run_backward(dy)
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """Adaptive average pooling to ``output_size`` (PyTorch's ``F.adaptive_avg_pool2d``).
+
+    Output row ``oh`` averages input rows ``floor(oh * H / Ho)`` to ``ceil((oh + 1) * H / Ho)``
+    (exclusive), likewise the columns: windows of (nearly) equal size that cover the input,
+    overlapping by a row where ``H`` is not a multiple of ``Ho``. ``output_size=1`` is the
+    global average pool (the ResNet head), run by a strategy of its own.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W), float32 or float64
+    output_size : int or (int or None, int or None)
+        ``(Ho, Wo)``; a None entry keeps the input's size on that axis.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, Ho, Wo)
+
+    Raises
+    ------
+    TypeError, ValueError
+        Non-float input, wrong ndim, an empty channel/spatial axis, or an ``output_size``
+        that is not an int or pair of non-negative ints (or None entries).
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> x = np.arange(10.0).reshape(1, 1, 2, 5)
+    >>> fc.adaptive_avg_pool2d(x, (1, 2))[0, 0]
+    array([[3.5, 5.5]])
+    >>> fc.adaptive_avg_pool2d(x, 1)[0, 0]
+    array([[4.5]])
+    """
+    func = "adaptive_avg_pool2d"
+    V.check_float_array(x, "x", func, 4, _X)
+    return _adaptive_plan(func, "avg", x.shape, output_size, x.dtype).run_forward(x)
+
+
+def _adaptive_plan(func, kind, x_shape, output_size, dtype, x_name="x"):
+    V.check_nonempty(func, x_name, tuple(x_shape), (1, 2, 3), _X)
+    out = V.adaptive_output_size(func, output_size, x_shape)
+    plan = _plan.plan_adaptive_avg_pool2d if kind == "avg" else _plan.plan_adaptive_max_pool2d
+    return plan(tuple(x_shape), out, dtype)
+
+
+def adaptive_avg_pool2d_backward(dy, input_shape):
+    """Gradient of :func:`adaptive_avg_pool2d` (the output size is ``dy``'s).
+
+    Parameters
+    ----------
+    dy : ndarray, shape (N, C, Ho, Wo), float32 or float64
+    input_shape : tuple of 4 ints
+        ``(N, C, H, W)``, the shape of the forward input.
+
+    Returns
+    -------
+    dx : ndarray, shape ``input_shape``
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.adaptive_avg_pool2d_backward(np.full((1, 1, 1, 1), 4.0), (1, 1, 2, 2))[0, 0]
+    array([[1., 1.],
+           [1., 1.]])
+    """
+    func = "adaptive_avg_pool2d_backward"
+    V.check_float_array(dy, "dy", func, 4, "(N, C, Ho, Wo)")
+    shape = V.as_shape(input_shape, "input_shape", func, 4)
+    if shape[:2] != dy.shape[:2]:
+        raise ValueError(f"{func}: input_shape {shape} must share (N, C) with dy.shape={dy.shape}")
+    return _adaptive_plan(func, "avg", shape, dy.shape[2:], dy.dtype, "input_shape").run_backward(dy)
+
+
+def adaptive_max_pool2d(x, output_size, return_indices=False):
+    """Adaptive max-pooling to ``output_size`` (PyTorch's ``F.adaptive_max_pool2d``).
+
+    The windows of :func:`adaptive_avg_pool2d`; the winner rule of :func:`max_pool2d`
+    (ties to the first maximum, NaN wins).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W), float32 or float64
+    output_size : int or (int or None, int or None)
+        ``(Ho, Wo)``; a None entry keeps the input's size.
+    return_indices : bool, default False
+        Also return the winners' flat indices ``h * W + w`` (what
+        :func:`adaptive_max_pool2d_backward` takes).
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, Ho, Wo)
+    indices : ndarray of int64, shape (N, C, Ho, Wo)
+        Only with ``return_indices=True``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`adaptive_avg_pool2d`; a non-bool ``return_indices``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> x = np.arange(10.0).reshape(1, 1, 2, 5)
+    >>> y, idx = fc.adaptive_max_pool2d(x, (1, 2), return_indices=True)
+    >>> y[0, 0], idx[0, 0]
+    (array([[7., 9.]]), array([[7, 9]]))
+    """
+    func = "adaptive_max_pool2d"
+    V.check_float_array(x, "x", func, 4, _X)
+    V.check_bool(return_indices, "return_indices", func)
+    y, indices = _adaptive_plan(func, "max", x.shape, output_size, x.dtype).run_forward(x)
+    return (y, indices) if return_indices else y
+
+
+def adaptive_max_pool2d_backward(dy, indices, input_shape):
+    """Gradient of :func:`adaptive_max_pool2d`: each ``dy`` element routed to its window's winner.
+
+    The routing of :func:`max_pool2d_backward`, under this name.
+
+    Parameters
+    ----------
+    dy : ndarray, shape (N, C, Ho, Wo), float32 or float64
+    indices : ndarray of integers, shape (N, C, Ho, Wo)
+        As returned by ``adaptive_max_pool2d(..., return_indices=True)``.
+    input_shape : tuple of 4 ints
+
+    Returns
+    -------
+    dx : ndarray, shape ``input_shape``
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> x = np.arange(10.0).reshape(1, 1, 2, 5)
+    >>> y, idx = fc.adaptive_max_pool2d(x, (1, 2), return_indices=True)
+    >>> fc.adaptive_max_pool2d_backward(np.ones_like(y), idx, x.shape)[0, 0]
+    array([[0., 0., 0., 0., 0.],
+           [0., 0., 1., 0., 1.]])
+    """
+    return _max_pool_backward("adaptive_max_pool2d_backward", dy, indices, input_shape)
 
 
 def relu(x):

@@ -170,7 +170,12 @@ def _converters(torch):
                                         bias=m.bias is not None, dtype=_torch_dtype(torch, m)),
         nn.Linear: lambda m: tnn.Linear(m.in_features, m.out_features, bias=m.bias is not None,
                                         dtype=_torch_dtype(torch, m)),
-        nn.MaxPool2d: lambda m: tnn.MaxPool2d(m.kernel_size, m.stride, m.padding),
+        nn.MaxPool2d: lambda m: tnn.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices,
+                                              m.ceil_mode),
+        nn.AvgPool2d: lambda m: tnn.AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
+                                              m.divisor_override),
+        nn.AdaptiveAvgPool2d: lambda m: tnn.AdaptiveAvgPool2d(m.output_size),
+        nn.AdaptiveMaxPool2d: lambda m: tnn.AdaptiveMaxPool2d(m.output_size, m.return_indices),
         nn.ReLU: lambda m: tnn.ReLU(),
         nn.Flatten: lambda m: tnn.Flatten(m.start_dim, m.end_dim),
         nn.Dropout: lambda m: tnn.Dropout(m.p),
@@ -211,8 +216,9 @@ def to_torch(model):
     model : fastconv.nn.Module
         A :class:`fastconv.nn.Sequential` (nested ones included) of
         :class:`~fastconv.nn.Conv2d`, :class:`~fastconv.nn.ReLU`,
-        :class:`~fastconv.nn.MaxPool2d`, :class:`~fastconv.nn.Flatten`,
-        :class:`~fastconv.nn.Linear`, :class:`~fastconv.nn.Dropout`,
+        :class:`~fastconv.nn.MaxPool2d`, :class:`~fastconv.nn.AvgPool2d`,
+        :class:`~fastconv.nn.AdaptiveAvgPool2d`, :class:`~fastconv.nn.AdaptiveMaxPool2d`,
+        :class:`~fastconv.nn.Flatten`, :class:`~fastconv.nn.Linear`, :class:`~fastconv.nn.Dropout`,
         :class:`~fastconv.nn.BatchNorm1d`, :class:`~fastconv.nn.BatchNorm2d` and
         :class:`~fastconv.nn.Identity` layers, or one such layer. Subclasses are refused: their forward may differ.
 

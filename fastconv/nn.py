@@ -68,6 +68,9 @@ __all__ = [
     "Sequential",
     "Conv2d",
     "MaxPool2d",
+    "AvgPool2d",
+    "AdaptiveAvgPool2d",
+    "AdaptiveMaxPool2d",
     "ReLU",
     "Flatten",
     "Linear",
@@ -722,8 +725,8 @@ class Sequential(Module):
         a first ``Conv2d`` then skips its input-gradient convolution, and ``None`` is
         returned. Parameter gradients are the same either way.
 
-        A :class:`MaxPool2d` whose last input was the last output of the :class:`ReLU`
-        before it runs that ReLU's backward pass in its own routing pass (the same
+        A :class:`MaxPool2d` (or :class:`AdaptiveMaxPool2d`) whose last input was the last
+        output of the :class:`ReLU` before it runs that ReLU's backward pass in its own routing pass (the same
         gradients, one pass over the large activation less).
         """
         modules = list(self._modules.values())
@@ -747,7 +750,7 @@ def _plain(module, cls):
 
 def _routes_relu(relu, pool):
     """The pool's last input was the ReLU's last output, and both kept their caches."""
-    return (_plain(relu, ReLU) and _plain(pool, MaxPool2d) and relu._cache is not None
+    return (_plain(relu, ReLU) and _plain(pool, _MaxPool) and relu._cache is not None
             and pool._cache is not None and pool._cache[3] is relu._cache)
 
 
@@ -876,7 +879,91 @@ class Conv2d(Module):
         return text
 
 
-class MaxPool2d(Module):
+class _Pool(Module):
+    """What the pooling layers share: one plan per input shape, kept; the forward pass caches what backward needs."""
+
+    def __init__(self):
+        super().__init__()
+        self._cache = None
+        self._plan = None
+
+    def _make_plan(self, x_shape, dtype):  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def plan(self, x_shape, dtype):
+        """The plan (:mod:`fastconv.plan`) this layer runs for inputs of ``x_shape`` (kept)."""
+        key = (tuple(x_shape), np.dtype(dtype))
+        if self._plan is None or self._plan[0] != key:
+            self._plan = (key, self._make_plan(*key))
+        return self._plan[1]
+
+    def _forward_plan(self, x):
+        _check_input(x, type(self).__name__, 4, "(N, C, H, W)")
+        return self.plan(x.shape, x.dtype)
+
+
+class _MaxPool(_Pool):
+    """Forward and backward of the max-pooling layers (their plans return winners' indices)."""
+
+    return_indices = False
+
+    def forward(self, x):
+        """Pool ``x`` of shape ``(N, C, H, W)``; ``(y, indices)`` with ``return_indices=True``."""
+        plan = self._forward_plan(x)
+        out, indices = plan.run_forward(x)
+        # The output (and which input) are kept for the backward pass fused with the
+        # ReLU's before it (Sequential).
+        self._cache = (indices, plan, out, x) if is_grad_enabled() else None
+        return (out, indices) if self.return_indices else out
+
+    def backward(self, dout, input_grad=True):
+        """Route ``dout`` to the positions of the maxima; return ``dL/dx``."""
+        return self._backward(dout, input_grad, relu=False)
+
+    def _backward(self, dout, input_grad, relu):
+        """:meth:`backward`; with ``relu``, also the backward pass of the :class:`ReLU` whose
+        output this pool's input was (one pass: only maxima that are not ``<= 0`` route)."""
+        owner = type(self).__name__
+        if self._cache is None:
+            raise _no_cache_error(owner)
+        indices, plan, out, _ = self._cache
+        _check_dout(dout, owner, indices.shape, plan.dtype)
+        if not input_grad:
+            return None
+        return plan.run_backward(dout, indices, relu_output=out if relu else None)
+
+
+class _AvgPool(_Pool):
+    """Forward and backward of the average-pooling layers."""
+
+    def forward(self, x):
+        """Pool ``x`` of shape ``(N, C, H, W)``."""
+        plan = self._forward_plan(x)
+        self._cache = plan if is_grad_enabled() else None
+        return plan.run_forward(x)
+
+    def backward(self, dout, input_grad=True):
+        """Spread ``dout`` evenly over each window; return ``dL/dx``."""
+        owner = type(self).__name__
+        if self._cache is None:
+            raise _no_cache_error(owner)
+        plan = self._cache
+        _check_dout(dout, owner, plan.windows.y_shape, plan.dtype)
+        return plan.run_backward(dout) if input_grad else None
+
+
+def _pool_arguments(owner, kernel_size, stride, padding):
+    """Check a pooling layer's window now (PyTorch checks it at the first call; the error is clearer here)."""
+    kh, kw = _V.as_pair(kernel_size, "kernel_size", owner, minimum=1)
+    if stride is not None:
+        _V.as_pair(stride, "stride", owner, minimum=1)
+    ph, pw = _V.as_pair(padding, "padding", owner, minimum=0)
+    if ph > kh // 2 or pw > kw // 2:
+        raise ValueError(f"{owner}: padding {padding!r} must be at most half the kernel_size {kernel_size!r}")
+    return kernel_size if stride is None else stride
+
+
+class MaxPool2d(_MaxPool):
     """2-D max-pooling over an ``(N, C, H, W)`` batch (:func:`fastconv.functional.max_pool2d`).
 
     Parameters
@@ -887,68 +974,164 @@ class MaxPool2d(Module):
         Defaults to ``kernel_size``.
     padding : int or (int, int), default 0
         ``-inf`` padding on both sides, at most half the window.
+    dilation : int or (int, int), default 1
+        Spacing of the window's taps.
+    return_indices : bool, default False
+        ``forward`` returns ``(y, indices)`` (the winners' flat indices ``h * W + w``).
+    ceil_mode : bool, default False
+        Round the output size up (PyTorch's rule; see :func:`fastconv.functional.max_pool2d`).
 
     Notes
     -----
     Shapes: input ``(N, C, H, W)``; output ``(N, C, Ho, Wo)`` with
-    ``Ho = (H + 2*ph - kh) // sh + 1`` and likewise ``Wo``.
+    ``Ho = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1`` (rounded up with ``ceil_mode``) and likewise ``Wo``.
 
     Backward routes each output gradient to the window's maximum (the first one on ties);
     where windows overlap, the gradients add up.
+
+    Examples
+    --------
+    >>> from fastconv import nn
+    >>> nn.MaxPool2d(3, 2, ceil_mode=True)
+    MaxPool2d(kernel_size=3, stride=2, padding=0, dilation=1, ceil_mode=True)
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
         super().__init__()
         owner = "MaxPool2d"
-        kh, kw = _V.as_pair(kernel_size, "kernel_size", owner, minimum=1)
-        if stride is not None:
-            _V.as_pair(stride, "stride", owner, minimum=1)
-        ph, pw = _V.as_pair(padding, "padding", owner, minimum=0)
-        if ph > kh // 2 or pw > kw // 2:
-            raise ValueError(f"{owner}: padding {padding!r} must be at most half the kernel_size {kernel_size!r}")
+        stride = _pool_arguments(owner, kernel_size, stride, padding)
+        _V.as_pair(dilation, "dilation", owner, minimum=1)
         self.kernel_size = kernel_size
-        self.stride = kernel_size if stride is None else stride
+        self.stride = stride
         self.padding = padding
-        self._cache = None
-        self._plan = None
+        self.dilation = dilation
+        self.return_indices = _check_bool(return_indices, "return_indices", owner)
+        self.ceil_mode = _check_bool(ceil_mode, "ceil_mode", owner)
 
-    def plan(self, x_shape, dtype):
-        """The :class:`fastconv.plan.PoolPlan` this layer runs for inputs of ``x_shape`` (kept)."""
-        key = (tuple(x_shape), np.dtype(dtype))
-        if self._plan is None or self._plan[0] != key:
-            g = _V.pool_geometry("MaxPool2d", key[0], self.kernel_size, self.stride, self.padding)
-            self._plan = (key, _plan.plan_max_pool2d(g, key[1]))
-        return self._plan[1]
-
-    def forward(self, x):
-        """Pool ``x`` of shape ``(N, C, H, W)``."""
-        _check_input(x, "MaxPool2d", 4, "(N, C, H, W)")
-        plan = self.plan(x.shape, x.dtype)
-        out, indices = plan.run_forward(x)
-        # The output (and which input) are kept for the backward pass fused with the
-        # ReLU's before it (Sequential).
-        self._cache = (indices, plan, out, x) if is_grad_enabled() else None
-        return out
-
-    def backward(self, dout, input_grad=True):
-        """Route ``dout`` to the positions of the maxima; return ``dL/dx``."""
-        return self._backward(dout, input_grad, relu=False)
-
-    def _backward(self, dout, input_grad, relu):
-        """:meth:`backward`; with ``relu``, also the backward pass of the :class:`ReLU` whose
-        output this pool's input was (one pass: only maxima that are not ``<= 0`` route)."""
-        if self._cache is None:
-            raise _no_cache_error("MaxPool2d")
-        indices, plan, out, _ = self._cache
-        _check_dout(dout, "MaxPool2d", indices.shape, plan.dtype)
-        if not input_grad:
-            return None
-        return plan.run_backward(dout, indices, relu_output=out if relu else None)
+    def _make_plan(self, x_shape, dtype):
+        g = _V.pool_geometry("MaxPool2d", x_shape, self.kernel_size, self.stride, self.padding, "x",
+                             self.dilation, self.ceil_mode)
+        return _plan.plan_max_pool2d(g, dtype)
 
     def extra_repr(self):
-        # PyTorch prints its two fixed options too; fastconv supports only these values.
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"dilation=1, ceil_mode=False")
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+
+
+class AvgPool2d(_AvgPool):
+    """2-D average pooling over an ``(N, C, H, W)`` batch (:func:`fastconv.functional.avg_pool2d`).
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int, int), default 0
+        Zero padding on both sides, at most half the window.
+    ceil_mode : bool, default False
+        Round the output size up.
+    count_include_pad : bool, default True
+        The divisor counts the padding a window covers.
+    divisor_override : int, optional
+        Divide every window's sum by this instead.
+
+    Examples
+    --------
+    >>> from fastconv import nn
+    >>> nn.AvgPool2d(3, stride=2, padding=1)
+    AvgPool2d(kernel_size=3, stride=2, padding=1)
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None):
+        super().__init__()
+        owner = "AvgPool2d"
+        self.kernel_size = kernel_size
+        self.stride = _pool_arguments(owner, kernel_size, stride, padding)
+        self.padding = padding
+        self.ceil_mode = _check_bool(ceil_mode, "ceil_mode", owner)
+        self.count_include_pad = _check_bool(count_include_pad, "count_include_pad", owner)
+        if divisor_override is not None and _positive_or_negative_int(divisor_override, owner) == 0:
+            raise ValueError(f"{owner}: divisor_override must not be zero")
+        self.divisor_override = divisor_override
+
+    def _make_plan(self, x_shape, dtype):
+        g = _V.pool_geometry("AvgPool2d", x_shape, self.kernel_size, self.stride, self.padding, "x", 1,
+                             self.ceil_mode)
+        return _plan.plan_avg_pool2d(g, dtype, self.count_include_pad, self.divisor_override)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+def _positive_or_negative_int(value, owner):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: divisor_override must be an int or None; got {value!r}")
+    return int(value)
+
+
+def _output_size(value, owner):
+    """Check an adaptive layer's ``output_size`` (an int or a pair of ints / None) without an input."""
+    _V.adaptive_output_size(owner, value, (1, 1, 1, 1))  # None entries are the input's size: 1 here
+    return value
+
+
+class AdaptiveAvgPool2d(_AvgPool):
+    """Adaptive average pooling to ``output_size`` (:func:`fastconv.functional.adaptive_avg_pool2d`).
+
+    ``output_size=1`` is the global average pool of a ResNet's head.
+
+    Parameters
+    ----------
+    output_size : int or (int or None, int or None)
+        ``(Ho, Wo)``; a None entry keeps the input's size.
+
+    Examples
+    --------
+    >>> from fastconv import nn
+    >>> nn.AdaptiveAvgPool2d((7, None))
+    AdaptiveAvgPool2d(output_size=(7, None))
+    """
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = _output_size(output_size, "AdaptiveAvgPool2d")
+
+    def _make_plan(self, x_shape, dtype):
+        out = _V.adaptive_output_size("AdaptiveAvgPool2d", self.output_size, x_shape)
+        return _plan.plan_adaptive_avg_pool2d(x_shape, out, dtype)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveMaxPool2d(_MaxPool):
+    """Adaptive max-pooling to ``output_size`` (:func:`fastconv.functional.adaptive_max_pool2d`).
+
+    Parameters
+    ----------
+    output_size : int or (int or None, int or None)
+    return_indices : bool, default False
+        ``forward`` returns ``(y, indices)``.
+
+    Examples
+    --------
+    >>> from fastconv import nn
+    >>> nn.AdaptiveMaxPool2d(7)
+    AdaptiveMaxPool2d(output_size=7)
+    """
+
+    def __init__(self, output_size, return_indices=False):
+        super().__init__()
+        self.output_size = _output_size(output_size, "AdaptiveMaxPool2d")
+        self.return_indices = _check_bool(return_indices, "return_indices", "AdaptiveMaxPool2d")
+
+    def _make_plan(self, x_shape, dtype):
+        out = _V.adaptive_output_size("AdaptiveMaxPool2d", self.output_size, x_shape)
+        return _plan.plan_adaptive_max_pool2d(x_shape, out, dtype)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
 
 
 class ReLU(Module):

@@ -51,9 +51,15 @@ __all__ = [
     "STRATEGIES",
     "ConvGeometry",
     "ConvPlan",
+    "PoolGeometry",
+    "PoolWindows",
     "PoolPlan",
+    "AvgPoolPlan",
     "plan_conv2d",
     "plan_max_pool2d",
+    "plan_adaptive_max_pool2d",
+    "plan_avg_pool2d",
+    "plan_adaptive_avg_pool2d",
     "route_max_pool2d",
     "kernel",
     "contiguous",
@@ -180,6 +186,7 @@ class Strategy:
     op : str
         The pass: ``"conv2d_forward"``, ``"conv2d_input_grad"``, ``"conv2d_weight_grad"``,
         ``"conv2d_bias_grad"``, ``"max_pool2d_forward"``, ``"max_pool2d_backward"``,
+        ``"adaptive_max_pool2d_forward"``, ``"avg_pool2d_forward"``, ``"avg_pool2d_backward"``,
         ``"relu_forward"``, ``"relu_backward"``, ``"linear_forward"``, ``"linear_backward"``.
     name : str
         The strategy's name, unique within ``op``.
@@ -826,6 +833,165 @@ def plan_conv2d(geometry, dtype, cpu=None):
 
 
 # ---------------------------------------------------------------------------------------
+# Pooling: geometry and windows
+# ---------------------------------------------------------------------------------------
+
+
+class PoolGeometry(NamedTuple):
+    """A validated pooling window: input ``(N, C, H, W)``, ``KH x KW`` taps ``(dh, dw)`` apart, output ``Ho x Wo``.
+
+    ``Ho``/``Wo`` follow PyTorch's rule (``ceil_mode`` included): see
+    :func:`fastconv.functional.max_pool2d`. ``F`` is ``C`` (one window per channel).
+    """
+
+    N: int
+    C: int
+    H: int
+    W: int
+    KH: int
+    KW: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    dh: int
+    dw: int
+    Ho: int
+    Wo: int
+    ceil_mode: bool = False
+
+    @property
+    def F(self):
+        return self.C
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def y_shape(self):
+        return (self.N, self.C, self.Ho, self.Wo)
+
+    def describe(self):
+        text = f"x{self.x_shape} kernel {(self.KH, self.KW)} stride {(self.sh, self.sw)} padding {(self.ph, self.pw)}"
+        if (self.dh, self.dw) != (1, 1):
+            text += f" dilation {(self.dh, self.dw)}"
+        return text + (" ceil_mode" if self.ceil_mode else "")
+
+    def axis_windows(self, axis, count_include_pad=True):
+        """``(ranges, divisors)`` of one axis (0: rows, 1: columns) for average pooling (dilation 1).
+
+        ``ranges[o]`` is output ``o``'s window ``(start, end)`` clipped to the input;
+        ``divisors[o]`` its length, counting the padding (not what ``ceil_mode`` adds past
+        it) when ``count_include_pad`` (PyTorch's rule).
+        """
+        size, k, s, pad, out = ((self.H, self.KH, self.sh, self.ph, self.Ho) if axis == 0 else
+                                (self.W, self.KW, self.sw, self.pw, self.Wo))
+        ranges, divisors = [], []
+        for o in range(out):
+            start = o * s - pad
+            end = min(start + k, size + pad)
+            ranges.append((max(start, 0), min(end, size)))
+            divisors.append(end - start if count_include_pad else ranges[-1][1] - ranges[-1][0])
+        return tuple(ranges), tuple(divisors)
+
+
+class PoolWindows(NamedTuple):
+    """Separable pooling windows: output ``(oh, ow)`` covers input rows ``rows[oh]`` x columns ``cols[ow]``.
+
+    The geometry of adaptive pooling, and of average pooling once its padding and divisor
+    rule are applied. Ranges are ``(start, end)`` inside the input, never empty; the average's
+    divisor is ``row_div[oh] * col_div[ow]``. ``interior = (kw, sw, ow_a, ow_b)``: the output
+    columns ``[ow_a, ow_b)`` have windows ``kw`` wide and ``sw`` apart (summed tap by tap).
+    """
+
+    N: int
+    C: int
+    H: int
+    W: int
+    rows: tuple
+    cols: tuple
+    row_div: tuple
+    col_div: tuple
+    interior: tuple = (0, 0, 0, 0)
+
+    @property
+    def Ho(self):
+        return len(self.rows)
+
+    @property
+    def Wo(self):
+        return len(self.cols)
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def y_shape(self):
+        return (self.N, self.C, self.Ho, self.Wo)
+
+    @property
+    def is_global(self):
+        """One window, the whole plane, divided by its size: the mean of each plane."""
+        whole = (self.rows, self.cols) == (((0, self.H),), ((0, self.W),))
+        return whole and self.row_div[0] * self.col_div[0] == self.H * self.W
+
+    def describe(self):
+        return f"x{self.x_shape} -> {(self.Ho, self.Wo)} windows"
+
+
+#: Output columns of uniform windows from which the average kernels sum tap by tap
+#: (``interior`` of :class:`PoolWindows`); fewer are summed window by window. Tap by tap
+#: was 13-20% faster with 28 such columns (32x64x56x56, 2x2 and 3x3 windows at stride 2),
+#: 5-10% slower with 7 (32x256x14x14), and slower for 8 x 8 windows (one thread, AVX-512).
+_TAP_BY_TAP_COLUMNS = 16
+
+
+def _interior(kw, sw, ow_a, ow_b):
+    return (kw, sw, ow_a, ow_b) if ow_b - ow_a >= _TAP_BY_TAP_COLUMNS and kw < 8 else (0, 0, 0, 0)
+
+
+def adaptive_windows(x_shape, out_hw):
+    """The :class:`PoolWindows` of adaptive pooling to ``out_hw``: PyTorch's
+    ``start = floor(o * size / out)``, ``end = ceil((o + 1) * size / out)``."""
+    N, C, H, W = x_shape
+
+    def axis(size, out):
+        return tuple((o * size // out, -(-(o + 1) * size // out)) for o in range(out))
+
+    rows, cols = axis(H, out_hw[0]), axis(W, out_hw[1])
+    Wo = out_hw[1]
+    interior = _interior(W // Wo, W // Wo, 0, Wo) if Wo and W % Wo == 0 else (0, 0, 0, 0)
+    return PoolWindows(N, C, H, W, rows, cols, tuple(e - s for s, e in rows), tuple(e - s for s, e in cols),
+                       interior)
+
+
+def avg_windows(g, count_include_pad=True, divisor_override=None):
+    """The :class:`PoolWindows` of average pooling over a :class:`PoolGeometry` (dilation 1)."""
+    rows, row_div = g.axis_windows(0, count_include_pad)
+    cols, col_div = g.axis_windows(1, count_include_pad)
+    if divisor_override is not None:
+        row_div, col_div = (divisor_override,) * len(rows), (1,) * len(cols)
+    ow_a = min(-(-g.pw // g.sw), g.Wo)
+    ow_b = max(min((g.W - g.KW + g.pw) // g.sw + 1, g.Wo), ow_a)
+    return PoolWindows(g.N, g.C, g.H, g.W, rows, cols, row_div, col_div, _interior(g.KW, g.sw, ow_a, ow_b))
+
+
+@functools.lru_cache(maxsize=256)
+def _window_arrays(windows, dtype):
+    """``(rows, cols, row_div, col_div)`` as the kernels take them: int64 ranges, divisors in ``dtype``."""
+    w = windows
+    return (np.array(w.rows, dtype=np.int64).reshape(-1, 2), np.array(w.cols, dtype=np.int64).reshape(-1, 2),
+            np.array(w.row_div, dtype=dtype), np.array(w.col_div, dtype=dtype))
+
+
+def _planes(a, g):
+    """``a`` (N, C, h, w) as ``(N * C, h, w)`` contiguous planes."""
+    return contiguous(a).reshape(g.N * g.C, a.shape[2], a.shape[3])
+
+
+# ---------------------------------------------------------------------------------------
 # Max-pooling
 # ---------------------------------------------------------------------------------------
 
@@ -837,10 +1003,32 @@ def _pool_2x2(g, planes, out, indices):
 
 
 @_strategy("max_pool2d_forward", "window_any", ["maxpool.maxpool_forward_window"], Layout.NCHW,
-           "any window: interior windows merged tap by tap with branch-free selects, edges one by one")
+           "any window, dilation, ceil_mode: interior windows merged tap by tap with branch-free selects, "
+           "edges one by one")
 def _pool_any(g, planes, out, indices):
-    _run("maxpool.maxpool_forward_window", planes, (g.KH, g.KW), (g.sh, g.sw), (g.ph, g.pw), out, indices,
-         work=out.size * g.KH * g.KW)
+    _run("maxpool.maxpool_forward_window", planes, (g.KH, g.KW), (g.sh, g.sw), (g.ph, g.pw), (g.dh, g.dw), out,
+         indices, work=out.size * g.KH * g.KW)
+
+
+@_strategy("max_pool2d_forward", "window_columns", ["maxpool.maxpool_forward_columns"], Layout.NCHW,
+           "narrow outputs: a window's rows merged across the whole input row (vectorised), then its columns")
+def _pool_columns(g, planes, out, indices):
+    _run("maxpool.maxpool_forward_columns", planes, (g.KH, g.KW), (g.sh, g.sw), (g.ph, g.pw), (g.dh, g.dw), out,
+         indices, work=out.size * g.KH * g.KW)
+
+
+#: Output widths below which ``window_columns`` replaces ``window_any`` (at stride 1 /
+#: above). One thread, 3x3 windows (benchmarks/NOTES.md): 2x faster on 14x14 planes at
+#: stride 2, 1.5x on 28x28, 1.06x on 56x56; 4% slower on 28x28 at stride 1.
+_COLUMNS_BELOW = (16, 32)
+
+
+@_strategy("adaptive_max_pool2d_forward", "ranges", ["maxpool.maxpool_forward_ranges"], Layout.NCHW,
+           "PyTorch's adaptive windows, each scanned on its own")
+def _pool_ranges(g, planes, out, indices):
+    rows, cols, _, _ = _window_arrays(g, np.float64)
+    _run("maxpool.maxpool_forward_ranges", planes, rows, cols, out, indices,
+         work=out.size * -(-g.H // max(g.Ho, 1)) * -(-g.W // max(g.Wo, 1)))
 
 
 @_strategy("max_pool2d_backward", "route", ["maxpool.maxpool_backward_route"], Layout.NCHW,
@@ -851,9 +1039,13 @@ def _pool_route(dy, indices, y, relu, dx):
 
 @dataclasses.dataclass(frozen=True)
 class PoolPlan:
-    """The strategies of one max-pooling geometry (see :class:`ConvPlan`)."""
+    """The strategies of one max-pooling geometry (see :class:`ConvPlan`).
 
-    geometry: ConvGeometry
+    ``geometry`` is a :class:`PoolGeometry` (``max_pool2d``) or :class:`PoolWindows`
+    (``adaptive_max_pool2d``).
+    """
+
+    geometry: object
     dtype: np.dtype
     forward: Strategy
     backward: Strategy
@@ -864,10 +1056,9 @@ class PoolPlan:
         _check_operand(self, "x", x, g.x_shape)
         out = np.empty(g.y_shape, dtype=self.dtype)
         indices = np.empty(g.y_shape, dtype=np.int64)
-        if g.N:
+        if out.size:
             P = g.N * g.C
-            self.forward.run(g, contiguous(x).reshape(P, g.H, g.W), out.reshape(P, g.Ho, g.Wo),
-                             indices.reshape(P, g.Ho, g.Wo))
+            self.forward.run(g, _planes(x, g), out.reshape(P, g.Ho, g.Wo), indices.reshape(P, g.Ho, g.Wo))
         return out, indices
 
     def run_backward(self, dy, indices, relu_output=None):
@@ -883,9 +1074,9 @@ class PoolPlan:
         return route_max_pool2d(dy, indices, self.geometry.x_shape, relu_output=relu_output)
 
     def explain(self):
-        g = self.geometry
-        return (f"max_pool2d x{g.x_shape} kernel {(g.KH, g.KW)} stride {(g.sh, g.sw)} padding {(g.ph, g.pw)} "
-                f"{self.dtype}\n  forward   {self.forward.name}: {self.forward.summary}\n"
+        op = "max_pool2d" if isinstance(self.geometry, PoolGeometry) else "adaptive_max_pool2d"
+        return (f"{op} {self.geometry.describe()} {self.dtype}\n"
+                f"  forward   {self.forward.name}: {self.forward.summary}\n"
                 f"  backward  {self.backward.name}: {self.backward.summary}")
 
     def __str__(self):
@@ -925,11 +1116,133 @@ def route_max_pool2d(dy, indices, x_shape, func="max_pool2d_backward", relu_outp
 
 @functools.lru_cache(maxsize=1024)
 def plan_max_pool2d(geometry, dtype):
-    """The :class:`PoolPlan` of a validated ``geometry`` (a :class:`ConvGeometry` with ``F == C``) in ``dtype``."""
+    """The :class:`PoolPlan` of a validated ``geometry`` (a :class:`PoolGeometry`) in ``dtype``.
+
+    ``window_2x2`` takes 2 x 2 windows at stride 2 without padding or dilation whenever
+    the output is the floor one (``ceil_mode`` adds no window); ``window_columns`` narrow
+    outputs (:data:`_COLUMNS_BELOW`); ``window_any`` the rest.
+    """
     g = geometry
-    name = "window_2x2" if (g.KH, g.KW, g.sh, g.sw, g.ph, g.pw) == (2, 2, 2, 2, 0, 0) else "window_any"
+    two = (g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw) == (2, 2, 2, 2, 0, 0, 1, 1)
+    if two and (g.Ho, g.Wo) == (g.H // 2, g.W // 2):
+        name = "window_2x2"
+    elif g.Wo < _COLUMNS_BELOW[g.sw > 1]:
+        name = "window_columns"
+    else:
+        name = "window_any"
     return PoolPlan(g, np.dtype(dtype), STRATEGIES["max_pool2d_forward", name],
                     STRATEGIES["max_pool2d_backward", "route"])
+
+
+@functools.lru_cache(maxsize=256)
+def plan_adaptive_max_pool2d(x_shape, output_size, dtype):
+    """The :class:`PoolPlan` of adaptive max-pooling of a validated ``x_shape`` to ``output_size`` ``(Ho, Wo)``."""
+    return PoolPlan(adaptive_windows(x_shape, output_size), np.dtype(dtype),
+                    STRATEGIES["adaptive_max_pool2d_forward", "ranges"], STRATEGIES["max_pool2d_backward", "route"])
+
+
+# ---------------------------------------------------------------------------------------
+# Average pooling
+# ---------------------------------------------------------------------------------------
+
+
+@_strategy("avg_pool2d_forward", "ranges", ["avgpool.avgpool_forward_ranges"], Layout.NCHW,
+           "separable windows: a window's input rows added (vectorised), then summed over every column window")
+def _avg_ranges(w, planes, out):
+    rows, cols, row_div, col_div = _window_arrays(w, out.dtype)
+    _run("avgpool.avgpool_forward_ranges", planes, rows, cols, row_div, col_div, w.interior, out,
+         work=out.size * -(-w.H // w.Ho) * -(-w.W // w.Wo) + planes.size)
+
+
+@_strategy("avg_pool2d_backward", "ranges", ["avgpool.avgpool_backward_ranges"], Layout.NCHW,
+           "each dy element divided once, spread along its window's columns, then added to its rows")
+def _avg_ranges_backward(w, dy, dx):
+    rows, cols, row_div, col_div = _window_arrays(w, dx.dtype)
+    _run("avgpool.avgpool_backward_ranges", dy, rows, cols, row_div, col_div, w.interior, dx,
+         work=dy.size * -(-w.H // w.Ho) + dx.size)
+
+
+@_strategy("avg_pool2d_forward", "global", ["avgpool.avgpool_forward_global"], Layout.NCHW,
+           "one window, the whole plane: each plane's mean, a vectorised sum per plane")
+def _avg_global(w, planes, out):
+    _run("avgpool.avgpool_forward_global", planes.reshape(planes.shape[0], -1), out.reshape(-1), work=planes.size)
+
+
+@_strategy("avg_pool2d_backward", "global", ["avgpool.avgpool_backward_global"], Layout.NCHW,
+           "each plane filled with its gradient divided by the plane's size")
+def _avg_global_backward(w, dy, dx):
+    _run("avgpool.avgpool_backward_global", dy.reshape(-1), dx.reshape(dx.shape[0], -1), work=dx.size)
+
+
+@dataclasses.dataclass(frozen=True)
+class AvgPoolPlan:
+    """The strategies of one average pooling (``avg_pool2d`` or ``adaptive_avg_pool2d``), on its :class:`PoolWindows`."""
+
+    windows: PoolWindows
+    dtype: np.dtype
+    forward: Strategy
+    backward: Strategy
+    op: str = "avg_pool2d"
+
+    @property
+    def geometry(self):
+        return self.windows
+
+    def run_forward(self, x):
+        """The averages, shape ``(N, C, Ho, Wo)``."""
+        w = self.windows
+        _check_operand(self, "x", x, w.x_shape)
+        out = np.empty(w.y_shape, dtype=self.dtype)
+        if out.size:
+            self.forward.run(w, _planes(x, w), out.reshape(w.N * w.C, w.Ho, w.Wo))
+        return out
+
+    def run_backward(self, dy):
+        """dx: each ``dy`` element divided by its divisor and spread over its window."""
+        w = self.windows
+        _check_operand(self, "dy", dy, w.y_shape)
+        dx = np.empty(w.x_shape, dtype=self.dtype)
+        if dy.size == 0:
+            dx[...] = 0
+        elif dx.size:
+            self.backward.run(w, _planes(dy, w), dx.reshape(w.N * w.C, w.H, w.W))
+        return dx
+
+    def explain(self):
+        return (f"{self.op} {self.windows.describe()} {self.dtype}\n"
+                f"  forward   {self.forward.name}: {self.forward.summary}\n"
+                f"  backward  {self.backward.name}: {self.backward.summary}")
+
+    def __str__(self):
+        return self.explain()
+
+    def strategies(self):
+        return [self.forward, self.backward]
+
+
+@functools.lru_cache(maxsize=1024)
+def _avg_plan(windows, dtype, op):
+    name = "global" if windows.is_global else "ranges"
+    return AvgPoolPlan(windows, dtype, STRATEGIES["avg_pool2d_forward", name], STRATEGIES["avg_pool2d_backward", name],
+                       op)
+
+
+@functools.lru_cache(maxsize=1024)
+def plan_avg_pool2d(geometry, dtype, count_include_pad=True, divisor_override=None):
+    """The :class:`AvgPoolPlan` of a validated :class:`PoolGeometry` (dilation 1) in ``dtype``.
+
+    A window that is the whole plane (and divides by its size) takes ``global``; the rest ``ranges``.
+    """
+    return _avg_plan(avg_windows(geometry, count_include_pad, divisor_override), np.dtype(dtype), "avg_pool2d")
+
+
+@functools.lru_cache(maxsize=256)
+def plan_adaptive_avg_pool2d(x_shape, output_size, dtype):
+    """The :class:`AvgPoolPlan` of adaptive average pooling of ``x_shape`` to ``output_size`` ``(Ho, Wo)``.
+
+    Output ``(1, 1)`` is the global average pool (the ``global`` strategy).
+    """
+    return _avg_plan(adaptive_windows(x_shape, output_size), np.dtype(dtype), "adaptive_avg_pool2d")
 
 
 # ---------------------------------------------------------------------------------------

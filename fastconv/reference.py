@@ -16,7 +16,9 @@ Output size, for convolution and pooling alike::
     Ho = (H + 2 * ph - KH) // sh + 1
     Wo = (W + 2 * pw - KW) // sw + 1
 
-Rows and columns left over at the bottom/right are dropped, as in PyTorch.
+Rows and columns left over at the bottom/right are dropped, as in PyTorch. Pooling's
+``dilation`` and ``ceil_mode`` follow PyTorch's rule (:func:`_pool_output_size`);
+adaptive pooling PyTorch's windows ``[floor(i*H/Ho), ceil((i+1)*H/Ho))``.
 """
 
 import numpy as np
@@ -33,6 +35,11 @@ __all__ = [
     "batch_norm_backward",
     "group_norm",
     "group_norm_backward",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward",
+    "adaptive_max_pool2d",
 ]
 
 
@@ -215,15 +222,30 @@ def conv2d_backward(dy, x, w, stride=1, padding=0):
     return dx, dw, db
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0):
+def _pool_output_size(size, kernel, stride, padding, dilation=1, ceil_mode=False):
+    """PyTorch's pooling output size (``pooling_output_shape`` in ATen), written out."""
+    span = dilation * (kernel - 1) + 1
+    numerator = size + 2 * padding - span
+    if ceil_mode:
+        out = -(-numerator // stride) + 1  # rounded up
+        if (out - 1) * stride >= size + padding:  # the last window must start inside input or left padding
+            out -= 1
+    else:
+        out = numerator // stride + 1
+    if out < 1:
+        raise ValueError(f"window spanning {span} does not fit the input of size {size} with padding {padding}")
+    return out
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
     """2-D max-pooling that also returns where each maximum came from.
 
-    Windows are laid out as for :func:`conv2d` over ``x`` padded with ``-inf``.
-    Only real (unpadded) elements are scanned, in row-major order, keeping the
-    first strict maximum, so ties go to the first maximum; a NaN always takes
-    over, so a window holding NaN yields NaN with the index of its last NaN. A
-    window whose real elements are all ``-inf`` yields ``-inf`` with the index of
-    its first real element. This is exactly PyTorch's CPU rule.
+    Window ``(i, j)`` holds the taps ``(i*sh - ph + a*dh, j*sw - pw + b*dw)`` for
+    ``a < KH, b < KW``, over ``x`` padded with ``-inf``. Only real (unpadded) taps are
+    scanned, in row-major order, keeping the first strict maximum, so ties go to the
+    first maximum; a NaN always takes over, so a window holding NaN yields NaN with the
+    index of its last NaN. A window whose real elements are all ``-inf`` yields ``-inf``
+    with the index of its first real element. This is exactly PyTorch's CPU rule.
 
     Parameters
     ----------
@@ -234,6 +256,10 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
         Defaults to ``kernel_size``.
     padding : int or (int, int)
         ``-inf`` padding on each side; at most half the kernel size.
+    dilation : int or (int, int)
+        Spacing of the taps.
+    ceil_mode : bool
+        PyTorch's rounded-up output size (windows past the end are clipped).
 
     Returns
     -------
@@ -245,30 +271,30 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     KH, KW = _pair(kernel_size)
     sh, sw = _pair(kernel_size if stride is None else stride)
     ph, pw = _pair(padding)
+    dh, dw = _pair(dilation)
     if ph > KH // 2 or pw > KW // 2:
         raise ValueError(f"padding {(ph, pw)} exceeds half the kernel size {(KH, KW)}")
     N, C, H, W = x.shape
-    Ho = _output_size(H, KH, sh, ph)
-    Wo = _output_size(W, KW, sw, pw)
+    Ho = _pool_output_size(H, KH, sh, ph, dh, ceil_mode)
+    Wo = _pool_output_size(W, KW, sw, pw, dw, ceil_mode)
     y = np.empty((N, C, Ho, Wo), dtype=x.dtype)
     indices = np.empty((N, C, Ho, Wo), dtype=np.int64)
     for n in range(N):
         for c in range(C):
             for i in range(Ho):
                 for j in range(Wo):
-                    # The window in unpadded coordinates, clipped to the real input.
-                    h0, w0 = i * sh - ph, j * sw - pw
-                    h1, w1 = min(h0 + KH, H), min(w0 + KW, W)
-                    h0, w0 = max(h0, 0), max(w0, 0)
-                    window = x[n, c, h0:h1, w0:w1]
+                    # The real taps of the window, in row-major order.
+                    hs = [h for h in range(i * sh - ph, i * sh - ph + KH * dh, dh) if 0 <= h < H]
+                    ws = [w for w in range(j * sw - pw, j * sw - pw + KW * dw, dw) if 0 <= w < W]
+                    window = x[n, c][np.ix_(hs, ws)]
                     nan_positions = np.flatnonzero(np.isnan(window))
                     if nan_positions.size:
                         k = nan_positions[-1]
                     else:
                         k = np.argmax(window)  # first occurrence of the maximum
-                    r, s = divmod(int(k), w1 - w0)
+                    r, s = divmod(int(k), len(ws))
                     y[n, c, i, j] = window[r, s]
-                    indices[n, c, i, j] = (h0 + r) * W + (w0 + s)
+                    indices[n, c, i, j] = hs[r] * W + ws[s]
     return y, indices
 
 
@@ -408,3 +434,118 @@ def group_norm_backward(dy, x, groups, weight=None, eps=1e-5):
             d, h = dxhat[sl], xhat[sl]
             dx[sl] = (d - d.mean() - h * (d * h).mean()) / std
     return dx, dweight, dbias
+def _avg_window(i, size, kernel, stride, padding, count_include_pad):
+    """Output ``i``'s window on one axis, clipped to the input, and its share of the divisor (PyTorch's rule)."""
+    start = i * stride - padding
+    end = min(start + kernel, size + padding)  # the padded input's end; ceil_mode's overhang is not counted
+    lo, hi = max(start, 0), min(end, size)
+    return lo, hi, (end - start) if count_include_pad else (hi - lo)
+
+
+def _avg_windows(hw, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    """Yield ``(i, j, rows, cols, divisor)`` for every output of an average pooling of an ``hw`` input."""
+    (H, W), (KH, KW), (ph, pw) = hw, _pair(kernel_size), _pair(padding)
+    sh, sw = _pair(kernel_size if stride is None else stride)
+    for i in range(_pool_output_size(H, KH, sh, ph, 1, ceil_mode)):
+        h0, h1, dh = _avg_window(i, H, KH, sh, ph, count_include_pad)
+        for j in range(_pool_output_size(W, KW, sw, pw, 1, ceil_mode)):
+            w0, w1, dw = _avg_window(j, W, KW, sw, pw, count_include_pad)
+            yield i, j, slice(h0, h1), slice(w0, w1), dh * dw if divisor_override is None else divisor_override
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """2-D average pooling, PyTorch's ``avg_pool2d``: each window's sum over its divisor.
+
+    The divisor is ``divisor_override`` when given; else the window's size counting the
+    zero padding it covers (``count_include_pad``) or only its input elements. A window
+    that ``ceil_mode`` lets hang past the padded input is clipped, and the part past it
+    is never counted.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+        As :func:`fastconv.functional.avg_pool2d`.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, Ho, Wo)
+    """
+    N, C, H, W = x.shape
+    windows = list(_avg_windows((H, W), kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                divisor_override))
+    y = np.empty((N, C, windows[-1][0] + 1, windows[-1][1] + 1), dtype=x.dtype)
+    for i, j, rows, cols, divisor in windows:
+        for n in range(N):
+            for c in range(C):
+                y[n, c, i, j] = np.sum(x[n, c, rows, cols]) / divisor
+    return y
+
+
+def avg_pool2d_backward(dy, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
+                        count_include_pad=True, divisor_override=None):
+    """Gradient of :func:`avg_pool2d`: each ``dy[n, c, i, j] / divisor`` added to every element of its window."""
+    N, C, H, W = (int(s) for s in input_shape)
+    dx = np.zeros((N, C, H, W), dtype=dy.dtype)
+    for i, j, rows, cols, divisor in _avg_windows((H, W), kernel_size, stride, padding, ceil_mode,
+                                                  count_include_pad, divisor_override):
+        dx[:, :, rows, cols] += (dy[:, :, i, j] / divisor)[:, :, None, None]
+    return dx
+
+
+def _adaptive_window(i, size, out):
+    """PyTorch's adaptive window of output ``i``: ``[floor(i*size/out), ceil((i+1)*size/out))``."""
+    return (i * size) // out, -((-(i + 1) * size) // out)
+
+
+def _output_pair(output_size, x_shape):
+    pair = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+    return tuple(x_shape[2 + k] if v is None else int(v) for k, v in enumerate(pair))
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """Adaptive average pooling: output ``(i, j)`` averages the adaptive windows of rows and columns."""
+    N, C, H, W = x.shape
+    Ho, Wo = _output_pair(output_size, x.shape)
+    y = np.empty((N, C, Ho, Wo), dtype=x.dtype)
+    for i in range(Ho):
+        h0, h1 = _adaptive_window(i, H, Ho)
+        for j in range(Wo):
+            w0, w1 = _adaptive_window(j, W, Wo)
+            y[:, :, i, j] = x[:, :, h0:h1, w0:w1].sum(axis=(2, 3)) / ((h1 - h0) * (w1 - w0))
+    return y
+
+
+def adaptive_avg_pool2d_backward(dy, input_shape):
+    """Gradient of :func:`adaptive_avg_pool2d` (the output size is ``dy``'s)."""
+    N, C, H, W = (int(s) for s in input_shape)
+    _, _, Ho, Wo = dy.shape
+    dx = np.zeros((N, C, H, W), dtype=dy.dtype)
+    for i in range(Ho):
+        h0, h1 = _adaptive_window(i, H, Ho)
+        for j in range(Wo):
+            w0, w1 = _adaptive_window(j, W, Wo)
+            dx[:, :, h0:h1, w0:w1] += (dy[:, :, i, j] / ((h1 - h0) * (w1 - w0)))[:, :, None, None]
+    return dx
+
+
+def adaptive_max_pool2d(x, output_size):
+    """Adaptive max-pooling with the winner rule of :func:`max_pool2d`: ``(y, indices)``."""
+    N, C, H, W = x.shape
+    Ho, Wo = _output_pair(output_size, x.shape)
+    y = np.empty((N, C, Ho, Wo), dtype=x.dtype)
+    indices = np.empty((N, C, Ho, Wo), dtype=np.int64)
+    for n in range(N):
+        for c in range(C):
+            for i in range(Ho):
+                h0, h1 = _adaptive_window(i, H, Ho)
+                for j in range(Wo):
+                    w0, w1 = _adaptive_window(j, W, Wo)
+                    window = x[n, c, h0:h1, w0:w1]
+                    nan_positions = np.flatnonzero(np.isnan(window))
+                    k = nan_positions[-1] if nan_positions.size else np.argmax(window)
+                    r, s = divmod(int(k), w1 - w0)
+                    y[n, c, i, j] = window[r, s]
+                    indices[n, c, i, j] = (h0 + r) * W + (w0 + s)
+    return y, indices

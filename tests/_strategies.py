@@ -26,8 +26,39 @@ def conv_plans(rows, dtype):
 def pool_plans(rows, dtype):
     """``(row, plan)`` for every pool row of the case table."""
     for row in rows:
-        g = V.pool_geometry("test", row.x_shape, row.kernel_hw, row.stride_hw, row.pad_hw)
+        g = V.pool_geometry("test", row.x_shape, row.kernel_hw, row.stride_hw, row.pad_hw, "x", row.dilation_hw,
+                            row.ceil_mode)
         yield row, P.plan_max_pool2d(g, dtype)
+
+
+def avg_pool_plans(rows, dtype):
+    """``(row, plan)`` for every average-pool row (:data:`benchmarks.cases.AVG_POOL_ROWS`)."""
+    import fastconv.functional as F
+
+    for row in rows:
+        yield row, F.avg_pool2d_plan(row.x_shape, row.kernel_hw, row.stride_hw, row.pad_hw, dtype, **row.options)
+
+
+def adaptive_pool_plans(rows, dtype):
+    """``(row, avg_plan, max_plan)`` for every adaptive row (:data:`benchmarks.cases.ADAPTIVE_POOL_ROWS`)."""
+    for row in rows:
+        yield row, P.plan_adaptive_avg_pool2d(row.x_shape, row.out_hw, np.dtype(dtype)), \
+            P.plan_adaptive_max_pool2d(row.x_shape, row.out_hw, np.dtype(dtype))
+
+
+def run_pool_variants(rows_avg, rows_adaptive, dtype, rng):
+    """Run every average and adaptive plan of the case table once; returns the strategies run."""
+    plans = [p for _, p in avg_pool_plans(rows_avg, dtype)]
+    plans += [p for _, a, m in adaptive_pool_plans(rows_adaptive, dtype) for p in (a, m)]
+    reached = set()
+    for plan in plans:
+        x = rng.standard_normal(plan.geometry.x_shape).astype(dtype)
+        if isinstance(plan, P.AvgPoolPlan):
+            plan.run_backward(plan.run_forward(x))
+        else:
+            reached |= run_pool(plan, rng)
+        reached |= set(plan.strategies())
+    return reached
 
 
 def run_conv(plan, rng, finite=True):

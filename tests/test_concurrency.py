@@ -312,7 +312,7 @@ def _call_conv_backward(x):
 @pytest.mark.parametrize("exc", [RuntimeError, _Interrupt], ids=["RuntimeError", "BaseException"])
 @pytest.mark.parametrize(
     "module, kernel, call",
-    [("maxpool", "maxpool_forward_window", _call_pool),
+    [("maxpool", lambda shape: fc.max_pool2d_plan(shape, 3, 2, 1).forward.kernels[0].split(".")[1], _call_pool),
      ("maxpool", "maxpool_forward_2x2", _call_pool_2x2),
      ("pack", "pack_nhwc_padded", _call_conv_backward),  # the first launch of the call
      ("flat", "flat_bias_grad", _call_conv_backward)],  # the last one
@@ -324,13 +324,15 @@ def test_thread_count_restored_when_a_kernel_raises(module, kernel, call, exc, s
 
     kernels = importlib.import_module(f"fastconv.kernels.{module}")
     seen = []
+    x = np.ones((2, 4, 8, 8) if size == "small" else (4, 16, 96, 96), F32)
+    if callable(kernel):  # the kernel the plan of this call runs (narrow and wide pools differ)
+        kernel = kernel(x.shape)
 
     def failing_kernel(*args):
         seen.append(numba.get_num_threads())
         raise exc("kernel failed (simulated)")
 
     monkeypatch.setattr(kernels, kernel, failing_kernel)
-    x = np.ones((2, 4, 8, 8) if size == "small" else (4, 16, 96, 96), F32)
     top = numba.config.NUMBA_NUM_THREADS
     for count in sorted({1, top}):
         fc.set_num_threads(count)

@@ -240,6 +240,7 @@ def _audit():
     reached |= {s for _, s in run}
     for _, plan in walk.pool_plans(cases.POOL_ROWS, F32):
         reached |= walk.run_pool(plan, rng)
+    reached |= walk.run_pool_variants(cases.AVG_POOL_ROWS, cases.ADAPTIVE_POOL_ROWS, F32, rng)
     reached |= walk.run_elementwise_and_dense(F32, rng)
     reached |= walk.run_norm(F32, rng)
     assert reached == set(P.STRATEGIES.values()), "the walk missed some strategies"

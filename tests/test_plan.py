@@ -54,6 +54,10 @@ def test_the_case_table_reaches_every_strategy():
         reached.update(plan.strategies())
     for _, plan in walk.pool_plans(cases.POOL_ROWS, np.float32):
         reached.update(plan.strategies())
+    for _, plan in walk.avg_pool_plans(cases.AVG_POOL_ROWS, np.float32):
+        reached.update(plan.strategies())
+    for _, avg, mx in walk.adaptive_pool_plans(cases.ADAPTIVE_POOL_ROWS, np.float32):
+        reached.update(avg.strategies() + mx.strategies())
     reached |= walk.run_elementwise_and_dense(np.float32, np.random.default_rng(0))
     reached |= walk.run_norm(np.float32, np.random.default_rng(0))
     missing = sorted(f"{s.op}/{s.name}" for s in set(P.STRATEGIES.values()) - reached)

@@ -25,11 +25,11 @@ DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")
 
 
 def pool(case, x):
-    return fc.max_pool2d(x, case.k, stride=case.stride, padding=case.pad)
+    return fc.max_pool2d(x, case.k, stride=case.stride, padding=case.pad, **case.options)
 
 
 def ref_pool(case, x):
-    return ref.max_pool2d(x, case.k, case.stride, case.pad)
+    return ref.max_pool2d(x, case.k, case.stride, case.pad, **case.options)
 
 
 def params(case):
@@ -324,7 +324,8 @@ def test_max_pool2d_matches_torch(case, kind, dtype, tol):
     x = make_input(case.x_shape, kind, rng, dtype)
     kh, kw, sh, sw, ph, pw = params(case)
     tx = torch.tensor(x, requires_grad=True)
-    ty, tidx = torch.nn.functional.max_pool2d(tx, (kh, kw), (sh, sw), (ph, pw), return_indices=True)
+    ty, tidx = torch.nn.functional.max_pool2d(tx, (kh, kw), (sh, sw), (ph, pw), case.dilation_hw, case.ceil_mode,
+                                              return_indices=True)
     dy = rng.standard_normal(tuple(ty.shape)).astype(dtype)
     ty.backward(torch.from_numpy(dy))
 

@@ -14,7 +14,11 @@ module             kernels
 ``flat``           ``flat_forward``, ``flat_weight_grad``, ``flat_bias_grad``
 ``filter_vector``  ``filter_vector_forward``
 ``matmul``         ``matmul_nn``, ``matmul_nt``
-``maxpool``        ``maxpool_forward_2x2``, ``maxpool_forward_window``, ``maxpool_backward_route``
+``maxpool``        ``maxpool_forward_2x2``, ``maxpool_forward_window``, ``maxpool_forward_columns``,
+                   ``maxpool_forward_ranges``,
+                   ``maxpool_backward_route``
+``avgpool``        ``avgpool_forward_ranges``, ``avgpool_backward_ranges``, ``avgpool_forward_global``,
+                   ``avgpool_backward_global``
 ``elementwise``    ``elementwise_relu``, ``elementwise_relu_grad``
 ``norm``           ``norm_moments``, ``norm_affine``, ``norm_grad_sums``, ``norm_grad_apply``,
                    ``norm_fused_forward``, ``norm_fused_backward``
