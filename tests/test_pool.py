@@ -108,7 +108,7 @@ def test_backward_with_the_relu_fused_equals_the_two_passes(case, kind, dtype):
     """``run_backward(..., relu_output=y)`` on a ReLU's output = the route, then the ReLU's backward."""
     rng = np.random.default_rng(_seed(case, kind, "relu"))
     r = np.maximum(make_input(case.x_shape, kind, rng, dtype) - dtype(0.5), dtype(0))  # NaN stays NaN
-    plan = fc.max_pool2d_plan(case.x_shape, case.k, case.stride, case.pad, dtype=dtype)
+    plan = fc.max_pool2d_plan(case.x_shape, case.k, case.stride, case.pad, dtype=dtype, **case.options)
     y, idx = plan.run_forward(r)
     dy = rng.standard_normal(y.shape).astype(dtype)
     fused = plan.run_backward(dy, idx, relu_output=y)
