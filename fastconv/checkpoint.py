@@ -1,8 +1,8 @@
 """Keep the last K checkpoints of a run, so that a corrupt newest file leaves a good one to resume from.
 
 :class:`CheckpointFiles` names a family of files: ``ck.npz`` (the newest), ``ck.1.npz``
-(its predecessor), ``ck.2.npz``, ... up to ``keep - 1``. Saving shifts them down by one and
-writes the new one as ``ck.npz`` atomically (:func:`fastconv.serialization.save`); the
+(its predecessor), ``ck.2.npz``, ... up to ``keep - 1``. Saving shifts them down by one (as
+far as the first free name; the oldest drops out) and writes the new one as ``ck.npz`` atomically (:func:`fastconv.serialization.save`); the
 predecessor is made as a hard link before the new file replaces ``ck.npz`` (a rename where
 the file system has no hard links), so at every moment the newest complete checkpoint is
 on disk under one of the names. Loading takes the newest file that reads, and says which
@@ -126,13 +126,13 @@ class CheckpointFiles:
                 os.replace(bad, bad.with_name(bad.name + ".corrupt"))
         self.skipped = []
         names = self.paths()
-        for newer, older in reversed(list(zip(names[:-1], names[1:]))):
-            if not newer.exists():
-                continue
-            if newer == self.path:
-                self._link_or_rename(newer, older)
+        # Shift down as far as the first free name (the oldest file drops out when there is none).
+        gap = next((i for i, p in enumerate(names) if not p.exists()), len(names) - 1)
+        for i in range(gap, 0, -1):
+            if i == 1:
+                self._link_or_rename(names[0], names[1])
             else:
-                os.replace(newer, older)
+                os.replace(names[i - 1], names[i])
         serialization.save(obj, self.path)
         return self.path
 
