@@ -208,6 +208,15 @@ def _check_dout(dout, owner, shape, dtype):
         raise TypeError(f"{owner}.backward: dout must have the forward output's dtype {dtype}; got {dout.dtype}")
 
 
+def _uniform_parameter(gen, bound, shape, dtype, owner, name):
+    """A Parameter drawn from ``U(-bound, bound)``; a MemoryError naming the layer if it cannot be allocated."""
+    try:
+        return Parameter(gen.uniform(-bound, bound, size=shape).astype(dtype))
+    except (MemoryError, ValueError) as exc:  # ValueError: NumPy's "array is too big"
+        raise MemoryError(f"{owner}: cannot allocate {name} of shape {shape} "
+                          f"({math.prod(shape) * dtype.itemsize:,} bytes of {dtype}): {exc}") from None
+
+
 def _no_cache_error(owner):
     return RuntimeError(
         f"{owner}.backward() called without a cached forward pass: call forward() first "
@@ -696,8 +705,8 @@ class Conv2d(Module):
         kh, kw = self.kernel_size
         bound = 1.0 / math.sqrt(self.in_channels * kh * kw)
         shape = (self.out_channels, self.in_channels, kh, kw)
-        self.weight = Parameter(gen.uniform(-bound, bound, size=shape).astype(dt))
-        self.bias = Parameter(gen.uniform(-bound, bound, size=self.out_channels).astype(dt)) if bias else None
+        self.weight = _uniform_parameter(gen, bound, shape, dt, owner, "weight")
+        self.bias = _uniform_parameter(gen, bound, (self.out_channels,), dt, owner, "bias") if bias else None
         self._cache = None
         self._plan = None
 
@@ -933,8 +942,8 @@ class Linear(Module):
         dt = _V.float_dtype(dtype, owner)
         gen = _generator(rng, owner)
         bound = 1.0 / math.sqrt(self.in_features)
-        self.weight = Parameter(gen.uniform(-bound, bound, size=(self.out_features, self.in_features)).astype(dt))
-        self.bias = Parameter(gen.uniform(-bound, bound, size=self.out_features).astype(dt)) if bias else None
+        self.weight = _uniform_parameter(gen, bound, (self.out_features, self.in_features), dt, owner, "weight")
+        self.bias = _uniform_parameter(gen, bound, (self.out_features,), dt, owner, "bias") if bias else None
         self._cache = None
 
     def forward(self, x):
