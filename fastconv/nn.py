@@ -719,6 +719,7 @@ class Conv2d(Module):
         key = (tuple(x_shape), dtype, _F.get_num_threads(), self.weight.data.shape)
         if self._plan is None or self._plan[0] != key:
             g = _V.conv_geometry("Conv2d", key[0], self.weight.data.shape, self.stride, self.padding)
+            _V.check_buffers("Conv2d", g, dtype.itemsize)
             self._plan = (key, _plan.plan_conv2d(g, dtype))
         return self._plan[1]
 
@@ -806,6 +807,7 @@ class MaxPool2d(Module):
         key = (tuple(x_shape), np.dtype(dtype))
         if self._plan is None or self._plan[0] != key:
             g = _V.pool_geometry("MaxPool2d", key[0], self.kernel_size, self.stride, self.padding)
+            _V.check_buffers("MaxPool2d", g, 8)  # the int64 indices are the larger output
             self._plan = (key, _plan.plan_max_pool2d(g, key[1]))
         return self._plan[1]
 
