@@ -347,3 +347,12 @@ def test_train_epoch_resumes_from_a_saved_mid_epoch_checkpoint(tmp_path):
     training.train_epoch(model_c, nn.CrossEntropyLoss(), opt_c, x, y, ckpt["order"], 8, progress=ckpt["progress"])
     for a, c in zip(model.parameters(), model_c.parameters()):
         np.testing.assert_array_equal(a.data, c.data)
+
+
+@pytest.mark.parametrize("module", ["fastconv._signals", "fastconv.checkpoint"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted > 0
