@@ -194,6 +194,7 @@ def test_restore_checkpoint_restores_the_dropout_generators(tmp_path):
 def test_checkpoint_every_keeps_the_predecessor_and_resume_passes_over_a_corrupt_newest(
         train_script, fake_data, tmp_path, monkeypatch, capsys):
     flags = ("--epochs", 2, "--batch-size", 16, "--threads", 1, "--no-progress")  # 6 steps per epoch
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     assert run(train_script, *flags, "--checkpoint", tmp_path / "a.npz") == 0
     monkeypatch.setenv(train_script.SELF_SIGNAL_ENV, "9:SIGHUP")
     b = tmp_path / "b.npz"
@@ -209,6 +210,14 @@ def test_checkpoint_every_keeps_the_predecessor_and_resume_passes_over_a_corrupt
     assert f"not resuming from {b}: " in err and "corrupt or truncated" in err
     assert f"resumed from {tmp_path / 'b.1.npz'} (the newest readable of {b}'s files) at epoch 2, batch 2" in out
     assert_same_run(tmp_path / "a.npz", b)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the handlers from before training are back
+        assert signal.getsignal(sig) is before[sig], signal.Signals(sig).name
+
+
+def test_checkpoint_every_needs_a_checkpoint_path(train_script, capsys):
+    with pytest.raises(SystemExit) as info:
+        train_script.main(["--checkpoint-every", "5"])
+    assert info.value.code == 2 and "--checkpoint-every needs --checkpoint" in capsys.readouterr().err
 
 
 def test_divergence_stops_with_an_error_and_never_writes_nonfinite_weights(train_script, fake_data, tmp_path, capsys):
