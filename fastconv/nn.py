@@ -108,8 +108,16 @@ def manual_seed(seed):
     global _default_rng
     if isinstance(seed, (bool, np.bool_)) or isinstance(seed, np.random.Generator):
         raise TypeError(f"manual_seed: seed must be an int or a SeedSequence; got {seed!r}")
-    _default_rng = np.random.default_rng(seed)
+    _default_rng = _seeded(seed, "manual_seed", "seed")
     return _default_rng
+
+
+def _seeded(seed, owner, name):
+    """``numpy.random.default_rng(seed)``, with NumPy's errors (negative ints, floats, ...) naming ``owner``."""
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{owner}: {name} must be a non-negative int or a SeedSequence; got {seed!r} ({exc})") from None
 
 
 def default_generator():
@@ -124,7 +132,7 @@ def _generator(rng, owner):
     if isinstance(rng, np.random.Generator):
         return rng
     if isinstance(rng, numbers.Integral) and not isinstance(rng, (bool, np.bool_)):
-        return np.random.default_rng(int(rng))
+        return _seeded(int(rng), owner, "rng")
     raise TypeError(f"{owner}: rng must be None, an int seed or a numpy.random.Generator; got {rng!r}")
 
 
