@@ -59,6 +59,8 @@ BAD = {
     "reduction": ["none", "MEAN", None, 1, "avg"],
     "threads": NOT_INTS + [0, -1, 2**31, 2**64, 10**6],
     "dim": NOT_INTS + [2**61, -(2**63), 100, -100],
+    "seed": [-1, -(2**63), 1.5, NAN, "0", True, [1, -2], object(), np.random.default_rng(0)],
+    "rng": [-1, 1.5, "0", True, object(), [1, 2]],
 }
 BAD["stride_or_none"] = [v for v in BAD["positive"] if v is not None]  # None: the kernel size
 ODD = {
@@ -71,6 +73,8 @@ ODD = {
     "reduction": ["sum", "mean"],
     "threads": [1, np.int64(1)],
     "dim": [np.int64(1), -1, 0, 1, 2, -2],
+    "seed": [0, 2**200, np.int64(5), [1, 2], np.random.SeedSequence(3), None],
+    "rng": [None, 0, 2**70, np.int8(3), np.random.default_rng(1)],
 }
 ODD["stride_or_none"] = ODD["positive"] + [None]
 BAD_DTYPES = [np.int32, np.int64, np.float16, np.complex128, np.bool_, object, np.uint8]
@@ -251,7 +255,7 @@ def make_pool_layer(draw, dtype, n):
 
 def make_linear_layer(draw, dtype, n):
     lead, fin, fout = _dense_shapes(draw, n)
-    return dict(in_features=fin, out_features=fout, bias=draw(st.booleans()), dtype=dtype,
+    return dict(in_features=fin, out_features=fout, bias=draw(st.booleans()), dtype=dtype, rng=0,
                 x=_arr(draw, lead + (fin,), dtype), dout=_arr(draw, lead + (fout,), dtype))
 
 
@@ -293,7 +297,7 @@ def _conv_layer_ref(a, got):
 
 
 def _linear_layer_call(a):
-    layer = nn.Linear(a["in_features"], a["out_features"], bias=a["bias"], dtype=a["dtype"], rng=0)
+    layer = nn.Linear(a["in_features"], a["out_features"], bias=a["bias"], dtype=a["dtype"], rng=a["rng"])
     y = layer(a["x"])
     dx = layer.backward(a["dout"])
     return y, dx, layer.weight.grad, layer.weight.data, None if layer.bias is None else layer.bias.data
@@ -325,6 +329,22 @@ def _dropout_ref(a, got):
     scaled = x * x.dtype.type(1.0 / (1.0 - p))
     kept = got == scaled  # the mask is random: every element is dropped (x * 0, NaN for inf) or kept-and-scaled
     return np.where(kept | (np.isnan(got) & np.isnan(scaled)), scaled, x * x.dtype.type(0))
+
+
+def _manual_seed_call(a):
+    before = nn.default_generator()
+    try:
+        return nn.manual_seed(a["seed"]).random(3)
+    finally:
+        nn.manual_seed(0).bit_generator.state = before.bit_generator.state
+
+
+def _manual_seed_ref(a, got):
+    if a["seed"] is None:  # fresh entropy: only the shape and range can be checked
+        assert got.shape == (3,) and ((0 <= got) & (got < 1)).all()
+        return got
+    seed = copy.deepcopy(a["seed"]) if isinstance(a["seed"], np.random.SeedSequence) else a["seed"]
+    return np.random.default_rng(seed).random(3)
 
 
 def _threads_call(a):
@@ -400,6 +420,8 @@ TABLE = [
           _ref(R.linear_backward, "dy", "x", "weight"), {}, ("dy", "x", "weight"), fixed_ndim=False),
     Entry("matmul", make_matmul, lambda a: F.matmul(**a), _ref(R.matmul, "a", "b"), {}, ("a", "b")),
     Entry("set_num_threads", lambda draw, dtype, n: {"n": 1}, _threads_call, lambda a, got: 1, {"n": "threads"}),
+    Entry("manual_seed", lambda draw, dtype, n: {"seed": draw(st.integers(0, 2**64))}, _manual_seed_call,
+          _manual_seed_ref, {"seed": "seed"}),
     Entry("Conv2d", make_conv_layer, _conv_layer_call, _conv_layer_ref,
           {**CONV_PARAMS, "in_channels": "positive", "out_channels": "positive", "kernel_size": "positive",
            "bias": "bool", "dtype": "dtype"}, ("x", "dout")),
@@ -408,7 +430,8 @@ TABLE = [
     Entry("ReLU", make_relu_backward, _relu_layer_call,
           lambda a, got: (R.relu(a["x"]), R.relu_backward(a["dy"], a["x"])), {}, ("x", "dy"), fixed_ndim=False),
     Entry("Linear", make_linear_layer, _linear_layer_call, _linear_layer_ref,
-          {"in_features": "positive", "out_features": "positive", "bias": "bool", "dtype": "dtype"}, ("x", "dout"),
+          {"in_features": "positive", "out_features": "positive", "bias": "bool", "dtype": "dtype", "rng": "rng"},
+          ("x", "dout"),
           fixed_ndim=False),
     Entry("Flatten", make_flatten, lambda a: nn.Flatten(a["start_dim"], a["end_dim"])(a["x"]),
           lambda a, got: torch_like_flatten(a["x"], a["start_dim"], a["end_dim"]),
