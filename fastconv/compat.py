@@ -37,6 +37,7 @@ assignments do, does not notice. Max-pool ties go to the first maximum of the wi
 cs231n's fast version and PyTorch).
 """
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -77,6 +78,24 @@ __all__ = [
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def _named(fn):
+    """Make the errors of ``fn`` name it: a TypeError/ValueError/MemoryError from the functional API below
+    (``"conv2d: stride must be positive"``) gets the cs231n function's name in front, keeping its type."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (MemoryError, TypeError, ValueError) as exc:
+            if name in str(exc):
+                raise
+            base = next(t for t in (MemoryError, TypeError, ValueError) if isinstance(exc, t))
+            raise base(f"{name}: {exc}") from exc
+
+    return wrapper
+
+
 def _as_float(func, **arrays):
     """Convert the named arrays to one float dtype (their common float32/float64, else float64)."""
     converted = {}
@@ -111,6 +130,7 @@ def _unpack(cache, n, layout, func):
 # ---------------------------------------------------------------------------------------
 
 
+@_named
 def conv_forward_fast(x, w, b, conv_param):
     """Forward pass of a convolutional layer (cross-correlation, as cs231n).
 
@@ -142,6 +162,7 @@ def conv_forward_fast(x, w, b, conv_param):
     return out, (x, w, b, conv_param)
 
 
+@_named
 def conv_backward_fast(dout, cache):
     """Backward pass of a convolutional layer.
 
@@ -171,6 +192,7 @@ def conv_backward_fast(dout, cache):
 # ---------------------------------------------------------------------------------------
 
 
+@_named
 def max_pool_forward_fast(x, pool_param):
     """Forward pass of a max-pooling layer.
 
@@ -196,6 +218,7 @@ def max_pool_forward_fast(x, pool_param):
     return out, (x, pool_param, indices)
 
 
+@_named
 def max_pool_backward_fast(dout, cache):
     """Backward pass of a max-pooling layer: each ``dout`` goes to its window's maximum.
 
@@ -236,6 +259,7 @@ max_pool_backward_im2col = max_pool_backward_fast
 # ---------------------------------------------------------------------------------------
 
 
+@_named
 def relu_forward(x):
     """ReLU forward: ``out = max(x, 0)``, any shape.
 
@@ -249,6 +273,7 @@ def relu_forward(x):
     return np.maximum(x_arr, x_arr.dtype.type(0)), x
 
 
+@_named
 def relu_backward(dout, cache):
     """ReLU backward: ``dx = dout`` where ``x > 0``, else 0.
 
@@ -269,6 +294,7 @@ def relu_backward(dout, cache):
     return np.where(x > 0, dout, dout.dtype.type(0))
 
 
+@_named
 def affine_forward(x, w, b):
     """Fully connected layer forward: ``out = x.reshape(N, D) @ w + b``.
 
@@ -297,6 +323,7 @@ def affine_forward(x, w, b):
     return out, (x, w, b)
 
 
+@_named
 def affine_backward(dout, cache):
     """Fully connected layer backward.
 
@@ -350,6 +377,7 @@ def _check_scores(x, y, func):
     return xf, y
 
 
+@_named
 def softmax_loss(x, y):
     """Softmax (cross-entropy) loss and its gradient, averaged over the batch.
 
@@ -379,6 +407,7 @@ def softmax_loss(x, y):
     return loss, dx.astype(xf.dtype, copy=False)
 
 
+@_named
 def svm_loss(x, y):
     """Multiclass SVM (hinge) loss with margin 1 and its gradient, averaged over the batch.
 
@@ -408,6 +437,7 @@ def svm_loss(x, y):
 # ---------------------------------------------------------------------------------------
 
 
+@_named
 def affine_relu_forward(x, w, b):
     """Affine followed by ReLU. Returns ``(out, (fc_cache, relu_cache))``."""
     a, fc_cache = affine_forward(x, w, b)
@@ -415,12 +445,14 @@ def affine_relu_forward(x, w, b):
     return out, (fc_cache, relu_cache)
 
 
+@_named
 def affine_relu_backward(dout, cache):
     """Backward of :func:`affine_relu_forward`; returns ``(dx, dw, db)``."""
     fc_cache, relu_cache = _unpack(cache, 2, "(fc_cache, relu_cache)", "affine_relu_backward")
     return affine_backward(relu_backward(dout, relu_cache), fc_cache)
 
 
+@_named
 def conv_relu_forward(x, w, b, conv_param):
     """Convolution followed by ReLU. Returns ``(out, (conv_cache, relu_cache))``."""
     a, conv_cache = conv_forward_fast(x, w, b, conv_param)
@@ -428,12 +460,14 @@ def conv_relu_forward(x, w, b, conv_param):
     return out, (conv_cache, relu_cache)
 
 
+@_named
 def conv_relu_backward(dout, cache):
     """Backward of :func:`conv_relu_forward`; returns ``(dx, dw, db)``."""
     conv_cache, relu_cache = _unpack(cache, 2, "(conv_cache, relu_cache)", "conv_relu_backward")
     return conv_backward_fast(relu_backward(dout, relu_cache), conv_cache)
 
 
+@_named
 def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
     """Convolution, ReLU, max-pool. Returns ``(out, (conv_cache, relu_cache, pool_cache))``."""
     a, conv_cache = conv_forward_fast(x, w, b, conv_param)
@@ -442,6 +476,7 @@ def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
     return out, (conv_cache, relu_cache, pool_cache)
 
 
+@_named
 def conv_relu_pool_backward(dout, cache):
     """Backward of :func:`conv_relu_pool_forward`; returns ``(dx, dw, db)``."""
     conv_cache, relu_cache, pool_cache = _unpack(
