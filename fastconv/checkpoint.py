@@ -2,8 +2,8 @@
 
 :class:`CheckpointFiles` names a family of files: ``ck.npz`` (the newest), ``ck.1.npz``
 (its predecessor), ``ck.2.npz``, ... up to ``keep - 1``. Saving shifts them down by one (as
-far as the first free name; the oldest drops out) and writes the new one as ``ck.npz`` atomically (:func:`fastconv.serialization.save`); the
-predecessor is made as a hard link before the new file replaces ``ck.npz`` (a rename where
+far as the first free name; the oldest drops out) and writes the new one as ``ck.npz``
+atomically (:func:`fastconv.serialization.save`); the predecessor is made as a hard link before the new file replaces ``ck.npz`` (a rename where
 the file system has no hard links), so at every moment the newest complete checkpoint is
 on disk under one of the names. Loading takes the newest file that reads, and says which
 files it passed over and why.
@@ -110,7 +110,7 @@ class CheckpointFiles:
         return [p for p in self.paths() if p.exists()]
 
     def save(self, obj):
-        """Write ``obj`` as the newest checkpoint (:func:`fastconv.serialization.save`), keeping ``keep - 1`` older ones.
+        """Write ``obj`` as the newest checkpoint (:func:`fastconv.serialization.save`), keeping ``keep - 1`` older.
 
         Files that the last :meth:`load` found unreadable are first renamed to
         ``<name>.corrupt`` (nothing is deleted), so that they do not push a good

@@ -388,7 +388,8 @@ def train_epoch(model, loss_fn, optimizer, x, y, order, batch_size, progress=Non
             model.zero_grad()
             progress.skipped += 1
         progress.batch = k + 1
-        if (progress.batch % curve_every == 0 or progress.batch == n_batches) and progress.seen > progress.curve_mark[1]:
+        at_point = progress.batch % curve_every == 0 or progress.batch == n_batches
+        if at_point and progress.seen > progress.curve_mark[1]:  # (a window of skipped batches has no point)
             mark_loss, mark_seen = progress.curve_mark
             window = (progress.loss_sum - mark_loss) / (progress.seen - mark_seen)
             progress.loss_curve.append([progress.batch / n_batches, window])

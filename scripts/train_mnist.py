@@ -167,7 +167,7 @@ def self_signal_for_tests():
 
 
 def resume(files, args, model, opt, rng):
-    """Restore the newest readable checkpoint into ``model``, ``opt`` and ``rng``; return (history, epoch, order, progress)."""
+    """Restore the newest readable checkpoint into model, opt and rng; return (history, epoch, order, progress)."""
     ckpt = training.load_checkpoint(files)
     path = files.loaded
     for passed, why in files.skipped:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_train_mnist import assert_same_run, fake_data, predict_script, run, synthetic_mnist, train_script  # noqa: F401
+from test_train_mnist import (  # noqa: F401 (fixtures)
+    assert_same_run, fake_data, predict_script, run, synthetic_mnist, train_script)
 
 from fastconv import nn, optim, serialization, training
 from fastconv.checkpoint import CheckpointFiles, find_nonfinite
@@ -101,8 +102,9 @@ def small_run(poison_at=None):
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf in the bias gradient
 def test_nonfinite_gradient_raises_before_the_step_naming_the_batch():
     model, opt, x, y, order = small_run(poison_at=2)
+    p = training.EpochProgress()
     with pytest.raises(training.NonFiniteError, match=r"non-finite gradient of 0\.weight at batch 2 of 5") as info:
-        training.train_epoch(model, nn.CrossEntropyLoss(), opt, x, y, order, 8, progress=(p := training.EpochProgress()))
+        training.train_epoch(model, nn.CrossEntropyLoss(), opt, x, y, order, 8, progress=p)
     assert info.value.batch == 2 and info.value.what == "gradient of 0.weight"
     np.testing.assert_array_equal(info.value.indices, order[16:24])
     assert str(order[16]) in str(info.value)
