@@ -374,10 +374,11 @@ def train_epoch(model, loss_fn, optimizer, x, y, order, batch_size, progress=Non
         if bad is not None and nonfinite == "raise":
             progress.seconds += time.perf_counter() - start
             model.zero_grad()
+            state = f"after batch {k - 1}" if k else "from before this epoch"
             raise NonFiniteError(
                 f"train_epoch: non-finite {bad} at batch {k} of {n_batches} (0-based, step {k + 1} of this epoch), "
                 f"samples {_describe_samples(idx)}; the step was not taken: the model and optimizer hold the state "
-                f"after batch {k - 1}. Lower the learning rate, or pass nonfinite='skip' to skip such batches",
+                f"{state}. Lower the learning rate, or pass nonfinite='skip' to skip such batches",
                 batch=k, indices=np.array(idx), what=bad)
         if bad is None:
             optimizer.step()

@@ -125,7 +125,12 @@ def test_nonfinite_loss_raises_and_skip_mode_counts_and_leaves_the_parameters():
     x_bad[order[9]] = np.nan  # batch 1 (samples order[8:16]) gets a NaN loss
     with pytest.raises(training.NonFiniteError, match="non-finite loss at batch 1 of 5") as info:
         training.train_epoch(model, nn.CrossEntropyLoss(), opt, x_bad, y, order, 8)
-    assert info.value.what == "loss"
+    assert info.value.what == "loss" and "hold the state after batch 0" in str(info.value)
+    model, opt, *_ = small_run()
+    x_first = x.copy()
+    x_first[order[0]] = np.inf
+    with pytest.raises(training.NonFiniteError, match="at batch 0 of 5 .* the state from before this epoch"):
+        training.train_epoch(model, nn.CrossEntropyLoss(), opt, x_first, y, order, 8)
     model, opt, *_ = small_run()
     progress = training.train_epoch(model, nn.CrossEntropyLoss(), opt, x_bad, y, order, 8, nonfinite="skip")
     assert progress.batch == 5 and progress.skipped == 1 and progress.seen == 32
