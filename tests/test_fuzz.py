@@ -461,7 +461,7 @@ TABLE = [
     Entry("conv_forward_fast", make_conv2d, _compat_conv_call, _compat_conv_ref, CONV_PARAMS, ("x", "w", "b"),
           optional=("b",), converts=True),
     Entry("max_pool_forward_fast", make_compat_pool, _compat_pool_call, _compat_pool_ref,
-          {"pool_height": "positive", "pool_width": "positive", "stride": "positive"}, ("x",), converts=True),
+          {"pool_height": "positive", "pool_width": "positive", "stride": "stride_or_none"}, ("x",), converts=True),
     Entry("manual_seed", lambda draw, dtype, n: {"seed": draw(st.integers(0, 2**64))}, _manual_seed_call,
           _manual_seed_ref, {"seed": "seed"}),
     Entry("Conv2d", make_conv_layer, _conv_layer_call, _conv_layer_ref,
