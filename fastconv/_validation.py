@@ -4,8 +4,11 @@ Every message starts with the public function's name and names the offending arg
 with the shapes involved, so that a user can see at once what to fix.
 """
 
+import functools
+import math
 import numbers
 import operator
+import os
 
 import numpy as np
 
@@ -233,6 +236,39 @@ def check_bool(value, name, func):
     """Raise ``TypeError`` unless ``value`` is a bool (or NumPy bool)."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{func}: {name} must be a bool; got {value!r} of type {type(value).__name__}")
+
+
+@functools.lru_cache(maxsize=1)
+def memory_limit():
+    """Bytes of physical memory of this machine (2**63 where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 2**63
+
+
+def check_allocation(func, what, shape, itemsize, detail=""):
+    """Raise ``MemoryError`` naming ``func`` if an array of ``shape`` would exceed the machine's memory.
+
+    Refusing it here, before anything is allocated, gives a clear error instead of NumPy's
+    anonymous one -- or, with memory overcommit, an allocation that succeeds and a process
+    killed when it is written.
+    """
+    nbytes = math.prod(shape) * itemsize
+    limit = memory_limit()
+    if nbytes > limit:
+        raise MemoryError(f"{func}: cannot allocate the {what} of shape {tuple(shape)}: {nbytes:,} bytes, more than "
+                          f"this machine's {limit:,} bytes of memory{detail}")
+
+
+def check_buffers(func, g, itemsize):
+    """:func:`check_allocation` of the buffers of the sliding window ``g``.
+
+    They are the output ``(N, F, Ho, Wo)`` and the zero-padded input ``(N, C, H + 2*ph, W + 2*pw)``.
+    """
+    detail = f" (stride {(g.sh, g.sw)}, padding {(g.ph, g.pw)})"
+    check_allocation(func, "output", (g.N, g.F, g.Ho, g.Wo), itemsize, detail)
+    check_allocation(func, "padded input", (g.N, g.C, g.H + 2 * g.ph, g.W + 2 * g.pw), itemsize, detail)
 
 
 def float_dtype(dtype, owner):

@@ -151,6 +151,7 @@ def conv2d(x, w, b=None, stride=1, padding=0):
         V.check_float_array(b, "b", func, 1, "(F,)")
     V.check_same_dtype(func, x=x, w=w, b=b)
     g = V.conv_geometry(func, x.shape, w.shape, stride, padding)
+    V.check_buffers(func, g, x.dtype.itemsize)
     if b is not None and b.shape[0] != g.F:
         raise ValueError(f"{func}: b must have shape ({g.F},) to match w.shape={w.shape}; got {b.shape}")
     return _plan.plan_conv2d(g, x.dtype).run_forward(x, w, b)[0]
@@ -195,6 +196,7 @@ def conv2d_backward_input(dy, w, input_shape, stride=1, padding=0):
     V.check_same_dtype(func, dy=dy, w=w)
     shape = V.as_shape(input_shape, "input_shape", func, 4)
     g = V.conv_geometry(func, shape, w.shape, stride, padding, x_name="input_shape")
+    V.check_buffers(func, g, dy.dtype.itemsize)
     V.check_dy(func, dy, g)
     return _plan.plan_conv2d(g, dy.dtype).run_input_grad(dy, w)
 
@@ -233,6 +235,7 @@ def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0):
     V.check_same_dtype(func, dy=dy, x=x)
     shape = V.as_shape(weight_shape, "weight_shape", func, 4)
     g = V.conv_geometry(func, x.shape, shape, stride, padding, w_name="weight_shape")
+    V.check_buffers(func, g, dy.dtype.itemsize)
     V.check_dy(func, dy, g)
     return _plan.plan_conv2d(g, dy.dtype).run_weight_grad(dy, x)
 
@@ -268,6 +271,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0):
     V.check_float_array(w, "w", func, 4, _W)
     V.check_same_dtype(func, dy=dy, x=x, w=w)
     g = V.conv_geometry(func, x.shape, w.shape, stride, padding)
+    V.check_buffers(func, g, dy.dtype.itemsize)
     V.check_dy(func, dy, g)
     p = _plan.plan_conv2d(g, x.dtype)
     dy = _plan.contiguous(dy)
@@ -356,6 +360,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     func = "max_pool2d"
     V.check_float_array(x, "x", func, 4, _X)
     g = V.pool_geometry(func, x.shape, kernel_size, stride, padding, "x", dilation, ceil_mode)
+    V.check_buffers(func, g, 8)  # the int64 indices are the larger output
     return _plan.plan_max_pool2d(g, x.dtype).run_forward(x)
 
 
@@ -403,6 +408,7 @@ def _max_pool_backward(func, dy, indices, input_shape):
             f"{func}: input_shape {(N, C, H, W)} must share (N, C) with dy.shape={dy.shape}"
         )
     V.check_nonempty(func, "input_shape", (N, C, H, W), (1, 2, 3), _X)
+    V.check_allocation(func, "input gradient", (N, C, H, W), dy.dtype.itemsize)
     return _plan.route_max_pool2d(dy, indices, (N, C, H, W), func)
 
 

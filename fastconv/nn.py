@@ -115,8 +115,16 @@ def manual_seed(seed):
     global _default_rng
     if isinstance(seed, (bool, np.bool_)) or isinstance(seed, np.random.Generator):
         raise TypeError(f"manual_seed: seed must be an int or a SeedSequence; got {seed!r}")
-    _default_rng = np.random.default_rng(seed)
+    _default_rng = _seeded(seed, "manual_seed", "seed")
     return _default_rng
+
+
+def _seeded(seed, owner, name):
+    """``numpy.random.default_rng(seed)``, with NumPy's errors (negative ints, floats, ...) naming ``owner``."""
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{owner}: {name} must be a non-negative int or a SeedSequence; got {seed!r} ({exc})") from None
 
 
 def default_generator():
@@ -131,7 +139,7 @@ def _generator(rng, owner):
     if isinstance(rng, np.random.Generator):
         return rng
     if isinstance(rng, numbers.Integral) and not isinstance(rng, (bool, np.bool_)):
-        return np.random.default_rng(int(rng))
+        return _seeded(int(rng), owner, "rng")
     raise TypeError(f"{owner}: rng must be None, an int seed or a numpy.random.Generator; got {rng!r}")
 
 
@@ -213,6 +221,15 @@ def _check_dout(dout, owner, shape, dtype):
         raise ValueError(f"{owner}.backward: dout must have the forward output's shape {shape}; got {dout.shape}")
     if dout.dtype != dtype:
         raise TypeError(f"{owner}.backward: dout must have the forward output's dtype {dtype}; got {dout.dtype}")
+
+
+def _uniform_parameter(gen, bound, shape, dtype, owner, name):
+    """A Parameter drawn from ``U(-bound, bound)``; a MemoryError naming the layer if it cannot be allocated."""
+    try:
+        return Parameter(gen.uniform(-bound, bound, size=shape).astype(dtype))
+    except (MemoryError, ValueError) as exc:  # ValueError: NumPy's "array is too big"
+        raise MemoryError(f"{owner}: cannot allocate {name} of shape {shape} "
+                          f"({math.prod(shape) * dtype.itemsize:,} bytes of {dtype}): {exc}") from None
 
 
 def _no_cache_error(owner):
@@ -815,8 +832,8 @@ class Conv2d(Module):
         kh, kw = self.kernel_size
         bound = 1.0 / math.sqrt(self.in_channels * kh * kw)
         shape = (self.out_channels, self.in_channels, kh, kw)
-        self.weight = Parameter(gen.uniform(-bound, bound, size=shape).astype(dt))
-        self.bias = Parameter(gen.uniform(-bound, bound, size=self.out_channels).astype(dt)) if bias else None
+        self.weight = _uniform_parameter(gen, bound, shape, dt, owner, "weight")
+        self.bias = _uniform_parameter(gen, bound, (self.out_channels,), dt, owner, "bias") if bias else None
         self._cache = None
         self._plan = None
 
@@ -829,6 +846,7 @@ class Conv2d(Module):
         key = (tuple(x_shape), dtype, _F.get_num_threads(), self.weight.data.shape)
         if self._plan is None or self._plan[0] != key:
             g = _V.conv_geometry("Conv2d", key[0], self.weight.data.shape, self.stride, self.padding)
+            _V.check_buffers("Conv2d", g, dtype.itemsize)
             self._plan = (key, _plan.plan_conv2d(g, dtype))
         return self._plan[1]
 
@@ -1011,6 +1029,7 @@ class MaxPool2d(_MaxPool):
     def _make_plan(self, x_shape, dtype):
         g = _V.pool_geometry("MaxPool2d", x_shape, self.kernel_size, self.stride, self.padding, "x",
                              self.dilation, self.ceil_mode)
+        _V.check_buffers("MaxPool2d", g, 8)  # the int64 indices are the larger output
         return _plan.plan_max_pool2d(g, dtype)
 
     def extra_repr(self):
@@ -1249,8 +1268,8 @@ class Linear(Module):
         dt = _V.float_dtype(dtype, owner)
         gen = _generator(rng, owner)
         bound = 1.0 / math.sqrt(self.in_features)
-        self.weight = Parameter(gen.uniform(-bound, bound, size=(self.out_features, self.in_features)).astype(dt))
-        self.bias = Parameter(gen.uniform(-bound, bound, size=self.out_features).astype(dt)) if bias else None
+        self.weight = _uniform_parameter(gen, bound, (self.out_features, self.in_features), dt, owner, "weight")
+        self.bias = _uniform_parameter(gen, bound, (self.out_features,), dt, owner, "bias") if bias else None
         self._cache = None
 
     def forward(self, x):

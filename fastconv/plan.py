@@ -558,6 +558,40 @@ def _input_grad_inner(g, cpu, dtype):
     return ()
 
 
+def _input_grad_nonfinite_weights(plan, dy, w):
+    """dx when ``w`` holds NaN or infinity, each such weight reaching only the inputs it touches.
+
+    The strategies correlate a zero-padded (and, strided, zero-dilated) ``dy`` with the
+    rotated kernel, so a non-finite weight meets padding zeros and ``0 * inf = NaN`` would
+    spread over dx, unlike PyTorch and the reference. Here the finite weights run through
+    the planned strategy, and each non-finite tap ``(f, c, kh, kw)`` is then added on its
+    own: ``dx[:, c, oh*sh + kh - ph, ow*sw + kw - pw] += dy[:, f, oh, ow] * w[f, c, kh, kw]``.
+    """
+    g = plan.geometry
+    bad = ~np.isfinite(w)
+    dx = plan.input_grad.run(plan, dy, np.where(bad, w.dtype.type(0), w))
+    if not dx.flags.writeable:
+        dx = dx.copy()
+    for f, c, kh, kw in zip(*np.nonzero(bad)):
+        rows = _tap_range(g.H, g.Ho, kh, g.sh, g.ph)
+        cols = _tap_range(g.W, g.Wo, kw, g.sw, g.pw)
+        if rows is None or cols is None:
+            continue
+        (o0, o1, i0, i1), (q0, q1, j0, j1) = rows, cols
+        dx[:, c, i0:i1:g.sh, j0:j1:g.sw] += dy[:, f, o0:o1, q0:q1] * w[f, c, kh, kw]
+    return dx
+
+
+def _tap_range(size, out_size, k, stride, pad):
+    """``(o0, o1, i0, i1)``: the outputs ``o0 <= o < o1`` whose tap ``k`` reads input ``o*stride + k - pad``
+    inside ``[0, size)``, and the input slice ``i0:i1`` (step ``stride``) they read; None if there are none."""
+    o0 = max(0, -(-(pad - k) // stride))
+    o1 = min(out_size, (size - 1 - k + pad) // stride + 1)
+    if o0 >= o1:
+        return None
+    return o0, o1, o0 * stride + k - pad, (o1 - 1) * stride + k - pad + 1
+
+
 def _choose_input_grad(g):
     if g.pointwise:
         return STRATEGIES["conv2d_input_grad", "pointwise_matmul"]
@@ -756,6 +790,8 @@ class ConvPlan:
         _check_operand(self, "w", w, g.w_shape)
         if g.N == 0:
             return np.zeros(g.x_shape, dtype=self.dtype)
+        if not np.isfinite(w).all():
+            return _input_grad_nonfinite_weights(self, contiguous(dy), w)
         return self.input_grad.run(self, contiguous(dy), w)
 
     def run_weight_grad(self, dy, x, packed=None):

@@ -40,6 +40,12 @@ __all__ = [
     "adaptive_avg_pool2d",
     "adaptive_avg_pool2d_backward",
     "adaptive_max_pool2d",
+    "relu",
+    "relu_backward",
+    "linear",
+    "linear_backward",
+    "matmul",
+    "cross_entropy",
 ]
 
 
@@ -549,3 +555,62 @@ def adaptive_max_pool2d(x, output_size):
                     y[n, c, i, j] = window[r, s]
                     indices[n, c, i, j] = (h0 + r) * W + (w0 + s)
     return y, indices
+def relu(x):
+    """``max(x, 0)`` elementwise; NaN stays NaN (as in PyTorch)."""
+    y = np.empty_like(x)
+    for i in np.ndindex(x.shape):
+        y[i] = x[i] if (x[i] > 0 or x[i] != x[i]) else 0
+    return y
+
+
+def relu_backward(dy, x):
+    """Gradient of :func:`relu`: ``dy`` where ``x > 0`` or ``x`` is NaN, else 0."""
+    dx = np.empty_like(x)
+    for i in np.ndindex(x.shape):
+        dx[i] = dy[i] if (x[i] > 0 or x[i] != x[i]) else 0
+    return dx
+
+
+def matmul(a, b):
+    """``a @ b`` of 2-D arrays: each element the sum over ``k`` of ``a[i, k] * b[k, j]``, in order."""
+    M, K = a.shape
+    N = b.shape[1]
+    out = np.zeros((M, N), dtype=a.dtype)
+    for i in range(M):
+        for j in range(N):
+            acc = a.dtype.type(0)
+            for k in range(K):
+                acc += a[i, k] * b[k, j]
+            out[i, j] = acc
+    return out
+
+
+def linear(x, weight, bias=None):
+    """``x @ weight.T + bias`` over the last axis of ``x`` (any leading axes)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    out = matmul(x2, np.ascontiguousarray(weight.T))
+    if bias is not None:
+        out = out + bias
+    return out.reshape(x.shape[:-1] + (weight.shape[0],))
+
+
+def linear_backward(dy, x, weight):
+    """``(dx, dweight, dbias)`` of :func:`linear`."""
+    d2 = dy.reshape(-1, weight.shape[0])
+    x2 = x.reshape(-1, weight.shape[1])
+    dx = matmul(d2, weight).reshape(x.shape)
+    dw = matmul(np.ascontiguousarray(d2.T), x2)
+    db = np.zeros(weight.shape[0], dtype=dy.dtype)
+    for n in range(d2.shape[0]):
+        db += d2[n]
+    return dx, dw, db
+
+
+def cross_entropy(logits, target, reduction="mean"):
+    """``-log_softmax(logits[n])[target[n]]``, averaged (or summed) over ``n``, computed in float64."""
+    total = 0.0
+    for n in range(logits.shape[0]):
+        row = logits[n].astype(np.float64)
+        m = row.max()
+        total += -(row[int(target[n])] - m - np.log(np.sum(np.exp(row - m))))
+    return total / logits.shape[0] if reduction == "mean" else total

@@ -7,7 +7,8 @@ Full run (downloads MNIST into the user cache on first use)::
 
     python scripts/train_mnist.py --checkpoint mnist.npz --metrics-out metrics.json --plot curves.png
 
-Continue an interrupted run (Ctrl-C saves where it stopped)::
+Continue an interrupted run (Ctrl-C, SIGTERM and SIGHUP save where it stopped; so does
+``--checkpoint-every N`` every N steps, keeping the previous file as ``mnist.1.npz``)::
 
     python scripts/train_mnist.py --checkpoint mnist.npz --resume
 
@@ -20,11 +21,15 @@ Data-parallel on 4 processes (MPI, ``pip install 'fastconv[mpi]'``; see docs/dis
     mpiexec -n 4 python scripts/train_mnist.py --checkpoint mnist.npz
 
 Exit status: 0 on success, 1 for a data or checkpoint problem, 2 for bad arguments,
-130 after Ctrl-C (with the checkpoint saved).
+3 when training diverged (a NaN or infinite loss or gradient; no checkpoint is overwritten),
+128 + the signal number after SIGINT (130), SIGTERM (143) or SIGHUP (129), with the
+checkpoint saved.
 """
 
 import argparse
 import math
+import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -39,6 +44,11 @@ INTERRUPT_CHECKPOINT = "train_mnist_interrupted.npz"
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3}
 # Flags that change the trajectory of training: a resumed run must use the checkpoint's values.
 TRAJECTORY_FLAGS = ("optimizer", "lr", "momentum", "lr_schedule", "batch_size", "seed", "dtype", "limit")
+#: Exit status when training diverged.
+EXIT_DIVERGED = 3
+#: Test-only: "STEP:SIGNAME" makes the process send itself SIGNAME right after global step STEP
+#: (1-based), so that tests can interrupt a subprocess at an exact step.
+SELF_SIGNAL_ENV = "FASTCONV_TRAIN_MNIST_TEST_SIGNAL"
 
 
 class ResumeError(Exception):
@@ -62,7 +72,8 @@ def positive_float(text):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Train the reference CNN (conv32-pool-conv64-pool-fc128-fc10) on MNIST with fastconv.",
-        epilog="Exit status: 0 done, 1 data/checkpoint error, 2 bad arguments, 130 interrupted (checkpoint saved).")
+        epilog="Exit status: 0 done, 1 data/checkpoint error, 2 bad arguments, 3 diverged (NaN/inf), "
+               "128+signal after SIGINT/SIGTERM/SIGHUP (130/143/129; checkpoint saved).")
     p.add_argument("--epochs", type=positive_int, metavar="N", default=3, help="total epochs to train (default: 3)")
     p.add_argument("--batch-size", type=positive_int, metavar="N", default=64,
                    help="images per step, over all MPI processes together (default: 64)")
@@ -86,8 +97,17 @@ def parse_args(argv=None):
     p.add_argument("--test-limit", type=positive_int, metavar="N", default=None,
                    help="evaluate on the first N test images only (for smoke tests)")
     p.add_argument("--checkpoint", type=Path, metavar="PATH", default=None,
-                   help="save model, optimizer and progress here (atomically) after every epoch and on Ctrl-C")
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+                   help="save model, optimizer and progress here (atomically) after every epoch and on "
+                        "Ctrl-C, SIGTERM or SIGHUP")
+    p.add_argument("--checkpoint-every", type=positive_int, metavar="N", default=None,
+                   help="also save every N steps (mid-epoch; needs --checkpoint)")
+    p.add_argument("--keep-checkpoints", type=positive_int, metavar="K", default=2,
+                   help="keep the K newest checkpoints: PATH, then PATH's stem.1, .2, ... (default: 2)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest readable of --checkpoint's files")
+    p.add_argument("--skip-nonfinite", action="store_true",
+                   help="skip a batch whose loss or gradient is NaN/inf (counted) instead of stopping with "
+                        "an error")
     p.add_argument("--metrics-out", type=Path, metavar="FILE.json", default=None,
                    help="write per-epoch metrics as JSON")
     p.add_argument("--plot", type=Path, metavar="FILE.png", default=None,
@@ -96,6 +116,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.resume and args.checkpoint is None:
         p.error("--resume needs --checkpoint PATH")
+    if args.checkpoint_every is not None and args.checkpoint is None:
+        p.error("--checkpoint-every needs --checkpoint PATH")
     if not 0 <= args.momentum < 1:
         p.error(f"--momentum must be in [0, 1), got {args.momentum}")
     if args.lr is None:
@@ -109,7 +131,7 @@ def config_of(args, world):
             "momentum": args.momentum if args.optimizer == "sgd" else None, "lr_schedule": args.lr_schedule,
             "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "dtype": args.dtype,
             "limit": args.limit, "test_limit": args.test_limit, "threads": functional.get_num_threads(),
-            "world_size": world.size}
+            "skip_nonfinite": args.skip_nonfinite, "world_size": world.size}
 
 
 def make_optimizer(model, args):
@@ -125,35 +147,9 @@ def learning_rate(args, step, total_steps):
     return 0.5 * args.lr * (1 + math.cos(math.pi * step / total_steps))
 
 
-class InterruptFlag:
-    """Turn the first Ctrl-C into a request to stop at the next batch boundary.
-
-    Stopping between steps keeps the model, the optimizer and the epoch's bookkeeping
-    consistent, so the checkpoint saved then resumes exactly. A second Ctrl-C aborts
-    at once (KeyboardInterrupt) without saving.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nInterrupted: finishing the current step, then saving a checkpoint "
-              "(Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self._previous = None
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+def checkpoint_files(args):
+    """The checkpoint family of the run: --checkpoint (or the interrupt file in the cwd) and its predecessors."""
+    return training.CheckpointFiles(args.checkpoint or Path(INTERRUPT_CHECKPOINT), keep=args.keep_checkpoints)
 
 
 def note(world, message):
@@ -162,23 +158,48 @@ def note(world, message):
         print(message, file=sys.stderr)
 
 
-def load_checkpoint_on_root(path, world):
-    """[distributed] Rank 0 reads the checkpoint and sends it (or the error) to every rank."""
-    ckpt = None
+def resume_command(args, path):
+    """The command line that continues this run from ``path``."""
+    argv = list(args.argv)
+    if args.checkpoint is None:
+        argv += ["--checkpoint", str(path)]
+    if not args.resume:
+        argv.append("--resume")
+    return shlex.join(["python", sys.argv[0] if sys.argv[0].endswith(".py") else "scripts/train_mnist.py", *argv])
+
+
+def self_signal_for_tests():
+    """(step, signum) from $FASTCONV_TRAIN_MNIST_TEST_SIGNAL (tests only), or None."""
+    spec = os.environ.get(SELF_SIGNAL_ENV)
+    if not spec:
+        return None
+    step, name = spec.split(":")
+    return int(step), getattr(signal, name)
+
+
+def load_checkpoint_on_root(files, world):
+    """[distributed] Rank 0 reads the newest readable checkpoint and sends it (or the error) to every rank.
+
+    Returns ``(ckpt, path_loaded, [(path_passed_over, why), ...])``.
+    """
+    got = None
     if world.is_root:
         try:
-            ckpt = training.load_checkpoint(path)
+            got = (training.load_checkpoint(files), files.loaded, list(files.skipped))
         except Exception as exc:  # raised below on every rank alike
-            ckpt = exc
-    ckpt = world.broadcast_object(ckpt)
-    if isinstance(ckpt, Exception):
-        raise ckpt
-    return ckpt
+            got = exc
+    got = world.broadcast_object(got)
+    if isinstance(got, Exception):
+        raise got
+    return got
 
 
-def resume(path, args, model, opt, rng, world):
-    """Restore a checkpoint into ``model``, ``opt`` and ``rng``; return (history, epoch, order, progress)."""
-    ckpt = load_checkpoint_on_root(path, world)
+def resume(files, args, model, opt, rng, world):
+    """Restore the newest readable checkpoint into model, opt and rng; return (history, epoch, order, progress)."""
+    ckpt, path, skipped = load_checkpoint_on_root(files, world)
+    for passed, why in skipped:
+        if why != "does not exist" or passed == files.path:
+            note(world, f"note: not resuming from {passed}: {why}")
     saved, current = ckpt["config"], config_of(args, world)
     names = TRAJECTORY_FLAGS + (("epochs",) if args.lr_schedule != "constant" else ())
     diffs = [f"--{k.replace('_', '-')} {saved.get(k)} (checkpoint) vs {current[k]} (now)"
@@ -194,10 +215,12 @@ def resume(path, args, model, opt, rng, world):
     if ckpt["progress"] is not None and ckpt["epoch"] >= args.epochs:
         raise ResumeError(f"{path} stopped inside epoch {ckpt['epoch'] + 1}; pass --epochs {ckpt['epoch'] + 1} "
                           "or more to finish it")
-    model.load_state_dict(ckpt["model"])
-    opt.load_state_dict(ckpt["optimizer"])
-    rng.bit_generator.state = ckpt["rng"]
-    return ckpt["history"], ckpt["epoch"], ckpt["order"], ckpt["progress"]
+    training.restore_checkpoint(ckpt, model, opt, rng)
+    progress = ckpt["progress"]
+    where = f"epoch {ckpt['epoch'] + 1}, batch {progress.batch}" if progress else f"the end of epoch {ckpt['epoch']}"
+    older = f" (the newest readable of {files.path}'s files)" if path != files.path else ""
+    print(f"resumed from {path}{older} at {where}")
+    return ckpt["history"], ckpt["epoch"], ckpt["order"], progress
 
 
 def summary(history, config):
@@ -254,22 +277,29 @@ def train(args, world):
     loss_fn = nn.CrossEntropyLoss()
     config = config_of(args, world)
     history, epoch, order, progress = [], 0, None, None
+    files = checkpoint_files(args)
     if args.resume:
-        history, epoch, order, progress = resume(args.checkpoint, args, model, opt, rng, world)
-        where = f"epoch {epoch + 1}, batch {progress.batch}" if progress else f"the end of epoch {epoch}"
-        print(f"resumed from {args.checkpoint} at {where}")
-    elif args.checkpoint is not None and args.checkpoint.exists():
-        note(world, f"note: {args.checkpoint} exists and will be overwritten (use --resume to continue it)")
+        history, epoch, order, progress = resume(files, args, model, opt, rng, world)
+    elif args.checkpoint is not None and world.is_root and files.existing():
+        note(world, f"note: {args.checkpoint} exists; a new run starts (the old files move down as the new run "
+                    f"saves; use --resume to continue it)")
     replicas = distributed.Replicas(model, world)  # [distributed] rank 0's parameters on every rank
     ranks = f" x {world.size} processes" if world.size > 1 else ""
     print(f"training on {len(x_train)} images, testing on {len(x_test)}, {args.dtype}, "
           f"{functional.get_num_threads()} threads{ranks}, {args.optimizer} lr={args.lr:g} ({args.lr_schedule}), "
           f"batch size {args.batch_size}")
 
-    print(f"compiling kernels (cached after the first run)... {training.warm_up(model, x_train):.1f} s")
+    print(f"compiling kernels (cached after the first run)... {training.warm_up(model, x_train):.1f} s", flush=True)
     n_batches = -(-len(x_train) // args.batch_size)
     total_steps = args.epochs * n_batches
-    with InterruptFlag() as interrupt:
+    self_signal = self_signal_for_tests()
+
+    def save(*state):
+        """[distributed] Rank 0 alone writes; returns the path written (None on the other ranks)."""
+        return training.save_checkpoint(files, model, opt, rng, config, history, *state) if world.is_root else None
+
+    with training.StopOnSignals() as stop:
+        stopping = lambda: world.any(stop())  # noqa: E731  [distributed] every rank stops if one was signalled
         while epoch < args.epochs:
             if progress is None:  # a fresh epoch (else: finish the interrupted one)
                 order, progress = rng.permutation(len(x_train)), training.EpochProgress()
@@ -279,21 +309,30 @@ def train(args, world):
                 for group in opt.param_groups:
                     group["lr"] = learning_rate(args, first_step + k, total_steps)
 
+            def after_step(p):
+                step = first_step + p.batch
+                if self_signal is not None and step == self_signal[0]:
+                    os.kill(os.getpid(), self_signal[1])
+                if args.checkpoint_every is not None and step % args.checkpoint_every == 0 and p.batch < n_batches:
+                    save(epoch, order, p)
+
             bar = training.ProgressBar(n_batches, f"epoch {epoch + 1}/{args.epochs}",
                                        enabled=not args.no_progress and world.is_root, initial=progress.batch)
             try:
                 training.train_epoch(model, loss_fn, opt, x_train, y_train, order, args.batch_size,
-                                     progress=progress, should_stop=lambda: world.any(interrupt.requested),
-                                     bar=bar, before_step=before_step, replicas=replicas)
+                                     progress=progress, should_stop=stopping, bar=bar, before_step=before_step,
+                                     after_step=after_step, nonfinite="skip" if args.skip_nonfinite else "raise",
+                                     replicas=replicas)
+            except training.NonFiniteError as exc:
+                exc.where = f"epoch {epoch + 1}, step {first_step + exc.batch + 1} of the run"
+                raise
             finally:
                 bar.close()
-            save_to = args.checkpoint or Path(INTERRUPT_CHECKPOINT)
-            if progress.batch < n_batches:  # stopped by Ctrl-C between two steps
-                if world.is_root:
-                    training.save_checkpoint(save_to, model, opt, rng, config, history, epoch, order, progress)
-                note(world, f"Stopped in epoch {epoch + 1} after batch {progress.batch}/{n_batches}; saved this "
-                            f"mid-epoch state to {save_to}. Continue with: --checkpoint {save_to} --resume")
-                return 130
+            if progress.batch < n_batches:  # stopped by a signal between two steps
+                saved = save(epoch, order, progress)
+                note(world, f"Stopped in epoch {epoch + 1} after batch {progress.batch}/{n_batches} ({stop.name or 'signal to another process'}); "
+                            f"saved this mid-epoch state to {saved}. Continue with:\n  {resume_command(args, saved)}")
+                return stop.exit_code or 130  # (130 on a rank that only heard of another's signal)
 
             result = distributed.evaluate(model, x_test, y_test, world)
             epoch += 1
@@ -301,18 +340,20 @@ def train(args, world):
                 "epoch": epoch, "train_loss": progress.loss, "train_accuracy": progress.accuracy,
                 "test_loss": result.loss, "test_accuracy": result.accuracy,
                 "epoch_seconds": progress.seconds, "images_per_second": progress.images_per_second,
-                "eval_seconds": result.seconds, "loss_curve": progress.loss_curve})
+                "eval_seconds": result.seconds, "loss_curve": progress.loss_curve,
+                "skipped_batches": progress.skipped})
+            skipped = f", {progress.skipped} non-finite batch(es) skipped" if progress.skipped else ""
             print(f"epoch {epoch}/{args.epochs}: train loss {progress.loss:.4f}, "
                   f"train acc {100 * progress.accuracy:.2f}%, test acc {100 * result.accuracy:.2f}%, "
-                  f"{progress.seconds:.1f} s, {progress.images_per_second:.0f} images/s", flush=True)
+                  f"{progress.seconds:.1f} s, {progress.images_per_second:.0f} images/s{skipped}", flush=True)
             progress = None
-            stopping = world.any(interrupt.requested)  # [distributed] every rank stops if one was interrupted
-            if (args.checkpoint is not None or stopping) and world.is_root:
-                training.save_checkpoint(save_to, model, opt, rng, config, history, epoch)
-            if stopping:  # Ctrl-C during the evaluation
-                note(world, f"Stopped after epoch {epoch}; saved it to {save_to}. Continue with: "
-                            f"--checkpoint {save_to} --resume")
-                return 130
+            stopped = stopping()  # a signal during the last step or the evaluation
+            if args.checkpoint is not None or stopped:
+                saved = save(epoch)
+            if stopped:
+                note(world, f"Stopped after epoch {epoch} ({stop.name or 'signal to another process'}); saved it to {saved}. Continue with:\n  "
+                            f"{resume_command(args, saved)}")
+                return stop.exit_code or 130
 
     if history:
         final = history[-1]
@@ -327,7 +368,9 @@ def train(args, world):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    args.argv = argv
     world = distributed.world()  # [distributed] the MPI world when started by mpiexec, else a world of one
     threads_before = functional.get_num_threads()
     try:
@@ -335,12 +378,17 @@ def main(argv=None):
             code = train(args, world)
         world.barrier()  # [distributed] no rank exits before rank 0 has written its files
         return code
+    except training.NonFiniteError as exc:  # every rank raises it at the same step (train_epoch agrees)
+        where = f" in {exc.where}" if getattr(exc, "where", None) else ""
+        kept = f"; {args.checkpoint} and its predecessors are left as they were" if args.checkpoint else ""
+        note(world, f"error: training diverged{where}: {exc}{kept}")
+        return EXIT_DIVERGED
     except (OSError, CorruptFileError, serialization.CheckpointError, ResumeError) as exc:  # OSError: files, downloads
         print(f"error: {exc}", file=sys.stderr)
         return world.abort(1)  # [distributed] ends every rank (in a single process: returns 1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # a second Ctrl-C/SIGTERM/SIGHUP (SignalAbort), or one outside training
         print("Aborted; nothing saved since the last checkpoint.", file=sys.stderr)
-        return world.abort(130)
+        return world.abort(getattr(exc, "exit_code", 130))
     finally:
         functional.set_num_threads(threads_before)
 

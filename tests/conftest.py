@@ -11,7 +11,8 @@ tol
     conv output); the absolute tolerance grows with its square root, as rounding error does.
 
 Hypothesis runs under the ``"ci"`` profile (no deadline, 40 examples, no example database
-written to disk) unless ``HYPOTHESIS_PROFILE`` names another registered profile.
+written to disk) unless ``HYPOTHESIS_PROFILE`` names another registered profile
+(``"thorough"``: 500 examples; ``"fuzz"``: 2,000, for ``tests/test_fuzz.py``).
 """
 
 import os
@@ -34,6 +35,8 @@ if settings is not None:
         print_blob=True,
     )
     settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=500)
+    # tests/test_fuzz.py at length: HYPOTHESIS_PROFILE=fuzz python -m pytest tests/test_fuzz.py
+    settings.register_profile("fuzz", parent=settings.get_profile("ci"), max_examples=2000)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 SEED = 20240607

@@ -182,3 +182,25 @@ def test_max_pool2d_matches_torch(case, values, rng):
     np.testing.assert_array_equal(idx, tidx.numpy())
     dx = ref.max_pool2d_backward(dy, idx, x.shape)
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_reference_dense_ops_and_loss_agree_with_numpy_one_liners(rng):
+    """The textbook relu, matmul, linear (and gradients) and cross_entropy against NumPy expressions."""
+    x = rng.standard_normal((3, 2, 5))
+    x[0, 0, 0] = np.nan
+    dy = rng.standard_normal(x.shape)
+    np.testing.assert_array_equal(ref.relu(x), np.where(np.isnan(x) | (x > 0), x, 0))
+    np.testing.assert_array_equal(ref.relu_backward(dy, x), np.where(np.isnan(x) | (x > 0), dy, 0))
+    a, b = rng.standard_normal((4, 5)), rng.standard_normal((5, 3))
+    np.testing.assert_allclose(ref.matmul(a, b), a @ b, rtol=1e-12)
+    w, bias, x2 = rng.standard_normal((3, 5)), rng.standard_normal(3), rng.standard_normal((2, 4, 5))
+    np.testing.assert_allclose(ref.linear(x2, w, bias), x2 @ w.T + bias, rtol=1e-12)
+    d = rng.standard_normal((2, 4, 3))
+    dx, dw, db = ref.linear_backward(d, x2, w)
+    np.testing.assert_allclose(dx, d @ w, rtol=1e-12)
+    np.testing.assert_allclose(dw, d.reshape(-1, 3).T @ x2.reshape(-1, 5), rtol=1e-12)
+    np.testing.assert_allclose(db, d.sum(axis=(0, 1)), rtol=1e-12)
+    logits, target = rng.standard_normal((6, 4)), rng.integers(0, 4, 6)
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    assert ref.cross_entropy(logits, target) == pytest.approx(-log_p[np.arange(6), target].mean(), rel=1e-12)
+    assert ref.cross_entropy(logits, target, "sum") == pytest.approx(-log_p[np.arange(6), target].sum(), rel=1e-12)

@@ -1,5 +1,6 @@
 """Helpers shared by the cs231n drop-in modules: dtype conversion, parameter dicts, caches."""
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -7,6 +8,24 @@ import numpy as np
 from .. import functional as _F
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _named(fn):
+    """Make the errors of ``fn`` name it: a TypeError/ValueError/MemoryError from the functional API below
+    (``"conv2d: stride must be positive"``) gets the cs231n function's name in front, keeping its type."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (MemoryError, TypeError, ValueError) as exc:
+            if name in str(exc):
+                raise
+            base = next(t for t in (MemoryError, TypeError, ValueError) if isinstance(exc, t))
+            raise base(f"{name}: {exc}") from exc
+
+    return wrapper
 
 
 def _as_float(func, **arrays):

@@ -33,7 +33,7 @@ without ties (random floats) the two agree.
 import numpy as np
 
 from .. import functional as _F
-from ._common import _as_float, _get, _unpack
+from ._common import _as_float, _get, _named, _unpack
 
 __all__ = [
     "conv_forward_fast",
@@ -56,6 +56,7 @@ __all__ = [
 # ---------------------------------------------------------------------------------------
 
 
+@_named
 def conv_forward_fast(x, w, b, conv_param):
     """Forward pass of a convolutional layer (cross-correlation, as cs231n).
 
@@ -87,6 +88,7 @@ def conv_forward_fast(x, w, b, conv_param):
     return out, (x, w, b, conv_param)
 
 
+@_named
 def conv_backward_fast(dout, cache):
     """Backward pass of a convolutional layer.
 
@@ -116,6 +118,7 @@ def conv_backward_fast(dout, cache):
 # ---------------------------------------------------------------------------------------
 
 
+@_named
 def max_pool_forward_fast(x, pool_param):
     """Forward pass of a max-pooling layer.
 
@@ -141,6 +144,7 @@ def max_pool_forward_fast(x, pool_param):
     return out, (x, pool_param, indices)
 
 
+@_named
 def max_pool_backward_fast(dout, cache):
     """Backward pass of a max-pooling layer: each ``dout`` goes to its window's maximum.
 

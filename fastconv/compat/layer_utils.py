@@ -11,7 +11,7 @@ the student's own ``layers.py`` functions. The sandwiches run on
 :mod:`fastconv.compat.layers` and :mod:`fastconv.compat.fast_layers`.
 """
 
-from ._common import _unpack
+from ._common import _named, _unpack
 from .fast_layers import conv_backward_fast, conv_forward_fast, max_pool_backward_fast, max_pool_forward_fast
 from .layers import (
     affine_backward,
@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 
+@_named
 def affine_relu_forward(x, w, b):
     """Affine followed by ReLU. Returns ``(out, (fc_cache, relu_cache))``."""
     a, fc_cache = affine_forward(x, w, b)
@@ -49,12 +50,14 @@ def affine_relu_forward(x, w, b):
     return out, (fc_cache, relu_cache)
 
 
+@_named
 def affine_relu_backward(dout, cache):
     """Backward of :func:`affine_relu_forward`; returns ``(dx, dw, db)``."""
     fc_cache, relu_cache = _unpack(cache, 2, "(fc_cache, relu_cache)", "affine_relu_backward")
     return affine_backward(relu_backward(dout, relu_cache), fc_cache)
 
 
+@_named
 def conv_relu_forward(x, w, b, conv_param):
     """Convolution followed by ReLU. Returns ``(out, (conv_cache, relu_cache))``."""
     a, conv_cache = conv_forward_fast(x, w, b, conv_param)
@@ -62,12 +65,14 @@ def conv_relu_forward(x, w, b, conv_param):
     return out, (conv_cache, relu_cache)
 
 
+@_named
 def conv_relu_backward(dout, cache):
     """Backward of :func:`conv_relu_forward`; returns ``(dx, dw, db)``."""
     conv_cache, relu_cache = _unpack(cache, 2, "(conv_cache, relu_cache)", "conv_relu_backward")
     return conv_backward_fast(relu_backward(dout, relu_cache), conv_cache)
 
 
+@_named
 def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
     """Convolution, ReLU, max-pool. Returns ``(out, (conv_cache, relu_cache, pool_cache))``."""
     a, conv_cache = conv_forward_fast(x, w, b, conv_param)
@@ -76,6 +81,7 @@ def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
     return out, (conv_cache, relu_cache, pool_cache)
 
 
+@_named
 def conv_relu_pool_backward(dout, cache):
     """Backward of :func:`conv_relu_pool_forward`; returns ``(dx, dw, db)``."""
     conv_cache, relu_cache, pool_cache = _unpack(

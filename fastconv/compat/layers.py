@@ -34,7 +34,7 @@ backward function unchanged (its contents are documented per function).
 import numpy as np
 
 from .. import plan as _plan
-from ._common import _as_float, _get, _matmul, _unpack
+from ._common import _as_float, _get, _matmul, _named, _unpack
 from .fast_layers import conv_backward_fast, conv_forward_fast, max_pool_backward_fast, max_pool_forward_fast
 
 __all__ = [
@@ -73,6 +73,7 @@ max_pool_backward_naive = max_pool_backward_fast
 # ---------------------------------------------------------------------------------------
 
 
+@_named
 def relu_forward(x):
     """ReLU forward: ``out = max(x, 0)``, any shape.
 
@@ -86,6 +87,7 @@ def relu_forward(x):
     return np.maximum(x_arr, x_arr.dtype.type(0)), x
 
 
+@_named
 def relu_backward(dout, cache):
     """ReLU backward: ``dx = dout`` where ``x > 0``, else 0.
 
@@ -106,6 +108,7 @@ def relu_backward(dout, cache):
     return np.where(x > 0, dout, dout.dtype.type(0))
 
 
+@_named
 def affine_forward(x, w, b):
     """Fully connected layer forward: ``out = x.reshape(N, D) @ w + b``.
 
@@ -134,6 +137,7 @@ def affine_forward(x, w, b):
     return out, (x, w, b)
 
 
+@_named
 def affine_backward(dout, cache):
     """Fully connected layer backward.
 
@@ -176,6 +180,7 @@ def _check_scores(x, y, func):
     return xf, y
 
 
+@_named
 def softmax_loss(x, y):
     """Softmax (cross-entropy) loss and its gradient, averaged over the batch.
 
@@ -205,6 +210,7 @@ def softmax_loss(x, y):
     return loss, dx.astype(xf.dtype, copy=False)
 
 
+@_named
 def svm_loss(x, y):
     """Multiclass SVM (hinge) loss with margin 1 and its gradient, averaged over the batch.
 
