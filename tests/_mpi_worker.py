@@ -81,18 +81,8 @@ def kill_rank_1_at(epoch):
 
 
 def interrupt_rank_1_after(steps, script):
-    class LateInterrupt(script.InterruptFlag):
-        reads = 0
-
-        @property
-        def requested(self):  # read once per step by train_epoch's should_stop
-            self.reads += 1
-            return self.reads >= steps
-
-        @requested.setter
-        def requested(self, value):
-            pass
-    script.InterruptFlag = LateInterrupt
+    """Rank 1 alone gets SIGINT right after global step ``steps`` (the script's test-only hook)."""
+    os.environ[script.SELF_SIGNAL_ENV] = f"{steps}:SIGINT"
 
 
 def run_script(argv, world, fault):

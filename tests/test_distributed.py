@@ -211,7 +211,8 @@ def test_script_on_two_ranks_trains_like_one_process_and_rank_0_alone_writes(tmp
     assert proc.returncode == 0, report(proc)
     assert proc.stdout.count("epoch 2/2:") == 1 and "resumed from" in proc.stdout, report(proc)  # rank 0 alone
     assert "trained with 1 processes, now 2" in proc.stderr, report(proc)
-    assert sorted(p.name for p in b.iterdir()) == ["ck.npz", "m.json", "p.png"]
+    # Rank 0's files only: the checkpoint and its kept predecessor (--keep-checkpoints 2), metrics, plot.
+    assert sorted(p.name for p in b.iterdir()) == ["ck.1.npz", "ck.npz", "m.json", "p.png"]
     metrics = json.loads((b / "m.json").read_text())
     assert metrics["world_size"] == 2 and metrics["config"]["world_size"] == 2
     assert_close_checkpoints(training.load_checkpoint(b / "ck.npz"), single)
