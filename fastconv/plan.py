@@ -31,6 +31,7 @@ import dataclasses
 import enum
 import functools
 import importlib
+import math
 from typing import Callable, NamedTuple
 
 import numba
@@ -965,3 +966,103 @@ def linear_backward(d2, x2, weight, input_grad=True):
     db = d2.sum(axis=0)
     dx2 = matmul(d2, weight) if input_grad else None
     return dx2, dw, db
+
+
+# ---------------------------------------------------------------------------------------
+# Activations: pointwise functions and softmax over one axis
+# ---------------------------------------------------------------------------------------
+
+#: The pointwise activations: ``op -> {strategy: (scalar function of kernels.activation, work per element)}``.
+#: Every strategy runs the same two kernels with another compiled-in scalar function.
+POINTWISE = {
+    "leaky_relu": {"pointwise": ("leaky_relu", 1)},
+    "elu": {"pointwise": ("elu", 8)},
+    "gelu": {"erf": ("gelu", 16), "tanh": ("gelu_tanh", 12)},
+    "silu": {"pointwise": ("silu", 8)},
+    "sigmoid": {"pointwise": ("sigmoid", 8)},
+    "tanh": {"pointwise": ("tanh", 8)},
+}
+
+
+def _register_pointwise(op, name, helper, cost):
+    kernels = ["activation.activation_pointwise"]
+
+    @_strategy(f"{op}_forward", name, kernels, None, f"one parallel pass of activation._{helper}")
+    def forward(x, a):
+        flat = contiguous(x).reshape(-1)
+        out = np.empty(x.shape, dtype=x.dtype)
+        _run(kernels[0], kernel(f"activation._{helper}"), flat, x.dtype.type(a), out.reshape(-1),
+             work=flat.size * cost)
+        return out
+
+    @_strategy(f"{op}_backward", name, ["activation.activation_pointwise_grad"], None,
+               f"one parallel pass of activation._{helper}_grad, reading the forward input")
+    def backward(dy, x, a):
+        flat = contiguous(x).reshape(-1)
+        dx = np.empty(x.shape, dtype=x.dtype)
+        _run("activation.activation_pointwise_grad", kernel(f"activation._{helper}_grad"), contiguous(dy).reshape(-1),
+             flat, x.dtype.type(a), dx.reshape(-1), work=flat.size * cost)
+        return dx
+
+
+for _op, _variants in POINTWISE.items():
+    for _name, (_helper, _cost) in _variants.items():
+        _register_pointwise(_op, _name, _helper, _cost)
+
+
+def pointwise_forward(op, x, a=0.0, strategy="pointwise"):
+    """Activation ``op`` of :data:`POINTWISE` (its one parameter ``a``) of any float array (no checks)."""
+    return STRATEGIES[f"{op}_forward", strategy].run(x, a)
+
+
+def pointwise_backward(op, dy, x, a=0.0, strategy="pointwise"):
+    """The gradient of :func:`pointwise_forward` from the forward input ``x`` (no checks)."""
+    return STRATEGIES[f"{op}_backward", strategy].run(dy, x, a)
+
+
+def _register_softmax(op, log):
+    for name, layout in (("rows", "the axis is the last one: one contiguous row per job"),
+                         ("columns", "axis followed by others: blocks of 256 contiguous columns per job")):
+        fwd, grad = f"activation.activation_softmax_{name}", f"activation.activation_softmax_{name}_grad"
+        two_d = name == "rows"
+
+        @_strategy(f"{op}_forward", name, [fwd], None, f"max-shifted, over (outer, D, inner); {layout}")
+        def forward(x3, out3, fwd=fwd, two_d=two_d):
+            O, D, I = x3.shape
+            shape = (O, D) if two_d else (O, D, I)
+            _run(fwd, x3.reshape(shape), log, out3.reshape(shape), work=x3.size * 12)
+
+        @_strategy(f"{op}_backward", name, [grad], None, f"from the forward output; {layout}")
+        def backward(dy3, y3, dx3, grad=grad, two_d=two_d):
+            O, D, I = y3.shape
+            shape = (O, D) if two_d else (O, D, I)
+            _run(grad, dy3.reshape(shape), y3.reshape(shape), log, dx3.reshape(shape), work=y3.size * 4)
+
+
+_register_softmax("softmax", False)
+_register_softmax("log_softmax", True)
+
+
+def _axis_view(shape, dim):
+    """``(outer, D, inner)``: ``shape`` seen as three axes around axis ``dim`` (already in range)."""
+    return math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:])
+
+
+def softmax_forward(x, dim, log=False):
+    """Softmax (``log=False``) or log-softmax of ``x`` over axis ``dim`` (``0 <= dim < x.ndim``; no checks)."""
+    view = _axis_view(x.shape, dim)
+    out = np.empty(x.shape, dtype=x.dtype)
+    if out.size:
+        strategy = STRATEGIES["log_softmax_forward" if log else "softmax_forward", "rows" if view[2] == 1 else "columns"]
+        strategy.run(contiguous(x).reshape(view), out.reshape(view))
+    return out
+
+
+def softmax_backward(dy, y, dim, log=False):
+    """The gradient of :func:`softmax_forward` from its output ``y`` (no checks)."""
+    view = _axis_view(y.shape, dim)
+    dx = np.empty(y.shape, dtype=y.dtype)
+    if dx.size:
+        strategy = STRATEGIES["log_softmax_backward" if log else "softmax_backward", "rows" if view[2] == 1 else "columns"]
+        strategy.run(contiguous(dy).reshape(view), contiguous(y).reshape(view), dx.reshape(view))
+    return dx

@@ -1,0 +1,307 @@
+"""Activation kernels: pointwise functions of one shape of loop, and softmax over one axis.
+
+The pointwise activations (LeakyReLU, ELU, GELU, SiLU, sigmoid, tanh) share two kernels,
+one for the forward pass and one for the gradient; the function is a compile-time
+argument. A Numba dispatcher passed as an argument is part of the kernel's type, so each
+activation gets its own compiled (and disk-cached) build of the same loop with the scalar
+function inlined, and LLVM vectorises it as it does the ReLU loop (LeakyReLU over a
+64x256x28x28 float32 activation: 8 ms on 2 threads, as ``np.maximum``). Scalar functions
+take ``(v, a)`` (the forward) or ``(g, v, a)`` (the gradient: ``g`` the output's gradient,
+``v`` the forward input, ``a`` the layer's one parameter, ignored by most), compute in the
+dtype of ``v`` and never overflow: the sigmoid family goes through ``exp(-|v|)``.
+
+Softmax and log-softmax run over the middle axis of a C-contiguous ``(outer, D, inner)``
+view of the input (any ``dim`` of any shape is one), without moving the axis: when
+``inner == 1`` each row is contiguous (``*_rows``); otherwise a job takes a block of
+``inner`` columns and keeps its running maxima and sums in small arrays, so the inner loop
+still runs over contiguous memory (``*_columns``). The maximum is subtracted before ``exp``;
+a NaN anywhere in a slice makes the whole slice NaN, as in PyTorch.
+
+Kernels
+-------
+- :func:`activation_pointwise`: ``out = f(x, a)``.
+- :func:`activation_pointwise_grad`: ``dx = f(dy, x, a)``.
+- :func:`activation_softmax_rows`, :func:`activation_softmax_columns`: softmax (``log=False``)
+  or log-softmax (``log=True``) over axis 1 of ``(outer, D, inner)``.
+- :func:`activation_softmax_rows_grad`, :func:`activation_softmax_columns_grad`: their
+  gradients from the forward *output* ``y``: ``y * (dy - sum(dy * y))`` and
+  ``dy - exp(y) * sum(dy)``.
+
+Scalar functions (inline helpers): :func:`_sigmoid_pair`, :func:`_leaky_relu`,
+:func:`_leaky_relu_grad`, :func:`_elu`, :func:`_elu_grad`, :func:`_gelu`, :func:`_gelu_grad`,
+:func:`_gelu_tanh`, :func:`_gelu_tanh_grad`, :func:`_silu`, :func:`_silu_grad`,
+:func:`_sigmoid`, :func:`_sigmoid_grad`, :func:`_tanh`, :func:`_tanh_grad`.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ..config import PARALLEL_JIT, SERIAL_JIT
+
+#: Elements per parallel job of the pointwise kernels (as :mod:`.elementwise`).
+_BLOCK = 1 << 14
+
+#: Columns per job of the ``*_columns`` softmax kernels.
+_COLUMNS = 256
+
+
+# ---------------------------------------------------------------------------------------
+# Scalar functions
+# ---------------------------------------------------------------------------------------
+
+
+@njit(**SERIAL_JIT)
+def _sigmoid_pair(v):
+    """``(sigmoid(v), sigmoid(-v))`` from ``exp(-|v|)``: no overflow, each accurate in its tail."""
+    one = type(v)(1)
+    e = math.exp(-abs(v))
+    big = one / (one + e)
+    small = e * big
+    return (big, small) if v >= 0 else (small, big)
+
+
+@njit(**SERIAL_JIT)
+def _leaky_relu(v, a):
+    return v if v > 0 else v * a
+
+
+@njit(**SERIAL_JIT)
+def _leaky_relu_grad(g, v, a):
+    return g if v > 0 else g * a  # PyTorch: a NaN input takes the negative branch
+
+
+@njit(**SERIAL_JIT)
+def _elu(v, a):
+    return v if v > 0 else a * math.expm1(v)
+
+
+@njit(**SERIAL_JIT)
+def _elu_grad(g, v, a):
+    return g if v > 0 else g * a * math.exp(v)  # a NaN input gives NaN (as PyTorch's vector loop)
+
+
+@njit(**SERIAL_JIT)
+def _gelu(v, a):
+    """``v * Phi(v)``, with ``Phi(v) = erfc(-v / sqrt 2) / 2``: accurate in the negative tail too."""
+    t = type(v)
+    return t(0.5) * v * math.erfc(-v * t(0.7071067811865476))
+
+
+@njit(**SERIAL_JIT)
+def _gelu_grad(g, v, a):
+    """``Phi(v) + v * phi(v)``."""
+    t = type(v)
+    phi = math.exp(t(-0.5) * v * v) * t(0.3989422804014327)
+    return g * (t(0.5) * math.erfc(-v * t(0.7071067811865476)) + v * phi)
+
+
+@njit(**SERIAL_JIT)
+def _gelu_tanh(v, a):
+    """``v (1 + tanh u) / 2 = v * sigmoid(2u)``, ``u = sqrt(2/pi) (v + 0.044715 v^3)``."""
+    t = type(v)
+    u2 = t(1.5957691216057308) * (v + t(0.044715) * v * v * v)
+    return v * _sigmoid_pair(u2)[0]
+
+
+@njit(**SERIAL_JIT)
+def _gelu_tanh_grad(g, v, a):
+    t = type(v)
+    u2 = t(1.5957691216057308) * (v + t(0.044715) * v * v * v)
+    s, r = _sigmoid_pair(u2)
+    return g * (s + v * s * r * t(1.5957691216057308) * (t(1) + t(0.134145) * v * v))
+
+
+@njit(**SERIAL_JIT)
+def _silu(v, a):
+    return v * _sigmoid_pair(v)[0]
+
+
+@njit(**SERIAL_JIT)
+def _silu_grad(g, v, a):
+    s, r = _sigmoid_pair(v)
+    return g * s * (type(v)(1) + v * r)
+
+
+@njit(**SERIAL_JIT)
+def _sigmoid(v, a):
+    return _sigmoid_pair(v)[0]
+
+
+@njit(**SERIAL_JIT)
+def _sigmoid_grad(g, v, a):
+    s, r = _sigmoid_pair(v)
+    return g * s * r
+
+
+@njit(**SERIAL_JIT)
+def _tanh(v, a):
+    return math.tanh(v)
+
+
+@njit(**SERIAL_JIT)
+def _tanh_grad(g, v, a):
+    y = math.tanh(v)
+    return g * (type(v)(1) - y * y)
+
+
+# ---------------------------------------------------------------------------------------
+# Pointwise kernels
+# ---------------------------------------------------------------------------------------
+
+
+@njit(**PARALLEL_JIT)
+def activation_pointwise(f, x, a, out):
+    """``out[i] = f(x[i], a)`` for flat arrays of one length."""
+    n = x.shape[0]
+    for blk in prange((n + _BLOCK - 1) // _BLOCK):
+        lo = blk * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        src = x[lo:hi]
+        dst = out[lo:hi]
+        for i in range(hi - lo):
+            dst[i] = f(src[i], a)
+
+
+@njit(**PARALLEL_JIT)
+def activation_pointwise_grad(f, dy, x, a, dx):
+    """``dx[i] = f(dy[i], x[i], a)`` for flat arrays of one length."""
+    n = x.shape[0]
+    for blk in prange((n + _BLOCK - 1) // _BLOCK):
+        lo = blk * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        g = dy[lo:hi]
+        src = x[lo:hi]
+        dst = dx[lo:hi]
+        for i in range(hi - lo):
+            dst[i] = f(g[i], src[i], a)
+
+
+# ---------------------------------------------------------------------------------------
+# Softmax over the middle axis of (outer, D, inner)
+# ---------------------------------------------------------------------------------------
+
+
+@njit(**PARALLEL_JIT)
+def activation_softmax_rows(x, log, out):
+    """Softmax (or log-softmax) of each row of the C-contiguous ``(R, D)`` array ``x``; ``D >= 1``."""
+    R, D = x.shape
+    zero = np.zeros(1, dtype=out.dtype)[0]
+    for r in prange(R):
+        row = x[r]
+        dst = out[r]
+        m = row[0]
+        for j in range(D):
+            v = row[j]
+            m = v if v > m else m
+        s = zero
+        if log:
+            for j in range(D):
+                s += math.exp(row[j] - m)
+            shift = m + math.log(s)
+            for j in range(D):
+                dst[j] = row[j] - shift
+        else:
+            for j in range(D):
+                e = math.exp(row[j] - m)
+                dst[j] = e
+                s += e
+            inv = type(s)(1) / s
+            for j in range(D):
+                dst[j] *= inv
+
+
+@njit(**PARALLEL_JIT)
+def activation_softmax_columns(x, log, out):
+    """Softmax (or log-softmax) over axis 1 of the C-contiguous ``(O, D, I)`` array ``x``; ``D >= 1``.
+
+    A job is one ``o`` and a block of up to ``_COLUMNS`` of the ``I`` columns.
+    """
+    O, D, I = x.shape
+    blocks = (I + _COLUMNS - 1) // _COLUMNS
+    for job in prange(O * blocks):
+        o = job // blocks
+        lo = (job - o * blocks) * _COLUMNS
+        w = min(I, lo + _COLUMNS) - lo
+        m = x[o, 0, lo:lo + w].copy()
+        s = np.zeros(w, dtype=out.dtype)
+        for d in range(D):
+            src = x[o, d, lo:lo + w]
+            for i in range(w):
+                m[i] = src[i] if src[i] > m[i] else m[i]
+        for d in range(D):
+            src = x[o, d, lo:lo + w]
+            dst = out[o, d, lo:lo + w]
+            for i in range(w):
+                e = math.exp(src[i] - m[i])
+                s[i] += e
+                dst[i] = e
+        if log:
+            for i in range(w):
+                m[i] += math.log(s[i])
+        else:
+            for i in range(w):
+                s[i] = type(m[0])(1) / s[i]
+        for d in range(D):
+            src = x[o, d, lo:lo + w]
+            dst = out[o, d, lo:lo + w]
+            if log:
+                for i in range(w):
+                    dst[i] = src[i] - m[i]
+            else:
+                for i in range(w):
+                    dst[i] *= s[i]
+
+
+@njit(**PARALLEL_JIT)
+def activation_softmax_rows_grad(dy, y, log, dx):
+    """Gradient of :func:`activation_softmax_rows` from its output ``y``, row by row."""
+    R, D = y.shape
+    zero = np.zeros(1, dtype=dx.dtype)[0]
+    for r in prange(R):
+        g = dy[r]
+        yr = y[r]
+        dst = dx[r]
+        s = zero
+        if log:
+            for j in range(D):
+                s += g[j]
+            for j in range(D):
+                dst[j] = g[j] - math.exp(yr[j]) * s
+        else:
+            for j in range(D):
+                s += g[j] * yr[j]
+            for j in range(D):
+                dst[j] = yr[j] * (g[j] - s)
+
+
+@njit(**PARALLEL_JIT)
+def activation_softmax_columns_grad(dy, y, log, dx):
+    """Gradient of :func:`activation_softmax_columns` from its output ``y`` (jobs as there)."""
+    O, D, I = y.shape
+    blocks = (I + _COLUMNS - 1) // _COLUMNS
+    for job in prange(O * blocks):
+        o = job // blocks
+        lo = (job - o * blocks) * _COLUMNS
+        w = min(I, lo + _COLUMNS) - lo
+        s = np.zeros(w, dtype=dx.dtype)
+        for d in range(D):
+            g = dy[o, d, lo:lo + w]
+            yd = y[o, d, lo:lo + w]
+            if log:
+                for i in range(w):
+                    s[i] += g[i]
+            else:
+                for i in range(w):
+                    s[i] += g[i] * yd[i]
+        for d in range(D):
+            g = dy[o, d, lo:lo + w]
+            yd = y[o, d, lo:lo + w]
+            dst = dx[o, d, lo:lo + w]
+            if log:
+                for i in range(w):
+                    dst[i] = g[i] - math.exp(yd[i]) * s[i]
+            else:
+                for i in range(w):
+                    dst[i] = yd[i] * (g[i] - s[i])
