@@ -181,7 +181,9 @@ class Strategy:
     op : str
         The pass: ``"conv2d_forward"``, ``"conv2d_input_grad"``, ``"conv2d_weight_grad"``,
         ``"conv2d_bias_grad"``, ``"max_pool2d_forward"``, ``"max_pool2d_backward"``,
-        ``"relu_forward"``, ``"relu_backward"``, ``"linear_forward"``, ``"linear_backward"``.
+        ``"relu_forward"``, ``"relu_backward"``, ``"linear_forward"``, ``"linear_backward"``, and
+        ``"<op>_forward"``/``"<op>_backward"`` of every activation of :data:`POINTWISE`, ``"softmax"``
+        and ``"log_softmax"``.
     name : str
         The strategy's name, unique within ``op``.
     kernels : tuple of str

@@ -16,5 +16,8 @@ module             kernels
 ``matmul``         ``matmul_nn``, ``matmul_nt``
 ``maxpool``        ``maxpool_forward_2x2``, ``maxpool_forward_window``, ``maxpool_backward_route``
 ``elementwise``    ``elementwise_relu``, ``elementwise_relu_grad``
+``activation``     ``activation_pointwise``, ``activation_pointwise_grad`` (a scalar function compiled in),
+                   ``activation_softmax_rows``, ``activation_softmax_columns`` and their ``*_grad``:
+                   ``activation_softmax_rows_grad``, ``activation_softmax_columns_grad``
 =================  ==========================================================================
 """
