@@ -196,17 +196,16 @@ def activation_softmax_rows(x, log, out):
             v = row[j]
             m = v if v > m else m
         s = zero
+        for j in range(D):
+            z = row[j] - m
+            e = math.exp(z)
+            s += e
+            dst[j] = z if log else e  # the shifted logit is stored: x - (m + log s) would round m + log s
         if log:
+            ls = math.log(s)
             for j in range(D):
-                s += math.exp(row[j] - m)
-            shift = m + math.log(s)
-            for j in range(D):
-                dst[j] = row[j] - shift
+                dst[j] -= ls
         else:
-            for j in range(D):
-                e = math.exp(row[j] - m)
-                dst[j] = e
-                s += e
             inv = type(s)(1) / s
             for j in range(D):
                 dst[j] *= inv
@@ -234,21 +233,17 @@ def activation_softmax_columns(x, log, out):
             src = x[o, d, lo:lo + w]
             dst = out[o, d, lo:lo + w]
             for i in range(w):
-                e = math.exp(src[i] - m[i])
+                z = src[i] - m[i]
+                e = math.exp(z)
                 s[i] += e
-                dst[i] = e
-        if log:
-            for i in range(w):
-                m[i] += math.log(s[i])
-        else:
-            for i in range(w):
-                s[i] = type(m[0])(1) / s[i]
+                dst[i] = z if log else e
+        for i in range(w):
+            s[i] = math.log(s[i]) if log else type(m[0])(1) / s[i]
         for d in range(D):
-            src = x[o, d, lo:lo + w]
             dst = out[o, d, lo:lo + w]
             if log:
                 for i in range(w):
-                    dst[i] = src[i] - m[i]
+                    dst[i] -= s[i]
             else:
                 for i in range(w):
                     dst[i] *= s[i]
