@@ -247,7 +247,8 @@ def class_loss_parts(owner, input, target, weight, ignore_index, reduction, labe
     den = wt.sum()
 
     def grad(dout):
-        c = dout_coefficients(dout, reduction, sample_shape, owner, den).reshape(-1) * np.ones(M)
+        # Ignored samples get exactly no gradient (PyTorch never writes theirs), even when none is counted.
+        c = np.where(valid, dout_coefficients(dout, reduction, sample_shape, owner, den).reshape(-1), 0.0)
         if log_softmax:
             total = (1.0 - eps) * wt + (eps / C) * (C if w is None else w.sum()) * valid
             g = p * total[:, None]
