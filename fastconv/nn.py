@@ -1049,11 +1049,16 @@ class _Pointwise(Module):
 
     _op = ""
     _strategy = "pointwise"
+    _param = None  # the name of the one parameter, if any
     _a = 0.0
 
-    def __init__(self, inplace=False):
+    def __init__(self, a=None, inplace=False):
         super().__init__()
-        self.inplace = _check_bool(inplace, "inplace", type(self).__name__)
+        owner = type(self).__name__
+        if self._param is not None:
+            self._a = _real(a, self._param, owner)
+            setattr(self, self._param, self._a)
+        self.inplace = _check_bool(inplace, "inplace", owner)
         self._cache = None
 
     def forward(self, x):
@@ -1072,7 +1077,8 @@ class _Pointwise(Module):
         return _plan.pointwise_backward(self._op, dout, x, self._a, self._strategy) if input_grad else None
 
     def extra_repr(self):
-        return "inplace=True" if self.inplace else ""
+        parts = [] if self._param is None else [f"{self._param}={self._a}"]
+        return ", ".join(parts + (["inplace=True"] if self.inplace else []))
 
 
 def _real(value, name, owner):
@@ -1099,13 +1105,10 @@ class LeakyReLU(_Pointwise):
     """
 
     _op = "leaky_relu"
+    _param = "negative_slope"
 
     def __init__(self, negative_slope=0.01, inplace=False):
-        super().__init__(inplace)
-        self.negative_slope = self._a = _real(negative_slope, "negative_slope", "LeakyReLU")
-
-    def extra_repr(self):
-        return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
+        super().__init__(negative_slope, inplace)
 
 
 class ELU(_Pointwise):
@@ -1126,13 +1129,10 @@ class ELU(_Pointwise):
     """
 
     _op = "elu"
+    _param = "alpha"
 
     def __init__(self, alpha=1.0, inplace=False):
-        super().__init__(inplace)
-        self.alpha = self._a = _real(alpha, "alpha", "ELU")
-
-    def extra_repr(self):
-        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
+        super().__init__(alpha, inplace)
 
 
 class GELU(_Pointwise):
@@ -1172,6 +1172,9 @@ class SiLU(_Pointwise):
     """
 
     _op = "silu"
+
+    def __init__(self, inplace=False):
+        super().__init__(None, inplace)
 
 
 class Sigmoid(_Pointwise):
