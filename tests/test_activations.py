@@ -134,9 +134,9 @@ def test_sigmoid_family_is_exact_in_its_tails():
     x = np.array([-1000.0, -100.0, 100.0, 1000.0])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        np.testing.assert_array_equal(fc.sigmoid(x), [0.0, np.exp(-100.0), 1.0, 1.0])
+        np.testing.assert_allclose(fc.sigmoid(x), [0.0, np.exp(-100.0), 1.0, 1.0], rtol=4e-16, atol=0)
         np.testing.assert_allclose(fc.sigmoid(np.array([-50.0, 50.0], np.float32)), [np.exp(-50.0), 1.0], rtol=1e-6)
-        np.testing.assert_array_equal(fc.silu(x), [-0.0, -100 * np.exp(-100.0), 100.0, 1000.0])
+        np.testing.assert_allclose(fc.silu(x), [-0.0, -100 * np.exp(-100.0), 100.0, 1000.0], rtol=4e-16, atol=0)
         np.testing.assert_array_equal(fc.elu(x), [-1.0, -1.0, 100.0, 1000.0])
         assert fc.gelu(np.array([-10.0]))[0] < 0  # x * Phi(x) without the cancellation of 1 + erf
 
@@ -357,3 +357,28 @@ def test_softmax_leaves_inputs_alone_and_takes_any_layout(log, rng):
         np.testing.assert_array_equal(bwd(dy, x, dim), bwd(np.ascontiguousarray(dy), np.ascontiguousarray(x), dim))
     np.testing.assert_array_equal(x, before[0])
     np.testing.assert_array_equal(dy, before[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_kernels_exp_is_within_two_ulp_of_numpys(dtype, rng):
+    """The vectorisable ``exp`` inside the kernels, over its whole range; NaN, infinities, flushed tails."""
+    from numba import njit
+
+    from fastconv.kernels.activation import _exp
+
+    @njit
+    def run(x, out):
+        for i in range(x.shape[0]):
+            out[i] = _exp(x[i])
+
+    lo, hi = (-86.5, 88.72) if dtype == np.float32 else (-708.0, 709.78)
+    x = np.concatenate([rng.uniform(lo, hi, 20000), rng.uniform(-1, 1, 2000), [0.0, -0.0, lo, hi]]).astype(dtype)
+    out = np.empty_like(x)
+    run(x, out)
+    expected = np.exp(x.astype(np.float64))
+    ulp = np.spacing(expected.astype(dtype)).astype(np.float64)
+    assert np.abs(out - expected).max(initial=0) <= 0 or (np.abs(out - expected) / ulp).max() <= 2
+    specials = np.array([np.nan, np.inf, -np.inf, 1e4, -1e4, lo - 1], dtype)
+    out = np.empty_like(specials)
+    run(specials, out)
+    np.testing.assert_array_equal(out, [np.nan, np.inf, 0.0, np.inf, 0.0, 0.0])
