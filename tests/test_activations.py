@@ -400,3 +400,19 @@ def test_the_kernels_exp_keeps_nan_and_infinities_and_flushes_its_tail(dtype):
     np.testing.assert_array_equal(out, [np.nan, np.inf, 0.0, np.inf, 0.0, 0.0])
     out, _ = _ulp_error("_tanh_abs", dtype, np.array([np.nan, np.inf, -np.inf], dtype))
     np.testing.assert_array_equal(out, [np.nan, 1.0, -1.0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activations_are_accurate_to_a_few_ulp_through_the_kernels(dtype, rng):
+    """The helpers as the kernels compile them (with the kernels' fast-math flags), over wide ranges."""
+    lo = -80.0 if dtype == np.float32 else -700.0
+    x = rng.uniform(lo, 0.0, 20000).astype(dtype)
+    e = np.exp(x.astype(np.float64))
+    for name, expected in [("sigmoid", e / (1 + e)), ("elu", np.expm1(x.astype(np.float64))),
+                           ("tanh", np.tanh(x.astype(np.float64)))]:
+        ulp = np.spacing(np.abs(expected).astype(dtype)).astype(np.float64)
+        err = np.abs(getattr(fc, name)(x) - expected) / ulp
+        assert err.max() <= 4, (name, float(err.max()))
+    logits = rng.uniform(-80, 80, (200, 50))
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(fc.softmax(logits, 1), z / z.sum(axis=1, keepdims=True), rtol=1e-14, atol=0)
