@@ -1,15 +1,15 @@
 #!/usr/bin/env python
 """Activations side by side with PyTorch, in one process: forward and backward, float32, 2 threads.
 
-Times, op by op and one library after the other, the minimum over repeated calls of fastconv's and torch's
-forward and backward passes (torch's backward through autograd, its forward output kept
-as a real training step keeps it) of GELU (both forms), SiLU and sigmoid on a
+Times, op by op, the minimum over repeated calls (alternated: one call of each per round) of
+fastconv's and torch's forward and backward passes (torch's backward through autograd, its
+forward graph kept as a training step keeps it) of GELU (both forms), SiLU and sigmoid on a
 64x256x28x28 activation and of softmax and log-softmax over the last axis of 4096x1000
 logits (and over axis 1 of 64x1000x16, the strided kernel)::
 
     PYTHONPATH=$PWD NUMBA_NUM_THREADS=2 python benchmarks/bench_activations.py
 
-``BENCH_SECONDS`` (default 1.5) is the time spent per op and library. Prints a table and
+``BENCH_SECONDS`` (default 4) is the time spent per op. Prints a table and
 one JSON line per op.
 """
 
@@ -24,16 +24,23 @@ import fastconv as fc
 THREADS = 2
 
 
-def best_time(call, seconds):
-    """Minimum of repeated calls of ``call`` for ``seconds`` (after one warm-up call)."""
-    call()
-    times = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < 3:
-        t0 = time.perf_counter()
+def best_times(calls, seconds):
+    """The minimum time of each of ``calls``, run alternately (one of each per round) for ``seconds``.
+
+    Alternating exposes both libraries to the same machine load (other processes share the cores).
+    """
+    for call in calls:
         call()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    best = [float("inf")] * len(calls)
+    end = time.perf_counter() + seconds
+    rounds = 0
+    while time.perf_counter() < end or rounds < 3:
+        for i, call in enumerate(calls):
+            t0 = time.perf_counter()
+            call()
+            best[i] = min(best[i], time.perf_counter() - t0)
+        rounds += 1
+    return best
 
 
 def main():
@@ -41,7 +48,7 @@ def main():
 
     torch.set_num_threads(THREADS)
     fc.set_num_threads(THREADS)
-    seconds = float(os.environ.get("BENCH_SECONDS", "1.5"))
+    seconds = float(os.environ.get("BENCH_SECONDS", "4"))
     rng = np.random.default_rng(0)
     big = rng.standard_normal((64, 256, 28, 28), dtype=np.float32)
     logits = rng.standard_normal((4096, 1000), dtype=np.float32) * 3
@@ -62,21 +69,26 @@ def main():
     rows = []
     for name, x, fwd, bwd, tfwd in ops:
         dy = rng.standard_normal(x.shape, dtype=np.float32)
+        y = fwd(x)
         if bwd is None:  # softmax: the backward reads the forward output, as nn.Softmax does
-            dim = 1
             log = name.startswith("log")
-            y = fwd(x)
-            ours_b = best_time(lambda: plan.softmax_backward(dy, y, dim, log), seconds)
+
+            def ours_backward():
+                plan.softmax_backward(dy, y, 1, log)
         else:
-            y = fwd(x)
-            ours_b = best_time(lambda: bwd(dy, x, y), seconds)
-        ours_f = best_time(lambda: fwd(x), seconds)
+            def ours_backward():
+                bwd(dy, x, y)
         tx = torch.from_numpy(x).requires_grad_(True)
         tdy = torch.from_numpy(dy)
-        with torch.no_grad():
-            torch_f = best_time(lambda: tfwd(tx), seconds)
         ty = tfwd(tx)
-        torch_b = best_time(lambda: torch.autograd.grad(ty, tx, tdy, retain_graph=True), seconds)
+
+        def torch_forward():
+            with torch.no_grad():
+                tfwd(tx)
+
+        ours_f, torch_f, ours_b, torch_b = best_times(
+            [lambda: fwd(x), torch_forward, ours_backward,
+             lambda: torch.autograd.grad(ty, tx, tdy, retain_graph=True)], seconds)
         row = {"op": name, "shape": list(x.shape), "threads": THREADS,
                "fastconv_forward_ms": ours_f * 1e3, "torch_forward_ms": torch_f * 1e3,
                "fastconv_backward_ms": ours_b * 1e3, "torch_backward_ms": torch_b * 1e3}
