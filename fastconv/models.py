@@ -174,6 +174,14 @@ def _converters(torch):
         nn.ReLU: lambda m: tnn.ReLU(),
         nn.Flatten: lambda m: tnn.Flatten(m.start_dim, m.end_dim),
         nn.Dropout: lambda m: tnn.Dropout(m.p),
+        nn.LeakyReLU: lambda m: tnn.LeakyReLU(m.negative_slope, m.inplace),
+        nn.ELU: lambda m: tnn.ELU(m.alpha, m.inplace),
+        nn.GELU: lambda m: tnn.GELU(m.approximate),
+        nn.SiLU: lambda m: tnn.SiLU(m.inplace),
+        nn.Sigmoid: lambda m: tnn.Sigmoid(),
+        nn.Tanh: lambda m: tnn.Tanh(),
+        nn.Softmax: lambda m: tnn.Softmax(m.dim),
+        nn.LogSoftmax: lambda m: tnn.LogSoftmax(m.dim),
     }
 
 
@@ -202,8 +210,9 @@ def to_torch(model):
         A :class:`fastconv.nn.Sequential` (nested ones included) of
         :class:`~fastconv.nn.Conv2d`, :class:`~fastconv.nn.ReLU`,
         :class:`~fastconv.nn.MaxPool2d`, :class:`~fastconv.nn.Flatten`,
-        :class:`~fastconv.nn.Linear` and :class:`~fastconv.nn.Dropout` layers, or one
-        such layer. Subclasses are refused: their forward may differ.
+        :class:`~fastconv.nn.Linear`, :class:`~fastconv.nn.Dropout` and the activation layers
+        (``LeakyReLU``, ``ELU``, ``GELU``, ``SiLU``, ``Sigmoid``, ``Tanh``, ``Softmax``,
+        ``LogSoftmax``), or one such layer. Subclasses are refused: their forward may differ.
 
     Returns
     -------

@@ -416,3 +416,25 @@ def test_activations_are_accurate_to_a_few_ulp_through_the_kernels(dtype, rng):
     logits = rng.uniform(-80, 80, (200, 50))
     z = np.exp(logits - logits.max(axis=1, keepdims=True))
     np.testing.assert_allclose(fc.softmax(logits, 1), z / z.sum(axis=1, keepdims=True), rtol=1e-14, atol=0)
+
+
+def test_a_network_with_every_activation_matches_torch_through_to_torch(rng):
+    torch = pytest.importorskip("torch")
+    from fastconv.models import to_torch
+
+    model = nn.Sequential(nn.Linear(6, 8, dtype=np.float64, rng=0), nn.LeakyReLU(0.2), nn.Linear(8, 8, dtype=np.float64,
+                          rng=1), nn.ELU(0.5), nn.GELU(), nn.SiLU(), nn.GELU("tanh"), nn.Tanh(), nn.Sigmoid(),
+                          nn.LogSoftmax(dim=1))
+    twin = to_torch(model)
+    assert repr(model) == repr(twin)
+    x = rng.standard_normal((5, 6))
+    dy = rng.standard_normal((5, 8))
+    y = model(x)
+    dx = model.backward(dy)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = twin(tx)
+    ty.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-11, atol=1e-12)
+    for (name, p), (_, tp) in zip(model.named_parameters(), twin.named_parameters(), strict=True):
+        np.testing.assert_allclose(p.grad, tp.grad.numpy(), rtol=1e-11, atol=1e-12, err_msg=name)
