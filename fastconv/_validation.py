@@ -9,6 +9,7 @@ import math
 import numbers
 import operator
 import os
+import warnings
 
 import numpy as np
 
@@ -315,3 +316,21 @@ def check_batch_size(func, shape):
     """PyTorch's check of a training batch norm: ValueError unless there is more than one value per channel."""
     if shape[0] * int(np.prod(shape[2:], dtype=np.int64)) == 1:
         raise ValueError(f"{func}: Expected more than 1 value per channel when training, got input size {tuple(shape)}")
+
+
+def softmax_dim(dim, shape, func):
+    """The axis ``dim`` (an int in ``[-ndim, ndim)``, or None) of an array of ``shape``, as an index in ``[0, ndim)``.
+
+    ``None`` picks PyTorch's implicit axis (0 for 0-, 1- and 3-D inputs, else 1) with PyTorch's warning.
+    A 0-D array has the one axis ``0`` (or ``-1``), as in PyTorch.
+    """
+    ndim = max(len(shape), 1)
+    if dim is None:
+        warnings.warn(f"{func}: implicit dimension choice for softmax has been deprecated (as in PyTorch); "
+                      f"pass dim", UserWarning, stacklevel=4)
+        return 0 if len(shape) in (0, 1, 3) else 1
+    if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, numbers.Integral):
+        raise TypeError(f"{func}: dim must be an int; got {dim!r} of type {type(dim).__name__}")
+    if not -ndim <= dim < ndim:
+        raise ValueError(f"{func}: dim must be in [{-ndim}, {ndim}) for an input of shape {tuple(shape)}; got {dim}")
+    return int(dim) % ndim

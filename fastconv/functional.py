@@ -21,9 +21,12 @@ Conventions (the same as PyTorch's ``torch.nn.functional`` and cs231n's layers):
 - Results are bitwise reproducible for the same inputs and number of threads.
 """
 
+import numbers
+
 import numba
 import numpy as np
 
+from . import _loss
 from . import _validation as V
 from . import plan as _plan
 
@@ -52,6 +55,34 @@ __all__ = [
     "batch_norm_backward",
     "set_num_threads",
     "get_num_threads",
+    # activations
+    "leaky_relu",
+    "leaky_relu_backward",
+    "elu",
+    "elu_backward",
+    "gelu",
+    "gelu_backward",
+    "silu",
+    "silu_backward",
+    "sigmoid",
+    "sigmoid_backward",
+    "tanh",
+    "tanh_backward",
+    "softmax",
+    "softmax_backward",
+    "log_softmax",
+    "log_softmax_backward",
+    # losses
+    "mse_loss",
+    "mse_loss_backward",
+    "l1_loss",
+    "l1_loss_backward",
+    "nll_loss",
+    "nll_loss_backward",
+    "cross_entropy",
+    "cross_entropy_backward",
+    "binary_cross_entropy_with_logits",
+    "binary_cross_entropy_with_logits_backward",
 ]
 
 _X, _W, _DY = V.X_LAYOUT, V.W_LAYOUT, V.DY_LAYOUT
@@ -1028,3 +1059,532 @@ def set_num_threads(n):
 def get_num_threads():
     """Number of threads fastconv's kernels use for calls from the current thread."""
     return numba.get_num_threads()
+
+
+# ---------------------------------------------------------------------------------------
+# Activations (PyTorch's torch.nn.functional names and defaults)
+# ---------------------------------------------------------------------------------------
+#
+# Every ``*_backward(dy, x, ...)`` takes the *input* of the forward pass, as relu_backward.
+
+
+def _real(value, name, func):
+    """``value`` as a Python float; ``TypeError`` unless it is a real number (not a bool)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{func}: {name} must be a real number; got {value!r} of type {type(value).__name__}")
+    return float(value)
+
+
+def _pointwise(op, func, x, a=0.0, strategy="pointwise", dy=None):
+    V.check_any_float_array(x, "x", func)
+    if dy is None:
+        return _plan.pointwise_forward(op, x, a, strategy)
+    V.check_like(func, "dy", dy, "x", x)
+    return _plan.pointwise_backward(op, dy, x, a, strategy)
+
+
+def leaky_relu(x, negative_slope=0.01):
+    """Leaky ReLU, ``x if x > 0 else negative_slope * x`` elementwise (PyTorch's ``F.leaky_relu``).
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64, any shape
+    negative_slope : float, default 0.01
+
+    Returns
+    -------
+    ndarray, shape and dtype of ``x``
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.leaky_relu(np.array([-2.0, 0.0, 3.0]), 0.1)
+    array([-0.2,  0. ,  3. ])
+    """
+    return _pointwise("leaky_relu", "leaky_relu", x, _real(negative_slope, "negative_slope", "leaky_relu"))
+
+
+def leaky_relu_backward(dy, x, negative_slope=0.01):
+    """Gradient of :func:`leaky_relu`: ``dy`` where ``x > 0``, else ``negative_slope * dy`` (NaN too, as PyTorch).
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.leaky_relu_backward(np.ones(2), np.array([-2.0, 3.0]), 0.1)
+    array([0.1, 1. ])
+    """
+    func = "leaky_relu_backward"
+    return _pointwise("leaky_relu", func, x, _real(negative_slope, "negative_slope", func), dy=dy)
+
+
+def elu(x, alpha=1.0):
+    """Exponential linear unit, ``x if x > 0 else alpha * (exp(x) - 1)`` (PyTorch's ``F.elu``).
+
+    ``exp(x) - 1`` is computed as ``expm1``: exact near 0, ``-alpha`` for large negative ``x``.
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64, any shape
+    alpha : float, default 1.0
+
+    Returns
+    -------
+    ndarray, shape and dtype of ``x``
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.elu(np.array([-1000.0, 0.0, 2.0]))
+    array([-1.,  0.,  2.])
+    """
+    return _pointwise("elu", "elu", x, _real(alpha, "alpha", "elu"))
+
+
+def elu_backward(dy, x, alpha=1.0):
+    """Gradient of :func:`elu`: ``dy`` where ``x > 0``, else ``dy * alpha * exp(x)``; NaN where ``x`` is NaN.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.elu_backward(np.ones(2), np.array([0.0, 2.0]))
+    array([1., 1.])
+    """
+    return _pointwise("elu", "elu_backward", x, _real(alpha, "alpha", "elu_backward"), dy=dy)
+
+
+def _gelu_strategy(approximate, func):
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"{func}: approximate must be 'none' or 'tanh'; got {approximate!r}")
+    return "erf" if approximate == "none" else "tanh"
+
+
+def gelu(x, approximate="none"):
+    """Gaussian error linear unit (PyTorch's ``F.gelu``).
+
+    ``approximate='none'``: ``x * Phi(x)`` with the normal distribution function
+    ``Phi(x) = erfc(-x / sqrt(2)) / 2`` (the same function as PyTorch's ``(1 + erf(x / sqrt 2)) / 2``,
+    without its cancellation for negative ``x``). ``approximate='tanh'``:
+    ``x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))) / 2``.
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64, any shape
+    approximate : {'none', 'tanh'}, default 'none'
+
+    Returns
+    -------
+    ndarray, shape and dtype of ``x``
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.gelu(np.array([-1.0, 0.0, 1.0])).round(6)
+    array([-0.158655,  0.      ,  0.841345])
+    """
+    return _pointwise("gelu", "gelu", x, 0.0, _gelu_strategy(approximate, "gelu"))
+
+
+def gelu_backward(dy, x, approximate="none"):
+    """Gradient of :func:`gelu`: ``dy * (Phi(x) + x * phi(x))`` (or the derivative of the tanh form).
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.gelu_backward(np.ones(1), np.zeros(1))
+    array([0.5])
+    """
+    return _pointwise("gelu", "gelu_backward", x, 0.0, _gelu_strategy(approximate, "gelu_backward"), dy=dy)
+
+
+def silu(x):
+    """SiLU (swish), ``x * sigmoid(x)`` elementwise (PyTorch's ``F.silu``).
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.silu(np.array([-1000.0, 0.0, 1000.0]))
+    array([  -0.,    0., 1000.])
+    """
+    return _pointwise("silu", "silu", x)
+
+
+def silu_backward(dy, x):
+    """Gradient of :func:`silu`: ``dy * s * (1 + x * (1 - s))`` with ``s = sigmoid(x)``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.silu_backward(np.ones(1), np.zeros(1))
+    array([0.5])
+    """
+    return _pointwise("silu", "silu_backward", x, dy=dy)
+
+
+def sigmoid(x):
+    """Logistic function ``1 / (1 + exp(-x))`` elementwise, through ``exp(-|x|)``: never overflows.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.sigmoid(np.array([-1000.0, 0.0, 1000.0]))
+    array([0. , 0.5, 1. ])
+    """
+    return _pointwise("sigmoid", "sigmoid", x)
+
+
+def sigmoid_backward(dy, x):
+    """Gradient of :func:`sigmoid`: ``dy * sigmoid(x) * sigmoid(-x)`` (``x``: the forward input).
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.sigmoid_backward(np.ones(1), np.zeros(1))
+    array([0.25])
+    """
+    return _pointwise("sigmoid", "sigmoid_backward", x, dy=dy)
+
+
+def tanh(x):
+    """Hyperbolic tangent elementwise.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.tanh(np.array([-1000.0, 0.0]))
+    array([-1.,  0.])
+    """
+    return _pointwise("tanh", "tanh", x)
+
+
+def tanh_backward(dy, x):
+    """Gradient of :func:`tanh`: ``dy * (1 - tanh(x)^2)`` (``x``: the forward input).
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.tanh_backward(np.ones(1), np.zeros(1))
+    array([1.])
+    """
+    return _pointwise("tanh", "tanh_backward", x, dy=dy)
+
+
+def _softmax(func, x, dim, log, dy=None):
+    V.check_any_float_array(x, "x", func)
+    d = V.softmax_dim(dim, x.shape, func)
+    x1 = x.reshape(x.shape or (1,))
+    y = _plan.softmax_forward(x1, d, log)
+    if dy is None:
+        return y.reshape(x.shape)
+    V.check_like(func, "dy", dy, "x", x)
+    return _plan.softmax_backward(dy.reshape(x1.shape), y, d, log).reshape(x.shape)
+
+
+def softmax(x, dim=None):
+    """Softmax over axis ``dim``: ``exp(x - max) / sum(exp(x - max))`` (PyTorch's ``F.softmax``).
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64, any shape
+    dim : int
+        The axis, in ``[-x.ndim, x.ndim)``. ``None`` picks PyTorch's implicit axis with its warning.
+
+    Returns
+    -------
+    ndarray, shape and dtype of ``x``
+        A NaN (or ``+inf``) in a slice makes the whole slice NaN, as in PyTorch.
+
+    Raises
+    ------
+    TypeError
+        Non-float ``x`` or a non-integer ``dim``.
+    ValueError
+        ``dim`` out of range (the message names the shape).
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.softmax(np.array([[0.0, np.log(3.0)], [1000.0, 1000.0]]), dim=1)
+    array([[0.25, 0.75],
+           [0.5 , 0.5 ]])
+    """
+    return _softmax("softmax", x, dim, False)
+
+
+def softmax_backward(dy, x, dim):
+    """Gradient of :func:`softmax`: ``y * (dy - sum(dy * y, dim))`` with ``y = softmax(x, dim)``.
+
+    ``x`` is the forward *input* (the softmax is computed again); :class:`fastconv.nn.Softmax`
+    keeps its output instead.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.softmax_backward(np.array([1.0, 0.0]), np.zeros(2), dim=0)
+    array([ 0.25, -0.25])
+    """
+    return _softmax("softmax_backward", x, dim, False, dy)
+
+
+def log_softmax(x, dim=None):
+    """Log-softmax over axis ``dim``: ``x - max - log(sum(exp(x - max)))`` (PyTorch's ``F.log_softmax``).
+
+    Finite for finite ``x`` however large (``log_softmax([0, -1e30])`` is ``[0, -1e30]``).
+    Parameters, errors and NaN as :func:`softmax`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.log_softmax(np.array([0.0, -1000.0]), dim=0)
+    array([    0., -1000.])
+    """
+    return _softmax("log_softmax", x, dim, True)
+
+
+def log_softmax_backward(dy, x, dim):
+    """Gradient of :func:`log_softmax`: ``dy - softmax(x) * sum(dy, dim)`` (``x``: the forward input).
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.log_softmax_backward(np.array([1.0, 0.0]), np.zeros(2), dim=0)
+    array([ 0.5, -0.5])
+    """
+    return _softmax("log_softmax_backward", x, dim, True, dy)
+
+
+# ---------------------------------------------------------------------------------------
+# Losses (PyTorch's torch.nn.functional names, argument orders and defaults)
+# ---------------------------------------------------------------------------------------
+#
+# Computed in float64 with NumPy (losses are small next to the layers before them). With
+# reduction 'mean' or 'sum' a loss is a Python float; with 'none' an array in the input's
+# dtype. ``size_average`` and ``reduce`` are PyTorch's deprecated spellings of ``reduction``.
+# Every ``*_backward(dout, input, target, ...)`` returns the gradient with respect to
+# ``input`` for the gradient ``dout`` of the objective with respect to the loss: a real
+# scalar for 'mean'/'sum', a scalar or an array of the loss's shape for 'none'.
+
+
+def mse_loss(input, target, size_average=None, reduce=None, reduction="mean"):
+    """Mean squared error, ``(input - target)**2`` reduced (PyTorch's ``F.mse_loss``).
+
+    Parameters
+    ----------
+    input, target : ndarray, one shape, one float dtype
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+
+    Returns
+    -------
+    float, or ndarray of input's shape and dtype for ``reduction='none'``
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.mse_loss(np.array([1.0, 2.0]), np.array([0.0, 0.0]))
+    2.5
+    """
+    func = "mse_loss"
+    return _loss.mse_parts(func, input, target, _loss.legacy_reduction(size_average, reduce, reduction, func))[0]
+
+
+def mse_loss_backward(dout, input, target, reduction="mean"):
+    """Gradient of :func:`mse_loss` with respect to ``input``: ``2 (input - target) dout`` (``/ size`` for the mean).
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.mse_loss_backward(1.0, np.array([1.0, 2.0]), np.array([0.0, 0.0]))
+    array([1., 2.])
+    """
+    func = "mse_loss_backward"
+    return _loss.mse_parts(func, input, target, _loss.check_reduction(reduction, func))[1](dout)
+
+
+def l1_loss(input, target, size_average=None, reduce=None, reduction="mean"):
+    """Mean absolute error, ``|input - target|`` reduced (PyTorch's ``F.l1_loss``).
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.l1_loss(np.array([1.0, -3.0]), np.zeros(2), reduction="sum")
+    4.0
+    """
+    func = "l1_loss"
+    return _loss.l1_parts(func, input, target, _loss.legacy_reduction(size_average, reduce, reduction, func))[0]
+
+
+def l1_loss_backward(dout, input, target, reduction="mean"):
+    """Gradient of :func:`l1_loss`: ``sign(input - target) dout``, 0 where they are equal or NaN (as PyTorch).
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.l1_loss_backward(1.0, np.array([1.0, -3.0, 0.0]), np.zeros(3), reduction="sum")
+    array([ 1., -1.,  0.])
+    """
+    func = "l1_loss_backward"
+    return _loss.l1_parts(func, input, target, _loss.check_reduction(reduction, func))[1](dout)
+
+
+def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean"):
+    """Negative log-likelihood of class indices, ``-weight[t] * input[n, t]`` (PyTorch's ``F.nll_loss``).
+
+    Parameters
+    ----------
+    input : ndarray, shape (N, C), (N, C, d1, ...) or (C,), float32 or float64
+        Log-probabilities (e.g. :func:`log_softmax` over axis 1).
+    target : ndarray of integers, shape (N,), (N, d1, ...) or ()
+        Class indices in ``[0, C)``, or ``ignore_index``.
+    weight : ndarray, shape (C,), optional
+        Per-class weights (input's dtype).
+    ignore_index : int, default -100
+        Targets equal to it add nothing to the loss nor to the mean's denominator.
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+        ``'mean'`` divides by the sum of the counted targets' weights (their count without ``weight``).
+
+    Returns
+    -------
+    float, or ndarray of target's shape for ``reduction='none'`` (0 where ignored)
+
+    Raises
+    ------
+    TypeError
+        Non-float input or weight, non-integer target.
+    ValueError
+        Shapes that do not match, or a target outside ``[0, C)`` that is not ``ignore_index``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> logp = np.log(np.array([[0.5, 0.5], [0.25, 0.75]]))
+    >>> round(fc.nll_loss(logp, np.array([0, 1])), 6)
+    0.490415
+    """
+    func = "nll_loss"
+    return _loss.class_loss_parts(func, input, target, weight, ignore_index,
+                                  _loss.legacy_reduction(size_average, reduce, reduction, func), 0.0, False)[0]
+
+
+def nll_loss_backward(dout, input, target, weight=None, ignore_index=-100, reduction="mean"):
+    """Gradient of :func:`nll_loss` with respect to ``input``: ``-weight[t] * dout`` at each target, else 0.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.nll_loss_backward(1.0, np.zeros((2, 2)), np.array([0, 1]))
+    array([[-0.5,  0. ],
+           [ 0. , -0.5]])
+    """
+    func = "nll_loss_backward"
+    return _loss.class_loss_parts(func, input, target, weight, ignore_index,
+                                  _loss.check_reduction(reduction, func), 0.0, False)[1](dout)
+
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
+                  label_smoothing=0.0):
+    """Softmax cross-entropy of logits against class indices or class probabilities (PyTorch's ``F.cross_entropy``).
+
+    With class indices: ``nll_loss(log_softmax(input, 1), target, weight, ignore_index)``; with
+    ``label_smoothing = e`` the target distribution is ``(1 - e) onehot(t) + e / C``, so the loss is
+    ``(1 - e) * nll + e / C * sum_c -weight[c] * log_softmax(input)[c]`` (reduced as the NLL part, over
+    the same counted targets). With a float ``target`` of input's shape (class probabilities ``q``):
+    ``-sum_c weight[c] q_c log_softmax(input)_c``, smoothed likewise, the mean taken over the samples.
+    The log-softmax is max-shifted in float64: finite for any finite logits.
+
+    Parameters
+    ----------
+    input : ndarray, shape (N, C), (N, C, d1, ...) or (C,), float32 or float64
+        Logits.
+    target : ndarray
+        Integer class indices of shape (N,), (N, d1, ...) or (), or class probabilities of input's shape.
+    weight : ndarray, shape (C,), optional
+    ignore_index : int, default -100
+        Class-index targets equal to it add nothing (nor to the mean's denominator).
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+    label_smoothing : float in [0, 1], default 0.0
+
+    Returns
+    -------
+    float, or ndarray of the per-sample shape for ``reduction='none'``
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`nll_loss`; also a ``label_smoothing`` outside ``[0, 1]``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> round(fc.cross_entropy(np.array([[2.0, 0.0, 0.0]]), np.array([0])), 6)
+    0.239545
+    >>> round(fc.cross_entropy(np.array([[2.0, 0.0, 0.0]]), np.array([0]), label_smoothing=0.1), 6)
+    0.372878
+    """
+    func = "cross_entropy"
+    return _loss.class_loss_parts(func, input, target, weight, ignore_index,
+                                  _loss.legacy_reduction(size_average, reduce, reduction, func),
+                                  _loss.check_label_smoothing(label_smoothing, func), True)[0]
+
+
+def cross_entropy_backward(dout, input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """Gradient of :func:`cross_entropy` with respect to the logits: ``(softmax(input) - onehot(t)) * dout``
+    (``/ N`` for the mean) without weights or smoothing; in general ``softmax * sum(a) - a`` for the
+    weighted, smoothed target ``a``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.cross_entropy_backward(1.0, np.zeros((1, 2)), np.array([1]))
+    array([[ 0.5, -0.5]])
+    """
+    func = "cross_entropy_backward"
+    return _loss.class_loss_parts(func, input, target, weight, ignore_index, _loss.check_reduction(reduction, func),
+                                  _loss.check_label_smoothing(label_smoothing, func), True)[1](dout)
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None, reduction="mean",
+                                     pos_weight=None):
+    """Sigmoid binary cross-entropy of logits (PyTorch's ``F.binary_cross_entropy_with_logits``).
+
+    ``-weight * (pos_weight * t * log sigmoid(x) + (1 - t) * log(1 - sigmoid(x)))``, computed as
+    ``(1 - t) x + (1 + (pos_weight - 1) t) * (log1p(exp(-|x|)) + max(-x, 0))``: exact for logits of any size.
+
+    Parameters
+    ----------
+    input : ndarray, float32 or float64, any shape
+        Logits.
+    target : ndarray, input's shape and dtype
+        Targets, usually in ``[0, 1]``.
+    weight : ndarray, optional
+        Broadcastable to input's shape: a weight per element.
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+    pos_weight : ndarray, optional
+        Broadcastable to input's shape (usually ``(C,)`` for the last axis): the positive targets' weight.
+
+    Returns
+    -------
+    float, or ndarray of input's shape for ``reduction='none'``
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.binary_cross_entropy_with_logits(np.array([1000.0, -1000.0]), np.array([1.0, 0.0]))
+    0.0
+    """
+    func = "binary_cross_entropy_with_logits"
+    return _loss.bce_with_logits_parts(func, input, target, weight,
+                                       _loss.legacy_reduction(size_average, reduce, reduction, func), pos_weight)[0]
+
+
+def binary_cross_entropy_with_logits_backward(dout, input, target, weight=None, reduction="mean", pos_weight=None):
+    """Gradient of :func:`binary_cross_entropy_with_logits` with respect to ``input``:
+    ``weight * ((1 - t) - (1 + (pos_weight - 1) t) sigmoid(-x)) * dout`` (``sigmoid(x) - t`` without weights).
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> fc.binary_cross_entropy_with_logits_backward(1.0, np.zeros(2), np.array([1.0, 0.0]))
+    array([-0.25,  0.25])
+    """
+    func = "binary_cross_entropy_with_logits_backward"
+    return _loss.bce_with_logits_parts(func, input, target, weight, _loss.check_reduction(reduction, func),
+                                       pos_weight)[1](dout)

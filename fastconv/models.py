@@ -182,6 +182,14 @@ def _converters(torch):
         nn.BatchNorm1d: lambda m: _torch_batch_norm(torch, tnn.BatchNorm1d, m),
         nn.BatchNorm2d: lambda m: _torch_batch_norm(torch, tnn.BatchNorm2d, m),
         nn.Identity: lambda m: tnn.Identity(),
+        nn.LeakyReLU: lambda m: tnn.LeakyReLU(m.negative_slope, m.inplace),
+        nn.ELU: lambda m: tnn.ELU(m.alpha, m.inplace),
+        nn.GELU: lambda m: tnn.GELU(m.approximate),
+        nn.SiLU: lambda m: tnn.SiLU(m.inplace),
+        nn.Sigmoid: lambda m: tnn.Sigmoid(),
+        nn.Tanh: lambda m: tnn.Tanh(),
+        nn.Softmax: lambda m: tnn.Softmax(m.dim),
+        nn.LogSoftmax: lambda m: tnn.LogSoftmax(m.dim),
     }
 
 
@@ -219,8 +227,9 @@ def to_torch(model):
         :class:`~fastconv.nn.MaxPool2d`, :class:`~fastconv.nn.AvgPool2d`,
         :class:`~fastconv.nn.AdaptiveAvgPool2d`, :class:`~fastconv.nn.AdaptiveMaxPool2d`,
         :class:`~fastconv.nn.Flatten`, :class:`~fastconv.nn.Linear`, :class:`~fastconv.nn.Dropout`,
-        :class:`~fastconv.nn.BatchNorm1d`, :class:`~fastconv.nn.BatchNorm2d` and
-        :class:`~fastconv.nn.Identity` layers, or one such layer. Subclasses are refused: their forward may differ.
+        :class:`~fastconv.nn.BatchNorm1d`, :class:`~fastconv.nn.BatchNorm2d`, :class:`~fastconv.nn.Identity`
+        and the activation layers (``LeakyReLU``, ``ELU``, ``GELU``, ``SiLU``, ``Sigmoid``, ``Tanh``,
+        ``Softmax``, ``LogSoftmax``), or one such layer. Subclasses are refused: their forward may differ.
 
     Returns
     -------

@@ -58,6 +58,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from . import _loss
 from . import _validation as _V
 from . import functional as _F
 from . import plan as _plan
@@ -76,6 +77,18 @@ __all__ = [
     "Linear",
     "Dropout",
     "CrossEntropyLoss",
+    "LeakyReLU",
+    "ELU",
+    "GELU",
+    "SiLU",
+    "Sigmoid",
+    "Tanh",
+    "Softmax",
+    "LogSoftmax",
+    "MSELoss",
+    "L1Loss",
+    "NLLLoss",
+    "BCEWithLogitsLoss",
     "BatchNorm1d",
     "BatchNorm2d",
     "Identity",
@@ -1358,102 +1371,455 @@ class Dropout(Module):
         return f"p={self.p}, inplace=False"
 
 
-class CrossEntropyLoss(Module):
-    """Softmax cross-entropy between logits and integer class labels.
+# ---------------------------------------------------------------------------------------
+# Activations
+# ---------------------------------------------------------------------------------------
 
-    ``loss = -mean_n log_softmax(input[n])[target[n]]`` (or the sum with
-    ``reduction="sum"``), computed with a max-shifted, numerically stable log-softmax in
-    float64.
+
+class _Pointwise(Module):
+    """An activation of :data:`fastconv.plan.POINTWISE`: caches its input, as :class:`ReLU`.
+
+    Subclasses set ``_op`` and, where it has variants, ``_strategy``; ``_a`` is the one parameter.
+    """
+
+    _op = ""
+    _strategy = "pointwise"
+    _param = None  # the name of the one parameter, if any
+    _a = 0.0
+
+    def __init__(self, a=None, inplace=False):
+        super().__init__()
+        owner = type(self).__name__
+        if self._param is not None:
+            self._a = _real(a, self._param, owner)
+            setattr(self, self._param, self._a)
+        self.inplace = _check_bool(inplace, "inplace", owner)
+        self._cache = None
+
+    def forward(self, x):
+        """The activation of ``x`` (any shape), a new array of its shape and dtype."""
+        _check_input(x, type(self).__name__)
+        self._cache = x if is_grad_enabled() else None
+        return _plan.pointwise_forward(self._op, x, self._a, self._strategy)
+
+    def backward(self, dout, input_grad=True):
+        """``dout`` times the activation's derivative at the forward input."""
+        owner = type(self).__name__
+        if self._cache is None:
+            raise _no_cache_error(owner)
+        x = self._cache
+        _check_dout(dout, owner, x.shape, x.dtype)
+        return _plan.pointwise_backward(self._op, dout, x, self._a, self._strategy) if input_grad else None
+
+    def extra_repr(self):
+        parts = [] if self._param is None else [f"{self._param}={self._a}"]
+        return ", ".join(parts + (["inplace=True"] if self.inplace else []))
+
+
+def _real(value, name, owner):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: {name} must be a real number; got {value!r} of type {type(value).__name__}")
+    return float(value)
+
+
+class LeakyReLU(_Pointwise):
+    """``x if x > 0 else negative_slope * x`` elementwise (see :func:`fastconv.functional.leaky_relu`).
 
     Parameters
     ----------
-    reduction : {"mean", "sum"}, default "mean"
+    negative_slope : float, default 0.01
+    inplace : bool, default False
+        Accepted for PyTorch compatibility; the output is always a new array (inputs are never modified).
 
     Examples
     --------
-    >>> loss_fn = nn.CrossEntropyLoss()            # doctest: +SKIP
-    >>> loss = loss_fn(logits, labels)             # a Python float
-    >>> dlogits = loss_fn.backward()               # (N, C), dtype of logits
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> nn.LeakyReLU(0.1)(np.array([-1.0, 2.0]))
+    array([-0.1,  2. ])
     """
 
-    def __init__(self, reduction="mean"):
+    _op = "leaky_relu"
+    _param = "negative_slope"
+
+    def __init__(self, negative_slope=0.01, inplace=False):
+        super().__init__(negative_slope, inplace)
+
+
+class ELU(_Pointwise):
+    """``x if x > 0 else alpha * (exp(x) - 1)`` elementwise (see :func:`fastconv.functional.elu`).
+
+    Parameters
+    ----------
+    alpha : float, default 1.0
+    inplace : bool, default False
+        As for :class:`LeakyReLU`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> nn.ELU()(np.array([-1000.0, 2.0]))
+    array([-1.,  2.])
+    """
+
+    _op = "elu"
+    _param = "alpha"
+
+    def __init__(self, alpha=1.0, inplace=False):
+        super().__init__(alpha, inplace)
+
+
+class GELU(_Pointwise):
+    """Gaussian error linear unit, exact (``approximate='none'``) or its tanh form (see
+    :func:`fastconv.functional.gelu`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> nn.GELU(approximate="tanh")(np.array([0.0, 10.0]))
+    array([ 0., 10.])
+    """
+
+    _op = "gelu"
+
+    def __init__(self, approximate="none"):
         super().__init__()
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"CrossEntropyLoss: reduction must be 'mean' or 'sum'; got {reduction!r}")
-        self.reduction = reduction
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh'; got {approximate!r}")
+        self.approximate = approximate
+        self._strategy = "erf" if approximate == "none" else "tanh"
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
+
+class SiLU(_Pointwise):
+    """``x * sigmoid(x)`` elementwise (see :func:`fastconv.functional.silu`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> nn.SiLU()(np.array([0.0, 1000.0]))
+    array([   0., 1000.])
+    """
+
+    _op = "silu"
+
+    def __init__(self, inplace=False):
+        super().__init__(None, inplace)
+
+
+class Sigmoid(_Pointwise):
+    """``1 / (1 + exp(-x))`` elementwise, without overflow (see :func:`fastconv.functional.sigmoid`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> nn.Sigmoid()(np.array([-1000.0, 0.0]))
+    array([0. , 0.5])
+    """
+
+    _op = "sigmoid"
+
+    def __init__(self):
+        super().__init__()
+
+
+class Tanh(_Pointwise):
+    """Hyperbolic tangent elementwise.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> nn.Tanh()(np.array([0.0]))
+    array([0.])
+    """
+
+    _op = "tanh"
+
+    def __init__(self):
+        super().__init__()
+
+
+class Softmax(Module):
+    """Softmax over axis ``dim`` (see :func:`fastconv.functional.softmax`); caches its output for backward.
+
+    Parameters
+    ----------
+    dim : int, optional
+        The axis. ``None`` (PyTorch's default) picks PyTorch's implicit axis at each call, with its warning.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> nn.Softmax(dim=1)(np.array([[0.0, 0.0]]))
+    array([[0.5, 0.5]])
+    """
+
+    _log = False
+
+    def __init__(self, dim=None):
+        super().__init__()
+        owner = type(self).__name__
+        if dim is not None and (isinstance(dim, (bool, np.bool_)) or not isinstance(dim, numbers.Integral)):
+            raise TypeError(f"{owner}: dim must be an int or None; got {dim!r}")
+        self.dim = None if dim is None else int(dim)
         self._cache = None
 
-    def forward(self, input, target):
-        """Loss of ``input`` (logits, ``(N, C)`` float) against ``target`` (``(N,)`` ints in ``[0, C)``).
+    def forward(self, x):
+        owner = type(self).__name__
+        _check_input(x, owner)
+        d = _V.softmax_dim(self.dim, x.shape, owner)
+        x1 = x.reshape(x.shape or (1,))
+        y = _plan.softmax_forward(x1, d, self._log)
+        self._cache = (y, d, x.shape) if is_grad_enabled() else None
+        return y.reshape(x.shape)
 
-        Returns
-        -------
-        float
-        """
-        owner = "CrossEntropyLoss"
-        if not isinstance(input, np.ndarray):
-            raise TypeError(f"{owner}: input must be a numpy.ndarray of logits (N, C); got {type(input).__name__}")
-        if input.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"{owner}: input must have dtype float32 or float64; got {input.dtype}")
-        if input.ndim != 2:
-            raise ValueError(f"{owner}: input must be 2-D logits (N, C); got shape {input.shape}")
-        N, C = input.shape
-        if N == 0 or C == 0:
-            raise ValueError(f"{owner}: input must have at least one sample and one class; got shape {input.shape}")
-        target = np.asarray(target)
-        if target.dtype.kind not in "iu":
-            raise TypeError(f"{owner}: target must hold integer class labels; got dtype {target.dtype}")
-        if target.ndim != 1 or target.shape[0] != N:
-            raise ValueError(f"{owner}: target must have shape ({N},) to match input.shape={input.shape}; "
-                             f"got {target.shape}")
-        lo, hi = int(target.min()), int(target.max())
-        if lo < 0 or hi >= C:
-            raise ValueError(f"{owner}: target labels must lie in [0, {C}) for {C} classes; got values in [{lo}, {hi}]")
-        z = input.astype(np.float64)
-        z -= z.max(axis=1, keepdims=True)
-        log_norm = np.log(np.exp(z).sum(axis=1))
-        rows = np.arange(N)
-        picked = z[rows, target] - log_norm
-        total = -float(picked.sum())
-        loss = total / N if self.reduction == "mean" else total
-        if is_grad_enabled():
-            probs = np.exp(z - log_norm[:, None])
-            self._cache = (probs, target.astype(np.intp), input.dtype)
-        else:
-            self._cache = None
+    def backward(self, dout, input_grad=True):
+        owner = type(self).__name__
+        if self._cache is None:
+            raise _no_cache_error(owner)
+        y, d, shape = self._cache
+        _check_dout(dout, owner, shape, y.dtype)
+        if not input_grad:
+            return None
+        return _plan.softmax_backward(dout.reshape(y.shape), y, d, self._log).reshape(shape)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class LogSoftmax(Softmax):
+    """Log-softmax over axis ``dim`` (see :func:`fastconv.functional.log_softmax`); caches its output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> nn.LogSoftmax(dim=1)(np.array([[0.0, -1000.0]]))
+    array([[    0., -1000.]])
+    """
+
+    _log = True
+
+
+# ---------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------
+
+
+class _Loss(Module):
+    """A loss: ``forward(input, target)`` returns it (a Python float, or an array for ``reduction='none'``);
+    ``backward(dout=1.0)`` returns its gradient with respect to ``input``, in input's dtype.
+
+    ``dout`` is the gradient of the final objective with respect to the loss: a real scalar, or for
+    ``reduction='none'`` a scalar or an array of the loss's shape.
+    """
+
+    def __init__(self, size_average=None, reduce=None, reduction="mean"):
+        super().__init__()
+        self.reduction = _loss.legacy_reduction(size_average, reduce, reduction, type(self).__name__)
+        self._cache = None
+
+    def _parts(self, input, target):  # pragma: no cover - every loss defines it
+        raise NotImplementedError
+
+    def forward(self, input, target):
+        """The loss of ``input`` against ``target``."""
+        loss, grad = self._parts(input, target)
+        self._cache = (grad, np.shape(loss)) if is_grad_enabled() else None
         return loss
 
     def backward(self, dout=1.0, input_grad=True):
-        """Gradient w.r.t. the logits: ``(softmax(input) - onehot(target)) * dout`` (``/ N`` for the mean).
+        """Gradient of the objective with respect to ``input``: ``dL/dinput * dout``.
 
         Parameters
         ----------
-        dout : float, default 1.0
-            Gradient of the final objective with respect to the loss.
+        dout : float or ndarray, default 1.0
         input_grad : bool, default True
-            ``False`` returns ``None`` (the signature every module shares).
-
-        Returns
-        -------
-        ndarray, shape (N, C), dtype of the logits
+            ``False`` checks ``dout`` and returns ``None`` (the signature every module shares).
         """
+        owner = type(self).__name__
         if self._cache is None:
-            raise _no_cache_error("CrossEntropyLoss")
-        if isinstance(dout, np.ndarray) and dout.ndim == 0:
-            dout = dout.item()
-        if isinstance(dout, (bool, np.bool_)) or not isinstance(dout, numbers.Real):
-            raise TypeError(f"CrossEntropyLoss.backward: dout must be a real scalar; got {dout!r}")
+            raise _no_cache_error(owner)
+        grad, shape = self._cache
         if not input_grad:
+            _loss.dout_coefficients(dout, self.reduction, shape, f"{owner}.backward", 1)
             return None
-        probs, target, dtype = self._cache
-        grad = probs.copy()
-        grad[np.arange(grad.shape[0]), target] -= 1.0
-        scale = float(dout) / grad.shape[0] if self.reduction == "mean" else float(dout)
-        grad *= scale
-        return grad.astype(dtype, copy=False)
+        return grad(dout)
 
     def extra_repr(self):
         return "" if self.reduction == "mean" else f"reduction={self.reduction!r}"
+
+
+class MSELoss(_Loss):
+    """Mean squared error (see :func:`fastconv.functional.mse_loss`).
+
+    Parameters
+    ----------
+    size_average, reduce : deprecated, as in PyTorch (use ``reduction``)
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> loss_fn = nn.MSELoss()
+    >>> loss_fn(np.array([1.0, 2.0]), np.zeros(2))
+    2.5
+    >>> loss_fn.backward()
+    array([1., 2.])
+    """
+
+    def _parts(self, input, target):
+        return _loss.mse_parts("MSELoss", input, target, self.reduction)
+
+
+class L1Loss(_Loss):
+    """Mean absolute error (see :func:`fastconv.functional.l1_loss`); parameters as :class:`MSELoss`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> nn.L1Loss(reduction="none")(np.array([1.0, -2.0]), np.zeros(2))
+    array([1., 2.])
+    """
+
+    def _parts(self, input, target):
+        return _loss.l1_parts("L1Loss", input, target, self.reduction)
+
+
+class _WeightedLoss(_Loss):
+    def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(size_average, reduce, reduction)
+        owner = type(self).__name__
+        if weight is not None:
+            _V.check_float_array(weight, "weight", owner, weight.ndim if isinstance(weight, np.ndarray) else 1,
+                                 "(C,)")
+            weight = weight.copy()
+        self.weight = weight
+
+
+def _ignore_index(value, owner):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: ignore_index must be an int; got {value!r}")
+    return int(value)
+
+
+class NLLLoss(_WeightedLoss):
+    """Negative log-likelihood of class indices (see :func:`fastconv.functional.nll_loss`).
+
+    Parameters
+    ----------
+    weight : ndarray, shape (C,), optional
+        Per-class weights, in input's dtype (a copy is kept).
+    size_average, reduce : deprecated, as in PyTorch (use ``reduction``)
+    ignore_index : int, default -100
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> loss_fn = nn.NLLLoss()
+    >>> loss_fn(np.log(np.array([[0.5, 0.5]])), np.array([1]))  # doctest: +ELLIPSIS
+    0.693147...
+    >>> loss_fn.backward()
+    array([[ 0., -1.]])
+    """
+
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean"):
+        super().__init__(weight, size_average, reduce, reduction)
+        self.ignore_index = _ignore_index(ignore_index, "NLLLoss")
+
+    def _parts(self, input, target):
+        return _loss.class_loss_parts("NLLLoss", input, target, self.weight, self.ignore_index, self.reduction,
+                                      0.0, False)
+
+
+class CrossEntropyLoss(_WeightedLoss):
+    """Softmax cross-entropy between logits and class indices or class probabilities
+    (see :func:`fastconv.functional.cross_entropy`).
+
+    ``loss = -mean_n log_softmax(input[n])[target[n]]`` without weights or smoothing (the sum
+    with ``reduction="sum"``, per sample with ``"none"``), computed with a max-shifted,
+    numerically stable log-softmax in float64. Input ``(N, C)``, ``(N, C, d1, ...)`` or ``(C,)``.
+
+    Parameters
+    ----------
+    weight : ndarray, shape (C,), optional
+        Per-class weights, in input's dtype (a copy is kept).
+    size_average, reduce : deprecated, as in PyTorch (use ``reduction``)
+    ignore_index : int, default -100
+        Class-index targets equal to it add nothing to the loss nor to the mean's denominator.
+    reduction : {"mean", "sum", "none"}, default "mean"
+    label_smoothing : float in [0, 1], default 0.0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> logits, labels = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]]), np.array([0, -100])
+    >>> loss_fn = nn.CrossEntropyLoss()
+    >>> round(loss_fn(logits, labels), 6)          # a Python float; the second sample is ignored
+    0.239545
+    >>> loss_fn.backward().round(4)                # (N, C), dtype of logits
+    array([[-0.213 ,  0.1065,  0.1065],
+           [ 0.    ,  0.    ,  0.    ]])
+    """
+
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
+                 label_smoothing=0.0):
+        super().__init__(weight, size_average, reduce, reduction)
+        self.ignore_index = _ignore_index(ignore_index, "CrossEntropyLoss")
+        self.label_smoothing = _loss.check_label_smoothing(label_smoothing, "CrossEntropyLoss")
+
+    def _parts(self, input, target):
+        return _loss.class_loss_parts("CrossEntropyLoss", input, target, self.weight, self.ignore_index,
+                                      self.reduction, self.label_smoothing, True)
+
+
+class BCEWithLogitsLoss(_WeightedLoss):
+    """Sigmoid binary cross-entropy of logits, exact for large logits
+    (see :func:`fastconv.functional.binary_cross_entropy_with_logits`).
+
+    Parameters
+    ----------
+    weight : ndarray, optional
+        Broadcastable to the input's shape (a copy is kept).
+    size_average, reduce : deprecated, as in PyTorch (use ``reduction``)
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+    pos_weight : ndarray, optional
+        Broadcastable to the input's shape, usually ``(C,)``: the weight of positive targets (a copy is kept).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> loss_fn = nn.BCEWithLogitsLoss()
+    >>> loss_fn(np.array([0.0, 1000.0]), np.array([1.0, 1.0]))  # doctest: +ELLIPSIS
+    0.346573...
+    >>> loss_fn.backward()
+    array([-0.25,  0.  ])
+    """
+
+    def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean", pos_weight=None):
+        super().__init__(weight, size_average, reduce, reduction)
+        if pos_weight is not None:
+            _V.check_any_float_array(pos_weight, "pos_weight", "BCEWithLogitsLoss")
+            pos_weight = pos_weight.copy()
+        self.pos_weight = pos_weight
+
+    def _parts(self, input, target):
+        return _loss.bce_with_logits_parts("BCEWithLogitsLoss", input, target, self.weight, self.reduction,
+                                           self.pos_weight)
 
 
 # ---------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import dataclasses
 import enum
 import functools
 import importlib
+import math
 from typing import Callable, NamedTuple
 
 import numba
@@ -187,7 +188,9 @@ class Strategy:
         The pass: ``"conv2d_forward"``, ``"conv2d_input_grad"``, ``"conv2d_weight_grad"``,
         ``"conv2d_bias_grad"``, ``"max_pool2d_forward"``, ``"max_pool2d_backward"``,
         ``"adaptive_max_pool2d_forward"``, ``"avg_pool2d_forward"``, ``"avg_pool2d_backward"``,
-        ``"relu_forward"``, ``"relu_backward"``, ``"linear_forward"``, ``"linear_backward"``.
+        ``"relu_forward"``, ``"relu_backward"``, ``"linear_forward"``, ``"linear_backward"``, the norm passes, and
+        ``"<op>_forward"``/``"<op>_backward"`` of every activation of :data:`POINTWISE`, ``"softmax"``
+        and ``"log_softmax"``.
     name : str
         The strategy's name, unique within ``op``.
     kernels : tuple of str
@@ -1522,3 +1525,100 @@ def group_norm_backward(dy, x, groups, saved, weight):
     dx, _, _ = norm_backward(dxhat.reshape(1, N * groups, M), channel_view(x).reshape(1, N * groups, M), mean,
                              invstd, np.ones(N * groups), True)
     return dx.reshape(x.shape), dweight.astype(x.dtype), dbias.astype(x.dtype)
+# Activations: pointwise functions and softmax over one axis
+# ---------------------------------------------------------------------------------------
+
+#: The pointwise activations: ``op -> {strategy: (scalar function of kernels.activation, work per element)}``.
+#: Every strategy runs the same two kernels with another compiled-in scalar function.
+POINTWISE = {
+    "leaky_relu": {"pointwise": ("leaky_relu", 1)},
+    "elu": {"pointwise": ("elu", 8)},
+    "gelu": {"erf": ("gelu", 16), "tanh": ("gelu_tanh", 12)},
+    "silu": {"pointwise": ("silu", 8)},
+    "sigmoid": {"pointwise": ("sigmoid", 8)},
+    "tanh": {"pointwise": ("tanh", 8)},
+}
+
+
+def _register_pointwise(op, name, helper, cost):
+    kernels = ["activation.activation_pointwise"]
+
+    @_strategy(f"{op}_forward", name, kernels, None, f"one parallel pass of activation._{helper}")
+    def forward(x, a):
+        flat = contiguous(x).reshape(-1)
+        out = np.empty(x.shape, dtype=x.dtype)
+        _run(kernels[0], kernel(f"activation._{helper}"), flat, x.dtype.type(a), out.reshape(-1),
+             work=flat.size * cost)
+        return out
+
+    @_strategy(f"{op}_backward", name, ["activation.activation_pointwise_grad"], None,
+               f"one parallel pass of activation._{helper}_grad, reading the forward input")
+    def backward(dy, x, a):
+        flat = contiguous(x).reshape(-1)
+        dx = np.empty(x.shape, dtype=x.dtype)
+        _run("activation.activation_pointwise_grad", kernel(f"activation._{helper}_grad"), contiguous(dy).reshape(-1),
+             flat, x.dtype.type(a), dx.reshape(-1), work=flat.size * cost)
+        return dx
+
+
+for _op, _variants in POINTWISE.items():
+    for _name, (_helper, _cost) in _variants.items():
+        _register_pointwise(_op, _name, _helper, _cost)
+
+
+def pointwise_forward(op, x, a=0.0, strategy="pointwise"):
+    """Activation ``op`` of :data:`POINTWISE` (its one parameter ``a``) of any float array (no checks)."""
+    return STRATEGIES[f"{op}_forward", strategy].run(x, a)
+
+
+def pointwise_backward(op, dy, x, a=0.0, strategy="pointwise"):
+    """The gradient of :func:`pointwise_forward` from the forward input ``x`` (no checks)."""
+    return STRATEGIES[f"{op}_backward", strategy].run(dy, x, a)
+
+
+def _register_softmax(op, log):
+    for name, layout in (("rows", "the axis is the last one: one contiguous row per job"),
+                         ("columns", "axis followed by others: blocks of 256 contiguous columns per job")):
+        fwd, grad = f"activation.activation_softmax_{name}", f"activation.activation_softmax_{name}_grad"
+        two_d = name == "rows"
+
+        @_strategy(f"{op}_forward", name, [fwd], None, f"max-shifted, over (outer, D, inner); {layout}")
+        def forward(x3, out3, fwd=fwd, two_d=two_d):
+            O, D, I = x3.shape
+            shape = (O, D) if two_d else (O, D, I)
+            _run(fwd, x3.reshape(shape), log, out3.reshape(shape), work=x3.size * 12)
+
+        @_strategy(f"{op}_backward", name, [grad], None, f"from the forward output; {layout}")
+        def backward(dy3, y3, dx3, grad=grad, two_d=two_d):
+            O, D, I = y3.shape
+            shape = (O, D) if two_d else (O, D, I)
+            _run(grad, dy3.reshape(shape), y3.reshape(shape), log, dx3.reshape(shape), work=y3.size * 4)
+
+
+_register_softmax("softmax", False)
+_register_softmax("log_softmax", True)
+
+
+def _axis_view(shape, dim):
+    """``(outer, D, inner)``: ``shape`` seen as three axes around axis ``dim`` (already in range)."""
+    return math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:])
+
+
+def softmax_forward(x, dim, log=False):
+    """Softmax (``log=False``) or log-softmax of ``x`` over axis ``dim`` (``0 <= dim < x.ndim``; no checks)."""
+    view = _axis_view(x.shape, dim)
+    out = np.empty(x.shape, dtype=x.dtype)
+    if out.size:
+        strategy = STRATEGIES["log_softmax_forward" if log else "softmax_forward", "rows" if view[2] == 1 else "columns"]
+        strategy.run(contiguous(x).reshape(view), out.reshape(view))
+    return out
+
+
+def softmax_backward(dy, y, dim, log=False):
+    """The gradient of :func:`softmax_forward` from its output ``y`` (no checks)."""
+    view = _axis_view(y.shape, dim)
+    dx = np.empty(y.shape, dtype=y.dtype)
+    if dx.size:
+        strategy = STRATEGIES["log_softmax_backward" if log else "softmax_backward", "rows" if view[2] == 1 else "columns"]
+        strategy.run(contiguous(dy).reshape(view), contiguous(y).reshape(view), dx.reshape(view))
+    return dx

@@ -21,6 +21,8 @@ Rows and columns left over at the bottom/right are dropped, as in PyTorch. Pooli
 adaptive pooling PyTorch's windows ``[floor(i*H/Ho), ceil((i+1)*H/Ho))``.
 """
 
+import math
+
 import numpy as np
 
 __all__ = [
@@ -46,6 +48,26 @@ __all__ = [
     "linear_backward",
     "matmul",
     "cross_entropy",
+    "leaky_relu",
+    "leaky_relu_backward",
+    "elu",
+    "elu_backward",
+    "gelu",
+    "gelu_backward",
+    "silu",
+    "silu_backward",
+    "sigmoid",
+    "sigmoid_backward",
+    "tanh",
+    "tanh_backward",
+    "softmax",
+    "softmax_backward",
+    "log_softmax",
+    "log_softmax_backward",
+    "mse_loss",
+    "l1_loss",
+    "nll_loss",
+    "binary_cross_entropy_with_logits",
 ]
 
 
@@ -606,11 +628,221 @@ def linear_backward(dy, x, weight):
     return dx, dw, db
 
 
-def cross_entropy(logits, target, reduction="mean"):
-    """``-log_softmax(logits[n])[target[n]]``, averaged (or summed) over ``n``, computed in float64."""
-    total = 0.0
-    for n in range(logits.shape[0]):
-        row = logits[n].astype(np.float64)
-        m = row.max()
-        total += -(row[int(target[n])] - m - np.log(np.sum(np.exp(row - m))))
-    return total / logits.shape[0] if reduction == "mean" else total
+# ---------------------------------------------------------------------------------------
+# Activations: the definitions element by element (``math`` functions in a loop) and their
+# derivatives as calculus gives them. Gradients take the forward input ``x``.
+# ---------------------------------------------------------------------------------------
+
+
+def _elementwise(f, *arrays):
+    """``f`` applied to the Python floats of ``arrays`` (one shape) one element at a time, in their dtype."""
+    out = np.empty(arrays[0].shape, dtype=arrays[0].dtype)
+    flat = [a.reshape(-1) for a in arrays]
+    for i in range(out.size):
+        out.flat[i] = f(*(float(a[i]) for a in flat))
+    return out
+
+
+def _logistic(v):
+    """``1 / (1 + e^-v)`` written for either sign, so that the reference itself does not overflow."""
+    return 1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v))
+
+
+def leaky_relu(x, negative_slope=0.01):
+    return _elementwise(lambda v: v if v > 0 else negative_slope * v, x)
+
+
+def leaky_relu_backward(dy, x, negative_slope=0.01):
+    return _elementwise(lambda g, v: g if v > 0 else negative_slope * g, dy, x)
+
+
+def elu(x, alpha=1.0):
+    return _elementwise(lambda v: v if v > 0 else alpha * (math.exp(v) - 1.0), x)
+
+
+def elu_backward(dy, x, alpha=1.0):
+    return _elementwise(lambda g, v: g if v > 0 else g * alpha * math.exp(v), dy, x)
+
+
+_TANH_K = math.sqrt(2.0 / math.pi)
+
+
+def gelu(x, approximate="none"):
+    """``x * Phi(x)`` with ``Phi(x) = (1 + erf(x / sqrt 2)) / 2``, or the tanh approximation."""
+    if approximate == "tanh":
+        return _elementwise(lambda v: 0.5 * v * (1.0 + math.tanh(_TANH_K * (v + 0.044715 * v**3))), x)
+    return _elementwise(lambda v: 0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))), x)
+
+
+def gelu_backward(dy, x, approximate="none"):
+    def exact(g, v):
+        return g * (0.5 * (1.0 + math.erf(v / math.sqrt(2.0))) + v * math.exp(-v * v / 2) / math.sqrt(2 * math.pi))
+
+    def tanh_form(g, v):
+        t = math.tanh(_TANH_K * (v + 0.044715 * v**3))
+        return g * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * _TANH_K * (1.0 + 3 * 0.044715 * v * v))
+
+    return _elementwise(tanh_form if approximate == "tanh" else exact, dy, x)
+
+
+def silu(x):
+    return _elementwise(lambda v: v * _logistic(v), x)
+
+
+def silu_backward(dy, x):
+    return _elementwise(lambda g, v: g * (_logistic(v) + v * _logistic(v) * (1.0 - _logistic(v))), dy, x)
+
+
+def sigmoid(x):
+    return _elementwise(_logistic, x)
+
+
+def sigmoid_backward(dy, x):
+    return _elementwise(lambda g, v: g * _logistic(v) * (1.0 - _logistic(v)), dy, x)
+
+
+def tanh(x):
+    return _elementwise(math.tanh, x)
+
+
+def tanh_backward(dy, x):
+    return _elementwise(lambda g, v: g * (1.0 - math.tanh(v) ** 2), dy, x)
+
+
+def _slices(shape, dim):
+    """Index tuples of every 1-D slice of an array of ``shape`` along axis ``dim``."""
+    rest = [range(n) for i, n in enumerate(shape) if i != dim]
+    for idx in np.ndindex(*[len(r) for r in rest]):
+        yield idx[:dim] + (slice(None),) + idx[dim:]
+
+
+def softmax(x, dim):
+    """``exp(x_i - max) / sum_j exp(x_j - max)`` along ``dim``, one slice at a time."""
+    dim %= x.ndim
+    out = np.empty_like(x)
+    for s in _slices(x.shape, dim):
+        e = np.exp(x[s] - x[s].max())
+        out[s] = e / e.sum()
+    return out
+
+
+def log_softmax(x, dim):
+    """``x_i - max - log sum_j exp(x_j - max)`` along ``dim``."""
+    dim %= x.ndim
+    out = np.empty_like(x)
+    for s in _slices(x.shape, dim):
+        z = x[s] - x[s].max()
+        out[s] = z - np.log(np.exp(z).sum())
+    return out
+
+
+def softmax_backward(dy, x, dim):
+    """The Jacobian ``diag(y) - y y^T`` of each slice applied to its ``dy``."""
+    dim %= x.ndim
+    y = softmax(x, dim)
+    dx = np.empty_like(x)
+    for s in _slices(x.shape, dim):
+        jac = np.diag(y[s]) - np.outer(y[s], y[s])
+        dx[s] = jac @ dy[s]
+    return dx
+
+
+def log_softmax_backward(dy, x, dim):
+    """The Jacobian ``I - 1 y^T`` (rows: outputs) of each slice, transposed, applied to its ``dy``."""
+    dim %= x.ndim
+    y = softmax(x, dim)
+    dx = np.empty_like(x)
+    for s in _slices(x.shape, dim):
+        jac = np.eye(y[s].size) - np.outer(np.ones(y[s].size), y[s])
+        dx[s] = jac.T @ dy[s]
+    return dx
+
+
+# ---------------------------------------------------------------------------------------
+# Losses, from their definitions, in float64; a float for 'mean'/'sum', an array for 'none'.
+# ---------------------------------------------------------------------------------------
+
+
+def _reduce(losses, reduction, denominator=None):
+    losses = np.asarray(losses, dtype=np.float64)
+    if reduction == "none":
+        return losses
+    if reduction == "sum":
+        return float(losses.sum())
+    return float(losses.sum() / (losses.size if denominator is None else denominator))
+
+
+def mse_loss(input, target, reduction="mean"):
+    return _reduce((input.astype(np.float64) - target) ** 2, reduction)
+
+
+def l1_loss(input, target, reduction="mean"):
+    return _reduce(np.abs(input.astype(np.float64) - target), reduction)
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean", pos_weight=None):
+    """``-w (p t log sigmoid(x) + (1 - t) log(1 - sigmoid(x)))``, element by element (moderate logits only)."""
+    x = input.astype(np.float64)
+    t = np.broadcast_to(target, x.shape)
+    w = np.broadcast_to(1.0 if weight is None else weight, x.shape)
+    p = np.broadcast_to(1.0 if pos_weight is None else pos_weight, x.shape)
+    losses = np.empty(x.shape)
+    for i in np.ndindex(*x.shape):
+        s = 1.0 / (1.0 + math.exp(-x[i]))
+        losses[i] = -w[i] * (p[i] * t[i] * math.log(s) + (1.0 - t[i]) * math.log(1.0 - s))
+    return _reduce(losses, reduction)
+
+
+def _per_sample(input, target):
+    """``(rows, targets, sample_shape)``: each sample's class vector (float64) and its target."""
+    if input.ndim == 1:
+        return [input.astype(np.float64)], [target[()]], ()
+    rows, targets = [], []
+    for idx in np.ndindex(input.shape[0], *input.shape[2:]):
+        rows.append(input[(idx[0], slice(None)) + idx[1:]].astype(np.float64))
+        targets.append(target[idx])
+    return rows, targets, (input.shape[0],) + input.shape[2:]
+
+
+def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
+    """``-weight[t] * input[t]`` per sample; ignored samples add 0; the mean divides by the summed weights."""
+    C = input.shape[min(1, input.ndim - 1)]
+    w = np.ones(C) if weight is None else weight.astype(np.float64)
+    rows, targets, shape = _per_sample(input, target)
+    losses, den = [], 0.0
+    for row, t in zip(rows, targets):
+        if t == ignore_index:
+            losses.append(0.0)
+            continue
+        losses.append(-w[t] * row[t])
+        den += w[t]
+    return _reduce(np.array(losses).reshape(shape), reduction, den)
+
+
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """Cross-entropy with the smoothed target ``q = (1 - e) onehot(t) + e / C``: ``-sum_c weight[c] q_c log p_c``.
+
+    Class indices (integer ``target``) or class probabilities (a float ``target`` of input's shape).
+    The mean divides by the summed ``weight[t]`` of the counted samples (by the sample count for
+    probabilities), as PyTorch.
+    """
+    C = input.shape[min(1, input.ndim - 1)]
+    w = np.ones(C) if weight is None else weight.astype(np.float64)
+    eps = label_smoothing
+    probabilities = target.dtype.kind == "f"
+    rows, targets, shape = _per_sample(input, np.moveaxis(target, 1, -1) if probabilities and target.ndim > 1
+                                       else target)
+    losses, den = [], 0.0
+    for row, t in zip(rows, targets):
+        logp = row - row.max() - math.log(np.exp(row - row.max()).sum())
+        if probabilities:
+            q = np.asarray(t, dtype=np.float64) * (1 - eps) + eps / C
+            losses.append(-(w * q * logp).sum())
+            den += 1.0
+            continue
+        if t == ignore_index:
+            losses.append(0.0)
+            continue
+        losses.append(-(1 - eps) * w[t] * logp[t] - eps / C * (w * logp).sum())
+        den += w[t]
+    return _reduce(np.array(losses).reshape(shape), reduction, den)

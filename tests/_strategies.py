@@ -78,7 +78,7 @@ def run_conv(plan, rng, finite=True):
 
 
 def run_elementwise_and_dense(dtype, rng):
-    """ReLU, the dense layer (forward and backward) and matmul; returns the strategies run."""
+    """ReLU, the other activations, the dense layer (forward and backward) and matmul; returns the strategies run."""
     import fastconv.functional as F
 
     x = rng.standard_normal((5, 7)).astype(dtype)
@@ -86,7 +86,14 @@ def run_elementwise_and_dense(dtype, rng):
     F.relu_backward(x, F.relu(x))
     F.linear_backward(F.linear(x, w), x, w)
     F.matmul(x, w.T.copy())
-    return {s for (op, _), s in P.STRATEGIES.items() if op.startswith(("relu", "linear", "matmul"))}
+    for op, variants in P.POINTWISE.items():
+        for name in variants:
+            P.pointwise_backward(op, x, x, 0.5, name), P.pointwise_forward(op, x, 0.5, name)
+    for dim in (0, 1):  # columns, rows
+        for log in (False, True):
+            P.softmax_backward(x, P.softmax_forward(x, dim, log), dim, log)
+    activations = tuple(P.POINTWISE) + ("softmax", "log_softmax")
+    return {s for (op, _), s in P.STRATEGIES.items() if op.startswith(("relu", "linear", "matmul") + activations)}
 
 
 def run_norm(dtype, rng):

@@ -481,7 +481,7 @@ TABLE = [
     Entry("Dropout", make_dropout, _dropout_call, _dropout_ref, {"p": "probability"}, ("x",), fixed_ndim=False),
     Entry("CrossEntropyLoss", make_cross_entropy,
           lambda a: nn.CrossEntropyLoss(a["reduction"])(a["input"], a["target"]),
-          lambda a, got: R.cross_entropy(a["input"], a["target"], a["reduction"]), {"reduction": "reduction"},
+          lambda a, got: R.cross_entropy(a["input"], a["target"], reduction=a["reduction"]), {"reduction": "reduction"},
           ("input",), int_arrays=("target",)),
 ]
 

@@ -196,7 +196,7 @@ def _typed(kernel, argtypes):
             elif isinstance(ftype, numba.types.Function):  # an @overload of fastconv's: its implementation
                 for template in ftype.templates:
                     func = getattr(template, "_overload_func", None)
-                    if func is not None and func.__module__.startswith("fastconv.kernels"):
+                    if func is not None and (func.__module__ or "").startswith("fastconv.kernels"):
                         callees += [(d, tuple(a)) for d, a in template._impl_cache.values() if d is not None]
     return ints, callees
 
@@ -280,7 +280,9 @@ def test_kernel_index_arithmetic_is_64_bit(name):
         pytest.skip(f"cannot run Numba's type inference directly: {exc!r}")
     if name not in found:
         pytest.fail(f"{name} is not reached from any strategy of fastconv.plan.STRATEGIES")
-    assert found[name] and found[name] <= {"int64", "uint64"}, found[name]
+    # A scalar helper of float arithmetic only (the activations' functions) has no integer at all.
+    assert found[name] <= {"int64", "uint64"}, found[name]
+    assert found[name] or name.split(".")[1].startswith("_"), f"{name}: a kernel without an index"
 
 
 def test_compiled_signatures_use_64_bit_integers(rng):

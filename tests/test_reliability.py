@@ -231,7 +231,7 @@ def test_cross_entropy_backward_dout(dout, error):
 @pytest.mark.parametrize(
     "logits, target, error, needles",
     [
-        (np.zeros((2, 3, 1), F32), np.array([0, 1]), ValueError, ("2-D", _shape((2, 3, 1)))),
+        (np.zeros((2, 3, 1), F32), np.array([0, 1]), ValueError, ("target", _shape((2, 1)), _shape((2, 3, 1)))),
         (np.zeros((2, 3), F32), np.array([0, 1], dtype=object), TypeError, ("target", "object")),
         (np.zeros((2, 3), F32), np.array([0, 2**63], dtype=np.uint64), ValueError, ("target", r"\[0, 3\)")),
         (np.zeros((2, 0), F32), np.array([0, 0]), ValueError, ("one class", _shape((2, 0)))),
@@ -287,7 +287,7 @@ def _ctor_rows():
     for value in [1.0, True, "1", None]:
         rows.append((f"Flatten-start_dim={value!r}", lambda v=value: nn.Flatten(v), TypeError, "start_dim"))
         rows.append((f"Flatten-end_dim={value!r}", lambda v=value: nn.Flatten(1, v), TypeError, "end_dim"))
-    for value in [None, "Mean", "none"]:
+    for value in [None, "Mean", "avg"]:
         rows.append((f"CrossEntropyLoss-reduction={value!r}", lambda v=value: nn.CrossEntropyLoss(reduction=v),
                      ValueError, "reduction"))
     return [pytest.param(make, error, needle, id=label.replace(" ", "")) for label, make, error, needle in rows]

@@ -22,7 +22,8 @@ callers guarantee every index):
 - :func:`vfmab(acc, w, a, i)`: ``acc + w * a[i]`` (the scalar broadcast; one FMA with a
   broadcast memory operand on AVX-512);
 - :func:`vadd(u, v)`, :func:`vmax(u, v)`;
-- :func:`lanes(v)`: ``L``, a compile-time constant.
+- :func:`lanes(v)`: ``L``, a compile-time constant;
+- :func:`pow2(k)`: ``2.0 ** k`` for an integral float ``k``, from the exponent bits (scalar, vectorisable).
 """
 
 from llvmlite import ir
@@ -30,7 +31,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
 
-__all__ = ["Width", "W512", "W256", "Vec", "vzero", "vload", "vstore", "vfmab", "vadd", "vmax", "lanes"]
+__all__ = ["Width", "W512", "W256", "Vec", "vzero", "vload", "vstore", "vfmab", "vadd", "vmax", "lanes", "pow2"]
 
 
 class Width:
@@ -220,3 +221,20 @@ def vmax(typingctx, u, v):
         return builder.select(keep, args[0], args[1])
 
     return u(u, v), codegen
+
+
+@intrinsic
+def pow2(typingctx, k):
+    """``2.0 ** k`` for a float ``k`` holding an integer of the normal exponent range (``[-126, 127]`` for
+    float32, ``[-1022, 1023]`` for float64; not checked), built from the exponent bits: no call, so a loop
+    using it vectorises (the fast ``exp`` of :mod:`fastconv.kernels.activation`)."""
+    if k not in (types.float32, types.float64):
+        return None
+    bits, mantissa, bias = (32, 23, 127) if k == types.float32 else (64, 52, 1023)
+
+    def codegen(context, builder, sig, args):
+        ity = ir.IntType(bits)
+        e = builder.add(builder.fptosi(args[0], ity), ir.Constant(ity, bias))
+        return builder.bitcast(builder.shl(e, ir.Constant(ity, mantissa)), _llvm_float(k))
+
+    return k(k), codegen
