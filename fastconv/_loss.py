@@ -187,7 +187,8 @@ def _from_rows(g, input):
 def _class_targets(owner, target, sample_shape, C, ignore_index, input_shape):
     """``(t, valid)``: the targets flattened to ``(M,)`` ints (ignored ones set to 0) and their mask."""
     if not isinstance(target, np.ndarray):
-        target = np.asarray(target)
+        raise TypeError(f"{owner}: target must be a numpy.ndarray of integer class labels of shape {sample_shape}; "
+                        f"got {type(target).__name__}")
     if target.dtype.kind not in "iu":
         raise TypeError(f"{owner}: target must hold integer class labels of shape {sample_shape} (or, for "
                         f"cross-entropy, class probabilities of input's shape {input_shape}); got dtype "

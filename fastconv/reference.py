@@ -843,6 +843,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         if t == ignore_index:
             losses.append(0.0)
             continue
-        losses.append(-(1 - eps) * w[t] * logp[t] - eps / C * (w * logp).sum())
+        smooth = eps / C * (w * logp).sum() if eps else 0.0  # (no 0 * -inf when there is no smoothing)
+        losses.append(-(1 - eps) * w[t] * logp[t] - smooth)
         den += w[t]
     return _reduce(np.array(losses).reshape(shape), reduction, den)

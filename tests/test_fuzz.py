@@ -480,7 +480,7 @@ TABLE = [
           {"start_dim": "dim", "end_dim": "dim"}, ("x",), fixed_ndim=False),
     Entry("Dropout", make_dropout, _dropout_call, _dropout_ref, {"p": "probability"}, ("x",), fixed_ndim=False),
     Entry("CrossEntropyLoss", make_cross_entropy,
-          lambda a: nn.CrossEntropyLoss(a["reduction"])(a["input"], a["target"]),
+          lambda a: nn.CrossEntropyLoss(reduction=a["reduction"])(a["input"], a["target"]),
           lambda a, got: R.cross_entropy(a["input"], a["target"], reduction=a["reduction"]), {"reduction": "reduction"},
           ("input",), int_arrays=("target",)),
 ]

@@ -203,4 +203,4 @@ def test_reference_dense_ops_and_loss_agree_with_numpy_one_liners(rng):
     logits, target = rng.standard_normal((6, 4)), rng.integers(0, 4, 6)
     log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
     assert ref.cross_entropy(logits, target) == pytest.approx(-log_p[np.arange(6), target].mean(), rel=1e-12)
-    assert ref.cross_entropy(logits, target, "sum") == pytest.approx(-log_p[np.arange(6), target].sum(), rel=1e-12)
+    assert ref.cross_entropy(logits, target, reduction="sum") == pytest.approx(-log_p[np.arange(6), target].sum(), rel=1e-12)
