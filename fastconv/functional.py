@@ -746,13 +746,13 @@ def linear(x, weight, bias=None):
 
     Parameters
     ----------
-    x : ndarray, shape (*, in_features), float32 or float64
+    x : ndarray, shape ``(*, in_features)``, float32 or float64
     weight : ndarray, shape (out_features, in_features)
     bias : ndarray, shape (out_features,), optional
 
     Returns
     -------
-    ndarray, shape (*, out_features)
+    ndarray, shape ``(*, out_features)``
 
     Examples
     --------
@@ -781,8 +781,8 @@ def linear_backward(dy, x, weight):
 
     Parameters
     ----------
-    dy : ndarray, shape (*, out_features)
-    x : ndarray, shape (*, in_features)
+    dy : ndarray, shape ``(*, out_features)``
+    x : ndarray, shape ``(*, in_features)``
         Input of the forward pass.
     weight : ndarray, shape (out_features, in_features)
 
