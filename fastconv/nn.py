@@ -152,8 +152,17 @@ class no_grad(contextlib.ContextDecorator):
 
     Examples
     --------
-    >>> with nn.no_grad():                                   # doctest: +SKIP
-    ...     predictions = model(x_test).argmax(axis=1)
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> model = nn.Sequential(nn.Linear(3, 2, rng=0), nn.ReLU())
+    >>> with nn.no_grad():
+    ...     predictions = model(np.ones((4, 3), np.float32)).argmax(axis=1)
+    >>> predictions.shape, nn.is_grad_enabled()
+    ((4,), True)
+    >>> model.backward(np.ones((4, 2), np.float32))
+    Traceback (most recent call last):
+    ...
+    RuntimeError: ...
     """
 
     def __enter__(self):
@@ -656,8 +665,9 @@ class Sequential(Module):
 
     Examples
     --------
-    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))  # doctest: +SKIP
-    >>> list(model.state_dict())                                           # doctest: +SKIP
+    >>> from fastconv import nn
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> list(model.state_dict())
     ['0.weight', '0.bias', '2.weight', '2.bias']
     """
 
@@ -795,9 +805,13 @@ class Conv2d(Module):
 
     Examples
     --------
-    >>> conv = nn.Conv2d(1, 32, 3, padding=1)           # doctest: +SKIP
-    >>> conv(np.zeros((8, 1, 28, 28), np.float32)).shape  # doctest: +SKIP
-    (8, 32, 28, 28)
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> conv = nn.Conv2d(1, 4, 3, padding=1)
+    >>> conv(np.zeros((2, 1, 6, 6), np.float32)).shape
+    (2, 4, 6, 6)
+    >>> conv.weight.shape, conv.bias.shape
+    ((4, 1, 3, 3), (4,))
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
@@ -1352,9 +1366,18 @@ class CrossEntropyLoss(Module):
 
     Examples
     --------
-    >>> loss_fn = nn.CrossEntropyLoss()            # doctest: +SKIP
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> logits = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    >>> labels = np.array([0, 2])
+    >>> loss_fn = nn.CrossEntropyLoss()
     >>> loss = loss_fn(logits, labels)             # a Python float
+    >>> round(loss, 4)
+    0.6691
     >>> dlogits = loss_fn.backward()               # (N, C), dtype of logits
+    >>> dlogits.round(3)
+    array([[-0.106,  0.053,  0.053],
+           [ 0.167,  0.167, -0.333]])
     """
 
     def __init__(self, reduction="mean"):
