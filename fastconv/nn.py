@@ -1376,7 +1376,7 @@ class CrossEntropyLoss(Module):
     0.6691
     >>> dlogits = loss_fn.backward()               # (N, C), dtype of logits
     >>> dlogits.round(3)
-    array([[-0.106,  0.053,  0.053],
+    array([[-0.107,  0.053,  0.053],
            [ 0.167,  0.167, -0.333]])
     """
 
