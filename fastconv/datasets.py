@@ -388,10 +388,8 @@ def load_mnist(data_dir=None, download=True, *, checksums=None, mirrors=MNIST_MI
 
     Examples
     --------
-    Not run by the doctests: it needs the MNIST files (or a download).
-
-    >>> (x_train, y_train), (x_test, y_test) = load_mnist()      # doctest: +SKIP
-    >>> x_train.shape, x_train.dtype, y_test[:5]                   # doctest: +SKIP
+    >>> (x_train, y_train), (x_test, y_test) = load_mnist()
+    >>> x_train.shape, x_train.dtype, y_test[:5]
     ((60000, 28, 28), dtype('uint8'), array([7, 2, 1, 0, 4], dtype=uint8))
     """
     if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
