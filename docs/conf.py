@@ -69,3 +69,5 @@ if os.environ.get("FASTCONV_DOCS_INTERSPHINX", "") not in ("", "0"):
 html_theme = "alabaster"
 html_title = f"fastconv {release}"
 html_static_path = []
+html_theme_options = {"page_width": "1240px", "sidebar_width": "250px"}
+toc_object_entries_show_parents = "hide"  # the sidebar lists "Conv2d.forward" as "forward()" under Conv2d
