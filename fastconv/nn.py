@@ -111,6 +111,14 @@ def manual_seed(seed):
     -------
     numpy.random.Generator
         The new default generator.
+
+    Examples
+    --------
+    >>> from fastconv import nn
+    >>> _ = nn.manual_seed(0); first = nn.Linear(2, 2).weight.data.copy()
+    >>> _ = nn.manual_seed(0); again = nn.Linear(2, 2).weight.data
+    >>> bool((first == again).all())
+    True
     """
     global _default_rng
     if isinstance(seed, (bool, np.bool_)) or isinstance(seed, np.random.Generator):
@@ -1192,6 +1200,13 @@ class Flatten(Module):
     -----
     Shapes: ``(N, C, H, W)`` -> ``(N, C*H*W)`` with the defaults. The output is a view of the input
     when possible (as ``numpy.reshape``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> nn.Flatten()(np.zeros((2, 3, 4, 5))).shape, nn.Flatten(0, 1)(np.zeros((2, 3, 4))).shape
+    ((2, 60), (6, 4))
     """
 
     def __init__(self, start_dim=1, end_dim=-1):
@@ -1252,6 +1267,16 @@ class Linear(Module):
     Notes
     -----
     Shapes: input ``(*, in_features)``; output ``(*, out_features)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> fc1 = nn.Linear(3, 2, rng=0)
+    >>> fc1(np.ones((4, 5, 3), np.float32)).shape
+    (4, 5, 2)
+    >>> fc1.weight.shape, fc1.bias.shape
+    ((2, 3), (2,))
     """
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None):
@@ -1311,6 +1336,21 @@ class Dropout(Module):
         Source of the masks. ``None`` uses the module-wide default generator at each
         forward call (see :func:`manual_seed`); an int or a Generator gives this layer its
         own stream.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> drop = nn.Dropout(0.5, rng=0)
+    >>> x = np.ones((2, 4), np.float32)
+    >>> drop(x)                                    # kept entries scaled by 1 / (1 - p)
+    array([[2., 0., 0., 0.],
+           [2., 2., 2., 2.]], dtype=float32)
+    >>> drop.backward(np.ones_like(x))             # the same mask
+    array([[2., 0., 0., 0.],
+           [2., 2., 2., 2.]], dtype=float32)
+    >>> drop.eval()(x) is x                        # evaluation mode: the identity
+    True
     """
 
     def __init__(self, p=0.5, rng=None):
