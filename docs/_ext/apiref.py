@@ -17,6 +17,7 @@ builds the pages and checks that every name resolves.
 import importlib
 import inspect
 import pkgutil
+import re
 from pathlib import Path
 
 PACKAGE = "fastconv"
@@ -70,22 +71,40 @@ def home(module_name, name, obj, exports):
     return max(holders, key=len) if holders else module_name
 
 
-def first_line(obj):
-    """The first line of an object's docstring (the summary of the table), or empty."""
+ROLE = re.compile(r":(func|class|meth|attr|data|exc|obj|mod):`([A-Za-z_][\w.]*)`")
+
+
+def first_line(obj, where=None):
+    """The first line of an object's docstring (the summary of the table), or empty.
+
+    With ``where`` (the module the object is described in, when the table is another module's), a role naming
+    one of that module's attributes (``:func:`conv2d```) is written with its full name so that it still links.
+    """
     doc = inspect.getdoc(obj) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    line = doc.strip().splitlines()[0] if doc.strip() else ""
+    if where is None:
+        return line
+    home_module = importlib.import_module(where)
+
+    def qualify(m):
+        role, target = m.groups()
+        if hasattr(home_module, target.split(".")[0]):
+            return f":{role}:`~{where}.{target}`"
+        return m.group(0)
+
+    return ROLE.sub(qualify, line)
 
 
 def summary_row(module_name, name, obj, exports):
     """One row of a page's table: a link to the name's entry and the first line of its docstring."""
     if inspect.ismodule(obj):
-        link = f":mod:`{name} <{obj.__name__}>`"
+        link, where = f":mod:`{name} <{obj.__name__}>`", obj.__name__
     else:
         where = home(module_name, name, obj, exports)
         link = f":py:obj:`{name} <{where}.{name}>`"
         if where != module_name:
             link += f" (from :mod:`{where}`)"
-    return f"   * - {link}\n     - {first_line(obj)}"
+    return f"   * - {link}\n     - {first_line(obj, where if where != module_name else None)}"
 
 
 def entry(module_name, name, obj, exports):
