@@ -260,6 +260,14 @@ class Parameter:
     grad : ndarray
         Same shape and dtype as ``data``, zero at creation; backward passes *add* into it
         and ``zero_grad()`` resets it to zero.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> p = nn.Parameter(np.zeros((2, 3), np.float32))
+    >>> p, p.grad.dtype
+    (Parameter(shape=(2, 3), dtype=float32), dtype('float32'))
     """
 
     __slots__ = ("data", "grad")
@@ -323,6 +331,30 @@ class Module:
     training : bool
         True in training mode (the default), False after :meth:`eval`. :class:`Dropout`
         and the batch norms (running statistics in eval) behave differently.
+
+    Examples
+    --------
+    A layer of your own is a ``forward`` and a ``backward`` (which adds into its parameters' ``grad``):
+
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> class Scale(nn.Module):
+    ...     def __init__(self, features):
+    ...         super().__init__()
+    ...         self.weight = nn.Parameter(np.ones(features))
+    ...     def forward(self, x):
+    ...         self._x = x
+    ...         return self.weight.data * x
+    ...     def backward(self, dout, input_grad=True):
+    ...         self.weight.grad += (dout * self._x).sum(axis=0)
+    ...         return dout * self.weight.data if input_grad else None
+    >>> layer = Scale(3)
+    >>> layer(np.array([[1.0, 2.0, 3.0]]))
+    array([[1., 2., 3.]])
+    >>> layer.backward(np.ones((1, 3))), layer.weight.grad
+    (array([[1., 1., 1.]]), array([1., 2., 3.]))
+    >>> list(layer.state_dict())
+    ['weight']
     """
 
     def __init__(self):
@@ -1693,6 +1725,14 @@ class Identity(Module):
     """``forward(x)`` returns ``x``; ``backward(dout)`` returns ``dout`` (PyTorch's ``Identity``).
 
     Any constructor arguments are ignored, as in PyTorch.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> x = np.ones((2, 3), np.float32)
+    >>> nn.Identity(54, unused="ignored")(x) is x
+    True
     """
 
     def __init__(self, *args, **kwargs):
