@@ -21,6 +21,8 @@ import numpy as np
 from . import functional as F
 from . import plan as P
 
+__all__ = ["CONV_GEOMETRIES", "compile_all", "main"]
+
 #: Tiny convolutions that, planned for the host CPU, reach every conv strategy:
 #: ``(x_shape, w_shape, stride, padding)``.
 CONV_GEOMETRIES = (
@@ -103,6 +105,7 @@ def compile_all(dtypes=("float32", "float64"), progress=True, file=None):
 
 
 def main(argv=None):
+    """The command line, ``python -m fastconv.compile [--dtype {float32,float64}] [--quiet]``; returns 0."""
     parser = argparse.ArgumentParser(prog="python -m fastconv.compile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", choices=("float32", "float64"), action="append",

@@ -105,6 +105,11 @@ def default_cache_dir():
     -------
     pathlib.Path
         The directory (it may not exist yet).
+
+    Examples
+    --------
+    >>> default_cache_dir().parts[-2:]
+    ('fastconv', 'mnist')
     """
     xdg = os.environ.get("XDG_CACHE_HOME")
     if xdg:
@@ -191,6 +196,17 @@ def read_idx(path, sha256=None):
     CorruptFileError
         If the gzip stream is damaged, the magic number is wrong, the header does not
         match the length of the data exactly, or the digest differs.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(folder.name, "labels-idx1-ubyte")
+    >>> with open(path, "wb") as f:                # magic (uint8, 1 axis), length 3, the labels
+    ...     _ = f.write(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 2, 1]))
+    >>> read_idx(path)
+    array([7, 2, 1], dtype=uint8)
+    >>> folder.cleanup()
     """
     data = _read_bytes(path)
     if sha256 is not None:
@@ -388,8 +404,8 @@ def load_mnist(data_dir=None, download=True, *, checksums=None, mirrors=MNIST_MI
 
     Examples
     --------
-    >>> (x_train, y_train), (x_test, y_test) = load_mnist()      # doctest: +SKIP
-    >>> x_train.shape, x_train.dtype, y_test[:5]                   # doctest: +SKIP
+    >>> (x_train, y_train), (x_test, y_test) = load_mnist()
+    >>> x_train.shape, x_train.dtype, y_test[:5]
     ((60000, 28, 28), dtype('uint8'), array([7, 2, 1, 0, 4], dtype=uint8))
     """
     if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):

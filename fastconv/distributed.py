@@ -190,7 +190,14 @@ def _or_default(w):
 
 
 def get_rank():
-    """This process's rank in :func:`world` (0 without MPI), as ``torch.distributed.get_rank``."""
+    """This process's rank in :func:`world` (0 without MPI), as ``torch.distributed.get_rank``.
+
+    Examples
+    --------
+    >>> from fastconv import distributed
+    >>> distributed.get_rank(), distributed.get_world_size()    # python script.py: one process
+    (0, 1)
+    """
     return world().rank
 
 

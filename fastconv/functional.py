@@ -220,6 +220,16 @@ def conv2d_backward_input(dy, w, input_shape, stride=1, padding=0):
     TypeError, ValueError
         As for :func:`conv2d`; also ``ValueError`` when ``dy`` does not have the shape the
         forward pass would produce, or ``input_shape`` disagrees with ``w``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> dy = np.ones((1, 1, 2, 2))                  # a 4x4 input, 3x3 filter: 2x2 windows
+    >>> fc.conv2d_backward_input(dy, np.ones((1, 1, 3, 3)), (1, 1, 4, 4))[0, 0]
+    array([[1., 2., 2., 1.],
+           [2., 4., 4., 2.],
+           [2., 4., 4., 2.],
+           [1., 2., 2., 1.]])
     """
     func = "conv2d_backward_input"
     V.check_float_array(dy, "dy", func, 4, _DY)
@@ -259,6 +269,15 @@ def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0):
     TypeError, ValueError
         As for :func:`conv2d`; also ``ValueError`` when ``dy`` does not have the shape the
         forward pass would produce.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> fc.conv2d_backward_weight(np.ones((1, 1, 2, 2)), x, (1, 1, 3, 3))[0, 0]
+    array([[10., 14., 18.],
+           [26., 30., 34.],
+           [42., 46., 50.]])
     """
     func = "conv2d_backward_weight"
     V.check_float_array(dy, "dy", func, 4, _DY)
@@ -295,6 +314,25 @@ def conv2d_backward(dy, x, w, stride=1, padding=0):
     dw : ndarray, shape (F, C, KH, KW)
     db : ndarray, shape (F,)
         Returned whether or not the forward pass used a bias.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> w = np.ones((1, 1, 3, 3))
+    >>> dy = np.ones((1, 1, 2, 2))                  # the gradient of conv2d(x, w).sum()
+    >>> dx, dw, db = fc.conv2d_backward(dy, x, w)
+    >>> dx[0, 0]                                    # how many windows cover each pixel
+    array([[1., 2., 2., 1.],
+           [2., 4., 4., 2.],
+           [2., 4., 4., 2.],
+           [1., 2., 2., 1.]])
+    >>> dw[0, 0]                                    # each tap's sum over the windows
+    array([[10., 14., 18.],
+           [26., 30., 34.],
+           [42., 46., 50.]])
+    >>> db
+    array([4.])
     """
     func = "conv2d_backward"
     V.check_float_array(dy, "dy", func, 4, _DY)
@@ -421,6 +459,17 @@ def max_pool2d_backward(dy, indices, input_shape):
         Non-float ``dy`` or non-integer ``indices``.
     ValueError
         Shapes that disagree, or an index outside ``[0, H*W)``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> x = np.array([[[[1., 5., 2., 0.], [3., 4., 8., 1.]]]])
+    >>> y, idx = fc.max_pool2d(x, 2)
+    >>> y, idx                                      # idx: the winner's flat position in its H*W plane
+    (array([[[[5., 8.]]]]), array([[[[1, 6]]]]))
+    >>> fc.max_pool2d_backward(np.array([[[[10., 20.]]]]), idx, x.shape)
+    array([[[[ 0., 10.,  0.,  0.],
+             [ 0.,  0., 20.,  0.]]]])
     """
     return _max_pool_backward("max_pool2d_backward", dy, indices, input_shape)
 
@@ -783,13 +832,13 @@ def linear(x, weight, bias=None):
 
     Parameters
     ----------
-    x : ndarray, shape (*, in_features), float32 or float64
+    x : ndarray, shape ``(*, in_features)``, float32 or float64
     weight : ndarray, shape (out_features, in_features)
     bias : ndarray, shape (out_features,), optional
 
     Returns
     -------
-    ndarray, shape (*, out_features)
+    ndarray, shape ``(*, out_features)``
 
     Examples
     --------
@@ -818,8 +867,8 @@ def linear_backward(dy, x, weight):
 
     Parameters
     ----------
-    dy : ndarray, shape (*, out_features)
-    x : ndarray, shape (*, in_features)
+    dy : ndarray, shape ``(*, out_features)``
+    x : ndarray, shape ``(*, in_features)``
         Input of the forward pass.
     weight : ndarray, shape (out_features, in_features)
 
@@ -828,6 +877,19 @@ def linear_backward(dy, x, weight):
     dx : ndarray, shape of ``x``
     dweight : ndarray, shape of ``weight``
     dbias : ndarray, shape (out_features,)
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> x = np.array([[1.0, 2.0]])
+    >>> weight = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    >>> dx, dweight, dbias = fc.linear_backward(np.array([[1.0, 0.0, 2.0]]), x, weight)
+    >>> dx, dbias
+    (array([[3., 2.]]), array([1., 0., 2.]))
+    >>> dweight
+    array([[1., 2.],
+           [0., 0.],
+           [2., 4.]])
     """
     func = "linear_backward"
     _check_linear(func, x, weight)
@@ -1045,6 +1107,15 @@ def set_num_threads(n):
     This is Numba's ``set_num_threads``: the setting is per calling thread and also applies
     to any other Numba-parallel code in the process. The weight gradient's partial sums are
     split per thread, so results are bitwise reproducible for a fixed thread count.
+
+    Examples
+    --------
+    >>> import fastconv as fc
+    >>> previous = fc.get_num_threads()
+    >>> fc.set_num_threads(1)
+    >>> fc.get_num_threads()
+    1
+    >>> fc.set_num_threads(previous)
     """
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"set_num_threads: n must be an int; got {n!r}")

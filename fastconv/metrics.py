@@ -73,6 +73,12 @@ def per_class_recall(matrix):
     -------
     numpy.ndarray of float64, shape (K,)
         ``nan`` for a class with no samples.
+
+    Examples
+    --------
+    >>> from fastconv.metrics import confusion_matrix, per_class_recall
+    >>> per_class_recall(confusion_matrix([0, 1, 1, 2], [0, 1, 2, 2]))
+    array([1. , 0.5, 1. ])
     """
     matrix = np.asarray(matrix)
     totals = matrix.sum(axis=1)
@@ -91,6 +97,15 @@ def format_confusion_matrix(matrix):
     str
         A header line and one line per true class, ending with its recall in percent
         (``-`` for a class with no samples).
+
+    Examples
+    --------
+    >>> from fastconv.metrics import confusion_matrix, format_confusion_matrix
+    >>> print(format_confusion_matrix(confusion_matrix([0, 1, 1, 2], [0, 1, 2, 2])))
+    true\\pred    0    1    2   recall
+            0    1    0    0  100.00%
+            1    0    1    1   50.00%
+            2    0    0    1  100.00%
     """
     matrix = np.asarray(matrix)
     k = len(matrix)

@@ -265,6 +265,18 @@ class SGD(Optimizer):
     Notes
     -----
     State per parameter (with momentum): ``"momentum_buffer"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn, optim
+    >>> p = nn.Parameter(np.array([1.0, -2.0]))
+    >>> opt = optim.SGD([p], lr=0.1, momentum=0.9)
+    >>> p.grad[...] = [0.5, 0.5]               # as a backward pass leaves it
+    >>> opt.step(); p.data                     # buf = g
+    array([ 0.95, -2.05])
+    >>> opt.step(); p.data                     # buf = 0.9 * 0.5 + 0.5
+    array([ 0.855, -2.145])
     """
 
     _array_state = ("momentum_buffer",)
@@ -340,6 +352,16 @@ class Adam(Optimizer):
     -----
     State per parameter: ``"step"`` (int), ``"exp_avg"``, ``"exp_avg_sq"`` and, with
     amsgrad, ``"max_exp_avg_sq"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn, optim
+    >>> p = nn.Parameter(np.array([1.0, -2.0]))
+    >>> opt = optim.Adam([p], lr=0.1)
+    >>> p.grad[...] = [0.5, -4.0]
+    >>> opt.step(); p.data                     # the first step: lr against each gradient's sign
+    array([ 0.9, -1.9])
     """
 
     _array_state = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")

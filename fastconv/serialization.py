@@ -171,6 +171,18 @@ def save(obj, path, *, compress=False):
     -----
     The previous file at ``path``, if any, stays intact until the new one is complete;
     see the module docstring.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from fastconv import serialization
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(folder.name, "run.npz")
+    >>> serialization.save({"epoch": 3, "weights": np.arange(4.0), "history": [0.5, 0.25]}, path)
+    >>> serialization.load(path)
+    {'epoch': 3, 'weights': array([0., 1., 2., 3.]), 'history': [0.5, 0.25]}
+    >>> folder.cleanup()
     """
     path = os.fsdecode(os.fspath(path))
     encoder = _Encoder()
@@ -302,6 +314,20 @@ def load(path):
         The file is not a complete fastconv checkpoint: not a zip archive, truncated,
         corrupted (CRC mismatch), a plain ``.npz``/``.npy`` without fastconv metadata, or
         written by a newer format version. The message names the file.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from fastconv import serialization
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> plain = os.path.join(folder.name, "plain.npz")
+    >>> np.savez(plain, w=np.ones(2))                # not written by save()
+    >>> serialization.load(plain)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fastconv.serialization.CheckpointError: .../plain.npz: not a valid fastconv checkpoint: it has no ...
+    >>> folder.cleanup()
     """
     path_str = os.fsdecode(os.fspath(path))
     with open(path_str, "rb") as f:

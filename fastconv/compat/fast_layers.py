@@ -77,6 +77,22 @@ def conv_forward_fast(x, w, b, conv_param):
         ``H' = 1 + (H + 2*pad - HH) // stride``, ``W' = 1 + (W + 2*pad - WW) // stride``.
     cache : tuple
         ``(x, w, b, conv_param)``, the arguments as given.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv.compat.fast_layers import conv_forward_fast, conv_backward_fast
+    >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> out, cache = conv_forward_fast(x, np.ones((2, 1, 3, 3)), np.array([0.0, 100.0]), {"stride": 1, "pad": 0})
+    >>> out                                        # each 3x3 window's sum, plus the filter's bias
+    array([[[[ 45.,  54.],
+             [ 81.,  90.]],
+    <BLANKLINE>
+            [[145., 154.],
+             [181., 190.]]]])
+    >>> dx, dw, db = conv_backward_fast(np.ones_like(out), cache)
+    >>> dx.shape, dw.shape, db
+    ((1, 1, 4, 4), (2, 1, 3, 3), array([4., 4.]))
     """
     func = "conv_forward_fast"
     stride, pad = _get(conv_param, ["stride", "pad"], "conv_param", func)
@@ -136,6 +152,21 @@ def max_pool_forward_fast(x, pool_param):
         ``(x, pool_param, indices)``: the arguments as given, and ``indices`` (int64,
         shape of ``out``), the flat position ``h * W + w`` of each window's maximum within
         its ``(n, c)`` plane of ``x`` (first maximum on ties).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv.compat.fast_layers import max_pool_forward_fast, max_pool_backward_fast
+    >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> out, cache = max_pool_forward_fast(x, {"pool_height": 2, "pool_width": 2, "stride": 2})
+    >>> out
+    array([[[[ 5.,  7.],
+             [13., 15.]]]])
+    >>> max_pool_backward_fast(np.ones_like(out), cache)[0, 0]   # to each window's maximum
+    array([[0., 0., 0., 0.],
+           [0., 1., 0., 1.],
+           [0., 0., 0., 0.],
+           [0., 1., 0., 1.]])
     """
     func = "max_pool_forward_fast"
     ph, pw, stride = _get(pool_param, ["pool_height", "pool_width", "stride"], "pool_param", func)

@@ -1,0 +1,44 @@
+"""pytest configuration shared by the test suite and the docstring examples (``--doctest-modules fastconv``).
+
+Every docstring example runs, except, one example at a time and with the reason:
+
+- one that imports PyTorch, when it is not installed (it is optional, never a dependency of fastconv);
+- one that calls ``load_mnist``, when the MNIST files are in none of the places it looks without downloading
+  (``$FASTCONV_DATA_DIR``, the cache directory): the tests never download.
+"""
+
+import importlib.util
+import os
+import re
+from pathlib import Path
+
+import pytest
+from _pytest.doctest import DoctestItem
+
+IMPORTS_TORCH = re.compile(r"^\s*(import torch\b|from torch\b)")
+LOADS_MNIST = re.compile(r"\bload_mnist\(")
+
+
+def _mnist_files_found():
+    from fastconv import datasets
+
+    for folder in (os.environ.get("FASTCONV_DATA_DIR"), datasets.default_cache_dir()):
+        if folder and all(any((Path(folder) / (n + ext)).is_file() for ext in ("", ".gz"))
+                          for n in datasets.MNIST_FILES):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    doctests = [item for item in items if isinstance(item, DoctestItem)]
+    rules = [
+        (IMPORTS_TORCH, lambda: importlib.util.find_spec("torch") is not None,
+         "this docstring example needs PyTorch (pip install torch)"),
+        (LOADS_MNIST, _mnist_files_found,
+         "this docstring example needs the MNIST files (set FASTCONV_DATA_DIR to their folder)"),
+    ]
+    for pattern, available, reason in rules:
+        uses = [item for item in doctests if any(pattern.search(e.source) for e in item.dtest.examples)]
+        if uses and not available():
+            for item in uses:
+                item.add_marker(pytest.mark.skip(reason=reason))
