@@ -149,6 +149,9 @@ def bce_with_logits_parts(owner, input, target, weight, reduction, pos_weight):
     def grad(dout):
         sig_neg = np.where(x >= 0, e, 1.0) / (1.0 + e)  # sigmoid(-x)
         g = (1.0 - t) - lw * sig_neg
+        if pw is not None:  # PyTorch's form sigmoid(x) lw - pos_weight t where pos_weight is not finite (inf - inf)
+            with np.errstate(invalid="ignore"):
+                g = np.where(np.isfinite(pw), g, np.where(x >= 0, 1.0, e) / (1.0 + e) * lw - pw * t)
         if w is not None:
             g = g * w
         return _finish(g * dout_coefficients(dout, reduction, x.shape, owner, den), input.dtype)
@@ -230,6 +233,8 @@ def class_loss_parts(owner, input, target, weight, ignore_index, reduction, labe
     """Cross-entropy (``log_softmax=True``, logits) or NLL (log-probabilities) against class indices or,
     for cross-entropy, class probabilities (a float ``target`` of input's shape)."""
     ignore_index = _index(ignore_index, "ignore_index", owner)
+    if not -(2**63) <= ignore_index < 2**63:  # PyTorch's is an int64
+        raise ValueError(f"{owner}: ignore_index must fit in int64; got {ignore_index}")
     eps = float(label_smoothing)
     rows, sample_shape = _class_rows(owner, input, "logits" if log_softmax else "log-probabilities")
     M, C = rows.shape
@@ -250,6 +255,10 @@ def class_loss_parts(owner, input, target, weight, ignore_index, reduction, labe
     def grad(dout):
         # Ignored samples get exactly no gradient (PyTorch never writes theirs), even when none is counted.
         c = np.where(valid, dout_coefficients(dout, reduction, sample_shape, owner, den).reshape(-1), 0.0)
+        if not log_softmax:  # NLL: only the targets' entries (PyTorch scatters there: the rest is 0, not 0 * NaN)
+            g = np.zeros((M, C))
+            g[idx, t] = -wt * c
+            return _from_rows(g, input)
         if log_softmax:
             total = (1.0 - eps) * wt + (eps / C) * (C if w is None else w.sum()) * valid
             g = p * total[:, None]

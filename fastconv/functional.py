@@ -666,6 +666,8 @@ def adaptive_avg_pool2d(x, output_size):
 def _adaptive_plan(func, kind, x_shape, output_size, dtype, x_name="x"):
     V.check_nonempty(func, x_name, tuple(x_shape), (1, 2, 3), _X)
     out = V.adaptive_output_size(func, output_size, x_shape)
+    # the output (and max-pooling's int64 indices): a size too large to allocate is a named error, not NumPy's
+    V.check_allocation(func, "output", tuple(x_shape[:2]) + tuple(out), np.dtype(dtype).itemsize + 8 * (kind == "max"))
     plan = _plan.plan_adaptive_avg_pool2d if kind == "avg" else _plan.plan_adaptive_max_pool2d
     return plan(tuple(x_shape), out, dtype)
 
@@ -695,6 +697,7 @@ def adaptive_avg_pool2d_backward(dy, input_shape):
     shape = V.as_shape(input_shape, "input_shape", func, 4)
     if shape[:2] != dy.shape[:2]:
         raise ValueError(f"{func}: input_shape {shape} must share (N, C) with dy.shape={dy.shape}")
+    V.check_allocation(func, "input gradient", shape, dy.dtype.itemsize)
     return _adaptive_plan(func, "avg", shape, dy.shape[2:], dy.dtype, "input_shape").run_backward(dy)
 
 

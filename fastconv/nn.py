@@ -1924,6 +1924,7 @@ class _BatchNorm(Module):
         super().__init__()
         owner = type(self).__name__
         self.num_features = _positive_int(num_features, "num_features", owner)
+        _V.check_allocation(owner, "per-channel parameters", (4, self.num_features), 8)  # a named error, not NumPy's
         self.eps = _V.check_real(owner, "eps", eps, minimum=0.0)
         self.momentum = None if momentum is None else _V.check_real(owner, "momentum", momentum)
         self.affine = _check_bool(affine, "affine", owner)

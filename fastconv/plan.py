@@ -1384,7 +1384,9 @@ def norm_affine(x3, mean, scale, shift):
     dt = x3.dtype
     mean = np.asarray(mean, dtype=np.float64)
     head = mean.astype(dt)
-    shift = np.asarray(shift, dtype=np.float64) - (mean - head) * scale
+    with np.errstate(invalid="ignore"):  # inf - inf would turn an infinite mean into NaN
+        rest = np.where(np.isfinite(mean), mean - head, 0.0)
+    shift = np.asarray(shift, dtype=np.float64) - rest * scale
     out = np.empty(x3.shape, dtype=dt)
     _run("norm.norm_affine", contiguous(x3), head, contiguous(scale, dt), shift.astype(dt), out, work=x3.size)
     return out
@@ -1399,8 +1401,9 @@ def norm_grad_sums(dy3, x3, mean):
     return sum_dy, sum_dy_xmu
 
 
-@_strategy("norm_backward", "two_pass", ["norm.norm_grad_sums", "norm.norm_grad_apply"], None,
-           "per-channel sums of dy and dy * (x - mean) in float64, then one pass dy * a + (x - mean) * b + k")
+@_strategy("norm_backward", "two_pass", ["norm.norm_grad_sums", "norm.norm_grad_apply", "norm.norm_affine"], None,
+           "per-channel sums of dy and dy * (x - mean) in float64, then one pass dy * a + (x - mean) * b + k "
+           "(dy * a without training)")
 def norm_backward(dy3, x3, mean, invstd, gain, training):
     """``(dx3, sum_dy, sum_dy_xmu)`` of ``y = (x - mean) * invstd * gain`` over ``(N, C, L)`` arrays (no checks).
 
@@ -1416,11 +1419,16 @@ def norm_backward(dy3, x3, mean, invstd, gain, training):
     if training:
         M = N * L
         b, k = -a * invstd * invstd * sum_dy_xmu / M, -a * sum_dy / M
-    else:
-        b, k = np.zeros(C), np.zeros(C)
+    else:  # constant statistics: dx = dy * a whatever x holds (as PyTorch: a NaN in x makes no NaN in dx)
+        dx = np.empty(x3.shape, dtype=dt)
+        _run("norm.norm_affine", contiguous(dy3, dt), np.zeros(C, dt), a.astype(dt), np.zeros(C, dt), dx,
+             work=x3.size)
+        return dx, sum_dy, sum_dy_xmu
     mean = np.asarray(mean, dtype=np.float64)
     head = mean.astype(dt)
-    k = k - (mean - head) * b  # the rest of the float64 mean, as in norm_affine
+    with np.errstate(invalid="ignore"):  # the rest of the float64 mean, as in norm_affine; not where b is infinite
+        rest = np.where(np.isfinite(mean), mean - head, 0.0)  # (a non-finite dy): rest * inf would make NaN of -inf
+        k = k - np.where(np.isfinite(b), rest * b, 0.0)
     dx = np.empty(x3.shape, dtype=dt)
     _run("norm.norm_grad_apply", contiguous(dy3, dt), contiguous(x3), head, a.astype(dt), b.astype(dt),
          k.astype(dt), dx, work=x3.size)
@@ -1490,7 +1498,8 @@ def batch_norm_backward(dy3, x3, mean, invstd, weight, training):
     """``(dx3, dweight, dbias)`` of :func:`batch_norm_forward` (no checks); ``dweight``, ``dbias`` in x's dtype."""
     dt = x3.dtype
     gain = np.ones(x3.shape[1]) if weight is None else weight
-    run = norm_fused_backward if _fused_channels(x3.shape[1]) else norm_backward
+    # Without training dx is dy * a (norm_backward's norm_affine pass): the fused kernel's dx read x (NaN in x -> NaN)
+    run = norm_fused_backward if training and _fused_channels(x3.shape[1]) else norm_backward
     dx, sum_dy, sum_dy_xmu = run(dy3, x3, mean, invstd, gain, training)
     return dx, (sum_dy_xmu * np.asarray(invstd, np.float64)).astype(dt), sum_dy.astype(dt)
 

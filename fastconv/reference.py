@@ -649,18 +649,22 @@ def _logistic(v):
 
 
 def leaky_relu(x, negative_slope=0.01):
+    negative_slope = float(negative_slope)  # a Python float, as PyTorch's (np.float32 would round in float32)
     return _elementwise(lambda v: v if v > 0 else negative_slope * v, x)
 
 
 def leaky_relu_backward(dy, x, negative_slope=0.01):
+    negative_slope = float(negative_slope)
     return _elementwise(lambda g, v: g if v > 0 else negative_slope * g, dy, x)
 
 
 def elu(x, alpha=1.0):
+    alpha = float(alpha)
     return _elementwise(lambda v: v if v > 0 else alpha * (math.exp(v) - 1.0), x)
 
 
 def elu_backward(dy, x, alpha=1.0):
+    alpha = float(alpha)
     return _elementwise(lambda g, v: g if v > 0 else g * alpha * math.exp(v), dy, x)
 
 
@@ -710,7 +714,9 @@ def tanh_backward(dy, x):
 
 
 def _slices(shape, dim):
-    """Index tuples of every 1-D slice of an array of ``shape`` along axis ``dim``."""
+    """Index tuples of every 1-D slice of an array of ``shape`` along axis ``dim`` (none when it is empty)."""
+    if shape[dim] == 0:
+        return
     rest = [range(n) for i, n in enumerate(shape) if i != dim]
     for idx in np.ndindex(*[len(r) for r in rest]):
         yield idx[:dim] + (slice(None),) + idx[dim:]
@@ -737,24 +743,35 @@ def log_softmax(x, dim):
 
 
 def softmax_backward(dy, x, dim):
-    """The Jacobian ``diag(y) - y y^T`` of each slice applied to its ``dy``."""
+    """The Jacobian ``diag(y) - y y^T`` of each slice applied to its ``dy``.
+
+    A slice of ``dy`` with NaN or inf takes PyTorch's factored ``y * (dy - sum(y * dy))`` instead, which
+    decides which elements are NaN (the matrix product would give inf where PyTorch gives NaN).
+    """
     dim %= x.ndim
     y = softmax(x, dim)
     dx = np.empty_like(x)
     for s in _slices(x.shape, dim):
-        jac = np.diag(y[s]) - np.outer(y[s], y[s])
-        dx[s] = jac @ dy[s]
+        if np.isfinite(dy[s]).all():
+            dx[s] = (np.diag(y[s]) - np.outer(y[s], y[s])) @ dy[s]
+        else:
+            dx[s] = y[s] * (dy[s] - (y[s] * dy[s]).sum())
     return dx
 
 
 def log_softmax_backward(dy, x, dim):
-    """The Jacobian ``I - 1 y^T`` (rows: outputs) of each slice, transposed, applied to its ``dy``."""
+    """The Jacobian ``I - 1 y^T`` (rows: outputs) of each slice, transposed, applied to its ``dy``.
+
+    A slice of ``dy`` with NaN or inf takes PyTorch's factored ``dy - y * sum(dy)`` (see :func:`softmax_backward`).
+    """
     dim %= x.ndim
     y = softmax(x, dim)
     dx = np.empty_like(x)
     for s in _slices(x.shape, dim):
-        jac = np.eye(y[s].size) - np.outer(np.ones(y[s].size), y[s])
-        dx[s] = jac.T @ dy[s]
+        if np.isfinite(dy[s]).all():
+            dx[s] = (np.eye(y[s].size) - np.outer(np.ones(y[s].size), y[s])).T @ dy[s]
+        else:
+            dx[s] = dy[s] - y[s] * dy[s].sum()
     return dx
 
 
@@ -780,16 +797,26 @@ def l1_loss(input, target, reduction="mean"):
     return _reduce(np.abs(input.astype(np.float64) - target), reduction)
 
 
+def _log_sigmoid(v):
+    if math.isnan(v):
+        return v
+    return -math.log1p(math.exp(-v)) if v >= 0 else v - math.log1p(math.exp(v))
+
+
 def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean", pos_weight=None):
-    """``-w (p t log sigmoid(x) + (1 - t) log(1 - sigmoid(x)))``, element by element (moderate logits only)."""
+    """``-w (p t log sigmoid(x) + (1 - t) log(1 - sigmoid(x)))``, element by element; ``log sigmoid`` written
+    as ``-log1p(exp(-x))`` (``x - log1p(exp(x))`` for negative ``x``) so that large and infinite logits work."""
     x = input.astype(np.float64)
     t = np.broadcast_to(target, x.shape)
     w = np.broadcast_to(1.0 if weight is None else weight, x.shape)
     p = np.broadcast_to(1.0 if pos_weight is None else pos_weight, x.shape)
     losses = np.empty(x.shape)
     for i in np.ndindex(*x.shape):
-        s = 1.0 / (1.0 + math.exp(-x[i]))
-        losses[i] = -w[i] * (p[i] * t[i] * math.log(s) + (1.0 - t[i]) * math.log(1.0 - s))
+        if math.isinf(x[i]) or math.isinf(t[i]):  # PyTorch's form decides (inf - inf is NaN where a limit is not)
+            lw = 1.0 if pos_weight is None else 1.0 + (p[i] - 1.0) * t[i]
+            losses[i] = w[i] * ((1.0 - t[i]) * x[i] + lw * (math.log1p(math.exp(-abs(x[i]))) + max(-x[i], 0.0)))
+        else:
+            losses[i] = -w[i] * (p[i] * t[i] * _log_sigmoid(x[i]) + (1.0 - t[i]) * _log_sigmoid(-x[i]))
     return _reduce(losses, reduction)
 
 
