@@ -1386,7 +1386,10 @@ def norm_affine(x3, mean, scale, shift):
     head = mean.astype(dt)
     with np.errstate(invalid="ignore"):  # inf - inf would turn an infinite mean into NaN
         rest = np.where(np.isfinite(mean), mean - head, 0.0)
-    shift = np.asarray(shift, dtype=np.float64) - rest * scale
+    scale = np.asarray(scale, dtype=np.float64)
+    # The fold where rest is 0 or the scale infinite would put 0 * inf = NaN into the shift.
+    fold = np.where((rest != 0) & np.isfinite(scale), rest * np.where(np.isfinite(scale), scale, 0.0), 0.0)
+    shift = np.asarray(shift, dtype=np.float64) - fold
     out = np.empty(x3.shape, dtype=dt)
     _run("norm.norm_affine", contiguous(x3), head, contiguous(scale, dt), shift.astype(dt), out, work=x3.size)
     return out
@@ -1476,7 +1479,9 @@ def batch_norm_forward(x3, running_mean, running_var, weight, bias, training, mo
     """
     N, C, L = x3.shape
     M = N * L
-    if training and M and _fused_channels(C):
+    # The fused kernel folds the weight into its pass; an infinite weight takes the two passes,
+    # which give PyTorch's +-inf (not NaN) for it.
+    if training and M and _fused_channels(C) and (weight is None or np.isfinite(weight).all()):
         out, mean, invstd, m2 = norm_fused_forward(x3, weight, bias, eps)
     else:
         if training:
@@ -1499,8 +1504,11 @@ def batch_norm_backward(dy3, x3, mean, invstd, weight, training):
     dt = x3.dtype
     gain = np.ones(x3.shape[1]) if weight is None else weight
     # Without training dx is dy * a (norm_backward's norm_affine pass): the fused kernel's dx read x (NaN in x -> NaN)
-    run = norm_fused_backward if training and _fused_channels(x3.shape[1]) else norm_backward
-    dx, sum_dy, sum_dy_xmu = run(dy3, x3, mean, invstd, gain, training)
+    fused = training and _fused_channels(x3.shape[1]) and np.isfinite(gain).all()
+    dx, sum_dy, sum_dy_xmu = (norm_fused_backward if fused else norm_backward)(dy3, x3, mean, invstd, gain, training)
+    if fused and not (np.isfinite(sum_dy).all() and np.isfinite(sum_dy_xmu).all()):
+        # A non-finite dy (or x): the two passes give PyTorch's +-inf where the fused fold gives NaN.
+        dx, sum_dy, sum_dy_xmu = norm_backward(dy3, x3, mean, invstd, gain, training)
     return dx, (sum_dy_xmu * np.asarray(invstd, np.float64)).astype(dt), sum_dy.astype(dt)
 
 
