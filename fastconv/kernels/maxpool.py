@@ -241,24 +241,17 @@ def maxpool_forward_ranges(x, rows, cols, out, indices):
 
 
 @njit(**PARALLEL_JIT)
-def maxpool_backward_route(dy, indices, y, relu, dx):
+def maxpool_backward_route(dy, indices, dx):
     """Route each ``dy`` element to its winner: ``dx[p, indices[p, k]] += dy[p, k]``.
 
     An index outside ``[0, H*W)`` is never used to write; it is counted instead, and the
     count is returned (0 for valid indices), so the caller can refuse the call without a
     separate pass over ``indices`` to check them first.
 
-    With ``relu``, the pooled input was a ReLU's output and this is also that ReLU's
-    backward pass: ``dy[p, k]`` is routed only where the window's maximum ``y[p, k]`` is
-    not ``<= 0`` (the ReLU's own rule, so NaN passes), which is where the ReLU let the
-    gradient through at the winner.
-
     Parameters
     ----------
-    dy, indices, y : (P, K) arrays
-        Output gradient, winners (flat indices into a plane) and the pooled maxima
-        (read only with ``relu``).
-    relu : bool
+    dy, indices : (P, K) arrays
+        Output gradient and winners (flat indices into a plane).
     dx : (P, H * W) array
         Input gradient, fully overwritten; overlapping windows accumulate.
 
@@ -269,22 +262,18 @@ def maxpool_backward_route(dy, indices, y, relu, dx):
     """
     P, K = dy.shape
     HW = dx.shape[1]
-    # ``not y <= gate`` is the ReLU's rule with gate 0, and always true with gate NaN (no
-    # branch on ``relu`` in the loop).
-    gate = np.full(1, 0 if relu else np.nan, dtype=dx.dtype)[0]
     bad = 0
     for p in prange(P):
         drow = dx[p]
         drow[:] = 0
         grow = dy[p]
         irow = indices[p]
-        yrow = y[p]
         for k in range(K):
             i = irow[k]
-            if not 0 <= i < HW:
-                bad += 1
-            elif not yrow[k] <= gate:
+            if 0 <= i < HW:
                 drow[i] += grow[k]
+            else:
+                bad += 1
     return bad
 
 
