@@ -806,8 +806,9 @@ class Sequential(Module):
         returned. Parameter gradients are the same either way.
 
         A :class:`MaxPool2d` (or :class:`AdaptiveMaxPool2d`) whose last input was the last
-        output of the :class:`ReLU` before it runs that ReLU's backward pass in its own routing pass (the same
-        gradients, one pass over the large activation less).
+        output of the :class:`ReLU` before it does that ReLU's backward pass on the pooled gradient, a quarter
+        of the activation for 2x2 windows, before routing it (the same gradients; the ReLU's pass over the
+        large activation disappears).
         """
         modules = list(self._modules.values())
         i = len(modules) - 1
@@ -1007,7 +1008,7 @@ class _MaxPool(_Pool):
 
     def _backward(self, dout, input_grad, relu):
         """:meth:`backward`; with ``relu``, also the backward pass of the :class:`ReLU` whose
-        output this pool's input was (one pass: only maxima that are not ``<= 0`` route)."""
+        output this pool's input was (only maxima that are not ``<= 0`` route)."""
         owner = type(self).__name__
         if self._cache is None:
             raise _no_cache_error(owner)

@@ -1108,8 +1108,8 @@ class PoolPlan:
         """dx: each ``dy`` element routed to its window's winner (``indices`` from :meth:`run_forward`).
 
         ``relu_output``: when the pooled input was a ReLU's output, pass the pool's output
-        ``y`` here to run that ReLU's backward pass in the same pass (a gradient is routed
-        only where ``not y <= 0``); ``dx`` is then the gradient w.r.t. the ReLU's input.
+        ``y`` here to do that ReLU's backward pass on ``dy`` before routing it (a gradient is
+        routed only where ``not y <= 0``); ``dx`` is then the gradient w.r.t. the ReLU's input.
         """
         _check_operand(self, "dy", dy, self.geometry.y_shape)
         if relu_output is not None:
