@@ -503,9 +503,3 @@ def test_preprocess_mnist(dtype):
 def test_preprocess_mnist_errors(images, dtype, error):
     with pytest.raises(error, match="preprocess_mnist"):
         preprocess_mnist(images, dtype)
-
-
-def test_docstring_examples_run():
-    import doctest
-
-    assert doctest.testmod(datasets, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
