@@ -103,8 +103,11 @@ W_LAYOUT = "(F, C, KH, KW)"
 DY_LAYOUT = "(N, F, Ho, Wo)"
 
 
-def conv_geometry(func, x_shape, w_shape, stride, padding, x_name="x", w_name="w"):
+def conv_geometry(func, x_shape, w_shape, stride, padding, x_name="x", w_name="w", dilation=1, groups=1):
     """Check that an input of ``x_shape`` and a weight of ``w_shape`` form a valid convolution.
+
+    ``padding`` is numeric here (an int or a pair); ``'same'`` and ``'valid'`` are resolved
+    by the caller. ``w_shape`` is ``(F, C / groups, KH, KW)``.
 
     Returns
     -------
@@ -114,18 +117,30 @@ def conv_geometry(func, x_shape, w_shape, stride, padding, x_name="x", w_name="w
 
     sh, sw = as_pair(stride, "stride", func, minimum=1)
     ph, pw = as_pair(padding, "padding", func, minimum=0)
+    dh, dw = as_pair(dilation, "dilation", func, minimum=1)
+    groups = as_int(groups, "groups", func)
     N, C, H, W = x_shape
     F, Cw, KH, KW = w_shape
-    if Cw != C:
+    shapes = f"{x_name}.shape={tuple(x_shape)}, {w_name}.shape={tuple(w_shape)}"
+    if groups < 1:
+        raise ValueError(f"{func}: groups must be positive; got {groups}")
+    if C % groups or F % groups:
+        raise ValueError(f"{func}: groups={groups} must divide both the input channels ({C}) and the filters "
+                         f"({F}) ({shapes})")
+    if Cw * groups != C:
+        per_group = f" ({C} / groups={groups})" if groups > 1 else ""
         raise ValueError(
-            f"{func}: {w_name} has {Cw} input channels but {x_name} has {C} "
+            f"{func}: {w_name} has {Cw} input channels but {x_name} has {C}{per_group} "
             f"({x_name}.shape={tuple(x_shape)}, {w_name}.shape={tuple(w_shape)})"
         )
     check_nonempty(func, x_name, tuple(x_shape), (1, 2, 3), X_LAYOUT)
     check_nonempty(func, w_name, tuple(w_shape), (0, 2, 3), W_LAYOUT)
-    shapes = f"{x_name}.shape={tuple(x_shape)}, {w_name}.shape={tuple(w_shape)}"
-    Ho, Wo = _output_size(func, "kernel", (H, W), (KH, KW), (sh, sw), (ph, pw), shapes)
-    return ConvGeometry(N, C, H, W, F, KH, KW, sh, sw, ph, pw, Ho, Wo)
+    if (dh, dw) != (1, 1):
+        shapes += f", dilation={(dh, dw)}"
+    span = (dh * (KH - 1) + 1, dw * (KW - 1) + 1)
+    what = "kernel" if (dh, dw) == (1, 1) else "dilated kernel"
+    Ho, Wo = _output_size(func, what, (H, W), span, (sh, sw), (ph, pw), shapes)
+    return ConvGeometry(N, C, H, W, F, KH, KW, sh, sw, ph, pw, Ho, Wo, (dh, dw), groups)
 
 
 def _output_size(func, what, hw, window, stride, padding, shapes):

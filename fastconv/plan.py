@@ -263,7 +263,10 @@ def contiguous(a, dtype=None):
 class ConvGeometry(NamedTuple):
     """A validated sliding window: input ``(N, C, H, W)``, ``F`` filters of ``KH x KW``, output ``Ho x Wo``.
 
-    A pooling is the depthwise case, ``F == C``: one ``KH x KW`` window per channel.
+    ``dilation`` spaces the taps (tap ``i`` reads row ``oh*sh + i*dilation[0] - ph``); with
+    ``groups`` G the channels and filters split into G groups, filter ``f`` reading only the
+    ``C / G`` channels of its group (weights ``(F, C / G, KH, KW)``). A pooling is the
+    depthwise case, ``F == C``: one ``KH x KW`` window per channel.
     """
 
     N: int
@@ -279,6 +282,8 @@ class ConvGeometry(NamedTuple):
     pw: int
     Ho: int
     Wo: int
+    dilation: tuple = (1, 1)
+    groups: int = 1
 
     @property
     def x_shape(self):
@@ -286,7 +291,17 @@ class ConvGeometry(NamedTuple):
 
     @property
     def w_shape(self):
-        return (self.F, self.C, self.KH, self.KW)
+        return (self.F, self.C // self.groups, self.KH, self.KW)
+
+    @property
+    def dense(self):
+        """No dilation and one group: the geometry every dense strategy takes."""
+        return self.dilation == (1, 1) and self.groups == 1
+
+    @property
+    def depthwise(self):
+        """One input channel per group (``groups == C``), any number of filters per channel."""
+        return self.groups == self.C and self.groups > 1
 
     @property
     def y_shape(self):
@@ -295,7 +310,7 @@ class ConvGeometry(NamedTuple):
     @property
     def pointwise(self):
         """A 1x1 convolution at stride 1 without padding: per image, a matrix product in NCHW."""
-        return self.KH == self.KW == 1 and self.sh == self.sw == 1 and self.ph == self.pw == 0
+        return self.KH == self.KW == 1 and self.sh == self.sw == 1 and self.ph == self.pw == 0 and self.groups == 1
 
     def correlation(self, N, C, H, W, F, KH, KW, ph, pw):
         """The stride-1 geometry of another correlation (the input gradient's inner ones)."""
@@ -871,6 +886,9 @@ def plan_conv2d(geometry, dtype, cpu=None):
     another CPU would take, e.g. the 256-bit (AVX2) kernels on an AVX-512 machine. Plans are cached;
     the thread count of the calling thread is part of the key.
     """
+    if not geometry.dense:
+        raise NotImplementedError(f"plan_conv2d: no strategy yet for dilation={geometry.dilation}, "
+                                  f"groups={geometry.groups}")
     return _conv_plan(geometry, np.dtype(dtype), HOST if cpu is None else cpu, numba.get_num_threads())
 
 

@@ -93,17 +93,54 @@ def _zero_pad(x, ph, pw):
     return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
 
 
-def conv2d(x, w, b=None, stride=1, padding=0):
+def _windows(shape, w_shape, stride, padding, dilation, groups):
+    """The receptive fields of a convolution: yields ``(n, f, i, j, window)``.
+
+    ``window`` indexes the zero-padded input: the ``C / groups`` channels of filter
+    ``f``'s group and the taps ``i*sh + kh*dh``, ``j*sw + kw*dw`` (``kh < KH``, ``kw < KW``).
+    """
+    sh, sw = _pair(stride)
+    dh, dw = _pair(dilation)
+    ph, pw = _pair(padding)
+    N, C, H, W = (int(s) for s in shape)
+    F, Cg, KH, KW = (int(s) for s in w_shape)
+    if C % groups or F % groups or Cg * groups != C:
+        raise ValueError(f"groups={groups} does not split x's {C} channels into w's {Cg} per group and {F} filters")
+    Ho = _output_size(H, dh * (KH - 1) + 1, sh, ph)
+    Wo = _output_size(W, dw * (KW - 1) + 1, sw, pw)
+    per_group = F // groups
+    for n in range(N):
+        for f in range(F):
+            g = f // per_group
+            for i in range(Ho):
+                for j in range(Wo):
+                    rows = slice(i * sh, i * sh + dh * (KH - 1) + 1, dh)
+                    cols = slice(j * sw, j * sw + dw * (KW - 1) + 1, dw)
+                    yield n, f, i, j, (n, slice(g * Cg, (g + 1) * Cg), rows, cols)
+
+
+def _output_shape(shape, w_shape, stride, padding, dilation):
+    sh, sw = _pair(stride)
+    dh, dw = _pair(dilation)
+    ph, pw = _pair(padding)
+    KH, KW = int(w_shape[2]), int(w_shape[3])
+    Ho = _output_size(int(shape[2]), dh * (KH - 1) + 1, sh, ph)
+    Wo = _output_size(int(shape[3]), dw * (KW - 1) + 1, sw, pw)
+    return int(shape[0]), int(w_shape[0]), Ho, Wo
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation (what deep-learning libraries call convolution).
 
-    ``y[n, f, i, j] = sum(xp[n, :, i*sh : i*sh+KH, j*sw : j*sw+KW] * w[f]) + b[f]``
-    where ``xp`` is ``x`` zero-padded by ``(ph, pw)`` on both sides.
+    ``y[n, f, i, j] = b[f] + sum_{c, kh, kw} xp[n, g*Cg + c, i*sh + kh*dh, j*sw + kw*dw] * w[f, c, kh, kw]``
+    where ``xp`` is ``x`` zero-padded by ``(ph, pw)`` on both sides, ``Cg = C / groups``
+    and ``g = f // (F / groups)`` is filter ``f``'s group.
 
     Parameters
     ----------
     x : ndarray, shape (N, C, H, W)
         Input.
-    w : ndarray, shape (F, C, KH, KW)
+    w : ndarray, shape (F, C / groups, KH, KW)
         Filters.
     b : ndarray, shape (F,), optional
         Bias, added to every output position of its filter.
@@ -111,32 +148,27 @@ def conv2d(x, w, b=None, stride=1, padding=0):
         Step ``(sh, sw)`` between neighbouring windows.
     padding : int or (int, int)
         Zeros ``(ph, pw)`` added on each side of the height and width.
+    dilation : int or (int, int)
+        Spacing ``(dh, dw)`` between the taps of the kernel.
+    groups : int
+        Channels and filters split into this many groups; a filter sees its group's channels only.
 
     Returns
     -------
     y : ndarray, shape (N, F, Ho, Wo)
-        Output, in the dtype of ``x``.
+        ``Ho = (H + 2*ph - dh*(KH - 1) - 1) // sh + 1``, likewise ``Wo``; in the dtype of ``x``.
     """
-    sh, sw = _pair(stride)
     ph, pw = _pair(padding)
-    N, C, H, W = x.shape
-    F, _, KH, KW = w.shape
-    Ho = _output_size(H, KH, sh, ph)
-    Wo = _output_size(W, KW, sw, pw)
     xp = _zero_pad(x, ph, pw)
-    y = np.zeros((N, F, Ho, Wo), dtype=x.dtype)
-    for n in range(N):
-        for f in range(F):
-            for i in range(Ho):
-                for j in range(Wo):
-                    window = xp[n, :, i * sh : i * sh + KH, j * sw : j * sw + KW]
-                    y[n, f, i, j] = np.sum(window * w[f])
-                    if b is not None:
-                        y[n, f, i, j] += b[f]
+    y = np.zeros(_output_shape(x.shape, w.shape, stride, padding, dilation), dtype=x.dtype)
+    for n, f, i, j, window in _windows(x.shape, w.shape, stride, padding, dilation, groups):
+        y[n, f, i, j] = np.sum(xp[window] * w[f])
+        if b is not None:
+            y[n, f, i, j] += b[f]
     return y
 
 
-def conv2d_backward_input(dy, w, input_shape, stride=1, padding=0):
+def conv2d_backward_input(dy, w, input_shape, stride=1, padding=0, dilation=1, groups=1):
     """Gradient of :func:`conv2d` with respect to its input ``x``.
 
     Each output gradient ``dy[n, f, i, j]`` is scattered back, weighted by
@@ -148,11 +180,11 @@ def conv2d_backward_input(dy, w, input_shape, stride=1, padding=0):
     ----------
     dy : ndarray, shape (N, F, Ho, Wo)
         Gradient of the loss with respect to the output of :func:`conv2d`.
-    w : ndarray, shape (F, C, KH, KW)
+    w : ndarray, shape (F, C / groups, KH, KW)
         Filters used in the forward pass.
     input_shape : tuple of int, (N, C, H, W)
         Shape of the forward input ``x``.
-    stride, padding : int or (int, int)
+    stride, padding, dilation, groups
         As in the forward pass.
 
     Returns
@@ -160,24 +192,18 @@ def conv2d_backward_input(dy, w, input_shape, stride=1, padding=0):
     dx : ndarray, shape (N, C, H, W)
         In the dtype of ``dy``.
     """
-    sh, sw = _pair(stride)
     ph, pw = _pair(padding)
     N, C, H, W = (int(s) for s in input_shape)
-    F, _, KH, KW = w.shape
-    _, _, Ho, Wo = dy.shape
     dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=dy.dtype)
-    for n in range(N):
-        for f in range(F):
-            for i in range(Ho):
-                for j in range(Wo):
-                    dxp[n, :, i * sh : i * sh + KH, j * sw : j * sw + KW] += dy[n, f, i, j] * w[f]
+    for n, f, i, j, window in _windows(input_shape, w.shape, stride, padding, dilation, groups):
+        dxp[window] += dy[n, f, i, j] * w[f]
     return dxp[:, :, ph : ph + H, pw : pw + W].copy()
 
 
-def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0):
+def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, dilation=1, groups=1):
     """Gradient of :func:`conv2d` with respect to the filters ``w``.
 
-    ``dw[f] = sum over n, i, j of dy[n, f, i, j] * xp[n, :, window(i, j)]``.
+    ``dw[f] = sum over n, i, j of dy[n, f, i, j] * xp[window(n, f, i, j)]``.
 
     Parameters
     ----------
@@ -185,27 +211,21 @@ def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0):
         Gradient of the loss with respect to the output.
     x : ndarray, shape (N, C, H, W)
         Input of the forward pass.
-    weight_shape : tuple of int, (F, C, KH, KW)
+    weight_shape : tuple of int, (F, C / groups, KH, KW)
         Shape of the filters.
-    stride, padding : int or (int, int)
+    stride, padding, dilation, groups
         As in the forward pass.
 
     Returns
     -------
-    dw : ndarray, shape (F, C, KH, KW)
+    dw : ndarray, shape (F, C / groups, KH, KW)
         In the dtype of ``dy``.
     """
-    sh, sw = _pair(stride)
     ph, pw = _pair(padding)
-    F, C, KH, KW = (int(s) for s in weight_shape)
-    N, _, Ho, Wo = dy.shape
     xp = _zero_pad(x, ph, pw)
-    dw = np.zeros((F, C, KH, KW), dtype=dy.dtype)
-    for n in range(N):
-        for f in range(F):
-            for i in range(Ho):
-                for j in range(Wo):
-                    dw[f] += dy[n, f, i, j] * xp[n, :, i * sh : i * sh + KH, j * sw : j * sw + KW]
+    dw = np.zeros(tuple(int(s) for s in weight_shape), dtype=dy.dtype)
+    for n, f, i, j, window in _windows(x.shape, weight_shape, stride, padding, dilation, groups):
+        dw[f] += dy[n, f, i, j] * xp[window]
     return dw
 
 
@@ -228,24 +248,25 @@ def conv2d_backward_bias(dy):
     return db
 
 
-def conv2d_backward(dy, x, w, stride=1, padding=0):
+def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1):
     """All three gradients of :func:`conv2d`.
 
     Parameters
     ----------
     dy : ndarray, shape (N, F, Ho, Wo)
     x : ndarray, shape (N, C, H, W)
-    w : ndarray, shape (F, C, KH, KW)
-    stride, padding : int or (int, int)
+    w : ndarray, shape (F, C / groups, KH, KW)
+    stride, padding, dilation, groups
+        As in the forward pass.
 
     Returns
     -------
     dx : ndarray, shape (N, C, H, W)
-    dw : ndarray, shape (F, C, KH, KW)
+    dw : ndarray, shape (F, C / groups, KH, KW)
     db : ndarray, shape (F,)
     """
-    dx = conv2d_backward_input(dy, w, x.shape, stride, padding)
-    dw = conv2d_backward_weight(dy, x, w.shape, stride, padding)
+    dx = conv2d_backward_input(dy, w, x.shape, stride, padding, dilation, groups)
+    dw = conv2d_backward_weight(dy, x, w.shape, stride, padding, dilation, groups)
     db = conv2d_backward_bias(dy)
     return dx, dw, db
 
