@@ -551,6 +551,18 @@ def synthetic_fashion(seed=0):
     return arrays, gz, checksums_of(gz)
 
 
+def download_error_without_network(monkeypatch, loader):
+    """The DownloadError message of ``loader()`` when every URL fails as on a machine without network."""
+
+    def no_network(url, timeout=None):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    with pytest.raises(DownloadError) as info:
+        loader(progress=False)
+    return str(info.value)
+
+
 def test_load_fashion_mnist_synthetic(tmp_path):
     arrays, gz, sums = synthetic_fashion()
     write_gz_set(tmp_path / "d", gz)
@@ -658,13 +670,7 @@ def test_fashion_mnist_offline(tmp_path, monkeypatch):
                      *(n + ".gz" for n in MNIST_FILES)):
         assert expected in message
 
-    def no_network(url, timeout=None):
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(urllib.request, "urlopen", no_network)
-    with pytest.raises(DownloadError) as info:
-        load_fashion_mnist(progress=False)
-    message = str(info.value)
+    message = download_error_without_network(monkeypatch, load_fashion_mnist)
     assert "train-images-idx3-ubyte.gz" in message and "fashion-mnist.s3-website.eu-central-1.amazonaws.com" in message
     assert str(datasets.default_cache_dir("fashion-mnist")) in message and "FASTCONV_FASHION_MNIST_DIR" in message
 
@@ -902,13 +908,7 @@ def test_cifar10_offline(tmp_path, monkeypatch):
                      "download=True"):
         assert expected in message
 
-    def no_network(url, timeout=None):
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(urllib.request, "urlopen", no_network)
-    with pytest.raises(DownloadError) as info:
-        load_cifar10(progress=False)
-    message = str(info.value)
+    message = download_error_without_network(monkeypatch, load_cifar10)
     assert "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz" in message and "URLError" in message
     assert str(datasets.default_cache_dir("cifar-10")) in message and "FASTCONV_CIFAR10_DIR" in message
     assert not list(datasets.default_cache_dir("cifar-10").iterdir())  # no partial download left
