@@ -215,20 +215,30 @@ def default_cache_dir(dataset="mnist"):
 
 def _read_bytes(path):
     """Return the uncompressed content of ``path``, gunzipping if it starts with gzip's magic."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        head = f.read(2)
-        f.seek(0)
-        if head != b"\x1f\x8b":
-            return f.read()
-        try:
-            with gzip.GzipFile(fileobj=f) as gz:
-                return gz.read()
-        except (EOFError, OSError, zlib.error) as exc:  # truncated stream, bad CRC, bad data
-            raise CorruptFileError(
-                f"{path}: not a valid gzip file ({type(exc).__name__}: {exc}); "
-                "the file is probably truncated or damaged"
-            ) from exc
+    return _gunzip(Path(path).read_bytes(), path)
+
+
+def _gunzip(data, path):
+    """``data`` (the bytes of file ``path``) uncompressed if it starts with gzip's magic, else ``data`` itself."""
+    if data[:2] != b"\x1f\x8b":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (EOFError, OSError, zlib.error) as exc:  # truncated stream, bad CRC, bad data
+        raise CorruptFileError(
+            f"{path}: not a valid gzip file ({type(exc).__name__}: {exc}); "
+            "the file is probably truncated or damaged"
+        ) from exc
+
+
+def _check_digest(hasher, sha256, path, what):
+    """CorruptFileError unless ``hasher`` (a hashlib SHA-256 fed with ``what`` of ``path``) gives ``sha256``."""
+    digest = hasher.hexdigest()
+    if digest != sha256.lower():
+        raise CorruptFileError(
+            f"{path}: SHA-256 of {what} is {digest}, expected {sha256}; "
+            "the file is damaged or is not the official one"
+        )
 
 
 def _parse_idx(data, name):
@@ -302,35 +312,28 @@ def read_idx(path, sha256=None):
     """
     data = _read_bytes(path)
     if sha256 is not None:
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != sha256.lower():
-            raise CorruptFileError(
-                f"{path}: SHA-256 of the uncompressed content is {digest}, expected {sha256}; "
-                "the file is damaged or is not the official one"
-            )
+        _check_digest(hashlib.sha256(data), sha256, path, "the uncompressed content")
     return _parse_idx(data, str(path))
 
 
 def _check_file_digest(f, sha256, path):
-    """Stream-hash the open binary file ``f`` from its start; CorruptFileError on a mismatch."""
+    """Stream-hash the open binary file ``f`` from its start (CorruptFileError on a mismatch), then rewind it."""
     f.seek(0)
     hasher = hashlib.sha256()
     for chunk in iter(lambda: f.read(1 << 20), b""):
         hasher.update(chunk)
-    digest = hasher.hexdigest()
-    if digest != sha256.lower():
-        raise CorruptFileError(
-            f"{path}: SHA-256 of the file is {digest}, expected {sha256}; "
-            "the file is damaged or is not the official one"
-        )
+    _check_digest(hasher, sha256, path, "the file")
     f.seek(0)
 
 
 def _read_idx_gz_file(path, sha256):
-    """Read an IDX file whose digest is of the file as stored (Fashion-MNIST's published ``.gz`` digests)."""
-    with open(path, "rb") as f:
-        _check_file_digest(f, sha256, path)
-    return read_idx(path)
+    """Read an IDX file whose digest is of the file as stored (Fashion-MNIST's published ``.gz`` digests).
+
+    The file is read once: the bytes that are hashed are the bytes that are parsed.
+    """
+    raw = Path(path).read_bytes()
+    _check_digest(hashlib.sha256(raw), sha256, path, "the file")
+    return _parse_idx(_gunzip(raw, path), str(path))
 
 
 class _DataSet(NamedTuple):

@@ -146,7 +146,8 @@ class RandomCrop:
     padding_mode : {"constant", "edge", "reflect", "symmetric"}, default "constant"
         torchvision's modes (NumPy's ``np.pad`` modes of the same names): a constant ``fill``; the
         edge pixel repeated; the image mirrored without repeating the edge (``[3 2 | 1 2 3 | 2 1]``);
-        the image mirrored with the edge repeated (``[2 1 | 1 2 3 | 3 2]``).
+        the image mirrored with the edge repeated (``[2 1 | 1 2 3 | 3 2]``). Padding wider than the
+        image is allowed (``np.pad`` repeats the mirroring; torchvision refuses it for tensors).
     rng : None, int or numpy.random.Generator, optional
         Source of the crop offsets, fixed here: the same seed gives the same offsets, call after call.
 
@@ -184,8 +185,9 @@ class RandomCrop:
     def _padded(self, x):
         owner = type(self).__name__
         fill = _fill_value(self.fill, x, owner) if self.padding_mode == "constant" else None
-        if self.padding_mode == "reflect" and min(x.shape[2:]) == 0 and any(self.padding):
-            raise ValueError(f"{owner}: reflect padding needs images of at least 1x1, got x of shape {x.shape}")
+        if self.padding_mode != "constant" and 0 in x.shape[2:]:
+            raise ValueError(f"{owner}: padding_mode {self.padding_mode!r} needs images of at least 1x1, "
+                             f"got x of shape {x.shape}")
         x = _pad(x, self.padding, self.padding_mode, fill)
         (h, w), (height, width) = self.size, x.shape[2:]
         if self.pad_if_needed and width < w:

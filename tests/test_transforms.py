@@ -302,6 +302,8 @@ CALL_ERRORS = [
     ("list input", T.RandomCrop(4), X.tolist(), TypeError, "RandomCrop: x must be a numpy.ndarray"),
     ("single image", T.RandomHorizontalFlip(), X[0], ValueError, r"\(3, 8, 8\); for a single image .* x\[None\]"),
     ("2-d", T.Normalize(0.5, 0.5), np.zeros((8, 8)), ValueError, r"Normalize: x must be a batch .* \(8, 8\)"),
+    ("edge padding of empty images", T.RandomCrop(1, padding=1, padding_mode="edge"), X[:, :, :0], ValueError,
+     r"padding_mode 'edge' needs images of at least 1x1, got x of shape \(2, 3, 0, 8\)"),
     ("crop too large", T.RandomCrop(9), X, ValueError, r"crop size \(9, 9\) is larger .*\(8, 8\).*\(2, 3, 8, 8\)"),
     ("fill out of range", T.RandomCrop(8, padding=1, fill=300), X, ValueError, "fill 300 cannot be represented.*uint8"),
     ("fractional fill", T.RandomCrop(8, padding=1, fill=0.5), X, ValueError, "fill 0.5 cannot be represented"),
