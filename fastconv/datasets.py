@@ -536,9 +536,12 @@ def _load(ds, data_dir, download, mirrors, checksums, progress):
 
 
 def _idx_splits(contents, label_kind):
-    """Check the four parsed IDX files of an MNIST-layout data set; return ``((x_train, y_train), (x_test, y_test))``."""
-    for path, array in contents.values():
-        want_ndim = 3 if "images" in path.name else 1
+    """Check the four parsed IDX files of an MNIST-layout data set; return ``((x_train, y_train), (x_test, y_test))``.
+
+    ``contents`` maps each name of :data:`MNIST_FILES` to ``(path, array)``.
+    """
+    for name, (path, array) in contents.items():
+        want_ndim = 3 if "images" in name else 1
         if array.dtype != np.uint8 or array.ndim != want_ndim:
             raise CorruptFileError(
                 f"{path}: expected uint8 data with {want_ndim} dimension(s), got {array.dtype} of shape {array.shape}"

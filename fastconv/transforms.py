@@ -348,7 +348,8 @@ class Compose:
 
     def __init__(self, transforms):
         if callable(transforms) or not isinstance(transforms, (list, tuple)):
-            raise TypeError(f"Compose: transforms must be a list or tuple of callables, got {type(transforms).__name__}")
+            raise TypeError("Compose: transforms must be a list or tuple of callables, "
+                            f"got {type(transforms).__name__}")
         for i, t in enumerate(transforms):
             if not callable(t):
                 raise TypeError(f"Compose: transforms[{i}] is not callable ({type(t).__name__})")

@@ -707,7 +707,7 @@ def synthetic_cifar(n=(5, 7, 6, 5, 8, 9), seed=0):
 
 
 def tar_gz(members):
-    """A .tar.gz of ``[(name, bytes or TarInfo-adjusting callable)]``; directories/links via a TarInfo type."""
+    """A .tar.gz of ``[(name, data, tar member type)]``: ``data`` is a regular file's content, or a link's target."""
     import tarfile
 
     buf = io.BytesIO()
@@ -817,10 +817,11 @@ def _bad_archives():
                     "'cifar-10-batches-bin/link' is a symbolic link"),
         "hard link": (cifar_members(good, [(f"{folder}/hard", f"{folder}/readme.html".encode(), tarfile.LNKTYPE)]),
                       "'cifar-10-batches-bin/hard' is a hard link"),
-        "device": (cifar_members(good, [(f"{folder}/dev", b"", tarfile.CHRTYPE)]), "'cifar-10-batches-bin/dev' is a "
-                                                                                   "device"),
-        "duplicate batch": (cifar_members(good, [(f"{folder}/data_batch_1.bin", cifar_records(*good["data_batch_4.bin"]),
-                                                  tarfile.REGTYPE)]), "data_batch_1.bin' appears twice"),
+        "device": (cifar_members(good, [(f"{folder}/dev", b"", tarfile.CHRTYPE)]),
+                   "'cifar-10-batches-bin/dev' is a device"),
+        "duplicate batch": (cifar_members(good, [(f"{folder}/data_batch_1.bin",
+                                                  cifar_records(*good["data_batch_4.bin"]), tarfile.REGTYPE)]),
+                            "data_batch_1.bin' appears twice"),
     }
 
 
