@@ -886,13 +886,15 @@ def test_cifar10_search_order_and_cache_folder(tmp_path, monkeypatch):
     loaded_from("cache", None)
 
 
-def test_cifar10_download(tmp_path):
+def test_cifar10_download(tmp_path, capsys):
     batches = synthetic_cifar(n=(1, 1, 1, 1, 1, 2))
     blob = tar_gz(cifar_members(batches))
-    bad = write_cifar(tmp_path / "bad", blob[:-20]) and (tmp_path / "bad").as_uri()  # served but damaged
-    good = (write_cifar(tmp_path / "good", blob) and (tmp_path / "good").as_uri()) + "/"
-    _, (xte, _) = load_cifar10(mirrors=[bad, good], checksums={CIFAR10_FILE: sha(blob)}, progress=False)
+    write_cifar(tmp_path / "bad", blob[:-20])  # served, but damaged
+    write_cifar(tmp_path / "good", blob)
+    mirrors = [(tmp_path / "bad").as_uri(), (tmp_path / "good").as_uri() + "/"]
+    _, (xte, _) = load_cifar10(mirrors=mirrors, checksums={CIFAR10_FILE: sha(blob)})
     np.testing.assert_array_equal(xte, batches["test_batch.bin"][0])
+    assert "Downloading cifar-10-binary.tar.gz" in capsys.readouterr().err  # the progress bar (tqdm or text)
     cache = datasets.default_cache_dir("cifar-10")
     assert sorted(p.name for p in cache.iterdir()) == [CIFAR10_FILE]  # the bad copy and .part files are gone
     assert (cache / CIFAR10_FILE).read_bytes() == blob
