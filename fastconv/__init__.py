@@ -10,7 +10,7 @@ The functional API (NCHW arrays, PyTorch semantics) is re-exported here::
     print(fc.conv2d_plan(x.shape, w.shape, padding=1))   # which strategy each pass takes
 """
 
-from . import functional, nn, optim, plan, serialization
+from . import functional, nn, optim, plan, serialization, transforms
 from .functional import *  # noqa: F401,F403 - the functional API, listed in functional.__all__
 from .serialization import CheckpointError, load, save
 
@@ -22,6 +22,7 @@ __all__ = list(functional.__all__) + [
     "nn",
     "optim",
     "serialization",
+    "transforms",
     "save",
     "load",
     "CheckpointError",

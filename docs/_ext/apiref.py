@@ -26,7 +26,7 @@ PACKAGE = "fastconv"
 INTERNAL = ("fastconv.kernels", "fastconv.config")
 #: Pages first in the reference's table of contents; the other public modules follow alphabetically.
 ORDER = (
-    "fastconv", "fastconv.functional", "fastconv.nn", "fastconv.optim", "fastconv.datasets",
+    "fastconv", "fastconv.functional", "fastconv.nn", "fastconv.optim", "fastconv.datasets", "fastconv.transforms",
     "fastconv.training", "fastconv.models", "fastconv.metrics", "fastconv.serialization",
     "fastconv.compat", "fastconv.compat.layers", "fastconv.compat.fast_layers", "fastconv.compat.layer_utils",
     "fastconv.distributed", "fastconv.compile", "fastconv.plan", "fastconv.reference",
