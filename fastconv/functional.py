@@ -1742,8 +1742,7 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups
     ``conv2d_backward_input(x, w, (N, C_out, Ho, Wo), stride=s, padding=p, ...)``: every input
     pixel scatters ``x[n, c, i, j] * w[c]`` onto the output window of the convolution's
     output pixel ``(i, j)``. It runs exactly that: the convolution plan's input-gradient
-    pass, with the roles of the shapes swapped, plus the bias. See ``docs/backprop.md``,
-    "The transposed convolution".
+    pass, with the roles of the shapes swapped, plus the bias. See ``docs/backprop.md``, section 6.
 
     Parameters
     ----------
@@ -1813,6 +1812,7 @@ def conv_transpose2d_backward_input(dy, w, input_shape, stride=1, padding=0, out
     ``dx = conv2d(dy, w, stride=stride, padding=padding, dilation=dilation, groups=groups)``
     (cropped to ``input_shape`` when ``output_padding >= stride`` left extra rows): the adjoint
     of the adjoint is the convolution itself. It runs the convolution plan's forward pass.
+    See ``docs/backprop.md``, section 6.
 
     Parameters
     ----------
@@ -1851,7 +1851,7 @@ def conv_transpose2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, o
 
     The convolution's weight gradient with ``x`` and ``dy`` swapped:
     ``conv2d_backward_weight(x, dy, weight_shape, stride, padding, ...)`` (``x`` as the
-    output gradient, ``dy`` as the input).
+    output gradient, ``dy`` as the input). See ``docs/backprop.md``, section 6.
 
     Parameters
     ----------
@@ -1888,7 +1888,8 @@ def conv_transpose2d_backward(dy, x, w, stride=1, padding=0, output_padding=0, g
 
     ``dx`` is a convolution of ``dy`` (:func:`conv_transpose2d_backward_input`), ``dw`` the
     convolution's weight gradient with ``x`` and ``dy`` swapped
-    (:func:`conv_transpose2d_backward_weight`), ``db = dy.sum(axis=(0, 2, 3))``.
+    (:func:`conv_transpose2d_backward_weight`), ``db = dy.sum(axis=(0, 2, 3))``. See ``docs/backprop.md``,
+    section 6.
 
     Parameters
     ----------
