@@ -915,15 +915,16 @@ class _ConvNd(Module):
         self._cache = None
         self._plan = None
 
-    def plan(self, x_shape, dtype=None):
+    def plan(self, x_shape, dtype=None, **options):
         """The :class:`fastconv.plan.ConvPlan` this layer runs for inputs of ``x_shape``.
 
-        Made once per input shape, dtype and thread count, and kept.
+        Made once per input shape, dtype and thread count (and ``options``: ConvTranspose2d's
+        ``output_size``), and kept.
         """
         dtype = self.weight.data.dtype if dtype is None else np.dtype(dtype)
-        key = (tuple(x_shape), dtype, _F.get_num_threads(), self.weight.data.shape)
+        key = (tuple(x_shape), dtype, _F.get_num_threads(), self.weight.data.shape, tuple(options.items()))
         if self._plan is None or self._plan[0] != key:
-            self._plan = (key, self._make_plan(key[0], dtype))
+            self._plan = (key, self._make_plan(key[0], dtype, **options))
         return self._plan[1]
 
     def _check(self, x):
@@ -1186,14 +1187,43 @@ class ConvTranspose2d(_ConvNd):
         self._setup(in_channels, out_channels, kernel_size, stride, dilation, groups, bias, dtype, rng)
         self.output_padding = _V.check_output_padding(owner, output_padding, self.stride, self.dilation)
 
-    def _make_plan(self, x_shape, dtype):
+    def _make_plan(self, x_shape, dtype, output_size=None):
+        output_padding = self.output_padding if output_size is None else self._output_padding(x_shape, output_size)
         return _F.conv_transpose_plan("ConvTranspose2d", x_shape, self.weight.data.shape, dtype, self.stride,
-                                      self.padding, self.output_padding, self.groups, self.dilation)
+                                      self.padding, output_padding, self.groups, self.dilation)
 
-    def forward(self, x):
-        """Transposed convolution of ``x`` of shape ``(N, C_in, H, W)``; returns ``(N, C_out, Ho, Wo)``."""
+    def _output_padding(self, x_shape, output_size):
+        """PyTorch's ``_output_padding``: the padding that makes the output ``output_size`` (H, W) or (N, C, H, W)."""
+        size = tuple(output_size)[-2:] if len(output_size) in (2, 4) else None
+        if size is None or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in size):
+            raise ValueError(f"ConvTranspose2d: output_size must be 2 or 4 ints (H, W) or (N, C, H, W); "
+                             f"got {output_size!r}")
+        padding = []
+        for axis, (want, n, s, p, d, k) in enumerate(zip(size, x_shape[2:], self.stride, self.padding,
+                                                          self.dilation, self.kernel_size)):
+            smallest = (n - 1) * s - 2 * p + d * (k - 1) + 1
+            if not smallest <= want <= smallest + s - 1:
+                raise ValueError(f"ConvTranspose2d: requested an output size of {tuple(size)}, but valid sizes of "
+                                 f"axis {axis + 2} range from {smallest} to {smallest + s - 1} (for an input of "
+                                 f"shape {tuple(x_shape)})")
+            padding.append(int(want) - smallest)
+        return tuple(padding)
+
+    def forward(self, x, output_size=None):
+        """Transposed convolution of ``x`` of shape ``(N, C_in, H, W)``; returns ``(N, C_out, Ho, Wo)``.
+
+        ``output_size`` ((H, W) or the whole shape), as in PyTorch, picks the ``output_padding`` of this call
+        among the ``stride`` output sizes this input can have (instead of the layer's ``output_padding``).
+        """
         self._check(x)
-        plan = self.plan(x.shape)
+        options = {}
+        if output_size is not None:
+            try:
+                options["output_size"] = tuple(output_size)
+            except TypeError:
+                raise TypeError(f"ConvTranspose2d: output_size must be a sequence of ints (H, W) or (N, C, H, W); "
+                                f"got {output_size!r}") from None
+        plan = self.plan(x.shape, **options)
         out = _F.transposed_forward(plan, x, self.weight.data, None if self.bias is None else self.bias.data)
         self._cache = (x, out.shape, plan, None) if is_grad_enabled() else None
         return out

@@ -260,3 +260,33 @@ def test_layer_matches_torch_depthwise():
         layer = nn.ConvTranspose2d(groups, groups * mult, 3, stride=2, padding=1, output_padding=1, groups=groups,
                                    dtype=np.float64, rng=0)
         assert_matches_torch(layer, np.random.default_rng(0).standard_normal((2, groups, 4, 5)), 1, repr(layer))
+
+
+@pytest.mark.parametrize("output_size", [(7, 9), [8, 10], (2, 4, 8, 9)], ids=str)
+def test_output_size_picks_the_output_padding_as_torch(output_size):
+    torch = pytest.importorskip("torch")
+    layer = nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, dtype=np.float64, rng=0)
+    from fastconv.models import to_torch
+
+    twin = to_torch(layer)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5))
+    tx = torch.from_numpy(x.copy()).requires_grad_(True)
+    y = layer(x, output_size=output_size)
+    ty = twin(tx, output_size=list(output_size))
+    assert y.shape[2:] == tuple(output_size)[-2:]
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+    dy = np.random.default_rng(1).standard_normal(y.shape)
+    ty.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(layer.backward(dy), tx.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.weight.grad, twin.weight.grad.numpy(), rtol=1e-12, atol=1e-12)
+    assert layer(x).shape == (2, 4, 7, 9)  # the next call without output_size: the layer's output_padding again
+
+
+@pytest.mark.parametrize("output_size, exc, words", [((9, 9), ValueError, ["valid sizes", "7 to 8"]),
+                                                     ((7,), ValueError, ["output_size"]),
+                                                     (7, TypeError, ["output_size"])], ids=str)
+def test_output_size_errors(output_size, exc, words):
+    layer = nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1)
+    with pytest.raises(exc) as info:
+        layer(np.zeros((1, 3, 4, 5), np.float32), output_size=output_size)
+    assert str(info.value).startswith("ConvTranspose2d:") and all(w in str(info.value) for w in words)
