@@ -290,3 +290,28 @@ def test_output_size_errors(output_size, exc, words):
     with pytest.raises(exc) as info:
         layer(np.zeros((1, 3, 4, 5), np.float32), output_size=output_size)
     assert str(info.value).startswith("ConvTranspose2d:") and all(w in str(info.value) for w in words)
+
+
+def test_threads_calling_at_once_get_the_serial_results():
+    """8 threads on shared (read-only) inputs: the transposed convolution's three gradients, and a reflect-padded
+    Conv2d layer per thread, bitwise equal to serial calls."""
+    import concurrent.futures
+
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 6, 5, 4)).astype(np.float32), rng.standard_normal((6, 3, 4, 4)).astype(np.float32)
+    for a in (x, w):
+        a.flags.writeable = False
+    kw = dict(stride=2, padding=1, output_padding=1)
+    dy = rng.standard_normal(fc.conv_transpose2d(x, w, **kw).shape).astype(np.float32)
+
+    def work(_):
+        layer = nn.Conv2d(6, 3, 3, padding="same", padding_mode="reflect", rng=1)
+        y = layer(x)
+        return (fc.conv_transpose2d(x, w, **kw), *fc.conv_transpose2d_backward(dy, x, w, **kw), y,
+                layer.backward(y))
+
+    serial = work(0)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for got in pool.map(work, range(16)):
+            for g, s in zip(got, serial, strict=True):
+                np.testing.assert_array_equal(g, s)
