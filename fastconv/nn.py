@@ -856,13 +856,14 @@ def _pad_index(n, before, after, mode):
 
 
 def _pad2d(x, pads, mode):
-    """``x`` (N, C, H, W) padded by ``pads = (top, bottom, left, right)`` in ``mode``: one gather (or np.pad for zeros)."""
+    """``x`` (N, C, H, W) padded by ``pads = (top, bottom, left, right)`` in ``mode``: one gather of each image plane
+    by the flat source index of every padded pixel (np.pad for zeros)."""
     top, bottom, left, right = pads
     if mode == "zeros":
         return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    rows = _pad_index(x.shape[2], top, bottom, mode)
-    cols = _pad_index(x.shape[3], left, right, mode)
-    return x[:, :, rows[:, None], cols]
+    N, C, H, W = x.shape
+    source = _pad_index(H, top, bottom, mode)[:, None] * W + _pad_index(W, left, right, mode)
+    return x.reshape(N, C, H * W).take(source.ravel(), axis=2).reshape(N, C, *source.shape)  # C-contiguous
 
 
 def _fold(d, index, before, n, axis):
@@ -870,11 +871,13 @@ def _fold(d, index, before, n, axis):
 
     The interior (``n`` rows from ``before``) is the identity; the loop runs over the few border rows only.
     """
-    dm = np.moveaxis(d, axis, 0)
-    out = dm[before:before + n].copy()
+    def at(k):
+        return (slice(None),) * axis + (k,)
+
+    out = np.array(d[at(slice(before, before + n))], order="C")
     for k in (*range(before), *range(before + n, len(index))):
-        out[index[k]] += dm[k]
-    return np.moveaxis(out, 0, axis)
+        out[at(index[k])] += d[at(k)]
+    return out
 
 
 def _unpad2d(dpad, pads, mode, hw):
@@ -883,7 +886,7 @@ def _unpad2d(dpad, pads, mode, hw):
     if mode == "zeros":
         return np.ascontiguousarray(dpad[:, :, top:top + H, left:left + W])
     d = _fold(dpad, _pad_index(W, left, right, mode), left, W, 3)
-    return np.ascontiguousarray(_fold(d, _pad_index(H, top, bottom, mode), top, H, 2))
+    return _fold(d, _pad_index(H, top, bottom, mode), top, H, 2)
 
 
 class _ConvNd(Module):
