@@ -349,3 +349,59 @@ def softmax_dim(dim, shape, func):
     if not -ndim <= dim < ndim:
         raise ValueError(f"{func}: dim must be in [{-ndim}, {ndim}) for an input of shape {tuple(shape)}; got {dim}")
     return int(dim) % ndim
+
+
+# ---------------------------------------------------------------------------------------
+# Transposed convolution
+# ---------------------------------------------------------------------------------------
+
+WT_LAYOUT = "(C_in, C_out/groups, KH, KW)"
+
+
+def check_output_padding(func, output_padding, stride, dilation):
+    """``output_padding`` as a pair; PyTorch's rule: each side smaller than its stride or its dilation."""
+    op = as_pair(output_padding, "output_padding", func, minimum=0)
+    for axis, o, s, d in zip(("height", "width"), op, stride, dilation):
+        if o >= s and o >= d:
+            raise ValueError(f"{func}: output_padding must be smaller than either stride or dilation; got "
+                             f"output_padding={op} with stride={tuple(stride)}, dilation={tuple(dilation)} "
+                             f"(the {axis} fails)")
+    return op
+
+
+def conv_transpose_geometry(func, x_shape, w_shape, stride, padding, output_padding, groups, dilation,
+                            x_name="x", w_name="w"):
+    """Check a transposed convolution; returns the :class:`fastconv.plan.ConvGeometry` it is the input gradient of.
+
+    The transposed convolution of an ``x`` of ``(N, C_in, H, W)`` with a weight of
+    ``(C_in, C_out / groups, KH, KW)`` is the input gradient of the convolution of an input
+    of ``(N, C_out, Ho, Wo)`` with that same weight (``C_in`` filters), ``Ho = (H - 1)*sh -
+    2*ph + dh*(KH - 1) + oph + 1``. That convolution's output (``geometry.Ho``) is ``H``,
+    or a few rows more when ``output_padding >= stride`` (allowed by a larger dilation): the
+    extra rows of its output gradient are zeros.
+    """
+    sh, sw = as_pair(stride, "stride", func, minimum=1)
+    ph, pw = as_pair(padding, "padding", func, minimum=0)
+    dh, dw = as_pair(dilation, "dilation", func, minimum=1)
+    groups = as_int(groups, "groups", func)
+    oph, opw = check_output_padding(func, output_padding, (sh, sw), (dh, dw))
+    N, C, H, W = x_shape
+    Cin, Cg, KH, KW = w_shape
+    shapes = f"{x_name}.shape={tuple(x_shape)}, {w_name}.shape={tuple(w_shape)}"
+    if groups < 1:
+        raise ValueError(f"{func}: groups must be positive; got {groups}")
+    if Cin != C:
+        raise ValueError(f"{func}: {w_name} must have {x_name}'s {C} input channels on its axis 0 "
+                         f"{WT_LAYOUT}; got {Cin} ({shapes})")
+    if C % groups:
+        raise ValueError(f"{func}: groups={groups} must divide the input channels ({C}) ({shapes})")
+    check_nonempty(func, x_name, tuple(x_shape), (1, 2, 3), X_LAYOUT)
+    check_nonempty(func, w_name, tuple(w_shape), (1, 2, 3), WT_LAYOUT)
+    Ho = (H - 1) * sh - 2 * ph + dh * (KH - 1) + oph + 1
+    Wo = (W - 1) * sw - 2 * pw + dw * (KW - 1) + opw + 1
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"{func}: the output size {(Ho, Wo)} is not positive: padding={(ph, pw)} crops more than "
+                         f"the {(Ho + 2 * ph, Wo + 2 * pw)} the windows span ({shapes}, stride={(sh, sw)}, "
+                         f"dilation={(dh, dw)}, output_padding={(oph, opw)})")
+    return conv_geometry(func, (N, Cg * groups, Ho, Wo), w_shape, (sh, sw), (ph, pw), x_name="output",
+                         w_name=w_name, dilation=(dh, dw), groups=groups)

@@ -83,6 +83,11 @@ __all__ = [
     "cross_entropy_backward",
     "binary_cross_entropy_with_logits",
     "binary_cross_entropy_with_logits_backward",
+    # transposed convolution
+    "conv_transpose2d",
+    "conv_transpose2d_backward",
+    "conv_transpose2d_backward_input",
+    "conv_transpose2d_backward_weight",
 ]
 
 _X, _W, _DY = V.X_LAYOUT, V.W_LAYOUT, V.DY_LAYOUT
@@ -1662,3 +1667,256 @@ def binary_cross_entropy_with_logits_backward(dout, input, target, weight=None, 
     func = "binary_cross_entropy_with_logits_backward"
     return _loss.bce_with_logits_parts(func, input, target, weight, _loss.check_reduction(reduction, func),
                                        pos_weight)[1](dout)
+
+
+# ---------------------------------------------------------------------------------------
+# Transposed convolution: the convolution's passes with the roles of x and y swapped
+# ---------------------------------------------------------------------------------------
+
+_WT = V.WT_LAYOUT
+
+
+def conv_transpose_plan(func, x_shape, w_shape, dtype, stride, padding, output_padding, groups, dilation,
+                        x_name="x", w_name="w"):
+    """The :class:`~fastconv.plan.ConvPlan` of the convolution whose input gradient this transposed convolution is.
+
+    Its ``geometry.x_shape`` is the transposed convolution's output, ``geometry.y_shape`` its
+    input (extended by zero rows when ``output_padding >= stride``, see
+    :func:`fastconv._validation.conv_transpose_geometry`).
+    """
+    g = V.conv_transpose_geometry(func, x_shape, w_shape, stride, padding, output_padding, groups, dilation,
+                                  x_name, w_name)
+    V.check_buffers(func, g, np.dtype(dtype).itemsize)
+    return _plan.plan_conv2d(g, dtype)
+
+
+def _as_conv_output(plan, a):
+    """``a`` (the transposed convolution's input or its gradient) as the convolution's output gradient."""
+    shape = plan.geometry.y_shape
+    if a.shape == shape:
+        return a
+    out = np.zeros(shape, dtype=a.dtype)  # output_padding >= stride: rows no input pixel reaches
+    out[:, :, : a.shape[2], : a.shape[3]] = a
+    return out
+
+
+def transposed_forward(plan, x, w, b=None):
+    """The transposed convolution of ``x``: the input gradient of ``plan``'s convolution, plus the bias."""
+    y = plan.run_input_grad(_as_conv_output(plan, x), w)
+    if b is not None:
+        y += b[:, None, None]
+    return y
+
+
+def transposed_input_grad(plan, dy, w, input_shape):
+    """dx of a transposed convolution: the *forward* convolution of ``dy`` with the same weight."""
+    dx = plan.run_forward(dy, w)[0]
+    return dx if dx.shape == tuple(input_shape) else np.ascontiguousarray(dx[:, :, : input_shape[2],
+                                                                             : input_shape[3]])
+
+
+def transposed_weight_grad(plan, dy, x):
+    """dw of a transposed convolution: the convolution's weight gradient with ``x`` and ``dy`` swapped."""
+    return plan.run_weight_grad(_as_conv_output(plan, _plan.contiguous(x)), dy)
+
+
+def _transpose_checks(func, **arrays):
+    """Type, ndim and dtype checks of a transposed convolution's arrays (None allowed for ``b``)."""
+    layouts = {"x": _X, "w": _WT, "dy": "(N, C_out, Ho, Wo)", "b": "(C_out,)"}
+    for name, a in arrays.items():
+        if a is not None or name != "b":
+            V.check_float_array(a, name, func, 1 if name == "b" else 4, layouts[name])
+    V.check_same_dtype(func, **arrays)
+
+
+def _check_transpose_dy(func, dy, plan):
+    if dy.shape != plan.geometry.x_shape:
+        raise ValueError(f"{func}: dy must have shape {plan.geometry.x_shape} (N, C_out, Ho, Wo), the output of "
+                         f"this transposed convolution; got {dy.shape}")
+
+
+def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """2-D transposed convolution (PyTorch's ``conv_transpose2d``): the input gradient of a convolution.
+
+    ``conv_transpose2d(x, w, stride=s, padding=p, dilation=d, groups=g)`` is
+    ``conv2d_backward_input(x, w, (N, C_out, Ho, Wo), stride=s, padding=p, ...)``: every input
+    pixel scatters ``x[n, c, i, j] * w[c]`` onto the output window of the convolution's
+    output pixel ``(i, j)``. It runs exactly that: the convolution plan's input-gradient
+    pass, with the roles of the shapes swapped, plus the bias. See ``docs/backprop.md``, section 6.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W), float32 or float64
+    w : ndarray, shape (C_in, C_out / groups, KH, KW), same dtype
+        PyTorch's layout: the *input* channels first.
+    b : ndarray, shape (C_out,), optional
+    stride : int or (int, int), default 1
+        The step between the output windows of neighbouring input pixels.
+    padding : int or (int, int), default 0
+        Rows/columns cropped from each side of the full output (``dilation * (K - 1) - padding``
+        zeros padded around the input of the equivalent direct convolution).
+    output_padding : int or (int, int), default 0
+        Extra rows/columns at the bottom/right; each must be smaller than its stride or
+        its dilation (it picks one of the ``stride`` input sizes a strided convolution maps to
+        the same output size).
+    groups : int, default 1
+        Must divide ``C_in``; input channels of group ``g`` reach only output channels of group ``g``.
+    dilation : int or (int, int), default 1
+        Spacing of the kernel taps.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C_out, Ho, Wo)
+        ``Ho = (H - 1)*sh - 2*ph + dh*(KH - 1) + oph + 1``, likewise ``Wo``.
+
+    Raises
+    ------
+    TypeError
+        Non-array input, a dtype other than float32/float64, mixed dtypes, non-integer parameters.
+    ValueError
+        Wrong number of dimensions, ``w.shape[0] != C_in``, ``groups`` not dividing ``C_in``,
+        ``output_padding`` not smaller than stride or dilation, ``stride`` or ``dilation``
+        below 1, negative ``padding``, a non-positive output size, a bias of the wrong length.
+
+    See Also
+    --------
+    conv_transpose2d_backward : all three gradients.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> x = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
+    >>> fc.conv_transpose2d(x, np.ones((1, 1, 2, 2)), stride=2)[0, 0]   # each pixel a 2x2 block
+    array([[1., 1., 2., 2.],
+           [1., 1., 2., 2.],
+           [3., 3., 4., 4.],
+           [3., 3., 4., 4.]])
+    >>> fc.conv_transpose2d(x, np.ones((1, 1, 2, 2)))[0, 0]             # overlapping at stride 1
+    array([[ 1.,  3.,  2.],
+           [ 4., 10.,  6.],
+           [ 3.,  7.,  4.]])
+    """
+    func = "conv_transpose2d"
+    _transpose_checks(func, x=x, w=w, b=b)
+    p = conv_transpose_plan(func, x.shape, w.shape, x.dtype, stride, padding, output_padding, groups, dilation)
+    if b is not None and b.shape[0] != p.geometry.C:
+        raise ValueError(f"{func}: b must have shape ({p.geometry.C},) to match w.shape={w.shape} and "
+                         f"groups={p.geometry.groups}; got {b.shape}")
+    return transposed_forward(p, x, w, b)
+
+
+def conv_transpose2d_backward_input(dy, w, input_shape, stride=1, padding=0, output_padding=0, groups=1,
+                                    dilation=1):
+    """Gradient of :func:`conv_transpose2d` with respect to its input: a (direct) convolution.
+
+    ``dx = conv2d(dy, w, stride=stride, padding=padding, dilation=dilation, groups=groups)``
+    (cropped to ``input_shape`` when ``output_padding >= stride`` left extra rows): the adjoint
+    of the adjoint is the convolution itself. It runs the convolution plan's forward pass.
+    See ``docs/backprop.md``, section 6.
+
+    Parameters
+    ----------
+    dy : ndarray, shape (N, C_out, Ho, Wo)
+        Gradient of the loss with respect to the transposed convolution's output.
+    w : ndarray, shape (C_in, C_out / groups, KH, KW), same dtype
+    input_shape : tuple of 4 ints
+        ``(N, C_in, H, W)``.
+    stride, padding, output_padding, groups, dilation
+        As given to :func:`conv_transpose2d`.
+
+    Returns
+    -------
+    dx : ndarray, shape ``input_shape``
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> dy = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> fc.conv_transpose2d_backward_input(dy, np.ones((1, 1, 2, 2)), (1, 1, 2, 2), stride=2)[0, 0]
+    array([[10., 18.],
+           [42., 50.]])
+    """
+    func = "conv_transpose2d_backward_input"
+    _transpose_checks(func, dy=dy, w=w)
+    shape = V.as_shape(input_shape, "input_shape", func, 4)
+    p = conv_transpose_plan(func, shape, w.shape, dy.dtype, stride, padding, output_padding, groups, dilation,
+                            x_name="input_shape")
+    _check_transpose_dy(func, dy, p)
+    return transposed_input_grad(p, dy, w, shape)
+
+
+def conv_transpose2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, output_padding=0, groups=1,
+                                     dilation=1):
+    """Gradient of :func:`conv_transpose2d` with respect to its weight.
+
+    The convolution's weight gradient with ``x`` and ``dy`` swapped:
+    ``conv2d_backward_weight(x, dy, weight_shape, stride, padding, ...)`` (``x`` as the
+    output gradient, ``dy`` as the input). See ``docs/backprop.md``, section 6.
+
+    Parameters
+    ----------
+    dy : ndarray, shape (N, C_out, Ho, Wo)
+    x : ndarray, shape (N, C_in, H, W), same dtype
+    weight_shape : tuple of 4 ints
+        ``(C_in, C_out / groups, KH, KW)``.
+    stride, padding, output_padding, groups, dilation
+        As given to :func:`conv_transpose2d`.
+
+    Returns
+    -------
+    dw : ndarray, shape ``weight_shape``
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> x = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
+    >>> fc.conv_transpose2d_backward_weight(np.ones((1, 1, 4, 4)), x, (1, 1, 2, 2), stride=2)[0, 0]
+    array([[10., 10.],
+           [10., 10.]])
+    """
+    func = "conv_transpose2d_backward_weight"
+    _transpose_checks(func, dy=dy, x=x)
+    shape = V.as_shape(weight_shape, "weight_shape", func, 4)
+    p = conv_transpose_plan(func, x.shape, shape, dy.dtype, stride, padding, output_padding, groups, dilation,
+                            w_name="weight_shape")
+    _check_transpose_dy(func, dy, p)
+    return transposed_weight_grad(p, dy, x)
+
+
+def conv_transpose2d_backward(dy, x, w, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """All three gradients of :func:`conv_transpose2d`: ``(dx, dw, db)``.
+
+    ``dx`` is a convolution of ``dy`` (:func:`conv_transpose2d_backward_input`), ``dw`` the
+    convolution's weight gradient with ``x`` and ``dy`` swapped
+    (:func:`conv_transpose2d_backward_weight`), ``db = dy.sum(axis=(0, 2, 3))``. See ``docs/backprop.md``,
+    section 6.
+
+    Parameters
+    ----------
+    dy : ndarray, shape (N, C_out, Ho, Wo)
+    x : ndarray, shape (N, C_in, H, W)
+    w : ndarray, shape (C_in, C_out / groups, KH, KW)
+    stride, padding, output_padding, groups, dilation
+        As given to :func:`conv_transpose2d`.
+
+    Returns
+    -------
+    dx : ndarray, shape (N, C_in, H, W)
+    dw : ndarray, shape (C_in, C_out / groups, KH, KW)
+    db : ndarray, shape (C_out,)
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv as fc
+    >>> x = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
+    >>> dx, dw, db = fc.conv_transpose2d_backward(np.ones((1, 1, 3, 3)), x, np.ones((1, 1, 2, 2)))
+    >>> dx[0, 0], db
+    (array([[4., 4.],
+           [4., 4.]]), array([9.]))
+    """
+    func = "conv_transpose2d_backward"
+    _transpose_checks(func, dy=dy, x=x, w=w)
+    p = conv_transpose_plan(func, x.shape, w.shape, dy.dtype, stride, padding, output_padding, groups, dilation)
+    _check_transpose_dy(func, dy, p)
+    dy = _plan.contiguous(dy)
+    return (transposed_input_grad(p, dy, w, x.shape), transposed_weight_grad(p, dy, x), p.bias_grad.run(dy))

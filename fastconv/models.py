@@ -167,7 +167,12 @@ def _converters(torch):
     tnn = torch.nn
     return {
         nn.Conv2d: lambda m: tnn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
-                                        bias=m.bias is not None, dtype=_torch_dtype(torch, m)),
+                                        m.dilation, m.groups, bias=m.bias is not None, padding_mode=m.padding_mode,
+                                        dtype=_torch_dtype(torch, m)),
+        nn.ConvTranspose2d: lambda m: tnn.ConvTranspose2d(m.in_channels, m.out_channels, m.kernel_size, m.stride,
+                                                          m.padding, m.output_padding, m.groups,
+                                                          bias=m.bias is not None, dilation=m.dilation,
+                                                          dtype=_torch_dtype(torch, m)),
         nn.Linear: lambda m: tnn.Linear(m.in_features, m.out_features, bias=m.bias is not None,
                                         dtype=_torch_dtype(torch, m)),
         nn.MaxPool2d: lambda m: tnn.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices,
@@ -223,7 +228,7 @@ def to_torch(model):
     ----------
     model : fastconv.nn.Module
         A :class:`fastconv.nn.Sequential` (nested ones included) of
-        :class:`~fastconv.nn.Conv2d`, :class:`~fastconv.nn.ReLU`,
+        :class:`~fastconv.nn.Conv2d`, :class:`~fastconv.nn.ConvTranspose2d`, :class:`~fastconv.nn.ReLU`,
         :class:`~fastconv.nn.MaxPool2d`, :class:`~fastconv.nn.AvgPool2d`,
         :class:`~fastconv.nn.AdaptiveAvgPool2d`, :class:`~fastconv.nn.AdaptiveMaxPool2d`,
         :class:`~fastconv.nn.Flatten`, :class:`~fastconv.nn.Linear`, :class:`~fastconv.nn.Dropout`,

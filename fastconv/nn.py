@@ -68,6 +68,7 @@ __all__ = [
     "Module",
     "Sequential",
     "Conv2d",
+    "ConvTranspose2d",
     "MaxPool2d",
     "AvgPool2d",
     "AdaptiveAvgPool2d",
@@ -840,22 +841,168 @@ def _routes_relu(relu, pool):
 # ---------------------------------------------------------------------------------------
 
 
-class Conv2d(Module):
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def _pad_index(n, before, after, mode):
+    """The source row of every row of an axis of ``n`` padded by ``before``/``after`` in ``mode`` (PyTorch's F.pad)."""
+    i = np.arange(-before, n + after)
+    if mode == "reflect":  # the edge is not repeated: ... 2 1 | 0 1 2 ... n-1 | n-2 n-3 ...
+        i = np.abs(i)
+        return np.where(i > n - 1, 2 * (n - 1) - i, i)
+    if mode == "replicate":
+        return np.clip(i, 0, n - 1)
+    return i % n  # circular
+
+
+def _pad2d(x, pads, mode):
+    """``x`` (N, C, H, W) padded by ``pads = (top, bottom, left, right)`` in ``mode``: one gather of each image plane
+    by the flat source index of every padded pixel (np.pad for zeros)."""
+    top, bottom, left, right = pads
+    if mode == "zeros":
+        return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    N, C, H, W = x.shape
+    source = _pad_index(H, top, bottom, mode)[:, None] * W + _pad_index(W, left, right, mode)
+    return x.reshape(N, C, H * W).take(source.ravel(), axis=2).reshape(N, C, *source.shape)  # C-contiguous
+
+
+def _fold(d, index, before, n, axis):
+    """The adjoint of taking ``index`` along ``axis``: the border rows added onto the rows they were copied from.
+
+    The interior (``n`` rows from ``before``) is the identity; the loop runs over the few border rows only.
+    """
+    def at(k):
+        return (slice(None),) * axis + (k,)
+
+    out = np.array(d[at(slice(before, before + n))], order="C")
+    for k in (*range(before), *range(before + n, len(index))):
+        out[at(index[k])] += d[at(k)]
+    return out
+
+
+def _unpad2d(dpad, pads, mode, hw):
+    """The gradient of :func:`_pad2d`: ``dpad`` of the padded shape folded back onto the ``hw`` input."""
+    (top, bottom, left, right), (H, W) = pads, hw
+    if mode == "zeros":
+        return np.ascontiguousarray(dpad[:, :, top:top + H, left:left + W])
+    d = _fold(dpad, _pad_index(W, left, right, mode), left, W, 3)
+    return _fold(d, _pad_index(H, top, bottom, mode), top, H, 2)
+
+
+class _ConvNd(Module):
+    """What Conv2d and ConvTranspose2d share: arguments, PyTorch's initialisation, the plan cache, backward, repr."""
+
+    _transposed = False
+
+    def _setup(self, in_channels, out_channels, kernel_size, stride, dilation, groups, bias, dtype, rng):
+        owner = type(self).__name__
+        self.in_channels = _positive_int(in_channels, "in_channels", owner)
+        self.out_channels = _positive_int(out_channels, "out_channels", owner)
+        self.kernel_size = _V.as_pair(kernel_size, "kernel_size", owner, minimum=1)
+        self.stride = _V.as_pair(stride, "stride", owner, minimum=1)
+        self.dilation = _V.as_pair(dilation, "dilation", owner, minimum=1)
+        self.groups = _positive_int(groups, "groups", owner)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"{owner}: groups={self.groups} must divide both in_channels={self.in_channels} "
+                             f"and out_channels={self.out_channels}")
+        bias = _check_bool(bias, "bias", owner)
+        dt = _V.float_dtype(dtype, owner)
+        gen = _generator(rng, owner)
+        kh, kw = self.kernel_size
+        channels = (self.in_channels, self.out_channels)[::1 if self._transposed else -1]
+        shape = (channels[0], channels[1] // self.groups, kh, kw)
+        # kaiming_uniform_(a=sqrt(5)): bound 1 / sqrt(fan_in), torch's fan_in = weight.size(1) * KH * KW
+        bound = 1.0 / math.sqrt(shape[1] * kh * kw)
+        self.weight = _uniform_parameter(gen, bound, shape, dt, owner, "weight")
+        self.bias = _uniform_parameter(gen, bound, (self.out_channels,), dt, owner, "bias") if bias else None
+        self._cache = None
+        self._plan = None
+
+    def plan(self, x_shape, dtype=None, **options):
+        """The :class:`fastconv.plan.ConvPlan` this layer runs for inputs of ``x_shape``.
+
+        Made once per input shape, dtype and thread count (and ``options``: ConvTranspose2d's
+        ``output_size``), and kept.
+        """
+        dtype = self.weight.data.dtype if dtype is None else np.dtype(dtype)
+        key = (tuple(x_shape), dtype, _F.get_num_threads(), self.weight.data.shape, tuple(options.items()))
+        if self._plan is None or self._plan[0] != key:
+            self._plan = (key, self._make_plan(key[0], dtype, **options))
+        return self._plan[1]
+
+    def _check(self, x):
+        owner = type(self).__name__
+        _check_input(x, owner, 4, "(N, C_in, H, W)", self.weight.data.dtype)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{owner}: expected input with {self.in_channels} channels, shape (N, {self.in_channels}, H, W); "
+                f"got shape {x.shape}"
+            )
+
+    def backward(self, dout, input_grad=True):
+        """Add ``dL/dweight`` (and ``dL/dbias``) into ``.grad``; return ``dL/dx``.
+
+        With ``input_grad=False`` the input gradient is not computed and ``None`` is
+        returned (the first layer of a network needs only its parameter gradients).
+        """
+        owner = type(self).__name__
+        if self._cache is None:
+            raise _no_cache_error(owner)
+        x, out_shape, plan, extra = self._cache
+        _check_dout(dout, owner, out_shape, x.dtype)
+        dout = _plan.contiguous(dout)
+        dx = self._input_grad(dout, x, plan, extra) if input_grad else None
+        self.weight.grad += self._weight_grad(dout, x, plan, extra)
+        if self.bias is not None:
+            self.bias.grad += plan.bias_grad.run(dout)
+        return dx
+
+    def extra_repr(self):
+        """PyTorch's text: the settings that differ from their defaults, in torch's order."""
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            text += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.output_padding != (0, 0):
+            text += f", output_padding={self.output_padding}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if self.bias is None:
+            text += ", bias=False"
+        if self.padding_mode != "zeros":
+            text += f", padding_mode={self.padding_mode}"
+        return text
+
+
+class Conv2d(_ConvNd):
     r"""2-D convolution (a cross-correlation, as in PyTorch) over an ``(N, C_in, H, W)`` batch.
 
-    ``out[n, f] = bias[f] + sum_c weight[f, c] \star x_pad[n, c]``, computed by
-    :func:`fastconv.functional.conv2d`.
+    ``out[n, f] = bias[f] + sum_c weight[f, c] \star x_pad[n, g*C_in/groups + c]`` (``g`` the
+    group of filter ``f``), computed by the plan :func:`fastconv.functional.conv2d` takes.
 
     Parameters
     ----------
     in_channels, out_channels : int
-        ``C_in`` and ``C_out``.
+        ``C_in`` and ``C_out``; both divisible by ``groups``.
     kernel_size : int or (int, int)
         ``(KH, KW)``.
     stride : int or (int, int), default 1
-    padding : int or (int, int), default 0
-        Zero padding on both sides.
+    padding : int, (int, int), 'same' or 'valid', default 0
+        Padding on both sides. ``'valid'`` is none; ``'same'`` (stride 1 only) keeps the
+        input size, padding ``dilation * (K - 1)`` in all, one more on the bottom/right when
+        that is odd (as PyTorch).
+    dilation : int or (int, int), default 1
+        Spacing of the kernel taps.
+    groups : int, default 1
+        Input channels and filters split into this many groups; ``groups == in_channels`` is
+        the depthwise convolution.
     bias : bool, default True
+    padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}, default 'zeros'
+        What the padding holds. For a mode other than ``'zeros'`` (or an uneven ``'same'``
+        padding) the input is padded explicitly, as PyTorch does, and the convolution runs
+        without padding; backward folds the padding's gradient back onto the input rows it
+        copies.
     dtype : float32 or float64, default float32
         dtype of the parameters; inputs must have the same dtype.
     rng : None, int or numpy.random.Generator
@@ -863,16 +1010,24 @@ class Conv2d(Module):
 
     Attributes
     ----------
-    weight : Parameter, shape (C_out, C_in, KH, KW)
-        Initialised from ``U(-k, k)`` with ``k = 1 / sqrt(C_in * KH * KW)``: PyTorch's
+    weight : Parameter, shape (C_out, C_in / groups, KH, KW)
+        Initialised from ``U(-k, k)`` with ``k = 1 / sqrt(C_in / groups * KH * KW)``: PyTorch's
         ``kaiming_uniform_(a=sqrt(5))``.
     bias : Parameter, shape (C_out,), or None
         ``U(-k, k)`` with the same ``k``.
 
+    Raises
+    ------
+    ValueError, TypeError
+        When built: ``groups`` not dividing both channel counts, ``'same'`` with a stride
+        above 1, an unknown padding string or ``padding_mode``, ``dilation`` below 1. When
+        called: an input of the wrong shape, a dilated kernel larger than the padded input,
+        a reflection padding not smaller than the input (circular: not larger).
+
     Notes
     -----
     Shapes: input ``(N, C_in, H, W)``; output ``(N, C_out, Ho, Wo)`` with
-    ``Ho = (H + 2*padding[0] - KH) // stride[0] + 1`` and likewise ``Wo``.
+    ``Ho = (H + 2*padding[0] - dilation[0]*(KH - 1) - 1) // stride[0] + 1`` and likewise ``Wo``.
 
     Examples
     --------
@@ -883,40 +1038,68 @@ class Conv2d(Module):
     (2, 4, 6, 6)
     >>> conv.weight.shape, conv.bias.shape
     ((4, 1, 3, 3), (4,))
+    >>> nn.Conv2d(4, 8, 4, padding="same", padding_mode="reflect", bias=False)
+    Conv2d(4, 8, kernel_size=(4, 4), stride=(1, 1), padding=same, bias=False, padding_mode=reflect)
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 dtype=np.float32, rng=None):
+    output_padding = (0, 0)
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
+                 padding_mode="zeros", dtype=np.float32, rng=None):
         super().__init__()
         owner = "Conv2d"
-        self.in_channels = _positive_int(in_channels, "in_channels", owner)
-        self.out_channels = _positive_int(out_channels, "out_channels", owner)
-        self.kernel_size = _V.as_pair(kernel_size, "kernel_size", owner, minimum=1)
-        self.stride = _V.as_pair(stride, "stride", owner, minimum=1)
-        self.padding = _V.as_pair(padding, "padding", owner, minimum=0)
-        bias = _check_bool(bias, "bias", owner)
-        dt = _V.float_dtype(dtype, owner)
-        gen = _generator(rng, owner)
-        kh, kw = self.kernel_size
-        bound = 1.0 / math.sqrt(self.in_channels * kh * kw)
-        shape = (self.out_channels, self.in_channels, kh, kw)
-        self.weight = _uniform_parameter(gen, bound, shape, dt, owner, "weight")
-        self.bias = _uniform_parameter(gen, bound, (self.out_channels,), dt, owner, "bias") if bias else None
-        self._cache = None
-        self._plan = None
+        if not isinstance(padding_mode, str) or padding_mode not in _PADDING_MODES:
+            raise ValueError(f"Conv2d: padding_mode must be one of {_PADDING_MODES}; got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"Conv2d: padding must be 'same', 'valid', an int or a pair; got {padding!r}")
+            self.padding = padding
+        else:
+            self.padding = _V.as_pair(padding, "padding", owner, minimum=0)
+        self._setup(in_channels, out_channels, kernel_size, stride, dilation, groups, bias, dtype, rng)
+        if self.padding == "same" and self.stride != (1, 1):
+            raise ValueError(f"Conv2d: padding='same' is not supported for strided convolutions; got "
+                             f"stride={self.stride}")
+        self._pads = self._resolve_padding()
+        top, bottom, left, right = self._pads
+        self._explicit = padding_mode != "zeros" or top != bottom or left != right
 
-    def plan(self, x_shape, dtype=None):
-        """The :class:`fastconv.plan.ConvPlan` this layer runs for inputs of ``x_shape``.
+    def _resolve_padding(self):
+        """``(top, bottom, left, right)``: PyTorch's ``_reversed_padding_repeated_twice``, unreversed."""
+        if self.padding == "valid":
+            return (0, 0, 0, 0)
+        if self.padding == "same":
+            pads = []
+            for d, k in zip(self.dilation, self.kernel_size):
+                total = d * (k - 1)
+                pads += [total // 2, total - total // 2]
+            return tuple(pads)
+        return (self.padding[0], self.padding[0], self.padding[1], self.padding[1])
 
-        Made once per input shape, dtype and thread count, and kept.
-        """
-        dtype = self.weight.data.dtype if dtype is None else np.dtype(dtype)
-        key = (tuple(x_shape), dtype, _F.get_num_threads(), self.weight.data.shape)
-        if self._plan is None or self._plan[0] != key:
-            g = _V.conv_geometry("Conv2d", key[0], self.weight.data.shape, self.stride, self.padding)
-            _V.check_buffers("Conv2d", g, dtype.itemsize)
-            self._plan = (key, _plan.plan_conv2d(g, dtype))
-        return self._plan[1]
+    def _padded_shape(self, x_shape):
+        """The shape the convolution sees: ``x_shape`` after the explicit padding (or itself)."""
+        if not self._explicit:
+            return tuple(x_shape)
+        N, C, H, W = x_shape
+        _V.check_nonempty("Conv2d", "input", tuple(x_shape), (1, 2, 3), "(N, C_in, H, W)")
+        top, bottom, left, right = self._pads
+        if self.padding_mode in ("reflect", "circular"):
+            # PyTorch's F.pad: a reflection repeats no edge, so it needs padding < size; a wrap needs <= size
+            most = (H - 1, W - 1) if self.padding_mode == "reflect" else (H, W)
+            if max(top, bottom) > most[0] or max(left, right) > most[1]:
+                limit = "smaller than" if self.padding_mode == "reflect" else "at most"
+                raise ValueError(f"Conv2d: padding_mode={self.padding_mode!r} needs each padding (top, bottom, "
+                                 f"left, right)={self._pads} {limit} the input's (H, W)={(H, W)} "
+                                 f"(input shape {tuple(x_shape)})")
+        return (N, C, H + top + bottom, W + left + right)
+
+    def _make_plan(self, x_shape, dtype):
+        padding = (0, 0) if self._explicit else self._pads[::2]
+        g = _V.conv_geometry("Conv2d", self._padded_shape(x_shape), self.weight.data.shape, self.stride, padding,
+                             dilation=self.dilation, groups=self.groups)
+        _V.check_buffers("Conv2d", g, dtype.itemsize)
+        return _plan.plan_conv2d(g, dtype)
 
     def forward(self, x):
         """Convolve ``x`` of shape ``(N, C_in, H, W)``; returns ``(N, C_out, Ho, Wo)``."""
@@ -924,45 +1107,135 @@ class Conv2d(Module):
 
     def _forward(self, x, relu):
         """:meth:`forward`, with the ReLU of a following :class:`ReLU` fused in when ``relu``."""
-        _check_input(x, "Conv2d", 4, "(N, C_in, H, W)", self.weight.data.dtype)
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"Conv2d: expected input with {self.in_channels} channels, shape (N, {self.in_channels}, H, W); "
-                f"got shape {x.shape}"
-            )
-        b = None if self.bias is None else self.bias.data
+        self._check(x)
         plan = self.plan(x.shape)
-        out, packed = plan.run_forward(x, self.weight.data, b, relu=relu)
+        xp = _pad2d(x, self._pads, self.padding_mode) if self._explicit else x
+        b = None if self.bias is None else self.bias.data
+        out, packed = plan.run_forward(xp, self.weight.data, b, relu=relu)
         # The packed input is kept for the weight gradient, which reuses it when it reads
         # the same layout (the plan says which): one pass over the input less per step.
-        self._cache = (x, packed, plan) if is_grad_enabled() else None
+        self._cache = (x, out.shape, plan, (xp, packed)) if is_grad_enabled() else None
         return out
 
-    def backward(self, dout, input_grad=True):
-        """Add ``dL/dweight`` (and ``dL/dbias``) into ``.grad``; return ``dL/dx``.
+    def _input_grad(self, dout, x, plan, extra):
+        dx = plan.run_input_grad(dout, self.weight.data)
+        return _unpad2d(dx, self._pads, self.padding_mode, x.shape[2:]) if self._explicit else dx
 
-        With ``input_grad=False`` the input gradient is not computed and ``None`` is
-        returned (the first layer of a network needs only its parameter gradients).
+    def _weight_grad(self, dout, x, plan, extra):
+        xp, packed = extra
+        return plan.run_weight_grad(dout, xp, packed)
+
+
+class ConvTranspose2d(_ConvNd):
+    r"""2-D transposed convolution over an ``(N, C_in, H, W)`` batch: the input gradient of a :class:`Conv2d`.
+
+    Computed by the plan :func:`fastconv.functional.conv_transpose2d` takes: the forward pass
+    is a convolution's input-gradient pass, the input gradient a convolution's forward pass.
+    PyTorch's ``torch.nn.ConvTranspose2d`` (a U-Net or GAN decoder's upsampling layer).
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        ``C_in`` and ``C_out``; both divisible by ``groups``.
+    kernel_size : int or (int, int)
+    stride : int or (int, int), default 1
+    padding : int or (int, int), default 0
+        Rows/columns cropped from each side of the full output.
+    output_padding : int or (int, int), default 0
+        Extra rows/columns at the bottom/right; each smaller than its stride or its dilation.
+    groups : int, default 1
+    bias : bool, default True
+    dilation : int or (int, int), default 1
+    padding_mode : 'zeros'
+        The only mode, as in PyTorch; another raises ``ValueError``.
+    dtype : float32 or float64, default float32
+    rng : None, int or numpy.random.Generator
+
+    Attributes
+    ----------
+    weight : Parameter, shape (C_in, C_out / groups, KH, KW)
+        ``U(-k, k)`` with ``k = 1 / sqrt(C_out / groups * KH * KW)`` (PyTorch's fan-in of this
+        layout, ``weight.size(1) * KH * KW``).
+    bias : Parameter, shape (C_out,), or None
+
+    Notes
+    -----
+    Output ``(N, C_out, Ho, Wo)`` with ``Ho = (H - 1)*stride[0] - 2*padding[0] +
+    dilation[0]*(KH - 1) + output_padding[0] + 1``, likewise ``Wo``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> up = nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1)
+    >>> up(np.zeros((2, 8, 7, 7), np.float32)).shape
+    (2, 4, 14, 14)
+    >>> up.weight.shape
+    (8, 4, 4, 4)
+    >>> up
+    ConvTranspose2d(8, 4, kernel_size=(4, 4), stride=(2, 2), padding=(1, 1))
+    """
+
+    _transposed = True
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+                 bias=True, dilation=1, padding_mode="zeros", dtype=np.float32, rng=None):
+        super().__init__()
+        owner = "ConvTranspose2d"
+        if padding_mode != "zeros":
+            raise ValueError(f"ConvTranspose2d: only padding_mode='zeros' is supported (as in PyTorch); "
+                             f"got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        self.padding = _V.as_pair(padding, "padding", owner, minimum=0)
+        self._setup(in_channels, out_channels, kernel_size, stride, dilation, groups, bias, dtype, rng)
+        self.output_padding = _V.check_output_padding(owner, output_padding, self.stride, self.dilation)
+
+    def _make_plan(self, x_shape, dtype, output_size=None):
+        output_padding = self.output_padding if output_size is None else self._output_padding(x_shape, output_size)
+        return _F.conv_transpose_plan("ConvTranspose2d", x_shape, self.weight.data.shape, dtype, self.stride,
+                                      self.padding, output_padding, self.groups, self.dilation)
+
+    def _output_padding(self, x_shape, output_size):
+        """PyTorch's ``_output_padding``: the padding that makes the output ``output_size`` (H, W) or (N, C, H, W)."""
+        size = tuple(output_size)[-2:] if len(output_size) in (2, 4) else None
+        if size is None or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in size):
+            raise ValueError(f"ConvTranspose2d: output_size must be 2 or 4 ints (H, W) or (N, C, H, W); "
+                             f"got {output_size!r}")
+        padding = []
+        for axis, (want, n, s, p, d, k) in enumerate(zip(size, x_shape[2:], self.stride, self.padding,
+                                                          self.dilation, self.kernel_size)):
+            smallest = (n - 1) * s - 2 * p + d * (k - 1) + 1
+            if not smallest <= want <= smallest + s - 1:
+                raise ValueError(f"ConvTranspose2d: requested an output size of {tuple(size)}, but valid sizes of "
+                                 f"axis {axis + 2} range from {smallest} to {smallest + s - 1} (for an input of "
+                                 f"shape {tuple(x_shape)})")
+            padding.append(int(want) - smallest)
+        return tuple(padding)
+
+    def forward(self, x, output_size=None):
+        """Transposed convolution of ``x`` of shape ``(N, C_in, H, W)``; returns ``(N, C_out, Ho, Wo)``.
+
+        ``output_size`` ((H, W) or the whole shape), as in PyTorch, picks the ``output_padding`` of this call
+        among the ``stride`` output sizes this input can have (instead of the layer's ``output_padding``).
         """
-        if self._cache is None:
-            raise _no_cache_error("Conv2d")
-        x, packed, plan = self._cache
-        _check_dout(dout, "Conv2d", plan.geometry.y_shape, x.dtype)
-        dout = _plan.contiguous(dout)
-        dx = plan.run_input_grad(dout, self.weight.data) if input_grad else None
-        self.weight.grad += plan.run_weight_grad(dout, x, packed)
-        if self.bias is not None:
-            self.bias.grad += plan.run_bias_grad(dout)
-        return dx
+        self._check(x)
+        options = {}
+        if output_size is not None:
+            try:
+                options["output_size"] = tuple(output_size)
+            except TypeError:
+                raise TypeError(f"ConvTranspose2d: output_size must be a sequence of ints (H, W) or (N, C, H, W); "
+                                f"got {output_size!r}") from None
+        plan = self.plan(x.shape, **options)
+        out = _F.transposed_forward(plan, x, self.weight.data, None if self.bias is None else self.bias.data)
+        self._cache = (x, out.shape, plan, None) if is_grad_enabled() else None
+        return out
 
-    def extra_repr(self):
-        text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}")
-        if self.padding != (0, 0):
-            text += f", padding={self.padding}"
-        if self.bias is None:
-            text += ", bias=False"
-        return text
+    def _input_grad(self, dout, x, plan, extra):
+        return _F.transposed_input_grad(plan, dout, self.weight.data, x.shape)
+
+    def _weight_grad(self, dout, x, plan, extra):
+        return _F.transposed_weight_grad(plan, dout, x)
 
 
 class _Pool(Module):

@@ -31,6 +31,10 @@ __all__ = [
     "conv2d_backward_input",
     "conv2d_backward_weight",
     "conv2d_backward_bias",
+    "conv_transpose2d",
+    "conv_transpose2d_backward",
+    "conv_transpose2d_backward_input",
+    "conv_transpose2d_backward_weight",
     "max_pool2d",
     "max_pool2d_backward",
     "batch_norm",
@@ -269,6 +273,118 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1):
     dw = conv2d_backward_weight(dy, x, w.shape, stride, padding, dilation, groups)
     db = conv2d_backward_bias(dy)
     return dx, dw, db
+
+
+def conv_transpose2d_output_shape(x_shape, w_shape, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """``(N, C_out, Ho, Wo)`` of :func:`conv_transpose2d`: ``Ho = (H-1)*sh - 2*ph + dh*(KH-1) + oph + 1``."""
+    (sh, sw), (ph, pw), (oh, ow), (dh, dw) = (_pair(v) for v in (stride, padding, output_padding, dilation))
+    N, C, H, W = (int(s) for s in x_shape)
+    Cin, Cg, KH, KW = (int(s) for s in w_shape)
+    if Cin != C or C % groups:
+        raise ValueError(f"w's {Cin} input channels and groups={groups} do not fit x's {C} channels")
+    Ho = (H - 1) * sh - 2 * ph + dh * (KH - 1) + oh + 1
+    Wo = (W - 1) * sw - 2 * pw + dw * (KW - 1) + ow + 1
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"output size {(Ho, Wo)} is too small")
+    return N, Cg * groups, Ho, Wo
+
+
+def _scatter_windows(x_shape, w_shape, stride, dilation, groups):
+    """The output windows of a transposed convolution: yields ``(n, c, i, j, window)``.
+
+    Input pixel ``x[n, c, i, j]`` (channel ``c`` of group ``g``) adds ``x * w[c]`` to the
+    output channels of group ``g`` at the rows ``i*sh + kh*dh`` and columns ``j*sw + kw*dw``
+    of the output *before* its ``padding`` is cropped.
+    """
+    sh, sw = _pair(stride)
+    dh, dw = _pair(dilation)
+    N, C, H, W = (int(s) for s in x_shape)
+    _, Cg, KH, KW = (int(s) for s in w_shape)
+    per_group = C // groups
+    for n in range(N):
+        for c in range(C):
+            g = c // per_group
+            for i in range(H):
+                for j in range(W):
+                    rows = slice(i * sh, i * sh + dh * (KH - 1) + 1, dh)
+                    cols = slice(j * sw, j * sw + dw * (KW - 1) + 1, dw)
+                    yield n, c, i, j, (n, slice(g * Cg, (g + 1) * Cg), rows, cols)
+
+
+def _uncropped(out_shape, padding, dtype):
+    """A zero buffer for the output before the padding is cropped: ``(H-1)*s + d*(K-1) + op + 1`` rows hold every window."""
+    ph, pw = _pair(padding)
+    N, C, Ho, Wo = out_shape
+    return np.zeros((N, C, Ho + 2 * ph, Wo + 2 * pw), dtype=dtype)
+
+
+def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """2-D transposed convolution, written as a scatter.
+
+    Every input pixel ``x[n, c, i, j]`` adds ``x[n, c, i, j] * w[c]`` (a ``C_out / groups x
+    KH x KW`` block) onto the output channels of its group, at rows ``i*sh + kh*dh - ph`` and
+    columns ``j*sw + kw*dw - pw``; the ``output_padding`` extra rows/columns at the
+    bottom/right receive what falls there (often only the bias).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W)
+    w : ndarray, shape (C_in, C_out / groups, KH, KW)
+    b : ndarray, shape (C_out,), optional
+    stride, padding, output_padding, dilation : int or (int, int)
+    groups : int
+
+    Returns
+    -------
+    y : ndarray, shape (N, C_out, Ho, Wo)
+        ``Ho = (H - 1)*sh - 2*ph + dh*(KH - 1) + oph + 1``, likewise ``Wo``.
+    """
+    ph, pw = _pair(padding)
+    shape = conv_transpose2d_output_shape(x.shape, w.shape, stride, padding, output_padding, groups, dilation)
+    N, C, Ho, Wo = shape
+    yp = _uncropped(shape, padding, x.dtype)
+    for n, c, i, j, window in _scatter_windows(x.shape, w.shape, stride, dilation, groups):
+        yp[window] += x[n, c, i, j] * w[c]
+    y = yp[:, :, ph : ph + Ho, pw : pw + Wo].copy()
+    if b is not None:
+        y += b[None, :, None, None]
+    return y
+
+
+def conv_transpose2d_backward_input(dy, w, input_shape, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """Gradient of :func:`conv_transpose2d` with respect to ``x``: each input pixel's window of ``dy`` times ``w``.
+
+    ``dx[n, c, i, j] = sum over the window of (dy_padded[window] * w[c])``, where ``dy_padded``
+    is ``dy`` zero-padded by ``padding`` (the rows the forward pass cropped get no gradient).
+    """
+    ph, pw = _pair(padding)
+    N, C, H, W = (int(s) for s in input_shape)
+    dyp = _uncropped(dy.shape, padding, dy.dtype)
+    dyp[:, :, ph : ph + dy.shape[2], pw : pw + dy.shape[3]] = dy
+    dx = np.zeros((N, C, H, W), dtype=dy.dtype)
+    for n, c, i, j, window in _scatter_windows(input_shape, w.shape, stride, dilation, groups):
+        dx[n, c, i, j] = np.sum(dyp[window] * w[c])
+    return dx
+
+
+def conv_transpose2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, output_padding=0, groups=1,
+                                     dilation=1):
+    """Gradient of :func:`conv_transpose2d` with respect to ``w``: ``dw[c] = sum of x[n, c, i, j] * dy_padded[window]``."""
+    ph, pw = _pair(padding)
+    dyp = _uncropped(dy.shape, padding, dy.dtype)
+    dyp[:, :, ph : ph + dy.shape[2], pw : pw + dy.shape[3]] = dy
+    dw = np.zeros(tuple(int(s) for s in weight_shape), dtype=dy.dtype)
+    for n, c, i, j, window in _scatter_windows(x.shape, weight_shape, stride, dilation, groups):
+        dw[c] += x[n, c, i, j] * dyp[window]
+    return dw
+
+
+def conv_transpose2d_backward(dy, x, w, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """All three gradients of :func:`conv_transpose2d`: ``(dx, dw, db)``."""
+    args = (stride, padding, output_padding, groups, dilation)
+    dx = conv_transpose2d_backward_input(dy, w, x.shape, *args)
+    dw = conv_transpose2d_backward_weight(dy, x, w.shape, *args)
+    return dx, dw, conv2d_backward_bias(dy)
 
 
 def _pool_output_size(size, kernel, stride, padding, dilation=1, ceil_mode=False):

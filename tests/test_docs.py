@@ -38,6 +38,10 @@ SECTION_OF = {
     "conv2d_backward": 1,
     "max_pool2d": 3,
     "max_pool2d_backward": 3,
+    "conv_transpose2d": 6,
+    "conv_transpose2d_backward_input": 6,
+    "conv_transpose2d_backward_weight": 6,
+    "conv_transpose2d_backward": 6,
 }
 
 OPTIONFLAGS = doctest.NORMALIZE_WHITESPACE
@@ -137,7 +141,7 @@ def test_code_block_output(page_session, k):
 
 
 def test_page_has_code_in_every_section():
-    assert SECTIONS == {1, 2, 3, 4}, f"expected sections 1-4 numbered '## N. Title'; found {sorted(SECTIONS)}"
+    assert SECTIONS == {1, 2, 3, 4, 5, 6}, f"expected sections 1-6 numbered '## N. Title'; found {sorted(SECTIONS)}"
     section_starts = sorted(
         (TEXT[: m.start()].count("\n") + 1, int(m.group(1)))
         for m in re.finditer(r"^## (\d+)\. ", TEXT, flags=re.MULTILINE)

@@ -470,6 +470,150 @@ TABLE = [
 ]
 
 
+# --------------------------------------------------------------------------- transposed convolution; Conv2d's
+# padding modes
+
+from _conv_support import DEPTHWISE, GENERAL  # noqa: E402
+
+BAD["padding_mode"] = ["Zeros", "reflection", "zeros ", "", None, 1, True, ("zeros",)]
+ODD["padding_mode"] = ["zeros", "reflect", "replicate", "circular"]
+#: groups and dilation are fuzzed once the plans of every geometry exist (the i15-kernels and i15-depthwise
+#: branches); before, a valid odd value (groups=2) would reach plan_conv2d's NotImplementedError.
+GENERAL_PARAMS = {"groups": "positive", "dilation": "positive"} if GENERAL and DEPTHWISE else {}
+
+
+def _transpose_geometry(draw, n):
+    cin, cout, H, W = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    stride, padding = draw(st.sampled_from([(sh, sw), sh])), draw(st.sampled_from([(ph, pw), ph]))
+    op = tuple(draw(st.integers(0, s - 1)) for s in R._pair(stride))
+    output_padding = draw(st.sampled_from([op, min(op)]))
+    w_shape = (cin, cout, kh, kw)
+    try:
+        y_shape = R.conv_transpose2d_output_shape((n, cin, H, W), w_shape, stride, padding, output_padding)
+    except ValueError:  # the padding crops the whole output
+        padding = 0
+        y_shape = R.conv_transpose2d_output_shape((n, cin, H, W), w_shape, stride, padding, output_padding)
+    return dict(x_shape=(n, cin, H, W), w_shape=w_shape, y_shape=y_shape,
+                params=dict(stride=stride, padding=padding, output_padding=output_padding))
+
+
+def make_conv_transpose(draw, dtype, n):
+    g = _transpose_geometry(draw, n)
+    b = draw(st.sampled_from([None, "bias"]))
+    return dict(x=_arr(draw, g["x_shape"], dtype), w=_arr(draw, g["w_shape"], dtype),
+                b=None if b is None else _arr(draw, g["y_shape"][1:2], dtype), **g["params"])
+
+
+def make_conv_transpose_backward_input(draw, dtype, n):
+    g = _transpose_geometry(draw, n)
+    return dict(dy=_arr(draw, g["y_shape"], dtype), w=_arr(draw, g["w_shape"], dtype), input_shape=g["x_shape"],
+                **g["params"])
+
+
+def make_conv_transpose_backward_weight(draw, dtype, n):
+    g = _transpose_geometry(draw, n)
+    return dict(dy=_arr(draw, g["y_shape"], dtype), x=_arr(draw, g["x_shape"], dtype), weight_shape=g["w_shape"],
+                **g["params"])
+
+
+def make_conv_transpose_backward(draw, dtype, n):
+    g = _transpose_geometry(draw, n)
+    return dict(dy=_arr(draw, g["y_shape"], dtype), x=_arr(draw, g["x_shape"], dtype),
+                w=_arr(draw, g["w_shape"], dtype), **g["params"])
+
+
+def make_conv_transpose_layer(draw, dtype, n):
+    g = _transpose_geometry(draw, n)
+    cin, cout, kh, kw = g["w_shape"]
+    return dict(in_channels=cin, out_channels=cout, kernel_size=(kh, kw), bias=draw(st.booleans()), dtype=dtype,
+                x=_arr(draw, g["x_shape"], dtype), dout=_arr(draw, g["y_shape"], dtype), **g["params"])
+
+
+_TRANSPOSE_ARGS = ("stride", "padding", "output_padding", "groups", "dilation")
+
+
+def _transpose_kw(a):
+    return {k: a[k] for k in _TRANSPOSE_ARGS if k in a}
+
+
+def _conv_transpose_layer_call(a):
+    layer = nn.ConvTranspose2d(a["in_channels"], a["out_channels"], a["kernel_size"], bias=a["bias"],
+                               dtype=a["dtype"], rng=0, **_transpose_kw(a))
+    y = layer(a["x"])
+    dx = layer.backward(a["dout"])
+    return y, dx, layer.weight.grad, layer.weight.data, None if layer.bias is None else layer.bias.data
+
+
+def _conv_transpose_layer_ref(a, got):
+    w, b = got[3], got[4]
+    dx, dw, _ = R.conv_transpose2d_backward(a["dout"], a["x"], w, **_transpose_kw(a))
+    return R.conv_transpose2d(a["x"], w, b, **_transpose_kw(a)), dx, dw, w, b
+
+
+def make_conv_layer_padded(draw, dtype, n):
+    """:func:`make_conv_layer` with a padding mode (replicate where the input is too small to reflect or wrap)."""
+    a = make_conv_layer(draw, dtype, n)
+    mode = draw(st.sampled_from(ODD["padding_mode"]))
+    (ph, pw), (H, W) = R._pair(a["padding"]), a["x"].shape[2:]
+    fits = {"reflect": ph < H and pw < W, "circular": ph <= H and pw <= W}.get(mode, True)  # PyTorch's F.pad
+    a["padding_mode"] = mode if fits else "replicate"
+    return a
+
+
+def _conv_layer_padded_call(a):
+    layer = nn.Conv2d(a["in_channels"], a["out_channels"], a["kernel_size"], a["stride"], a["padding"],
+                      bias=a["bias"], padding_mode=a["padding_mode"], dtype=a["dtype"], rng=0)
+    y = layer(a["x"])
+    dx = layer.backward(a["dout"])
+    return y, dx, layer.weight.grad, layer.weight.data, None if layer.bias is None else layer.bias.data
+
+
+_NUMPY_PAD = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def _conv_layer_padded_ref(a, got):
+    """NumPy's np.pad, the reference convolution without padding, and the pad's adjoint by np.add.at on an index map."""
+    w, b = got[3], got[4]
+    ph, pw = R._pair(a["padding"])
+    x, mode = a["x"], _NUMPY_PAD[a["padding_mode"]]
+    N, C, H, W = x.shape
+    widths = ((0, 0), (0, 0), (ph, ph), (pw, pw))
+    dxp, dw, _ = R.conv2d_backward(a["dout"], np.pad(x, widths, mode), w, a["stride"], 0)
+    source = np.pad(np.arange(H * W).reshape(H, W), widths[2:], mode,
+                    **({"constant_values": -1} if mode == "constant" else {}))  # -1: a zero of the padding
+    dx = np.zeros((N, C, H * W), dtype=dxp.dtype)
+    keep = source.ravel() >= 0
+    np.add.at(dx, (slice(None), slice(None), source.ravel()[keep]), dxp.reshape(N, C, source.size)[:, :, keep])
+    return R.conv2d(np.pad(x, widths, mode), w, b, a["stride"], 0), dx.reshape(x.shape), dw, w, b
+
+
+TRANSPOSE_PARAMS = {"stride": "positive", "padding": "nonneg", "output_padding": "nonneg", **GENERAL_PARAMS}
+TABLE += [
+    Entry("conv_transpose2d", make_conv_transpose, lambda a: F.conv_transpose2d(**a),
+          lambda a, got: R.conv_transpose2d(a["x"], a["w"], a["b"], **_transpose_kw(a)), TRANSPOSE_PARAMS,
+          ("x", "w", "b"), optional=("b",)),
+    Entry("conv_transpose2d_backward_input", make_conv_transpose_backward_input,
+          lambda a: F.conv_transpose2d_backward_input(**a),
+          lambda a, got: R.conv_transpose2d_backward_input(a["dy"], a["w"], a["input_shape"], **_transpose_kw(a)),
+          {**TRANSPOSE_PARAMS, "input_shape": "shape4"}, ("dy", "w")),
+    Entry("conv_transpose2d_backward_weight", make_conv_transpose_backward_weight,
+          lambda a: F.conv_transpose2d_backward_weight(**a),
+          lambda a, got: R.conv_transpose2d_backward_weight(a["dy"], a["x"], a["weight_shape"], **_transpose_kw(a)),
+          {**TRANSPOSE_PARAMS, "weight_shape": "shape4"}, ("dy", "x")),
+    Entry("conv_transpose2d_backward", make_conv_transpose_backward, lambda a: F.conv_transpose2d_backward(**a),
+          lambda a, got: R.conv_transpose2d_backward(a["dy"], a["x"], a["w"], **_transpose_kw(a)), TRANSPOSE_PARAMS,
+          ("dy", "x", "w")),
+    Entry("ConvTranspose2d", make_conv_transpose_layer, _conv_transpose_layer_call, _conv_transpose_layer_ref,
+          {**TRANSPOSE_PARAMS, "in_channels": "positive", "out_channels": "positive", "kernel_size": "positive",
+           "bias": "bool", "dtype": "dtype"}, ("x", "dout")),
+    Entry("Conv2d", make_conv_layer_padded, _conv_layer_padded_call, _conv_layer_padded_ref,
+          {**CONV_PARAMS, "padding_mode": "padding_mode"}, ("x", "dout")),
+]
+
+
 # --------------------------------------------------------------------------- pooling variants, batch norm,
 # activations, losses (and their layers)
 
