@@ -3,6 +3,8 @@
 Every docstring example runs, except, one example at a time and with the reason:
 
 - one that imports PyTorch, when it is not installed (it is optional, never a dependency of fastconv);
+- one that reads or writes a safetensors file, when the ``safetensors`` package (the optional extra
+  ``fastconv[safetensors]``) is not installed;
 - one that calls ``load_mnist``, when the MNIST files are in none of the places it looks without downloading
   (``$FASTCONV_DATA_DIR``, the cache directory): the tests never download.
 """
@@ -17,6 +19,8 @@ from _pytest.doctest import DoctestItem
 
 IMPORTS_TORCH = re.compile(r"^\s*(import torch\b|from torch\b)")
 LOADS_MNIST = re.compile(r"\bload_mnist\(")
+USES_SAFETENSORS = re.compile(r"\b(save_safetensors|load_safetensors|load_safetensors_metadata)\(|"
+                              r"^\s*(import safetensors\b|from safetensors\b)")
 
 
 def _mnist_files_found():
@@ -36,6 +40,8 @@ def pytest_collection_modifyitems(config, items):
          "this docstring example needs PyTorch (pip install torch)"),
         (LOADS_MNIST, _mnist_files_found,
          "this docstring example needs the MNIST files (set FASTCONV_DATA_DIR to their folder)"),
+        (USES_SAFETENSORS, lambda: importlib.util.find_spec("safetensors") is not None,
+         "this docstring example needs the safetensors package (pip install 'fastconv[safetensors]')"),
     ]
     for pattern, available, reason in rules:
         uses = [item for item in doctests if any(pattern.search(e.source) for e in item.dtest.examples)]
