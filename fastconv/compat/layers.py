@@ -295,8 +295,9 @@ def _batchnorm(func, x, gamma, beta, bn_param, layout):
             raise ValueError(f"{func}: a training batch needs at least one value per channel; got x.shape={xf.shape}")
         mean, m2 = _plan.norm_moments(x3)
         var = m2 / (x3.shape[0] * x3.shape[2])
-        running_mean = (momentum * running_mean + (1 - momentum) * mean).astype(xf.dtype)
-        running_var = (momentum * running_var + (1 - momentum) * var).astype(xf.dtype)
+        # In float64: a float32 running value times a huge momentum would overflow before the sum (NaN, not -inf).
+        running_mean = (momentum * running_mean.astype(np.float64) + (1 - momentum) * mean).astype(xf.dtype)
+        running_var = (momentum * running_var.astype(np.float64) + (1 - momentum) * var).astype(xf.dtype)
     else:
         mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
     bn_param["running_mean"] = running_mean
