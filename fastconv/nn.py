@@ -679,7 +679,7 @@ class Module:
         --------
         >>> import torch
         >>> from fastconv import nn
-        >>> layer, twin = nn.Linear(3, 2), torch.nn.Linear(3, 2)
+        >>> layer, twin = nn.Linear(3, 2, rng=0), torch.nn.Linear(3, 2)
         >>> layer.load_state_dict(twin.state_dict())
         IncompatibleKeys(missing_keys=[], unexpected_keys=[])
         >>> bool((layer.weight.data == twin.weight.detach().numpy()).all())
