@@ -3,6 +3,8 @@
 Every docstring example runs, except, one example at a time and with the reason:
 
 - one that imports PyTorch, when it is not installed (it is optional, never a dependency of fastconv);
+- one that reads or writes a safetensors file, when the ``safetensors`` package (the optional extra
+  ``fastconv[safetensors]``) is not installed;
 - one that calls ``load_mnist``, when the MNIST files are in none of the places it looks without downloading
   (``$FASTCONV_DATA_DIR``, the cache directory): the tests never download;
 - likewise one that calls ``load_fashion_mnist`` (``$FASTCONV_FASHION_MNIST_DIR``, its cache directory) or
@@ -21,6 +23,8 @@ IMPORTS_TORCH = re.compile(r"^\s*(import torch\b|from torch\b)")
 LOADS_MNIST = re.compile(r"\bload_mnist\(")
 LOADS_FASHION_MNIST = re.compile(r"\bload_fashion_mnist\(")
 LOADS_CIFAR10 = re.compile(r"\bload_cifar10\(")
+USES_SAFETENSORS = re.compile(r"\b(save_safetensors|load_safetensors|load_safetensors_metadata)\(|"
+                              r"^\s*(import safetensors\b|from safetensors\b)")
 
 
 def _mnist_files_found():
@@ -64,6 +68,8 @@ def pytest_collection_modifyitems(config, items):
          "this docstring example needs the Fashion-MNIST files (set FASTCONV_FASHION_MNIST_DIR to their folder)"),
         (LOADS_CIFAR10, _cifar10_files_found,
          "this docstring example needs cifar-10-binary.tar.gz (set FASTCONV_CIFAR10_DIR to its folder)"),
+        (USES_SAFETENSORS, lambda: importlib.util.find_spec("safetensors") is not None,
+         "this docstring example needs the safetensors package (pip install 'fastconv[safetensors]')"),
     ]
     for pattern, available, reason in rules:
         uses = [item for item in doctests if any(pattern.search(e.source) for e in item.dtest.examples)]

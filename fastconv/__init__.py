@@ -13,6 +13,7 @@ The functional API (NCHW arrays, PyTorch semantics) is re-exported here::
 from . import functional, nn, optim, plan, serialization, transforms
 from .functional import *  # noqa: F401,F403 - the functional API, listed in functional.__all__
 from .serialization import CheckpointError, load, save
+from .serialization import load_safetensors, load_safetensors_metadata, save_safetensors
 
 __version__ = "0.1.0"
 
@@ -26,4 +27,7 @@ __all__ = list(functional.__all__) + [
     "save",
     "load",
     "CheckpointError",
+    "save_safetensors",
+    "load_safetensors",
+    "load_safetensors_metadata",
 ]

@@ -72,11 +72,19 @@ def _check_pair(owner, input, target):
 
 
 def dout_coefficients(dout, reduction, loss_shape, owner, denominator):
-    """``dL/dloss_i`` as a float64 array broadcastable to ``loss_shape``; checks ``dout``."""
-    if isinstance(dout, np.ndarray) and dout.ndim == 0:
-        dout = dout.item()
+    """``dL/dloss_i`` as a float64 array broadcastable to ``loss_shape``; checks ``dout``.
+
+    An array ``dout`` must be float32, float64 or integer (the dtypes fastconv computes in, and
+    exact integers); float16, complex, bool and object arrays are a TypeError for every loss.
+    """
+    if isinstance(dout, np.ndarray):
+        if dout.dtype.kind not in "iu" and dout.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{owner}: dout must be a real scalar or a float32, float64 or integer array; "
+                            f"got dtype {dout.dtype} (shape {dout.shape})")
+        if dout.ndim == 0:
+            dout = dout.item()
     if reduction == "none" and isinstance(dout, np.ndarray):
-        if dout.dtype.kind not in "fiu" or dout.shape != tuple(loss_shape):
+        if dout.shape != tuple(loss_shape):
             raise ValueError(f"{owner}: dout must be a real scalar or an array of the loss's shape "
                              f"{tuple(loss_shape)} (reduction='none'); got dtype {dout.dtype}, shape {dout.shape}")
         return dout.astype(np.float64)

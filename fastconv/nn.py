@@ -59,6 +59,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _loss
+from . import _tensors
 from . import _validation as _V
 from . import functional as _F
 from . import plan as _plan
@@ -648,9 +649,14 @@ class Module:
 
         Parameters
         ----------
-        state_dict : mapping of str -> ndarray
+        state_dict : mapping of str -> ndarray or torch.Tensor
             As returned by :meth:`state_dict` (possibly after :func:`fastconv.save` /
-            :func:`fastconv.load`).
+            :func:`fastconv.load`), by :func:`fastconv.load_safetensors`, or by a PyTorch
+            model's ``state_dict()``: a ``torch.Tensor`` is read through
+            ``.detach().cpu().numpy()`` (``requires_grad`` and the device do not matter; a
+            ``bfloat16``, sparse, quantized or meta tensor is a TypeError/ValueError naming
+            the key). Its dtype must still match the model's (``model.double()`` for a
+            float64 torch model).
         strict : bool, default True
             Require the keys to match exactly. With ``strict=False``, missing and
             unexpected keys are reported in the return value instead; shapes and dtypes of
@@ -664,10 +670,21 @@ class Module:
         Raises
         ------
         TypeError
-            ``state_dict`` is not a mapping or one of its values is not an ndarray.
+            ``state_dict`` is not a mapping or one of its values is neither an ndarray nor
+            a torch tensor.
         ValueError
             Missing or unexpected keys (when ``strict``), or an array whose shape or dtype
             differs from the parameter's; the message lists every problem.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from fastconv import nn
+        >>> layer, twin = nn.Linear(3, 2, rng=0), torch.nn.Linear(3, 2)
+        >>> layer.load_state_dict(twin.state_dict())
+        IncompatibleKeys(missing_keys=[], unexpected_keys=[])
+        >>> bool((layer.weight.data == twin.weight.detach().numpy()).all())
+        True
         """
         owner = f"{type(self).__name__}.load_state_dict"
         strict = _check_bool(strict, "strict", owner)
@@ -679,12 +696,11 @@ class Module:
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         problems = []
+        values = {}  # the arrays to copy; torch tensors read as arrays (fastconv._tensors.as_array)
         for name, a in own.items():
             if name not in state_dict:
                 continue
-            value = state_dict[name]
-            if not isinstance(value, np.ndarray):
-                raise TypeError(f"{owner}: state_dict[{name!r}] must be a numpy.ndarray; got {type(value).__name__}")
+            value = values[name] = _tensors.as_array(state_dict[name], owner, f"state_dict[{name!r}]")
             if value.shape != a.shape:
                 problems.append(f"{name!r}: shape {value.shape} in state_dict, {a.shape} in the model")
             elif value.dtype != a.dtype:
@@ -695,9 +711,8 @@ class Module:
             problems.append("unexpected key(s): " + ", ".join(map(repr, unexpected)))
         if problems:
             raise ValueError(f"{owner}: error(s) in loading state_dict:\n    " + "\n    ".join(problems))
-        for name, a in own.items():
-            if name in state_dict:
-                np.copyto(a, state_dict[name])
+        for name, value in values.items():
+            np.copyto(own[name], value)
         return IncompatibleKeys(missing, unexpected)
 
     # -- printing --------------------------------------------------------------------

@@ -1527,10 +1527,22 @@ def batch_norm_backward(dy3, x3, mean, invstd, weight, training):
     gain = np.ones(x3.shape[1]) if weight is None else weight
     # Without training dx is dy * a (norm_backward's norm_affine pass): the fused kernel's dx read x (NaN in x -> NaN)
     fused = training and _fused_channels(x3.shape[1]) and np.isfinite(gain).all()
+    bad = None if fused or not training else ~np.isfinite(np.asarray(gain))
+    if bad is not None and bad.any():
+        # An infinite (or NaN) weight in training: dx = weight * (the rest), PyTorch's order, which gives +-inf
+        # (NaN where the rest is 0); weight * dy first would meet inf - inf in the mean terms. Below.
+        gain = np.where(bad, 1.0, np.asarray(gain, dtype=np.float64))
     dx, sum_dy, sum_dy_xmu = (norm_fused_backward if fused else norm_backward)(dy3, x3, mean, invstd, gain, training)
     if fused and not (np.isfinite(sum_dy).all() and np.isfinite(sum_dy_xmu).all()):
         # A non-finite dy (or x): the two passes give PyTorch's +-inf where the fused fold gives NaN.
         dx, sum_dy, sum_dy_xmu = norm_backward(dy3, x3, mean, invstd, gain, training)
+    if bad is not None and bad.any():  # those channels in float64, the weight last (a rare path: NumPy)
+        s, M = np.asarray(invstd, np.float64)[bad][:, None], max(x3.shape[0] * x3.shape[2], 1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            xmu = x3[:, bad].astype(np.float64) - np.asarray(mean, np.float64)[bad][:, None]
+            proj = s * s * (sum_dy_xmu[bad] / M)[:, None]
+            rest = dy3[:, bad].astype(np.float64) - (sum_dy[bad] / M)[:, None] - xmu * proj
+            dx[:, bad] = (np.asarray(weight, np.float64)[bad][:, None] * (s * rest)).astype(dt)
     return dx, (sum_dy_xmu * np.asarray(invstd, np.float64)).astype(dt), sum_dy.astype(dt)
 
 

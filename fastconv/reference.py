@@ -533,7 +533,8 @@ def batch_norm_backward(dy, x, weight=None, running_mean=None, running_var=None,
 
     With ``training`` the statistics are the batch's: ``xhat = (x - mean) / std``,
     ``dxhat = dy * weight`` and
-    ``dx = (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) / std``. Otherwise the
+    ``dx = (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) / std``, computed as
+    ``weight * (dy - mean(dy) - xhat * mean(dy * xhat)) / std``. Otherwise the
     running statistics are constants and ``dx = dy * weight / sqrt(running_var + eps)``.
     """
     C = x.shape[1]
@@ -551,11 +552,11 @@ def batch_norm_backward(dy, x, weight=None, running_mean=None, running_var=None,
         xhat = (x[:, c] - mean) / std
         dweight[c] = (dy[:, c] * xhat).sum()
         dbias[c] = dy[:, c].sum()
-        dxhat = dy[:, c] * g
-        if training:
-            dx[:, c] = (dxhat - dxhat.mean() - xhat * (dxhat * xhat).mean()) / std
+        d = dy[:, c]
+        if training:  # the weight multiplies last (an infinite weight gives +-inf, as PyTorch)
+            dx[:, c] = g * ((d - d.mean() - xhat * (d * xhat).mean()) / std)
         else:
-            dx[:, c] = dxhat / std
+            dx[:, c] = d * g / std
     return dx, dweight, dbias
 
 

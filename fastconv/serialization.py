@@ -29,6 +29,18 @@ Windows) and ``fsync``-s the directory. At every moment the target name holds ei
 complete old file or the complete new one, so a crash or an exception while saving never
 destroys the previous checkpoint. If the process is killed, a hidden
 ``.<name>.<random>.tmp`` file may be left next to the target.
+
+safetensors
+-----------
+:func:`save_safetensors` and :func:`load_safetensors` write and read the
+`safetensors <https://huggingface.co/docs/safetensors>`_ files PyTorch users share weights
+in, through the ``safetensors`` package's NumPy API (an optional extra:
+``pip install 'fastconv[safetensors]'``; it is imported only when one of them is called).
+A ``state_dict`` saved by ``safetensors.torch.save_file(torch_model.state_dict(), path)``
+loads into the matching fastconv model with ``model.load_state_dict(load_safetensors(path))``,
+and a file from :func:`save_safetensors` into the torch model with
+``torch_model.load_state_dict(safetensors.torch.load_file(path))``. Writing is atomic as
+above; a corrupt or truncated file raises :class:`CheckpointError` naming it.
 """
 
 import io
@@ -37,11 +49,13 @@ import math
 import os
 import secrets
 import zipfile
+from collections import OrderedDict
 from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["save", "load", "CheckpointError", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save", "load", "CheckpointError", "FORMAT", "FORMAT_VERSION",
+           "save_safetensors", "load_safetensors", "load_safetensors_metadata"]
 
 #: Value of the ``"format"`` field in the metadata member.
 FORMAT = "fastconv-checkpoint"
@@ -51,7 +65,8 @@ _META = "__fastconv__"
 
 
 class CheckpointError(ValueError):
-    """A file is not a readable fastconv checkpoint (corrupt, truncated, foreign or too new)."""
+    """A file is not a readable fastconv checkpoint (corrupt, truncated, foreign or too new), or not a
+    readable safetensors file."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -189,16 +204,21 @@ def save(obj, path, *, compress=False):
     tree = encoder.encode(obj)
     meta = json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "tree": tree},
                       allow_nan=False, ensure_ascii=False)
+    _atomic_write(path, "save", lambda f: _write_npz(f, encoder.arrays, meta.encode("utf-8"), compress))
+
+
+def _atomic_write(path, owner, write):
+    """Call ``write(f)`` on a new temporary file beside ``path``, ``fsync`` it and rename it over ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"save: directory {directory!r} does not exist (saving {path!r})")
+        raise FileNotFoundError(f"{owner}: directory {directory!r} does not exist (saving {path!r})")
     if os.path.isdir(path):
-        raise IsADirectoryError(f"save: {path!r} is a directory")
+        raise IsADirectoryError(f"{owner}: {path!r} is a directory")
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            _write_npz(f, encoder.arrays, meta.encode("utf-8"), compress)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -363,3 +383,222 @@ def load(path):
                 f"{path_str}: not a valid fastconv checkpoint (corrupt or truncated?): {exc}"
             ) from exc
 
+
+
+# ---------------------------------------------------------------------------------------
+# safetensors: weights shared with PyTorch (and any other safetensors reader)
+# ---------------------------------------------------------------------------------------
+
+#: The dtypes a safetensors file can hold that NumPy has (what ``safetensors.numpy`` reads back).
+_SAFETENSORS_DTYPES = tuple(np.dtype(t) for t in (
+    np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8,
+    np.uint64, np.uint32, np.uint16, np.uint8, np.bool_, np.complex64))
+
+
+def _safetensors(owner):
+    """The ``safetensors`` package (with its NumPy API), or an ImportError naming the extra."""
+    try:
+        import safetensors
+        import safetensors.numpy
+    except ImportError as exc:
+        raise ImportError(f"{owner} needs the safetensors package, which is not installed: "
+                          f"pip install 'fastconv[safetensors]' (or pip install safetensors)") from exc
+    return safetensors
+
+
+def _safetensors_arrays(state_dict, owner):
+    """``state_dict`` (a mapping, or anything with a ``state_dict()`` method) as ``{name: C-contiguous ndarray}``."""
+    from ._tensors import as_array
+
+    if not isinstance(state_dict, Mapping) and callable(getattr(state_dict, "state_dict", None)):
+        state_dict = state_dict.state_dict()
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"{owner}: state_dict must be a mapping of str -> array or a module with a "
+                        f"state_dict() method; got {type(state_dict).__name__}")
+    arrays = {}
+    for name, value in state_dict.items():
+        if not isinstance(name, str) or name == "__metadata__":
+            raise TypeError(f"{owner}: every key must be a str other than '__metadata__'; got {name!r}")
+        a = as_array(value, owner, f"state_dict[{name!r}]")
+        if a.dtype.newbyteorder("=") not in _SAFETENSORS_DTYPES:
+            raise TypeError(f"{owner}: state_dict[{name!r}] has dtype {a.dtype} (shape {a.shape}), which a "
+                            f"safetensors file cannot hold; it holds {', '.join(map(str, _SAFETENSORS_DTYPES))}")
+        # safetensors.numpy writes an array's memory as it lies: a strided view must be made contiguous.
+        arrays[name] = a if a.flags.c_contiguous else a.copy(order="C")
+    return arrays
+
+
+def save_safetensors(state_dict, path, metadata=None):
+    """Write a ``state_dict`` to ``path`` as a safetensors file, atomically.
+
+    `safetensors <https://huggingface.co/docs/safetensors>`_ is the weights format PyTorch
+    users share (``safetensors.torch.save_file`` / ``load_file``): a JSON header of names,
+    dtypes and shapes, then the raw little-endian data; nothing is pickled. Needs the
+    optional ``safetensors`` package (``pip install 'fastconv[safetensors]'``).
+
+    Parameters
+    ----------
+    state_dict : mapping of str -> ndarray, or a module
+        ``model.state_dict()``, or the model itself (anything with a ``state_dict()``
+        method, a ``torch.nn.Module`` included). Values may be ndarrays or ``torch.Tensor``
+        objects (read as :meth:`fastconv.nn.Module.load_state_dict` reads them). Each is
+        stored with its own dtype (float32 and float64 parameters, the int64
+        ``num_batches_tracked`` buffer, ...) and shape; strided and big-endian arrays are
+        written by value.
+    path : str or os.PathLike
+        Used exactly as given (``.safetensors`` is the usual extension). Its directory must exist.
+    metadata : mapping of str -> str, optional
+        Free-form text stored in the header (read back by :func:`load_safetensors_metadata`).
+
+    Raises
+    ------
+    ImportError
+        The ``safetensors`` package is not installed.
+    TypeError
+        ``state_dict`` is neither a mapping nor a module, a key is not a str (or is the
+        reserved ``'__metadata__'``), a value is not an array or tensor, or its dtype is one
+        safetensors cannot hold (``float128``, ``complex128``, object, str); ``metadata`` is
+        not a mapping of str to str. Nothing is written.
+    FileNotFoundError, IsADirectoryError
+        The directory does not exist; ``path`` is a directory.
+
+    Notes
+    -----
+    Written like :func:`save`: into a temporary file beside ``path``, ``fsync``-ed, then
+    renamed over ``path``, so a failure at any point leaves the previous file intact. The
+    file's tensors are ordered by safetensors (by dtype alignment, then name), not in
+    ``state_dict``'s order; :meth:`~fastconv.nn.Module.load_state_dict` matches by name.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from fastconv import nn, serialization
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(folder.name, "bn.safetensors")
+    >>> serialization.save_safetensors(nn.BatchNorm2d(3), path, metadata={"epoch": "3"})
+    >>> for name, a in serialization.load_safetensors(path).items():
+    ...     print(name, a.dtype, a.shape)
+    bias float32 (3,)
+    num_batches_tracked int64 ()
+    running_mean float32 (3,)
+    running_var float32 (3,)
+    weight float32 (3,)
+    >>> serialization.load_safetensors_metadata(path)
+    {'epoch': '3'}
+    >>> folder.cleanup()
+    """
+    owner = "save_safetensors"
+    safetensors = _safetensors(owner)
+    path = os.fsdecode(os.fspath(path))
+    arrays = _safetensors_arrays(state_dict, owner)
+    if metadata is not None:
+        if not isinstance(metadata, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                        for k, v in metadata.items()):
+            raise TypeError(f"{owner}: metadata must be None or a mapping of str -> str; got {metadata!r:.200}")
+        metadata = dict(metadata)
+    data = safetensors.numpy.save(arrays, metadata=metadata)
+    _atomic_write(path, owner, lambda f: f.write(data))
+
+
+def _open_safetensors(path, owner):
+    """``(path_str, safe_open handle)``; a corrupt or truncated file is a CheckpointError naming it."""
+    safetensors = _safetensors(owner)
+    path_str = os.fsdecode(os.fspath(path))
+    if os.path.isdir(path_str):
+        raise IsADirectoryError(f"{owner}: {path_str!r} is a directory")
+    try:
+        return path_str, safetensors.safe_open(path_str, framework="np")
+    except safetensors.SafetensorError as exc:
+        raise CheckpointError(f"{path_str}: not a valid safetensors file (corrupt or truncated?): {exc}") from None
+
+
+def load_safetensors(path):
+    """Read the tensors of a safetensors file as NumPy arrays.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by :func:`save_safetensors`, ``safetensors.torch.save_file``,
+        ``safetensors.numpy.save_file`` or any other safetensors writer.
+
+    Returns
+    -------
+    collections.OrderedDict of str -> ndarray
+        Every tensor, by name in sorted order, as a writable array of its own (not tied to
+        the file), with the file's shape and dtype. ``model.load_state_dict(...)`` takes it
+        and checks names, shapes and dtypes against the model.
+
+    Raises
+    ------
+    ImportError
+        The ``safetensors`` package is not installed.
+    FileNotFoundError, PermissionError, IsADirectoryError
+        From opening the file.
+    CheckpointError (a ValueError)
+        The file is not a complete safetensors file (truncated, a bad header, offsets
+        outside the data), or holds a tensor NumPy has no dtype for (``BF16``, the float8
+        types: convert them to float32 in PyTorch before saving). The message names the
+        file and, for a dtype, the tensor.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from fastconv import serialization
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(folder.name, "w.safetensors")
+    >>> serialization.save_safetensors({"w": np.arange(3.0), "step": np.array(7)}, path)
+    >>> dict(serialization.load_safetensors(path))
+    {'step': array(7), 'w': array([0., 1., 2.])}
+    >>> with open(path, "r+b") as f:
+    ...     _ = f.truncate(os.path.getsize(path) - 4)
+    >>> serialization.load_safetensors(path)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fastconv.serialization.CheckpointError: .../w.safetensors: not a valid safetensors file (corrupt or truncated?): ...
+    >>> folder.cleanup()
+    """
+    path_str, handle = _open_safetensors(path, "load_safetensors")
+    out = OrderedDict()
+    with handle as f:
+        for name in f.keys():
+            try:
+                out[name] = f.get_tensor(name)
+            except TypeError:  # "data type 'bfloat16' not understood"
+                dtype = f.get_slice(name).get_dtype()
+                raise CheckpointError(f"{path_str}: tensor {name!r} has dtype {dtype}, which NumPy cannot hold; "
+                                      f"convert it (for example to float32) before saving") from None
+    return out
+
+
+def load_safetensors_metadata(path):
+    """The free-form text metadata of a safetensors file's header, as a dict of str -> str.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    dict of str -> str
+        Empty when the file has none (``safetensors.torch.save_file`` writes none unless asked).
+
+    Raises
+    ------
+    As :func:`load_safetensors`.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from fastconv import serialization
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(folder.name, "w.safetensors")
+    >>> serialization.save_safetensors({"w": np.zeros(2)}, path, metadata={"format": "np"})
+    >>> serialization.load_safetensors_metadata(path)
+    {'format': 'np'}
+    >>> folder.cleanup()
+    """
+    _, handle = _open_safetensors(path, "load_safetensors_metadata")
+    with handle as f:
+        return dict(f.metadata() or {})

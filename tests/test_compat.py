@@ -665,9 +665,41 @@ def test_norm_inputs_not_modified_and_dtypes(rng):
         (lambda x: batchnorm_backward(np.ones((2, 2)), batchnorm_forward(x, np.ones(3), np.zeros(3),
                                                                           {"mode": "train"})[1]),
          ValueError, "dout must have the shape of x"),
+        # Found by tests/test_fuzz.py's entries for these functions: every error names the function.
+        (lambda x: batchnorm_forward(x, np.ones(3), np.zeros(3), {"mode": "train", "eps": None}), TypeError,
+         r"batchnorm_forward: bn_param\['eps'\] must be a real number"),
+        (lambda x: spatial_batchnorm_forward(x[:, :, None, None], np.ones(3), np.zeros(3),
+                                             {"mode": "test", "momentum": "0.9"}), TypeError,
+         r"spatial_batchnorm_forward: bn_param\['momentum'\] must be a real number"),
+        (lambda x: layernorm_forward(x, np.ones(3), np.zeros(3), {"eps": -1.0}), ValueError,
+         r"layernorm_forward: ln_param\['eps'\] must be >= 0"),
+        (lambda x: batchnorm_forward(x, np.ones((1, 3)), np.zeros(3), {"mode": "train"}), ValueError,
+         r"batchnorm_forward: gamma must have shape \(C,\) with C = 3; got \(1, 3\)"),
+        (lambda x: batchnorm_forward(x, np.ones(3), np.zeros(3), {"mode": "test", "running_var": np.ones(3, complex)}),
+         TypeError, r"batchnorm_forward: bn_param\['running_var'\] must be a real numeric array"),
+        (lambda x: layernorm_backward(np.ones((4, 3), complex), layernorm_forward(x, np.ones(3), np.zeros(3), {})[1]),
+         TypeError, "layernorm_backward: dout must be a real numeric array; got dtype complex128"),
+        (lambda x: dropout_forward(x.astype(complex), {"mode": "train", "p": 0.5}), TypeError,
+         "dropout_forward: x must be a real numeric array"),
+        (lambda x: dropout_forward(1.5, {"mode": "train", "p": 0.5}), TypeError, "dropout_forward: x must be an array"),
+        (lambda x: dropout_forward(x, {"mode": "train", "p": 0.5, "seed": -1}), ValueError, "dropout_forward: "),
     ],
-    ids=["no-mode", "bad-mode", "gamma-shape", "bn-ndim", "groups", "dropout-p", "dout-shape"],
+    ids=["no-mode", "bad-mode", "gamma-shape", "bn-ndim", "groups", "dropout-p", "dout-shape", "eps-none",
+         "momentum-str", "eps-negative", "gamma-1xD", "running-complex", "dout-complex", "dropout-complex",
+         "dropout-scalar", "dropout-seed"],
 )
 def test_norm_errors(call, exc, match, rng):
     with pytest.raises(exc, match=match):
         call(rng.standard_normal((4, 3)))
+
+
+def test_dropout_converts_integer_arrays_to_float(rng):
+    """An integer dout (or x) is converted to float64 as the drop-in's other functions do, not truncated."""
+    x = np.arange(1, 9).reshape(2, 4)
+    param = {"mode": "train", "p": 0.5, "seed": 0}
+    out, cache = dropout_forward(x, param)
+    np.random.seed(0)
+    mask = (np.random.rand(2, 4) < 0.5) / 0.5
+    assert out.dtype == np.float64 and mask.any() and not mask.all()
+    np.testing.assert_array_equal(out, x * mask)
+    np.testing.assert_array_equal(dropout_backward(np.full((2, 4), 3), cache), 3 * mask)

@@ -1141,6 +1141,189 @@ for _spec in LOSSES:
     TABLE += _loss_entries(*_spec)
 
 
+# --------------------------------------------------------------------------- the cs231n drop-in's normalisation
+# and dropout (cs231n's rules: momentum weighs the old running value, the running variance is biased; dropout's
+# p is the keep probability, its mask np.random's after seeding)
+
+BAD["mode"], ODD["mode"] = ["TRAIN", "eval", "", None, 1, True], ["train", "test"]
+
+
+def _cs_real(*arrays):
+    """The drop-in's conversion of arrays it does not take as data (running statistics, dout): real numbers only."""
+    given = [None if a is None else np.asarray(a) for a in arrays]
+    assert all(a is None or a.dtype.kind in "biuf" for a in given), "not a real numeric array"
+    return [None if a is None else a.astype(np.float64) for a in given]
+
+
+def _cs_bn_make(spatial):
+    def make(draw, dtype, n):
+        C = draw(st.integers(1, 3))
+        shape = (n, C) + ((draw(st.integers(1, 3)), draw(st.integers(1, 3))) if spatial else ())
+        mode = draw(st.sampled_from(["train", "test"]))
+        stats = mode == "test" or draw(st.booleans())
+        return dict(x=_arr(draw, shape, dtype), gamma=_arr(draw, (C,), dtype), beta=_arr(draw, (C,), dtype),
+                    mode=mode, eps=draw(st.sampled_from([1e-5, 1e-3, 0.1])),
+                    momentum=draw(st.sampled_from([0.9, 0.0, 1.0, 0.5])),
+                    running_mean=_arr(draw, (C,), dtype) if stats else None,
+                    running_var=np.abs(_arr(draw, (C,), dtype)) if stats else None, dout=_arr(draw, shape, dtype))
+    return make
+
+
+def _cs_bn_forward(func):
+    def call(a):
+        bn_param = {"mode": a["mode"], "eps": a["eps"], "momentum": a["momentum"]}
+        bn_param.update({k: a[k] for k in ("running_mean", "running_var") if a[k] is not None})
+        out, cache = getattr(C, func)(a["x"], a["gamma"], a["beta"], bn_param)
+        return out, bn_param["running_mean"], bn_param["running_var"], cache
+    return call
+
+
+def _cs_bn_ref(a, got):
+    x, g, b = _cs231n_floats(a["x"], a["gamma"], a["beta"])
+    C_ = x.shape[1]
+    rm, rv = _cs_real(a["running_mean"], a["running_var"])
+    rm, rv = (np.zeros(C_) if r is None else r for r in (rm, rv))
+    train, eps, momentum = a["mode"] == "train", float(a["eps"]), float(a["momentum"])
+    x64 = x.astype(np.float64)
+    y = R.batch_norm(x64, rm, rv, g.astype(np.float64), b.astype(np.float64), train, eps=eps)[0]
+    if train:
+        axes = (0,) + tuple(range(2, x.ndim))
+        rm = (momentum * rm + (1 - momentum) * x64.mean(axis=axes)).astype(x.dtype)
+        rv = (momentum * rv + (1 - momentum) * x64.var(axis=axes)).astype(x.dtype)
+    else:  # the given statistics are kept as they are (zeros of x's dtype where missing)
+        rm, rv = (np.zeros(C_, x.dtype) if a[k] is None else np.asarray(a[k])
+                  for k in ("running_mean", "running_var"))
+    return y.astype(x.dtype), rm, rv
+
+
+def _cs_bn_backward(forward, backward):
+    def call(a):
+        cache = _cs_bn_forward(forward)(a)[3]
+        return getattr(C, backward)(a["dout"], cache)
+    return call
+
+
+def _cs_bn_backward_ref(a, got):
+    x, g, _ = _cs231n_floats(a["x"], a["gamma"], a["beta"])
+    (dout,) = _cs_real(a["dout"])
+    rm, rv = _cs_real(a["running_mean"], a["running_var"])
+    rm, rv = (np.zeros(x.shape[1]) if r is None else r for r in (rm, rv))
+    grads = R.batch_norm_backward(dout, x.astype(np.float64), g.astype(np.float64), rm, rv, a["mode"] == "train",
+                                  float(a["eps"]))
+    return tuple(v.astype(x.dtype) for v in grads)
+
+
+def _cs_gn_make(spatial):
+    def make(draw, dtype, n):
+        G = draw(st.integers(1, 2)) if spatial else 1
+        C_ = G * draw(st.integers(1, 2)) if spatial else draw(st.integers(1, 4))
+        shape = (n, C_) + ((draw(st.integers(1, 3)), draw(st.integers(1, 3))) if spatial else ())
+        vshape = draw(st.sampled_from([(C_,), (1, C_, 1, 1)])) if spatial else (C_,)
+        # eps >= 1e-3: dx cancels to 0 for a group of one value, and float32's rounding of terms ~ |dout| / sqrt(eps)
+        # (a uint8 dout reaches 255: 1e4 with eps=1e-5, an error of 5e-4, relative 5e-8) exceeds the absolute 2e-4.
+        return dict(x=_arr(draw, shape, dtype), gamma=_arr(draw, vshape, dtype), beta=_arr(draw, vshape, dtype),
+                    G=G, eps=draw(st.sampled_from([1e-3, 0.1])), dout=_arr(draw, shape, dtype))
+    return make
+
+
+def _cs_gn_forward(func):
+    def call(a):
+        args = (a["G"],) if func == "spatial_groupnorm_forward" else ()
+        return getattr(C, func)(a["x"], a["gamma"], a["beta"], *args, {"eps": a["eps"]})
+    return call
+
+
+def _cs_gn_parts(a):
+    x, g, b = _cs231n_floats(a["x"], a["gamma"], a["beta"])
+    assert isinstance(a["G"], (int, np.integer)) and not isinstance(a["G"], (bool, np.bool_)), "G"
+    C_ = x.shape[1]
+    assert x.shape[0] >= 1 and C_ % a["G"] == 0 and g.size == b.size == C_, "shapes"
+    return x, g, b, int(a["G"]), float(a["eps"])
+
+
+def _cs_gn_ref(a, got):
+    x, g, b, G, eps = _cs_gn_parts(a)
+    C_ = x.shape[1]
+    y = R.group_norm(x.astype(np.float64), G, g.reshape(C_).astype(np.float64), b.reshape(C_).astype(np.float64), eps)
+    return y.astype(x.dtype)
+
+
+def _cs_gn_backward(forward, backward):
+    def call(a):
+        return getattr(C, backward)(a["dout"], _cs_gn_forward(forward)(a)[1])
+    return call
+
+
+def _cs_gn_backward_ref(a, got):
+    x, g, b, G, eps = _cs_gn_parts(a)
+    (dout,) = _cs_real(a["dout"])
+    dx, dg, db = R.group_norm_backward(dout, x.astype(np.float64), G, g.reshape(x.shape[1]).astype(np.float64), eps)
+    return dx.astype(x.dtype), dg.reshape(g.shape).astype(x.dtype), db.reshape(g.shape).astype(x.dtype)
+
+
+def _cs_dropout_make(draw, dtype, n):
+    shape = _any_shape(draw, n)
+    return dict(x=_arr(draw, shape, dtype), p=draw(st.sampled_from([0.25, 0.5, 1.0])),
+                mode=draw(st.sampled_from(["train", "test"])), seed=draw(st.integers(0, 2**32 - 1)),
+                dout=_arr(draw, shape, dtype))
+
+
+def _cs_dropout_forward(a):
+    return C.dropout_forward(a["x"], {"p": a["p"], "mode": a["mode"], "seed": a["seed"]})
+
+
+def _cs_dropout_mask(a, shape):
+    """cs231n's mask: ``np.random`` seeded with the given seed, units kept with probability p, scaled by 1 / p."""
+    p = float(a["p"])
+    assert 0 < p <= 1 and a["mode"] in ("train", "test"), "p or mode"
+    if a["mode"] == "test":
+        return None
+    np.random.seed(a["seed"])
+    return (np.random.rand(*shape) < p) / p
+
+
+def _cs_dropout_ref(a, got):
+    (x,) = _cs231n_floats(a["x"])
+    mask = _cs_dropout_mask(a, x.shape)
+    return x if mask is None else (x * mask).astype(x.dtype)
+
+
+def _cs_dropout_backward_ref(a, got):
+    (x,) = _cs231n_floats(a["x"])
+    (dout,) = _cs231n_floats(a["dout"])
+    mask = _cs_dropout_mask(a, x.shape)
+    if mask is None:  # test mode: the identity's gradient, dout as it is (the cache, cs231n's, keeps no shape)
+        return dout
+    assert dout.shape == x.shape, "dout's shape"
+    return (dout * mask).astype(dout.dtype)
+
+
+_CS_BN = {"mode": "mode", "eps": "nonneg_real", "momentum": "real"}
+_CS_BN_ARRAYS = ("x", "gamma", "beta", "running_mean", "running_var")
+_CS = dict(converts=True, empty_ok=False)
+for _fwd, _spatial in (("batchnorm_forward", False), ("spatial_batchnorm_forward", True)):
+    TABLE.append(Entry(_fwd, _cs_bn_make(_spatial), lambda a, f=_fwd: _cs_bn_forward(f)(a)[:3], _cs_bn_ref, _CS_BN,
+                       _CS_BN_ARRAYS, optional=("running_mean", "running_var"), **_CS))
+    for _bwd in (_fwd.replace("forward", "backward"),) + (("batchnorm_backward_alt",) if not _spatial else ()):
+        TABLE.append(Entry(_bwd, _cs_bn_make(_spatial), _cs_bn_backward(_fwd, _bwd), _cs_bn_backward_ref, _CS_BN,
+                           _CS_BN_ARRAYS + ("dout",), optional=("running_mean", "running_var"), also_named=(_fwd,),
+                           **_CS))
+for _fwd, _spatial in (("layernorm_forward", False), ("spatial_groupnorm_forward", True)):
+    _params = {"eps": "nonneg_real", **({"G": "positive"} if _spatial else {})}
+    TABLE.append(Entry(_fwd, _cs_gn_make(_spatial), lambda a, f=_fwd: _cs_gn_forward(f)(a)[0], _cs_gn_ref, _params,
+                       ("x", "gamma", "beta"), **_CS))
+    _bwd = _fwd.replace("forward", "backward")
+    TABLE.append(Entry(_bwd, _cs_gn_make(_spatial), _cs_gn_backward(_fwd, _bwd), _cs_gn_backward_ref, _params,
+                       ("x", "gamma", "beta", "dout"), also_named=(_fwd,), **_CS))
+TABLE += [
+    Entry("dropout_forward", _cs_dropout_make, lambda a: _cs_dropout_forward(a)[0], _cs_dropout_ref,
+          {"p": "probability", "mode": "mode"}, ("x",), fixed_ndim=False, converts=True),
+    Entry("dropout_backward", _cs_dropout_make, lambda a: C.dropout_backward(a["dout"], _cs_dropout_forward(a)[1]),
+          _cs_dropout_backward_ref, {"p": "probability", "mode": "mode"}, ("x", "dout"), fixed_ndim=False,
+          converts=True, also_named=("dropout_forward",)),
+]
+
+
 def torch_like_flatten(x, start, end):
     """PyTorch's flatten rule, written out: dims ``start..end`` (negative from the end) merged into one."""
     s, e = start % x.ndim, end % x.ndim
@@ -1333,12 +1516,9 @@ def test_the_table_covers_the_public_surface():
     not_yet = {"conv_backward_fast", "max_pool_backward_fast", "relu_forward", "relu_backward", "affine_forward",
                "affine_backward", "affine_relu_forward", "affine_relu_backward", "conv_relu_forward",
                "conv_relu_backward", "conv_relu_pool_forward", "conv_relu_pool_backward", "softmax_loss", "svm_loss",
-               # merged with batch norm and layer norm: the same wrapper around fuzzed batch_norm, group norm
-               "batchnorm_forward", "batchnorm_backward", "batchnorm_backward_alt", "spatial_batchnorm_forward",
-               "spatial_batchnorm_backward", "layernorm_forward", "layernorm_backward", "spatial_groupnorm_forward",
-               "spatial_groupnorm_backward", "affine_bn_relu_forward", "affine_bn_relu_backward",
-               "affine_ln_relu_forward", "affine_ln_relu_backward", "conv_bn_relu_forward", "conv_bn_relu_backward",
-               "dropout_forward", "dropout_backward"}
+               # the sandwiches around the fuzzed batch norm and layer norm wrappers
+               "affine_bn_relu_forward", "affine_bn_relu_backward", "affine_ln_relu_forward",
+               "affine_ln_relu_backward", "conv_bn_relu_forward", "conv_bn_relu_backward"}
     missing = set(C.__all__) - covered - aliases - not_yet
     assert not missing, f"fastconv.compat functions without a fuzz entry: {sorted(missing)}"
     assert F.get_num_threads() >= 1

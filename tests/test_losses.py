@@ -275,6 +275,12 @@ def _pattern(*needles):
     return "(?s)" + "".join(f"(?=.*(?:{n}))" for n in needles)
 
 
+def _layer_backward(layer, dout):
+    """``layer.backward(dout)`` after a forward pass on three zeros."""
+    layer(np.zeros(3), np.zeros(3))
+    return layer.backward(dout)
+
+
 @pytest.mark.parametrize(
     "call, error, needles",
     [
@@ -310,11 +316,20 @@ def _pattern(*needles):
         (lambda: fc.nll_loss_backward("1", np.zeros((2, 3)), np.zeros(2, int)), TypeError, ("nll_loss_backward", "dout")),
         (lambda: nn.NLLLoss(ignore_index=True), TypeError, ("NLLLoss", "ignore_index")),
         (lambda: nn.CrossEntropyLoss(weight=[1.0, 2.0]), TypeError, ("CrossEntropyLoss", "weight")),
+        # Found by tests/test_fuzz.py: a float16 dout array was accepted by every loss gradient.
+        (lambda: fc.binary_cross_entropy_with_logits_backward(np.ones((2, 3), np.float16), np.zeros((2, 3)),
+                                                              np.zeros((2, 3)), reduction="none"), TypeError,
+         ("binary_cross_entropy_with_logits_backward", "dout", "float16")),
+        (lambda: fc.mse_loss_backward(np.ones((), np.float16), np.zeros(3), np.zeros(3)), TypeError,
+         ("mse_loss_backward", "dout", "float16")),
+        (lambda: _layer_backward(nn.BCEWithLogitsLoss(reduction="none"), np.ones(3, np.complex128)), TypeError,
+         ("BCEWithLogitsLoss", "dout", "complex128")),
     ],
     ids=["ce-target-too-big", "nll-target-negative-4d", "ce-ignored-class-0", "ce-target-shape", "ce-float-target",
          "nll-float-target", "weight-shape", "weight-dtype", "smoothing-range", "ignore-float", "ce-0d-input",
          "mse-shape", "l1-dtype", "mse-int", "reduction", "layer-reduction", "pos_weight-shape", "dout-array",
-         "dout-none-shape", "dout-str", "layer-ignore-bool", "layer-weight-list"],
+         "dout-none-shape", "dout-str", "layer-ignore-bool", "layer-weight-list", "bce-dout-float16",
+         "mse-dout-0d-float16", "layer-dout-complex"],
 )
 def test_loss_errors_name_the_argument_and_shapes(call, error, needles):
     with pytest.raises(error, match=_pattern(*needles)):

@@ -394,6 +394,26 @@ def test_nonfinite_inputs_like_torch(torch, value, rng):
     np.testing.assert_allclose(layer.running_var, tlayer.running_var.numpy(), rtol=1e-12, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("C", [1, 3, 40], ids=["C1", "C3", "C40"])
+def test_an_infinite_weight_gives_torchs_infinite_input_gradient(torch, C, dtype, rng):
+    """Found by tests/test_fuzz.py (batch_norm_backward, the drop-in's batchnorm_backward): an infinite weight in
+    training gave NaN where PyTorch (which multiplies by the weight last) gives +-inf; the reference agrees."""
+    x, dy = (rng.standard_normal((3, C, 2)).astype(dtype) for _ in range(2))
+    w = rng.standard_normal(C).astype(dtype)
+    w[0], w[-1] = np.inf, -np.inf
+    mean, var = x.astype(np.float64).mean(axis=(0, 2)), x.astype(np.float64).var(axis=(0, 2))
+    invstd = 1 / np.sqrt(var + 1e-5)
+    t = [torch.from_numpy(a) for a in (dy, x, w)]
+    stats = [torch.from_numpy(a).to(t[1].dtype) for a in (mean, invstd)]
+    want = torch.ops.aten.native_batch_norm_backward(t[0], t[1], t[2], None, None, *stats, True, 1e-5, [True] * 3)
+    got = fc.batch_norm_backward(dy, x, mean, invstd, w, True)
+    assert np.isinf(got[0][:, [0, -1]]).all()
+    for g, tw, r, name in zip(got, want, ref.batch_norm_backward(dy, x, w, training=True), ("dx", "dweight", "dbias")):
+        np.testing.assert_allclose(g, tw.numpy(), rtol=1e-4, atol=1e-4, equal_nan=True, err_msg=name)
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4, equal_nan=True, err_msg=name)
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"affine": False, "momentum": None}, {"bias": False},
                                     {"track_running_stats": False}], ids=["default", "plain", "no-bias", "untracked"])
 def test_to_torch_converts_batch_norm(torch, kwargs, rng):

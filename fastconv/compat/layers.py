@@ -33,6 +33,7 @@ backward function unchanged (its contents are documented per function).
 
 import numpy as np
 
+from .. import _validation as _V
 from .. import plan as _plan
 from ._common import _as_float, _get, _matmul, _named, _unpack
 from .fast_layers import conv_backward_fast, conv_forward_fast, max_pool_backward_fast, max_pool_forward_fast
@@ -248,10 +249,30 @@ def _mode(param, name, func):
     return mode
 
 
-def _check_vector(func, name, v, C, shape_text):
-    if v.size != C or (v.ndim != 1 and v.shape != (1, C) + (1,) * (v.ndim - 2)):
+def _check_vector(func, name, v, C, shape_text, broadcast_ndim=None):
+    """``v`` of shape (C,) (or ``(1, C, 1, ...)`` of ``broadcast_ndim`` dims) as a (C,) array."""
+    shapes = [(C,)] + ([] if broadcast_ndim is None else [(1, C) + (1,) * (broadcast_ndim - 2)])
+    if v.shape not in shapes:
         raise ValueError(f"{func}: {name} must have shape {shape_text} with C = {C}; got {v.shape}")
     return v.reshape(C)
+
+
+def _check_dout(func, dout, shape, dtype):
+    """``dout`` (real numbers, the forward input's shape) as an array of ``dtype``."""
+    (dout,) = _as_float(func, dout=dout)
+    if dout.shape != shape:
+        raise ValueError(f"{func}: dout must have the shape of x, {shape}; got {dout.shape}")
+    return dout.astype(dtype, copy=False)
+
+
+def _check_stat(func, name, r, C, shape):
+    """A running statistic given in ``bn_param``: real numbers of shape (C,)."""
+    r = np.asarray(r)
+    if r.dtype.kind not in "biuf":
+        raise TypeError(f"{func}: bn_param[{name!r}] must be a real numeric array; got dtype {r.dtype}")
+    if r.shape != (C,):
+        raise ValueError(f"{func}: bn_param[{name!r}] must have shape ({C},) for x.shape={shape}; got {r.shape}")
+    return r
 
 
 def _batchnorm(func, x, gamma, beta, bn_param, layout):
@@ -264,21 +285,19 @@ def _batchnorm(func, x, gamma, beta, bn_param, layout):
         raise ValueError(f"{func}: x must have shape {layout}; got {xf.shape}")
     C = xf.shape[1]
     g, b = (_check_vector(func, n, v, C, "(C,)") for n, v in (("gamma", g), ("beta", b)))
-    eps = float(bn_param.get("eps", 1e-5))
-    momentum = float(bn_param.get("momentum", 0.9))
-    running_mean = np.asarray(bn_param.get("running_mean", np.zeros(C, dtype=xf.dtype)))
-    running_var = np.asarray(bn_param.get("running_var", np.zeros(C, dtype=xf.dtype)))
-    for name, r in (("running_mean", running_mean), ("running_var", running_var)):
-        if r.shape != (C,):
-            raise ValueError(f"{func}: bn_param[{name!r}] must have shape ({C},) for x.shape={xf.shape}; got {r.shape}")
+    eps = _V.check_real(func, "bn_param['eps']", bn_param.get("eps", 1e-5), minimum=0.0)
+    momentum = _V.check_real(func, "bn_param['momentum']", bn_param.get("momentum", 0.9))
+    running_mean, running_var = (_check_stat(func, name, bn_param.get(name, np.zeros(C, dtype=xf.dtype)), C, xf.shape)
+                                 for name in ("running_mean", "running_var"))
     x3 = _plan.channel_view(xf)
     if mode == "train":
         if x3.shape[0] * x3.shape[2] == 0:
             raise ValueError(f"{func}: a training batch needs at least one value per channel; got x.shape={xf.shape}")
         mean, m2 = _plan.norm_moments(x3)
         var = m2 / (x3.shape[0] * x3.shape[2])
-        running_mean = (momentum * running_mean + (1 - momentum) * mean).astype(xf.dtype)
-        running_var = (momentum * running_var + (1 - momentum) * var).astype(xf.dtype)
+        # In float64: a float32 running value times a huge momentum would overflow before the sum (NaN, not -inf).
+        running_mean = (momentum * running_mean.astype(np.float64) + (1 - momentum) * mean).astype(xf.dtype)
+        running_var = (momentum * running_var.astype(np.float64) + (1 - momentum) * var).astype(xf.dtype)
     else:
         mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
     bn_param["running_mean"] = running_mean
@@ -290,14 +309,12 @@ def _batchnorm(func, x, gamma, beta, bn_param, layout):
 
 def _batchnorm_backward(func, dout, cache):
     x3, g, mean, invstd, train, shape = _unpack(cache, 6, "(x, gamma, mean, invstd, train, shape)", func)
-    dout = np.asarray(dout)
-    if dout.shape != shape:
-        raise ValueError(f"{func}: dout must have the shape of x, {shape}; got {dout.shape}")
-    dx, dgamma, dbeta = _plan.batch_norm_backward(_plan.channel_view(dout.astype(x3.dtype, copy=False)), x3, mean,
-                                                  invstd, g, train)
+    dout = _check_dout(func, dout, shape, x3.dtype)
+    dx, dgamma, dbeta = _plan.batch_norm_backward(_plan.channel_view(dout), x3, mean, invstd, g, train)
     return dx.reshape(shape), dgamma, dbeta
 
 
+@_named
 def batchnorm_forward(x, gamma, beta, bn_param):
     """Forward pass for batch normalization of ``(N, D)`` features (cs231n's).
 
@@ -335,6 +352,7 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     return _batchnorm("batchnorm_forward", x, gamma, beta, bn_param, "(N, D)")
 
 
+@_named
 def batchnorm_backward(dout, cache):
     """Backward pass for batch normalization: ``(dx, dgamma, dbeta)``, shapes of ``x``, ``gamma``, ``beta``.
 
@@ -344,6 +362,7 @@ def batchnorm_backward(dout, cache):
     return _batchnorm_backward("batchnorm_backward", dout, cache)
 
 
+@_named
 def batchnorm_backward_alt(dout, cache):
     """Backward pass for batch normalization, cs231n's "simplified" version: the same result as
     :func:`batchnorm_backward`, which already computes the simplified closed form
@@ -351,6 +370,7 @@ def batchnorm_backward_alt(dout, cache):
     return _batchnorm_backward("batchnorm_backward_alt", dout, cache)
 
 
+@_named
 def spatial_batchnorm_forward(x, gamma, beta, bn_param):
     """Forward pass for spatial batch normalization of ``(N, C, H, W)`` (per channel, over N, H, W).
 
@@ -361,12 +381,13 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param):
     return _batchnorm("spatial_batchnorm_forward", x, gamma, beta, bn_param, "(N, C, H, W)")
 
 
+@_named
 def spatial_batchnorm_backward(dout, cache):
     """Backward pass for spatial batch normalization: ``(dx, dgamma, dbeta)``, ``dgamma``/``dbeta`` of shape (C,)."""
     return _batchnorm_backward("spatial_batchnorm_backward", dout, cache)
 
 
-def _groupnorm(func, x, gamma, beta, G, param, name, layout, shape_text):
+def _groupnorm(func, x, gamma, beta, G, param, name, layout, shape_text, broadcast_ndim=None):
     if not isinstance(param, dict):
         raise TypeError(f"{func}: {name} must be a dict (keys: 'eps'); got {type(param).__name__}")
     xf, g, b = _as_float(func, x=x, gamma=gamma, beta=beta)
@@ -375,21 +396,20 @@ def _groupnorm(func, x, gamma, beta, G, param, name, layout, shape_text):
     C = xf.shape[1]
     if isinstance(G, (bool, np.bool_)) or not isinstance(G, (int, np.integer)) or G < 1 or C % G:
         raise ValueError(f"{func}: G must be a positive int dividing C = {C} (x.shape={xf.shape}); got {G!r}")
-    gv, bv = (_check_vector(func, n, v, C, shape_text) for n, v in (("gamma", g), ("beta", b)))
-    eps = float(param.get("eps", 1e-5))
+    gv, bv = (_check_vector(func, n, v, C, shape_text, broadcast_ndim) for n, v in (("gamma", g), ("beta", b)))
+    eps = _V.check_real(func, f"{name}['eps']", param.get("eps", 1e-5), minimum=0.0)
     out, saved = _plan.group_norm_forward(xf, int(G), gv, bv, eps)
     return out, (xf, int(G), saved, gv, g.shape)
 
 
 def _groupnorm_backward(func, dout, cache):
     x, G, saved, g, g_shape = _unpack(cache, 5, "(x, G, (mean, invstd, xhat), gamma, gamma_shape)", func)
-    dout = np.asarray(dout)
-    if dout.shape != x.shape:
-        raise ValueError(f"{func}: dout must have the shape of x, {x.shape}; got {dout.shape}")
+    dout = _check_dout(func, dout, x.shape, x.dtype)
     dx, dgamma, dbeta = _plan.group_norm_backward(dout, x, G, saved, g)
     return dx, dgamma.reshape(g_shape), dbeta.reshape(g_shape)
 
 
+@_named
 def layernorm_forward(x, gamma, beta, ln_param):
     """Forward pass for layer normalization: each row of ``x`` (N, D) normalised by its own mean and variance.
 
@@ -409,11 +429,13 @@ def layernorm_forward(x, gamma, beta, ln_param):
     return _groupnorm("layernorm_forward", x, gamma, beta, 1, ln_param, "ln_param", "(N, D)", "(D,)")
 
 
+@_named
 def layernorm_backward(dout, cache):
     """Backward pass for layer normalization: ``(dx, dgamma, dbeta)``."""
     return _groupnorm_backward("layernorm_backward", dout, cache)
 
 
+@_named
 def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     """Forward pass for spatial group normalization of ``(N, C, H, W)``: ``G`` groups of ``C // G`` channels.
 
@@ -434,14 +456,16 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
         ``(x, G, (mean, invstd, xhat), gamma, gamma.shape)``.
     """
     return _groupnorm("spatial_groupnorm_forward", x, gamma, beta, G, gn_param, "gn_param", "(N, C, H, W)",
-                      "(1, C, 1, 1)")
+                      "(1, C, 1, 1) or (C,)", broadcast_ndim=4)
 
 
+@_named
 def spatial_groupnorm_backward(dout, cache):
     """Backward pass for spatial group normalization: ``(dx, dgamma, dbeta)``, gradients in ``gamma``'s shape."""
     return _groupnorm_backward("spatial_groupnorm_backward", dout, cache)
 
 
+@_named
 def dropout_forward(x, dropout_param):
     """Forward pass for inverted dropout (cs231n's): keep each unit with probability ``p``, scale by ``1 / p``.
 
@@ -455,7 +479,9 @@ def dropout_forward(x, dropout_param):
 
     Returns
     -------
-    out : ndarray, shape and dtype of ``x``
+    out : ndarray, shape of ``x``
+        float32 or float64 as ``x``; another real dtype is converted to float64 first
+        (in test mode too, where ``out`` is otherwise ``x`` itself, as cs231n's).
     cache : tuple
         ``(dropout_param, mask)``; ``mask`` is None in test mode.
     """
@@ -465,7 +491,9 @@ def dropout_forward(x, dropout_param):
         raise ValueError(f"{func}: dropout_param['mode'] must be 'train' or 'test'; got {mode!r}")
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.number)) or not 0 < p <= 1:
         raise ValueError(f"{func}: dropout_param['p'] (the keep probability) must be in (0, 1]; got {p!r}")
-    x = np.asarray(x)
+    if not isinstance(x, (np.ndarray, list, tuple)):
+        raise TypeError(f"{func}: x must be an array; got {type(x).__name__}")
+    (x,) = _as_float(func, x=x)
     if mode == "test":
         return x, (dropout_param, None)
     if "seed" in dropout_param:
@@ -475,12 +503,14 @@ def dropout_forward(x, dropout_param):
     return out, (dropout_param, mask)
 
 
+@_named
 def dropout_backward(dout, cache):
     """Backward pass for inverted dropout: ``dout * mask`` in train mode, ``dout`` in test mode."""
-    dropout_param, mask = _unpack(cache, 2, "(dropout_param, mask)", "dropout_backward")
-    dout = np.asarray(dout)
+    func = "dropout_backward"
+    dropout_param, mask = _unpack(cache, 2, "(dropout_param, mask)", func)
+    (dout,) = _as_float(func, dout=dout)
     if mask is None:
         return dout
     if dout.shape != mask.shape:
-        raise ValueError(f"dropout_backward: dout must have the shape of x, {mask.shape}; got {dout.shape}")
+        raise ValueError(f"{func}: dout must have the shape of x, {mask.shape}; got {dout.shape}")
     return (dout * mask).astype(dout.dtype, copy=False)
