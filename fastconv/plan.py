@@ -162,6 +162,7 @@ class Layout(enum.Enum):
     NCHW = "NCHW as given (no copy when contiguous)"
     NCHW_PADDED = "zero-padded NCHW (N, C, H+2ph, W+2pw)"
     NHWC_PADDED = "zero-padded NHWC (N, H+2ph, W+2pw, C)"
+    NHWC_PADDED_LANES = "zero-padded NHWC, channels zero-padded to whole vectors (N, H+2ph, W+2pw, Cp)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -748,6 +749,91 @@ def _bias_grad(dy):
 
 
 # ---------------------------------------------------------------------------------------
+# Convolution: depthwise
+# ---------------------------------------------------------------------------------------
+
+
+def _depthwise_lanes(g, cpu, dtype):
+    """``Cp``: the channels rounded up to whole vectors of ``cpu`` in ``dtype``."""
+    L = cpu.lanes(dtype)
+    return -(-g.C // L) * L
+
+
+def _depthwise_pack(a, pad, m, Cp):
+    """NCHW ``a`` (channels ``C*m``) -> zero-padded NHWC ``(N, H+2ph, W+2pw, m*Cp)`` (one parallel pass)."""
+    N, F, H, W = a.shape
+    out = np.empty((N, H + 2 * pad[0], W + 2 * pad[1], m * Cp), dtype=a.dtype)
+    _run("depthwise.depthwise_pack", contiguous(a), pad[0], pad[1], m, out, work=out.size)
+    return out
+
+
+def _depthwise_weights(g, w, Cp):
+    """(C*m, 1, KH, KW) -> ``wk[k, i, j, c] = w[c*m + k, 0, i, j]``, zero for ``c >= C``."""
+    m = g.F // g.C
+    wk = np.zeros((m, g.KH, g.KW, Cp), dtype=w.dtype)
+    wk[..., :g.C] = w.reshape(g.C, m, g.KH, g.KW).transpose(1, 2, 3, 0)
+    return wk
+
+
+def _depthwise_geom(g):
+    return (g.sh, g.sw) + tuple(g.dilation)
+
+
+@_strategy("conv2d_forward", "depthwise", ["depthwise.depthwise_pack", "depthwise.depthwise_forward"],
+           Layout.NHWC_PADDED_LANES, "groups == C: NHWC, a vector of channels per pixel accumulates every tap "
+                                     "in a register; rows written back NCHW with the bias (and ReLU)")
+def _forward_depthwise(g, x, w, b, out, cpu, relu=False):
+    Cp = _depthwise_lanes(g, cpu, out.dtype)
+    packed = Packed(Layout.NHWC_PADDED_LANES, (g.ph, g.pw), _depthwise_pack(x, (g.ph, g.pw), 1, Cp))
+    _run("depthwise.depthwise_forward", cpu.width, packed.array, _depthwise_weights(g, w, Cp), b,
+         _depthwise_geom(g), relu, out, work=out.size * g.KH * g.KW)
+    return packed
+
+
+@_strategy("conv2d_input_grad", "depthwise", ["depthwise.depthwise_pack", "depthwise.depthwise_input_grad"], None,
+           "groups == C: dy packed NHWC; each dx pixel gathers the taps reaching it, a vector of channels at a time")
+def _input_grad_depthwise(plan, dy, w):
+    g = plan.geometry
+    Cp = _depthwise_lanes(g, plan.cpu, dy.dtype)
+    dx = np.empty(g.x_shape, dtype=dy.dtype)
+    _run("depthwise.depthwise_input_grad", plan.cpu.width, _depthwise_pack(dy, (0, 0), g.F // g.C, Cp),
+         _depthwise_weights(g, w, Cp), _depthwise_geom(g), (g.ph, g.pw), dx, work=dy.size * g.KH * g.KW)
+    return dx
+
+
+@_strategy("conv2d_weight_grad", "depthwise", ["depthwise.depthwise_pack", "depthwise.depthwise_weight_grad"],
+           Layout.NHWC_PADDED_LANES, "groups == C: a vector of channels per tap accumulated along each row of dy; "
+                                     "chunks of rows split between threads, partials summed in order")
+def _weight_grad_depthwise(g, x, dy, packed, cpu):
+    Cp = _depthwise_lanes(g, cpu, dy.dtype)
+    xp = _reuse(packed, Layout.NHWC_PADDED_LANES, g)
+    if xp is None or xp.shape[3] != Cp:
+        xp = _depthwise_pack(x, (g.ph, g.pw), 1, Cp)
+    m = g.F // g.C
+    chunks = max(1, min(numba.get_num_threads(), g.N * g.Ho))
+    part = np.empty((chunks, m, g.KH, g.KW, Cp), dtype=dy.dtype)
+    _run("depthwise.depthwise_weight_grad", cpu.width, xp, dy, _depthwise_geom(g), part,
+         work=dy.size * g.KH * g.KW)
+    dw = part.sum(axis=0) if chunks > 1 else part[0]  # partials summed in chunk order
+    # (m, KH, KW, Cp) -> (C*m, 1, KH, KW)
+    return contiguous(dw[..., :g.C].transpose(3, 0, 1, 2).reshape(g.F, 1, g.KH, g.KW))
+
+
+@functools.lru_cache(maxsize=1024)
+def _depthwise_plan(geometry, dtype, cpu, threads):
+    """The plan of a depthwise geometry (``groups == C``, any multiplier): the depthwise strategies."""
+    return ConvPlan(
+        geometry=geometry, dtype=dtype, cpu=cpu, threads=threads,
+        forward=STRATEGIES["conv2d_forward", "depthwise"],
+        input_grad=STRATEGIES["conv2d_input_grad", "depthwise"],
+        input_grad_inner=(),
+        weight_grad=STRATEGIES["conv2d_weight_grad", "depthwise"],
+        weight_grad_nonfinite=STRATEGIES["conv2d_weight_grad", "depthwise"],
+        bias_grad=STRATEGIES["conv2d_bias_grad", "plane_sums"],
+    )
+
+
+# ---------------------------------------------------------------------------------------
 # Convolution plans
 # ---------------------------------------------------------------------------------------
 
@@ -811,7 +897,7 @@ class ConvPlan:
         _check_operand(self, "w", w, g.w_shape)
         if g.N == 0:
             return np.zeros(g.x_shape, dtype=self.dtype)
-        if not np.isfinite(w).all():
+        if not g.depthwise and not np.isfinite(w).all():  # the depthwise gather never meets padding
             return _input_grad_nonfinite_weights(self, contiguous(dy), w)
         return self.input_grad.run(self, contiguous(dy), w)
 
@@ -886,6 +972,8 @@ def plan_conv2d(geometry, dtype, cpu=None):
     another CPU would take, e.g. the 256-bit (AVX2) kernels on an AVX-512 machine. Plans are cached;
     the thread count of the calling thread is part of the key.
     """
+    if geometry.depthwise:
+        return _depthwise_plan(geometry, np.dtype(dtype), HOST if cpu is None else cpu, numba.get_num_threads())
     if not geometry.dense:
         raise NotImplementedError(f"plan_conv2d: no strategy yet for dilation={geometry.dilation}, "
                                   f"groups={geometry.groups}")

@@ -21,6 +21,7 @@ callers guarantee every index):
 - :func:`vstore(a, i, v)`: ``a[i:i+L] = v``;
 - :func:`vfmab(acc, w, a, i)`: ``acc + w * a[i]`` (the scalar broadcast; one FMA with a
   broadcast memory operand on AVX-512);
+- :func:`vfma(acc, u, v)`: ``acc + u * v`` lane by lane (one FMA; the depthwise kernels);
 - :func:`vadd(u, v)`, :func:`vmax(u, v)`;
 - :func:`lanes(v)`: ``L``, a compile-time constant;
 - :func:`pow2(k)`: ``2.0 ** k`` for an integral float ``k``, from the exponent bits (scalar, vectorisable).
@@ -31,7 +32,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
 
-__all__ = ["Width", "W512", "W256", "Vec", "vzero", "vload", "vstore", "vfmab", "vadd", "vmax", "lanes", "pow2"]
+__all__ = ["Width", "W512", "W256", "Vec", "vzero", "vload", "vstore", "vfmab", "vfma", "vadd", "vmax", "lanes", "pow2"]
 
 
 class Width:
@@ -195,6 +196,18 @@ def vfmab(typingctx, acc, w, a, i):
         return builder.call(_fma(builder, vty), [args[1], _splat(builder, x, acc.count), args[0]])
 
     return acc(acc, w, a, i), codegen
+
+
+@intrinsic
+def vfma(typingctx, acc, u, v):
+    """``acc + u * v`` lane by lane: one fused multiply-add of three vectors."""
+    if not (isinstance(acc, VecType) and u == acc and v == acc):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.call(_fma(builder, context.get_value_type(acc)), [args[1], args[2], args[0]])
+
+    return acc(acc, u, v), codegen
 
 
 @intrinsic

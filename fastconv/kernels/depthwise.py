@@ -1,0 +1,264 @@
+"""The depthwise strategy: one input channel per group, the vector axis over the channels.
+
+Only ``@njit`` code; :mod:`fastconv.plan` decides when these run.
+
+A depthwise convolution (``groups == C``, weights ``(C*m, 1, KH, KW)`` for a channel
+multiplier ``m``; output channel ``f = c*m + k`` reads input channel ``c``) has no
+reduction over channels: each output is ``KH * KW`` products. As in XNNPACK's dwconv
+micro-kernels and oneDNN, the vector axis is the channel axis of an NHWC layout: one
+vector of ``L`` channels (16 float32 in a 512-bit register, 8 in a 256-bit one) of one
+pixel accumulates every tap in a register (:func:`fastconv.kernels.simd.vfma`), with one
+vector load of input and one of weights per tap.
+
+Layouts
+-------
+Activations: NHWC, zero-padded in space and with the channels zero-padded to ``Cp``, a
+whole number of vectors (:func:`depthwise_pack`); ``dy`` packed the same way has its
+channels split by multiplier, ``dyt[n, oh, ow, k*Cp + c] = dy[n, c*m + k, oh, ow]``.
+Weights: ``wk[k, i, j, c] = w[c*m + k, 0, i, j]``, zero for ``c >= C``. The padded
+lanes compute zeros that are never written out. The public API stays NCHW: each job
+computes one row into a small NHWC buffer and writes it transposed into the NCHW result
+(with the bias and the ReLU of the forward pass), so the only packing pass is the input's.
+
+Kernels
+-------
+- :func:`depthwise_pack`: NCHW -> zero-padded NHWC with channels split by multiplier and
+  padded to whole vectors (the input, and ``dy`` for the input gradient).
+- :func:`depthwise_forward`: the forward pass, one job per output row.
+- :func:`depthwise_input_grad`: the input gradient as a gather, one job per input row:
+  each ``dx`` pixel sums the taps that reach it (an index test per tap: strides, padding
+  and dilation; no atomics, and a weight never meets a padding zero, so non-finite
+  weights give the reference's answer).
+- :func:`depthwise_weight_grad`: the weight gradient, per-job partials over contiguous
+  chunks of the output rows (``dy`` transposed row by row inside the job); the caller sums
+  them in chunk order, so the result is bitwise reproducible for a given thread count.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ..config import PARALLEL_JIT
+from .simd import lanes, vadd, vfma, vload, vstore, vzero
+
+#: Channels per job of :func:`depthwise_pack` (as :func:`fastconv.kernels.pack.pack_nhwc_padded`:
+#: 16 sequential read streams, whole cache lines written).
+_PACK_CHANNELS = 16
+
+
+@njit(**PARALLEL_JIT)
+def depthwise_pack(a, ph, pw, m, out):
+    """``out[n, h+ph, w+pw, k*Cp + c] = a[n, c*m + k, h, w]``; zeros in the border and the padded lanes.
+
+    Parameters
+    ----------
+    a : (N, C*m, H, W) array
+        NCHW.
+    ph, pw : int
+        Zero padding of the height and width.
+    m : int
+        Channel multiplier: channel ``c*m + k`` goes to lane ``c`` of block ``k``.
+    out : (N, H+2ph, W+2pw, m*Cp) array
+        Fully overwritten (may come from ``np.empty``); ``Cp >= C``.
+    """
+    N, F, H, W = a.shape
+    Hp, Wp, MC = out.shape[1], out.shape[2], out.shape[3]
+    Cp = MC // m
+    C = F // m
+    blocks = (F + _PACK_CHANNELS - 1) // _PACK_CHANNELS
+    for job in prange(N * blocks):
+        n = job // blocks
+        f0 = (job - n * blocks) * _PACK_CHANNELS
+        f1 = min(F, f0 + _PACK_CHANNELS)
+        img = out[n]
+        for hp in range(Hp):
+            h = hp - ph
+            row = img[hp]
+            inside = h >= 0 and h < H
+            for wp in range(Wp):
+                if not (inside and wp >= pw and wp < pw + W):
+                    for f in range(f0, f1):
+                        c = f // m
+                        row[wp, (f - c * m) * Cp + c] = 0
+                if f1 == F:  # the last block's job zeroes the padded lanes
+                    for k in range(m):
+                        row[wp, k * Cp + C:(k + 1) * Cp] = 0
+            if inside:
+                for f in range(f0, f1):
+                    c = f // m
+                    lane = (f - c * m) * Cp + c
+                    src = a[n, f, h]
+                    for w in range(W):
+                        row[pw + w, lane] = src[w]
+
+
+@njit(**PARALLEL_JIT)
+def depthwise_forward(width, xp, wk, b, geom, relu, out):
+    """``out[n, c*m + k, oh, ow] = b[c*m + k] + sum_ij xp[n, oh*sh + i*dh, ow*sw + j*dw, c] * wk[k, i, j, c]``.
+
+    Parameters
+    ----------
+    width : fastconv.kernels.simd.Width
+        The register width: ``L`` lanes; ``Cp`` is a multiple of ``L``.
+    xp : (N, Hp, Wp, Cp) array
+        The input from :func:`depthwise_pack` (``m = 1``).
+    wk : (m, KH, KW, Cp) array
+        Weights (see the module).
+    b : (C*m,) array
+        Bias.
+    geom : (int, int, int, int)
+        ``(sh, sw, dh, dw)``: stride and dilation.
+    relu : bool
+        Apply ``max(y, 0)`` (NaN kept) to the output.
+    out : (N, C*m, Ho, Wo) array
+        NCHW, fully overwritten.
+    """
+    sh, sw, dh, dw = geom
+    N, Hp, Wp, Cp = xp.shape
+    m, KH, KW = wk.shape[0], wk.shape[1], wk.shape[2]
+    F, Ho, Wo = out.shape[1], out.shape[2], out.shape[3]
+    C = F // m
+    T = KH * KW
+    xf = xp.reshape(xp.size)
+    wf = wk.reshape(wk.size)
+    z = vzero(width, xf)
+    L = lanes(z)
+    xoff = np.empty(T, dtype=np.int64)  # tap t = (i, j) of a pixel, relative to its first
+    for t in range(T):
+        xoff[t] = ((t // KW) * dh * Wp + (t % KW) * dw) * Cp
+    zero = np.zeros(1, dtype=out.dtype)[0]
+    for job in prange(N * Ho):
+        n = job // Ho
+        oh = job - n * Ho
+        buf = np.empty(Wo * Cp, dtype=out.dtype)
+        row = (n * Hp + oh * sh) * Wp * Cp
+        for k in range(m):
+            wo = k * T * Cp
+            for ow in range(Wo):
+                base = row + ow * sw * Cp
+                for c0 in range(0, Cp, L):
+                    acc = z
+                    for t in range(T):
+                        acc = vfma(acc, vload(z, xf, base + xoff[t] + c0), vload(z, wf, wo + t * Cp + c0))
+                    vstore(buf, ow * Cp + c0, acc)
+            for c in range(C):
+                f = c * m + k
+                orow = out[n, f, oh]
+                bias = b[f]
+                for q in range(Wo):
+                    v = buf[q * Cp + c] + bias
+                    orow[q] = zero if relu and v <= zero else v
+
+
+@njit(**PARALLEL_JIT)
+def depthwise_input_grad(width, dyt, wk, geom, pad, dx):
+    """``dx[n, c, h, w] = sum dy[n, c*m + k, oh, ow] * w[c*m + k, 0, i, j]`` over the taps with
+    ``oh*sh + i*dh - ph == h`` and ``ow*sw + j*dw - pw == w`` inside the output.
+
+    Parameters
+    ----------
+    width : fastconv.kernels.simd.Width
+    dyt : (N, Ho, Wo, m*Cp) array
+        ``dy`` from :func:`depthwise_pack` (no padding, multiplier ``m``).
+    wk : (m, KH, KW, Cp) array
+        Weights (see the module).
+    geom : (int, int, int, int)
+        ``(sh, sw, dh, dw)``.
+    pad : (int, int)
+        ``(ph, pw)``.
+    dx : (N, C, H, W) array
+        NCHW, fully overwritten.
+    """
+    sh, sw, dh, dw = geom
+    ph, pw = pad
+    N, Ho, Wo, MC = dyt.shape
+    m, KH, KW, Cp = wk.shape
+    C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
+    T = KH * KW
+    df = dyt.reshape(dyt.size)
+    wf = wk.reshape(wk.size)
+    z = vzero(width, df)
+    L = lanes(z)
+    for job in prange(N * H):
+        n = job // H
+        h = job - n * H
+        buf = np.empty(W * Cp, dtype=dx.dtype)
+        src = np.empty(m * T, dtype=np.int64)  # the taps reaching one pixel: offsets into dyt and wk
+        wsrc = np.empty(m * T, dtype=np.int64)
+        for w in range(W):
+            count = 0
+            for t in range(T):
+                i = t // KW
+                u = h + ph - i * dh
+                v = w + pw - (t - i * KW) * dw
+                if u < 0 or v < 0 or u % sh != 0 or v % sw != 0 or u // sh >= Ho or v // sw >= Wo:
+                    continue
+                for k in range(m):
+                    src[count] = ((n * Ho + u // sh) * Wo + v // sw) * MC + k * Cp
+                    wsrc[count] = (k * T + t) * Cp
+                    count += 1
+            for c0 in range(0, Cp, L):
+                acc = z
+                for e in range(count):
+                    acc = vfma(acc, vload(z, df, src[e] + c0), vload(z, wf, wsrc[e] + c0))
+                vstore(buf, w * Cp + c0, acc)
+        for c in range(C):
+            drow = dx[n, c, h]
+            for q in range(W):
+                drow[q] = buf[q * Cp + c]
+
+
+@njit(**PARALLEL_JIT)
+def depthwise_weight_grad(width, xp, dy, geom, part):
+    """``part[t, k, i, j, c] = sum dy[n, c*m + k, oh, ow] * xp[n, oh*sh + i*dh, ow*sw + j*dw, c]`` over
+    the ``t``-th contiguous chunk of the ``N * Ho`` output rows (one job per chunk).
+
+    Parameters
+    ----------
+    width : fastconv.kernels.simd.Width
+    xp : (N, Hp, Wp, Cp) array
+        The input from :func:`depthwise_pack` (``m = 1``).
+    dy : (N, C*m, Ho, Wo) array
+        Output gradient, NCHW.
+    geom : (int, int, int, int)
+        ``(sh, sw, dh, dw)``.
+    part : (chunks, m, KH, KW, Cp) array
+        Fully overwritten; the lanes ``c >= C`` get zeros.
+    """
+    sh, sw, dh, dw = geom
+    N, Hp, Wp, Cp = xp.shape
+    F, Ho, Wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    chunks, m, KH, KW = part.shape[0], part.shape[1], part.shape[2], part.shape[3]
+    T = KH * KW
+    xf = xp.reshape(xp.size)
+    z = vzero(width, xf)
+    L = lanes(z)
+    rows = N * Ho
+    for ch in prange(chunks):
+        pf = part[ch].reshape(m * T * Cp)
+        pf[:] = 0
+        dyt = np.zeros(Wo * m * Cp, dtype=xp.dtype)  # one row of dy, NHWC; the padded lanes stay 0
+        for r in range(rows * ch // chunks, rows * (ch + 1) // chunks):
+            n = r // Ho
+            oh = r - n * Ho
+            for f in range(F):
+                c = f // m
+                lane = (f - c * m) * Cp + c
+                srow = dy[n, f, oh]
+                for ow in range(Wo):
+                    dyt[ow * m * Cp + lane] = srow[ow]
+            for t in range(T):
+                i = t // KW
+                xb = ((n * Hp + oh * sh + i * dh) * Wp + (t - i * KW) * dw) * Cp
+                for k in range(m):
+                    po = (k * T + t) * Cp
+                    for c0 in range(0, Cp, L):
+                        a0 = vload(z, pf, po + c0)
+                        a1 = z  # two chains: the FMA latency is not on the critical path
+                        for ow in range(0, Wo - 1, 2):
+                            a0 = vfma(a0, vload(z, dyt, (ow * m + k) * Cp + c0), vload(z, xf, xb + ow * sw * Cp + c0))
+                            a1 = vfma(a1, vload(z, dyt, ((ow + 1) * m + k) * Cp + c0),
+                                      vload(z, xf, xb + (ow + 1) * sw * Cp + c0))
+                        if Wo % 2 == 1:
+                            a0 = vfma(a0, vload(z, dyt, ((Wo - 1) * m + k) * Cp + c0),
+                                      vload(z, xf, xb + (Wo - 1) * sw * Cp + c0))
+                        vstore(pf, po + c0, vadd(a0, a1))
