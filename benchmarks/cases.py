@@ -388,7 +388,7 @@ CONV_BENCH = (
 CONV_ROWS = CONV_GRID + CONV_KERNELS + CONV_SHAPES + CONV_RANDOM + CONV_LAYERS + CONV_BENCH
 #: Depthwise rows (issue 15: ``groups == c``, any channel multiplier ``f // c``): small test
 #: rows for the kernels' edges (channels not a whole vector, multiplier 2, strides,
-#: dilation, 5x5), then MobileNet's 3x3 layers (benchmarks/bench_depthwise.py times them
+#: dilation, 5x5; narrow maps for the NHWC kernels, wide ones for the NCHW rows), then MobileNet's 3x3 layers (benchmarks/bench_depthwise.py times them
 #: against torch at ``bench_batch``). Not yet in :data:`CONV_ROWS`: the functional API
 #: (``fastconv.conv2d(groups=...)``, branch i15-kernels) and its tests must take ``groups``
 #: first; the plan-level tests walk :data:`CONV_PLAN_ROWS`.
@@ -397,6 +397,8 @@ CONV_DEPTHWISE = (
     ConvCase("dw-C17-m2-s2-d2", 2, 17, 9, 8, 34, 3, 2, 1, dilation=2, groups=17),
     ConvCase("dw-C40-k5", 1, 40, 7, 9, 40, 5, 1, 2, groups=40),
     ConvCase("dw-C16-k2x3-s3x1", 3, 16, 10, 7, 16, (2, 3), (3, 1), (0, 1), groups=16),
+    ConvCase("dw-wide-m2", 2, 4, 5, 40, 8, 3, 1, 1, groups=4),  # rows kernels (NCHW) at every width
+    ConvCase("dw-wide-s2-d2", 1, 3, 9, 70, 3, 3, 2, 2, dilation=2, groups=3),
     ConvCase("dw_c32_112", 1, 32, 112, 112, 32, 3, 1, 1, bench_batch=8, groups=32),
     ConvCase("dw_c96_56_s2", 1, 96, 56, 56, 96, 3, 2, 1, bench_batch=8, groups=96),
     ConvCase("dw_c144_56", 1, 144, 56, 56, 144, 3, 1, 1, bench_batch=8, groups=144),

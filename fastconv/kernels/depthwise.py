@@ -37,8 +37,8 @@ Kernels
 import numpy as np
 from numba import njit, prange
 
-from ..config import PARALLEL_JIT
-from .simd import lanes, vadd, vfma, vload, vstore, vzero
+from ..config import PARALLEL_JIT, SERIAL_JIT
+from .simd import lanes, vadd, vfma, vfmab, vload, vmax, vstore, vzero
 
 #: Channels per job of :func:`depthwise_pack` (as :func:`fastconv.kernels.pack.pack_nhwc_padded`:
 #: 16 sequential read streams, whole cache lines written).
@@ -262,3 +262,145 @@ def depthwise_weight_grad(width, xp, dy, geom, part):
                             a0 = vfma(a0, vload(z, dyt, ((Wo - 1) * m + k) * Cp + c0),
                                       vload(z, xf, xb + (Wo - 1) * sw * Cp + c0))
                         vstore(pf, po + c0, vadd(a0, a1))
+
+
+@njit(**SERIAL_JIT, inline="always")
+def _fill_phases(x, n, plane, pad, sw, Qs, buf, bo):
+    """Copy plane ``x[n, plane]`` into ``buf[bo:]`` zero-padded by ``pad`` and split by column phase:
+    ``buf[bo + (r*sw + p)*Qs + q] = xpad[r, q*sw + p]``; the rest of the region is left as it was (zeros)."""
+    ph, pw = pad
+    H, W = x.shape[2], x.shape[3]
+    for h in range(H):
+        src = x[n, plane, h]
+        for p in range(sw):
+            q0 = max(0, -(-(pw - p) // sw))  # the first q with q*sw + p - pw >= 0
+            q1 = (W - 1 + pw - p) // sw + 1 if W - 1 + pw - p >= 0 else 0
+            row = bo + ((h + ph) * sw + p) * Qs
+            for q in range(q0, q1):
+                buf[row + q] = src[q * sw + p - pw]
+
+
+@njit(**PARALLEL_JIT)
+def depthwise_rows_forward(width, x, wt, b, geom, relu, out):
+    """NCHW depthwise correlation, the vector axis along the output row; one job per group of planes.
+
+    Group ``g`` has ``mi`` input planes and ``mo`` output planes (the forward pass: ``mi = 1``,
+    ``mo = m``; the stride-1 input gradient: ``mi = m``, ``mo = 1``):
+    ``out[n, g*mo + o] = b[g*mo + o] + sum_ii corr(xpad[n, g*mi + ii], wt[(g*mo + o)*mi + ii])``.
+    The job copies its ``mi`` planes zero-padded and split by column phase (:func:`_fill_phases`)
+    into a buffer the caches hold, so every tap of ``L`` consecutive outputs is one contiguous load.
+
+    Parameters
+    ----------
+    width : fastconv.kernels.simd.Width
+    x : (N, G*mi, H, W) array
+        NCHW, C-contiguous.
+    wt : (G*mo*mi, KH, KW) array
+    b : (G*mo,) array
+    geom : (int, int, int, int, int, int)
+        ``(sh, sw, dh, dw, ph, pw)``.
+    relu : bool
+        ``max(y, 0)`` (NaN kept).
+    out : (N, G*mo, Ho, Wo) array
+        NCHW, C-contiguous, fully overwritten.
+    """
+    sh, sw, dh, dw, ph, pw = geom
+    N, CI, H, W = x.shape
+    CO, Ho, Wo = out.shape[1], out.shape[2], out.shape[3]
+    KH, KW = wt.shape[1], wt.shape[2]
+    T = KH * KW
+    mi = wt.shape[0] // CO
+    mo = CO * mi // CI
+    wf = wt.reshape(wt.size)
+    of = out.reshape(out.size)
+    z = vzero(width, wf)
+    L = lanes(z)
+    Wv = (Wo + L - 1) // L * L
+    Qs = max(Wv + ((KW - 1) * dw) // sw, (W + 2 * pw + sw - 1) // sw)
+    Hp = max(H + 2 * ph, (Ho - 1) * sh + (KH - 1) * dh + 1)
+    toff = np.empty(T, dtype=np.int64)
+    for t in range(T):
+        toff[t] = (((t // KW) * dh) * sw + ((t % KW) * dw) % sw) * Qs + ((t % KW) * dw) // sw
+    ones = np.ones(L, dtype=wf.dtype)
+    for job in prange(N * (CI // mi)):
+        n = job // (CI // mi)
+        g = job - n * (CI // mi)
+        buf = np.zeros(mi * Hp * sw * Qs, dtype=wf.dtype)
+        for ii in range(mi):
+            _fill_phases(x, n, g * mi + ii, (ph, pw), sw, Qs, buf, ii * Hp * sw * Qs)
+        row = np.empty(Wv, dtype=wf.dtype)
+        for o in range(mo):
+            f = g * mo + o
+            for oh in range(Ho):
+                for ow0 in range(0, Wv, L):
+                    acc = vfmab(z, vload(z, ones, 0), b, f)
+                    for ii in range(mi):
+                        base = ii * Hp * sw * Qs + oh * sh * sw * Qs + ow0
+                        wo = ((f * mi) + ii) * T
+                        for t in range(T):
+                            acc = vfmab(acc, vload(z, buf, base + toff[t]), wf, wo + t)
+                    if relu:
+                        acc = vmax(acc, z)
+                    vstore(row, ow0, acc)
+                ob = ((n * CO + f) * Ho + oh) * Wo
+                of[ob:ob + Wo] = row[:Wo]
+
+
+@njit(**PARALLEL_JIT)
+def depthwise_rows_weight_grad(width, x, dy, geom, KH, part):
+    """``part[n, f, i*KW + j] = sum_{oh, ow} dy[n, f, oh, ow] * xpad[n, f // m, oh*sh + i*dh, ow*sw + j*dw]``,
+    one job per ``(n, c)`` (its ``m`` filters), the vector axis along the rows of ``dy``.
+
+    Parameters
+    ----------
+    width : fastconv.kernels.simd.Width
+    x : (N, C, H, W) array
+        NCHW, C-contiguous.
+    dy : (N, C*m, Ho, Wo) array
+        NCHW, C-contiguous.
+    geom : (int, int, int, int, int, int)
+        ``(sh, sw, dh, dw, ph, pw)``.
+    KH : int
+        Kernel height.
+    part : (N, C*m, KH*KW) array
+        Fully overwritten; the caller sums it over ``n`` (a fixed order for any thread count).
+    """
+    sh, sw, dh, dw, ph, pw = geom
+    N, C, H, W = x.shape
+    F, Ho, Wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    T = part.shape[2]
+    KW = T // KH
+    m = F // C
+    df = dy.reshape(dy.size)
+    z = vzero(width, df)
+    L = lanes(z)
+    Wf = Wo // L * L  # full vectors; the tail goes scalar (no padded lane may meet an infinity)
+    zero = np.zeros(1, dtype=df.dtype)[0]
+    Qs = max(Wo + ((KW - 1) * dw) // sw, (W + 2 * pw + sw - 1) // sw)
+    Hp = max(H + 2 * ph, (Ho - 1) * sh + (KH - 1) * dh + 1)
+    for job in prange(N * C):
+        n = job // C
+        c = job - n * C
+        buf = np.zeros(Hp * sw * Qs, dtype=df.dtype)
+        _fill_phases(x, n, c, (ph, pw), sw, Qs, buf, 0)
+        lanesum = np.empty(L, dtype=df.dtype)
+        for k in range(m):
+            f = c * m + k
+            for t in range(T):
+                i = t // KW
+                off = ((i * dh) * sw + ((t - i * KW) * dw) % sw) * Qs + ((t - i * KW) * dw) // sw
+                a0 = z
+                a1 = z
+                tail = zero
+                for oh in range(Ho):
+                    d0 = ((n * F + f) * Ho + oh) * Wo
+                    x0 = oh * sh * sw * Qs + off
+                    for ow0 in range(0, Wf - L, 2 * L):
+                        a0 = vfma(a0, vload(z, df, d0 + ow0), vload(z, buf, x0 + ow0))
+                        a1 = vfma(a1, vload(z, df, d0 + ow0 + L), vload(z, buf, x0 + ow0 + L))
+                    if Wf // L % 2 == 1:
+                        a0 = vfma(a0, vload(z, df, d0 + Wf - L), vload(z, buf, x0 + Wf - L))
+                    for ow in range(Wf, Wo):
+                        tail += df[d0 + ow] * buf[x0 + ow]
+                vstore(lanesum, 0, vadd(a0, a1))
+                part[n, f, t] = lanesum.sum() + tail
