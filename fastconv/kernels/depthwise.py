@@ -295,8 +295,49 @@ def _fill_phases(x, n, plane, pad, sw, Qs, buf, bo):
             q0 = max(0, -(-(pw - p) // sw))  # the first q with q*sw + p - pw >= 0
             q1 = (W - 1 + pw - p) // sw + 1 if W - 1 + pw - p >= 0 else 0
             row = bo + ((h + ph) * sw + p) * Qs
+            if sw == 1:
+                buf[row + pw:row + pw + W] = src
+                continue
             for q in range(q0, q1):
                 buf[row + q] = src[q * sw + p - pw]
+
+
+@njit(**SERIAL_JIT, inline="always")
+def _rows_tile_4(z, buf, src, toff, wf, wo, init, dst):
+    """Four consecutive vectors of outputs (four independent FMA chains):
+    ``dst[0][dst[1] + v*L + l] = init[0] + sum_{ii, t} buf[base + ii*plane + toff[t] + v*L + l] * wf[wo + ii*T + t]``
+    for ``v < 4``, ``(base, plane, mi) = src``; ``max(., 0)`` when ``init[1]``."""
+    L = lanes(z)
+    base, plane, mi = src
+    bias, relu = init
+    T = toff.size
+    a0 = a1 = a2 = a3 = bias
+    for ii in range(mi):
+        for t in range(T):
+            o = base + ii * plane + toff[t]
+            wi = wo + ii * T + t
+            a0 = vfmab(a0, vload(z, buf, o), wf, wi)
+            a1 = vfmab(a1, vload(z, buf, o + L), wf, wi)
+            a2 = vfmab(a2, vload(z, buf, o + 2 * L), wf, wi)
+            a3 = vfmab(a3, vload(z, buf, o + 3 * L), wf, wi)
+    out, at = dst
+    if relu:
+        a0, a1, a2, a3 = vmax(a0, z), vmax(a1, z), vmax(a2, z), vmax(a3, z)
+    vstore(out, at, a0)
+    vstore(out, at + L, a1)
+    vstore(out, at + 2 * L, a2)
+    vstore(out, at + 3 * L, a3)
+
+
+@njit(**SERIAL_JIT, inline="always")
+def _rows_tile_1(z, buf, src, toff, wf, wo, init, dst):
+    """One vector of outputs, as :func:`_rows_tile_4`."""
+    base, plane, mi = src
+    acc, relu = init
+    for ii in range(mi):
+        for t in range(toff.size):
+            acc = vfmab(acc, vload(z, buf, base + ii * plane + toff[t]), wf, wo + ii * toff.size + t)
+    vstore(dst[0], dst[1], vmax(acc, z) if relu else acc)
 
 
 @njit(**PARALLEL_JIT)
@@ -340,7 +381,7 @@ def depthwise_rows_forward(width, x, wt, b, geom, relu, out):
     toff = np.empty(T, dtype=np.int64)
     for t in range(T):
         toff[t] = (((t // KW) * dh) * sw + ((t % KW) * dw) % sw) * Qs + ((t % KW) * dw) // sw
-    ones = np.ones(L, dtype=wf.dtype)
+    one = vload(z, np.ones(L, dtype=wf.dtype), 0)
     for job in prange(N * (CI // mi)):
         n = job // (CI // mi)
         g = job - n * (CI // mi)
@@ -348,21 +389,24 @@ def depthwise_rows_forward(width, x, wt, b, geom, relu, out):
         for ii in range(mi):
             _fill_phases(x, n, g * mi + ii, (ph, pw), sw, Qs, buf, ii * Hp * sw * Qs)
         row = np.empty(Wv, dtype=wf.dtype)
+        plane = Hp * sw * Qs
         for o in range(mo):
             f = g * mo + o
+            init = (vfmab(z, one, b, f), relu)
             for oh in range(Ho):
-                for ow0 in range(0, Wv, L):
-                    acc = vfmab(z, vload(z, ones, 0), b, f)
-                    for ii in range(mi):
-                        base = ii * Hp * sw * Qs + oh * sh * sw * Qs + ow0
-                        wo = ((f * mi) + ii) * T
-                        for t in range(T):
-                            acc = vfmab(acc, vload(z, buf, base + toff[t]), wf, wo + t)
-                    if relu:
-                        acc = vmax(acc, z)
-                    vstore(row, ow0, acc)
                 ob = ((n * CO + f) * Ho + oh) * Wo
-                of[ob:ob + Wo] = row[:Wo]
+                base = oh * sh * sw * Qs
+                if Wo >= 4 * L:  # tiles of 4 vectors, the last one overlapping the one before it
+                    for t4 in range((Wo + 4 * L - 1) // (4 * L)):
+                        ow0 = min(t4 * 4 * L, Wo - 4 * L)
+                        _rows_tile_4(z, buf, (base + ow0, plane, mi), toff, wf, f * mi * T, init, (of, ob + ow0))
+                elif Wo >= L:
+                    for t1 in range((Wo + L - 1) // L):
+                        ow0 = min(t1 * L, Wo - L)
+                        _rows_tile_1(z, buf, (base + ow0, plane, mi), toff, wf, f * mi * T, init, (of, ob + ow0))
+                else:  # narrower than a vector: through the row buffer
+                    _rows_tile_1(z, buf, (base, plane, mi), toff, wf, f * mi * T, init, (row, 0))
+                    of[ob:ob + Wo] = row[:Wo]
 
 
 @njit(**PARALLEL_JIT)
