@@ -98,21 +98,23 @@ class Tuning:
         pool costs more than the work (a 2x7x6 input took 0.5-20 ms on two threads under
         load, 0.014 ms on one).
     depthwise_rows : float
-        A depthwise forward pass (and stride-1 input gradient) whose rows are at least this
-        many vectors long runs ``depthwise_rows`` (NCHW, the vector along the row), else the
-        NHWC ``depthwise`` kernels (the vector over channels): MobileNet's 3x3 on 8 x 144 x 56 x 56,
-        float32, 1 thread, 6.7 ms against 14.8; on 14 x 14 maps 1.9 against 2.8; on 7 x 7 2.2 against 1.8.
+        A depthwise forward pass (and stride-1 input gradient) whose output rows are at least
+        this many vectors long runs ``depthwise_rows`` (NCHW, the vector along the row), else
+        the NHWC ``depthwise`` kernels (the vector over channels). float32, 512-bit, 1 thread
+        (``benchmarks/bench_depthwise.py``): 8 x 144 x 56 x 56 3.9 ms against 14.2; 8 x 384 x 14 x 14
+        1.1 against 2.7; 8 x 960 x 7 x 7 1.4 against 1.9; 4-wide outputs 1.7 against 1.3 (8 x 960 x 7 x 7
+        at stride 2), 3-wide 0.74 against 0.63.
     depthwise_rows_weight_grad : float
         The same for the depthwise weight gradient (per-tap dot products along the rows):
-        112 x 112 maps 6.1 ms against 11.1, 28-wide outputs about even, 14 x 14 7.9 against 4.0.
+        112 x 112 maps 4.5 ms against 11.6, 14 x 14 2.0 against 4.0, 7 x 7 2.9 against 1.8.
     """
 
     short_reduction: int = 32
     short_row: int = 16
     big_partials: int = 4 << 20
     small_work: int = 1 << 18
-    depthwise_rows: float = 0.75
-    depthwise_rows_weight_grad: float = 2.0
+    depthwise_rows: float = 0.3
+    depthwise_rows_weight_grad: float = 0.75
 
 
 TUNING = Tuning()

@@ -57,7 +57,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..config import PARALLEL_JIT, SERIAL_JIT
-from .simd import lanes, vadd, vfma, vfmab, vload, vmax, vstore, vzero
+from .simd import lanes, vadd, vfma, vfmab, vload, vmask, vmax, vstore, vzero
 
 #: Channels per job of :func:`depthwise_pack` (as :func:`fastconv.kernels.pack.pack_nhwc_padded`:
 #: 16 sequential read streams, whole cache lines written).
@@ -414,6 +414,10 @@ def depthwise_rows_weight_grad(width, x, dy, geom, KH, part):
     """``part[n, f, i*KW + j] = sum_{oh, ow} dy[n, f, oh, ow] * xpad[n, f // m, oh*sh + i*dh, ow*sw + j*dw]``,
     one job per ``(n, c)`` (its ``m`` filters), the vector axis along the rows of ``dy``.
 
+    The job copies ``dy[n, f]`` into rows zero-padded to whole vectors; the lanes past the
+    row's end take ``x`` through :func:`fastconv.kernels.simd.vmask` (0, so an infinity
+    there adds nothing). Two FMA chains (even and odd rows).
+
     Parameters
     ----------
     width : fastconv.kernels.simd.Width
@@ -434,36 +438,38 @@ def depthwise_rows_weight_grad(width, x, dy, geom, KH, part):
     T = part.shape[2]
     KW = T // KH
     m = F // C
-    df = dy.reshape(dy.size)
-    z = vzero(width, df)
+    z = vzero(width, part.reshape(part.size))
     L = lanes(z)
-    Wf = Wo // L * L  # full vectors; the tail goes scalar (no padded lane may meet an infinity)
-    zero = np.zeros(1, dtype=df.dtype)[0]
-    Qs = max(Wo + ((KW - 1) * dw) // sw, (W + 2 * pw + sw - 1) // sw)
+    nv = (Wo + L - 1) // L
+    Wv = nv * L
+    Qs = max(Wv + ((KW - 1) * dw) // sw, (W + 2 * pw + sw - 1) // sw)
     Hp = max(H + 2 * ph, (Ho - 1) * sh + (KH - 1) * dh + 1)
+    masks = np.zeros(Wv, dtype=part.dtype)
+    masks[:Wo] = 1
     for job in prange(N * C):
         n = job // C
         c = job - n * C
-        buf = np.zeros(Hp * sw * Qs, dtype=df.dtype)
+        buf = np.zeros(Hp * sw * Qs, dtype=part.dtype)
         _fill_phases(x, n, c, (ph, pw), sw, Qs, buf, 0)
-        lanesum = np.empty(L, dtype=df.dtype)
+        dyb = np.zeros(Ho * Wv, dtype=part.dtype)
+        lanesum = np.empty(L, dtype=part.dtype)
         for k in range(m):
             f = c * m + k
+            for oh in range(Ho):
+                dyb[oh * Wv:oh * Wv + Wo] = dy[n, f, oh]
             for t in range(T):
                 i = t // KW
                 off = ((i * dh) * sw + ((t - i * KW) * dw) % sw) * Qs + ((t - i * KW) * dw) // sw
                 a0 = z
                 a1 = z
-                tail = zero
-                for oh in range(Ho):
-                    d0 = ((n * F + f) * Ho + oh) * Wo
+                for oh in range(0, Ho, 2):
                     x0 = oh * sh * sw * Qs + off
-                    for ow0 in range(0, Wf - L, 2 * L):
-                        a0 = vfma(a0, vload(z, df, d0 + ow0), vload(z, buf, x0 + ow0))
-                        a1 = vfma(a1, vload(z, df, d0 + ow0 + L), vload(z, buf, x0 + ow0 + L))
-                    if Wf // L % 2 == 1:
-                        a0 = vfma(a0, vload(z, df, d0 + Wf - L), vload(z, buf, x0 + Wf - L))
-                    for ow in range(Wf, Wo):
-                        tail += df[d0 + ow] * buf[x0 + ow]
+                    pair = oh + 1 < Ho
+                    for v in range(nv):
+                        mk = vload(z, masks, v * L)
+                        a0 = vfma(a0, vload(z, dyb, oh * Wv + v * L), vmask(vload(z, buf, x0 + v * L), mk))
+                        if pair:
+                            a1 = vfma(a1, vload(z, dyb, (oh + 1) * Wv + v * L),
+                                      vmask(vload(z, buf, x0 + sh * sw * Qs + v * L), mk))
                 vstore(lanesum, 0, vadd(a0, a1))
-                part[n, f, t] = lanesum.sum() + tail
+                part[n, f, t] = lanesum.sum()

@@ -23,6 +23,8 @@ callers guarantee every index):
   broadcast memory operand on AVX-512);
 - :func:`vfma(acc, u, v)`: ``acc + u * v`` lane by lane (one FMA; the depthwise kernels);
 - :func:`vadd(u, v)`, :func:`vmax(u, v)`;
+- :func:`vmask(v, m)`: ``v`` where ``m`` is non-zero, else 0 (a select: an infinity or NaN of ``v``
+  in a masked-off lane is dropped, not multiplied by 0);
 - :func:`lanes(v)`: ``L``, a compile-time constant;
 - :func:`pow2(k)`: ``2.0 ** k`` for an integral float ``k``, from the exponent bits (scalar, vectorisable).
 """
@@ -32,7 +34,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
 
-__all__ = ["Width", "W512", "W256", "Vec", "vzero", "vload", "vstore", "vfmab", "vfma", "vadd", "vmax", "lanes", "pow2"]
+__all__ = ["Width", "W512", "W256", "Vec", "vzero", "vload", "vstore", "vfmab", "vfma", "vadd", "vmax", "vmask", "lanes", "pow2"]
 
 
 class Width:
@@ -234,6 +236,19 @@ def vmax(typingctx, u, v):
         return builder.select(keep, args[0], args[1])
 
     return u(u, v), codegen
+
+
+@intrinsic
+def vmask(typingctx, v, m):
+    """``v`` in the lanes where ``m`` is non-zero, 0 in the others (a select, not a product)."""
+    if not (isinstance(v, VecType) and v == m):
+        return None
+
+    def codegen(context, builder, sig, args):
+        zero = ir.Constant(args[0].type, None)
+        return builder.select(builder.fcmp_unordered("une", args[1], zero), args[0], zero)
+
+    return v(v, m), codegen
 
 
 @intrinsic
