@@ -59,6 +59,9 @@ from numba import njit, prange
 from ..config import PARALLEL_JIT, SERIAL_JIT
 from .simd import lanes, vadd, vfma, vfmab, vload, vmask, vmax, vstore, vzero
 
+#: Jobs of the rows kernels: each takes a contiguous range of planes and allocates its buffers once.
+_JOBS = 64
+
 #: Channels per job of :func:`depthwise_pack` (as :func:`fastconv.kernels.pack.pack_nhwc_padded`:
 #: 16 sequential read streams, whole cache lines written).
 _PACK_CHANNELS = 16
@@ -289,55 +292,43 @@ def _fill_phases(x, n, plane, pad, sw, Qs, buf, bo):
     ``buf[bo + (r*sw + p)*Qs + q] = xpad[r, q*sw + p]``; the rest of the region is left as it was (zeros)."""
     ph, pw = pad
     H, W = x.shape[2], x.shape[3]
-    for h in range(H):
-        src = x[n, plane, h]
-        for p in range(sw):
-            q0 = max(0, -(-(pw - p) // sw))  # the first q with q*sw + p - pw >= 0
-            q1 = (W - 1 + pw - p) // sw + 1 if W - 1 + pw - p >= 0 else 0
+    for p in range(sw):
+        q0 = max(0, -(-(pw - p) // sw))  # the first q with q*sw + p - pw >= 0
+        q1 = (W - 1 + pw - p) // sw + 1 if W - 1 + pw - p >= 0 else 0
+        for h in range(H):
+            src = x[n, plane, h]
             row = bo + ((h + ph) * sw + p) * Qs
             if sw == 1:
                 buf[row + pw:row + pw + W] = src
-                continue
-            for q in range(q0, q1):
-                buf[row + q] = src[q * sw + p - pw]
+            else:
+                for q in range(q0, q1):
+                    buf[row + q] = src[q * sw + p - pw]
 
 
-@njit(**SERIAL_JIT, inline="always")
+@njit(**SERIAL_JIT)
 def _rows_tile_4(z, buf, src, toff, wf, wo, init, dst):
-    """Four consecutive vectors of outputs (four independent FMA chains):
-    ``dst[0][dst[1] + v*L + l] = init[0] + sum_{ii, t} buf[base + ii*plane + toff[t] + v*L + l] * wf[wo + ii*T + t]``
-    for ``v < 4``, ``(base, plane, mi) = src``; ``max(., 0)`` when ``init[1]``."""
-    L = lanes(z)
-    base, plane, mi = src
+    """Four vectors of outputs (four independent FMA chains): for ``v < 4``,
+    ``out[oo[v] + l] = init[0] + sum_{ii, t} buf[xo[v] + ii*plane + toff[t] + l] * wf[wo + ii*T + t]``
+    with ``(xo, plane, mi) = src`` and ``(out, oo) = dst``; ``max(., 0)`` when ``init[1]``."""
+    xo, plane, mi = src
+    out, oo = dst
     bias, relu = init
     T = toff.size
     a0 = a1 = a2 = a3 = bias
     for ii in range(mi):
         for t in range(T):
-            o = base + ii * plane + toff[t]
+            o = ii * plane + toff[t]
             wi = wo + ii * T + t
-            a0 = vfmab(a0, vload(z, buf, o), wf, wi)
-            a1 = vfmab(a1, vload(z, buf, o + L), wf, wi)
-            a2 = vfmab(a2, vload(z, buf, o + 2 * L), wf, wi)
-            a3 = vfmab(a3, vload(z, buf, o + 3 * L), wf, wi)
-    out, at = dst
+            a0 = vfmab(a0, vload(z, buf, xo[0] + o), wf, wi)
+            a1 = vfmab(a1, vload(z, buf, xo[1] + o), wf, wi)
+            a2 = vfmab(a2, vload(z, buf, xo[2] + o), wf, wi)
+            a3 = vfmab(a3, vload(z, buf, xo[3] + o), wf, wi)
     if relu:
         a0, a1, a2, a3 = vmax(a0, z), vmax(a1, z), vmax(a2, z), vmax(a3, z)
-    vstore(out, at, a0)
-    vstore(out, at + L, a1)
-    vstore(out, at + 2 * L, a2)
-    vstore(out, at + 3 * L, a3)
-
-
-@njit(**SERIAL_JIT, inline="always")
-def _rows_tile_1(z, buf, src, toff, wf, wo, init, dst):
-    """One vector of outputs, as :func:`_rows_tile_4`."""
-    base, plane, mi = src
-    acc, relu = init
-    for ii in range(mi):
-        for t in range(toff.size):
-            acc = vfmab(acc, vload(z, buf, base + ii * plane + toff[t]), wf, wo + ii * toff.size + t)
-    vstore(dst[0], dst[1], vmax(acc, z) if relu else acc)
+    vstore(out, oo[0], a0)
+    vstore(out, oo[1], a1)
+    vstore(out, oo[2], a2)
+    vstore(out, oo[3], a3)
 
 
 @njit(**PARALLEL_JIT)
@@ -348,7 +339,8 @@ def depthwise_rows_forward(width, x, wt, b, geom, relu, out):
     ``mo = m``; the stride-1 input gradient: ``mi = m``, ``mo = 1``):
     ``out[n, g*mo + o] = b[g*mo + o] + sum_ii corr(xpad[n, g*mi + ii], wt[(g*mo + o)*mi + ii])``.
     The job copies its ``mi`` planes zero-padded and split by column phase (:func:`_fill_phases`)
-    into a buffer the caches hold, so every tap of ``L`` consecutive outputs is one contiguous load.
+    into a buffer the caches hold, so every tap of ``L`` consecutive outputs is one contiguous load;
+    register tiles of 4 vectors (:func:`_rows_tile_4`) along the rows, or across rows on narrow maps.
 
     Parameters
     ----------
@@ -382,31 +374,44 @@ def depthwise_rows_forward(width, x, wt, b, geom, relu, out):
     for t in range(T):
         toff[t] = (((t // KW) * dh) * sw + ((t % KW) * dw) % sw) * Qs + ((t % KW) * dw) // sw
     one = vload(z, np.ones(L, dtype=wf.dtype), 0)
-    for job in prange(N * (CI // mi)):
-        n = job // (CI // mi)
-        g = job - n * (CI // mi)
+    # Vector slots: (oh, v) in row-major order, taken 4 at a time (the last tile repeats the last
+    # slot: its stores are idempotent); slot s reads buf at xs[s] and writes the plane at oofs[s].
+    nvec = (Wo + L - 1) // L
+    S = Ho * nvec
+    xs = np.empty(S, dtype=np.int64)
+    oofs = np.empty(S, dtype=np.int64)
+    for s in range(S):
+        ow0 = min((s % nvec) * L, max(Wo - L, 0))  # the row's last vector overlaps the one before it
+        xs[s] = (s // nvec) * sh * sw * Qs + ow0
+        oofs[s] = (s // nvec) * Wo + ow0
+    groups = N * (CI // mi)
+    jobs = min(groups, _JOBS)
+    for job in prange(jobs):
+        # A job's buffer is zeroed once: each plane's copy overwrites the same interior, the border stays 0.
         buf = np.zeros(mi * Hp * sw * Qs, dtype=wf.dtype)
-        for ii in range(mi):
-            _fill_phases(x, n, g * mi + ii, (ph, pw), sw, Qs, buf, ii * Hp * sw * Qs)
-        row = np.empty(Wv, dtype=wf.dtype)
+        narrow = np.empty(4 * L, dtype=wf.dtype)  # rows narrower than a vector go through here
         plane = Hp * sw * Qs
-        for o in range(mo):
-            f = g * mo + o
-            init = (vfmab(z, one, b, f), relu)
-            for oh in range(Ho):
-                ob = ((n * CO + f) * Ho + oh) * Wo
-                base = oh * sh * sw * Qs
-                if Wo >= 4 * L:  # tiles of 4 vectors, the last one overlapping the one before it
-                    for t4 in range((Wo + 4 * L - 1) // (4 * L)):
-                        ow0 = min(t4 * 4 * L, Wo - 4 * L)
-                        _rows_tile_4(z, buf, (base + ow0, plane, mi), toff, wf, f * mi * T, init, (of, ob + ow0))
-                elif Wo >= L:
-                    for t1 in range((Wo + L - 1) // L):
-                        ow0 = min(t1 * L, Wo - L)
-                        _rows_tile_1(z, buf, (base + ow0, plane, mi), toff, wf, f * mi * T, init, (of, ob + ow0))
-                else:  # narrower than a vector: through the row buffer
-                    _rows_tile_1(z, buf, (base, plane, mi), toff, wf, f * mi * T, init, (row, 0))
-                    of[ob:ob + Wo] = row[:Wo]
+        for gj in range(groups * job // jobs, groups * (job + 1) // jobs):
+            n = gj // (CI // mi)
+            g = gj - n * (CI // mi)
+            for ii in range(mi):
+                _fill_phases(x, n, g * mi + ii, (ph, pw), sw, Qs, buf, ii * plane)
+            for o in range(mo):
+                f = g * mo + o
+                init = (vfmab(z, one, b, f), relu)
+                ob = (n * CO + f) * Ho * Wo
+                for s0 in range(0, S, 4):
+                    s1, s2, s3 = min(s0 + 1, S - 1), min(s0 + 2, S - 1), min(s0 + 3, S - 1)
+                    xo = (xs[s0], xs[s1], xs[s2], xs[s3])
+                    if Wo >= L:
+                        oo = (ob + oofs[s0], ob + oofs[s1], ob + oofs[s2], ob + oofs[s3])
+                        _rows_tile_4(z, buf, (xo, plane, mi), toff, wf, f * mi * T, init, (of, oo))
+                        continue
+                    oo = (0, L, 2 * L, 3 * L)
+                    _rows_tile_4(z, buf, (xo, plane, mi), toff, wf, f * mi * T, init, (narrow, oo))
+                    for v in range(min(4, S - s0)):
+                        for q in range(Wo):
+                            of[ob + oofs[s0 + v] + q] = narrow[v * L + q]
 
 
 @njit(**PARALLEL_JIT)
@@ -446,30 +451,32 @@ def depthwise_rows_weight_grad(width, x, dy, geom, KH, part):
     Hp = max(H + 2 * ph, (Ho - 1) * sh + (KH - 1) * dh + 1)
     masks = np.zeros(Wv, dtype=part.dtype)
     masks[:Wo] = 1
-    for job in prange(N * C):
-        n = job // C
-        c = job - n * C
-        buf = np.zeros(Hp * sw * Qs, dtype=part.dtype)
-        _fill_phases(x, n, c, (ph, pw), sw, Qs, buf, 0)
+    jobs = min(N * C, _JOBS)
+    for job in prange(jobs):
+        buf = np.zeros(Hp * sw * Qs, dtype=part.dtype)  # zeroed once, as in depthwise_rows_forward
         dyb = np.zeros(Ho * Wv, dtype=part.dtype)
         lanesum = np.empty(L, dtype=part.dtype)
-        for k in range(m):
-            f = c * m + k
-            for oh in range(Ho):
-                dyb[oh * Wv:oh * Wv + Wo] = dy[n, f, oh]
-            for t in range(T):
-                i = t // KW
-                off = ((i * dh) * sw + ((t - i * KW) * dw) % sw) * Qs + ((t - i * KW) * dw) // sw
-                a0 = z
-                a1 = z
-                for oh in range(0, Ho, 2):
-                    x0 = oh * sh * sw * Qs + off
-                    pair = oh + 1 < Ho
-                    for v in range(nv):
-                        mk = vload(z, masks, v * L)
-                        a0 = vfma(a0, vload(z, dyb, oh * Wv + v * L), vmask(vload(z, buf, x0 + v * L), mk))
-                        if pair:
-                            a1 = vfma(a1, vload(z, dyb, (oh + 1) * Wv + v * L),
-                                      vmask(vload(z, buf, x0 + sh * sw * Qs + v * L), mk))
-                vstore(lanesum, 0, vadd(a0, a1))
-                part[n, f, t] = lanesum.sum()
+        for nc in range(N * C * job // jobs, N * C * (job + 1) // jobs):
+            n = nc // C
+            c = nc - n * C
+            _fill_phases(x, n, c, (ph, pw), sw, Qs, buf, 0)
+            for k in range(m):
+                f = c * m + k
+                for oh in range(Ho):
+                    dyb[oh * Wv:oh * Wv + Wo] = dy[n, f, oh]
+                for t in range(T):
+                    i = t // KW
+                    off = ((i * dh) * sw + ((t - i * KW) * dw) % sw) * Qs + ((t - i * KW) * dw) // sw
+                    a0 = z
+                    a1 = z
+                    for oh in range(0, Ho, 2):
+                        x0 = oh * sh * sw * Qs + off
+                        pair = oh + 1 < Ho
+                        for v in range(nv):
+                            mk = vload(z, masks, v * L)
+                            a0 = vfma(a0, vload(z, dyb, oh * Wv + v * L), vmask(vload(z, buf, x0 + v * L), mk))
+                            if pair:
+                                a1 = vfma(a1, vload(z, dyb, (oh + 1) * Wv + v * L),
+                                          vmask(vload(z, buf, x0 + sh * sw * Qs + v * L), mk))
+                    vstore(lanesum, 0, vadd(a0, a1))
+                    part[n, f, t] = lanesum.sum()
