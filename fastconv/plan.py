@@ -104,9 +104,11 @@ class Tuning:
         (``benchmarks/bench_depthwise.py``): 8 x 144 x 56 x 56 3.9 ms against 14.2; 8 x 384 x 14 x 14
         1.1 against 2.7; 8 x 960 x 7 x 7 1.4 against 1.9; 4-wide outputs 1.7 against 1.3 (8 x 960 x 7 x 7
         at stride 2), 3-wide 0.74 against 0.63.
-    depthwise_rows_weight_grad : float
-        The same for the depthwise weight gradient (per-tap dot products along the rows):
-        112 x 112 maps 4.5 ms against 11.6, 14 x 14 2.0 against 4.0, 7 x 7 2.9 against 1.8.
+    depthwise_rows_backward : float
+        The same for the depthwise weight gradient (per-tap dot products along the rows of
+        ``dy``: 112 x 112 maps 4.5 ms against 11.6, 14 x 14 2.0 against 4.0, 7 x 7 2.9 against
+        1.8) and for the strided input gradient (``depthwise_rows_strided``, rows of ``W // sw``
+        per column phase: 8 x 96 x 56 x 56 at stride 2 2.9 ms against 5.6, 7 x 7 1.7 against 0.6).
     """
 
     short_reduction: int = 32
@@ -114,7 +116,7 @@ class Tuning:
     big_partials: int = 4 << 20
     small_work: int = 1 << 18
     depthwise_rows: float = 0.3
-    depthwise_rows_weight_grad: float = 0.75
+    depthwise_rows_backward: float = 0.75
 
 
 TUNING = Tuning()
@@ -860,6 +862,19 @@ def _input_grad_depthwise_rows(plan, dy, w):
     return dx
 
 
+@_strategy("conv2d_input_grad", "depthwise_rows_strided", ["depthwise.depthwise_rows_input_grad"], None,
+           "groups == C, strided, wide rows: NCHW gather; per dx row and column phase the taps reaching it are "
+           "fixed and each reads a contiguous run of dy (the NHWC gather when w is not finite)")
+def _input_grad_depthwise_rows_strided(plan, dy, w):
+    g = plan.geometry
+    if not np.isfinite(w).all():  # a weight of inf must not meet the padding zeros
+        return STRATEGIES["conv2d_input_grad", "depthwise"].run(plan, dy, w)
+    dx = np.empty(g.x_shape, dtype=dy.dtype)
+    _run("depthwise.depthwise_rows_input_grad", plan.cpu.width, contiguous(dy), contiguous(w).reshape(g.F, -1),
+         _depthwise_geom(g) + (g.ph, g.pw), g.KH, dx, work=dy.size * g.KH * g.KW)
+    return dx
+
+
 @_strategy("conv2d_weight_grad", "depthwise_rows", ["depthwise.depthwise_rows_weight_grad"], Layout.NCHW,
            "groups == C, wide rows: per image and channel, one dot product per tap of dy's rows with the "
            "plane padded in the cache; per-image partials summed in order")
@@ -879,14 +894,19 @@ def _depthwise_plan(geometry, dtype, cpu, threads):
     def pick(op, wide):
         return STRATEGIES[op, "depthwise_rows" if wide else "depthwise"]
 
-    wg = pick("conv2d_weight_grad", g.Wo >= TUNING.depthwise_rows_weight_grad * L)
-    ig_rows = g.sh == g.sw == 1 and min(_rows_input_grad_padding(g)) >= 0 and g.W >= TUNING.depthwise_rows * L
-    input_grad = pick("conv2d_input_grad", ig_rows)
+    wg = pick("conv2d_weight_grad", g.Wo >= TUNING.depthwise_rows_backward * L)
+    gather = STRATEGIES["conv2d_input_grad", "depthwise"]
+    if g.sh == g.sw == 1 and min(_rows_input_grad_padding(g)) >= 0 and g.W >= TUNING.depthwise_rows * L:
+        input_grad = STRATEGIES["conv2d_input_grad", "depthwise_rows"]
+    elif g.W // g.sw >= TUNING.depthwise_rows_backward * L:
+        input_grad = STRATEGIES["conv2d_input_grad", "depthwise_rows_strided"]
+    else:
+        input_grad = gather
     return ConvPlan(
         geometry=g, dtype=dtype, cpu=cpu, threads=threads,
         forward=pick("conv2d_forward", g.Wo >= TUNING.depthwise_rows * L),
         input_grad=input_grad,
-        input_grad_inner=(STRATEGIES["conv2d_input_grad", "depthwise"],) if ig_rows else (),
+        input_grad_inner=() if input_grad is gather else (gather,),  # the rows' fallback for non-finite w
         weight_grad=wg, weight_grad_nonfinite=wg,
         bias_grad=STRATEGIES["conv2d_bias_grad", "plane_sums"],
     )

@@ -1,7 +1,8 @@
 """Depthwise convolution (``groups == C``, any channel multiplier): the plan's kernels against independent answers.
 
 Both kernel families run here: ``depthwise`` (NHWC, the vector over channels) and
-``depthwise_rows`` (NCHW, the vector along the rows), each at both register widths (the
+``depthwise_rows`` (NCHW, the vector along the rows; ``depthwise_rows_strided`` for the input
+gradient where the stride-1 form does not apply), each at both register widths (the
 512-bit plan of this machine and the 256-bit AVX2 one, as ``test_vector.py`` does), in
 float32 and float64, against
 
@@ -84,12 +85,11 @@ def _with(plan, family):
     import dataclasses
 
     def pick(op, current):
-        s = P.STRATEGIES[op, family]
         if op == "conv2d_input_grad" and family == "depthwise_rows":
             g = plan.geometry
             if not (g.sh == g.sw == 1 and min(P._rows_input_grad_padding(g)) >= 0):
-                return current
-        return s
+                return P.STRATEGIES[op, "depthwise_rows_strided"]
+        return P.STRATEGIES[op, family]
 
     return dataclasses.replace(plan, forward=pick("conv2d_forward", plan.forward),
                                input_grad=pick("conv2d_input_grad", plan.input_grad),

@@ -48,6 +48,9 @@ vector load; the weights are scalars broadcast into the FMA
 - :func:`depthwise_rows_forward`: the forward pass; with ``dy``, the rotated kernel and
   padding ``(K-1)*d - p`` also the stride-1 input gradient (``m`` input planes summed
   into one output plane).
+- :func:`depthwise_rows_input_grad`: the input gradient at any stride as a gather: per
+  ``dx`` row and column phase the taps reaching it are fixed, each a contiguous run of
+  ``dy``; the phase's row is written into every ``sw``-th column.
 - :func:`depthwise_rows_weight_grad`: one dot product per tap and filter of ``dy``'s rows
   with the padded plane, per ``(n, c)`` job; per-image partials, summed by the caller in
   image order (the same result for any thread count).
@@ -480,3 +483,86 @@ def depthwise_rows_weight_grad(width, x, dy, geom, KH, part):
                                           vmask(vload(z, buf, x0 + sh * sw * Qs + v * L), mk))
                     vstore(lanesum, 0, vadd(a0, a1))
                     part[n, f, t] = lanesum.sum()
+
+
+@njit(**PARALLEL_JIT)
+def depthwise_rows_input_grad(width, dy, wt, geom, KH, dx):
+    """``dx[n, c, h, w] = sum dy[n, c*m + k, oh, ow] * w[c*m + k, 0, i, j]`` over the taps with
+    ``oh*sh + i*dh - ph == h`` and ``ow*sw + j*dw - pw == w``, one job per ``(n, c)``, NCHW.
+
+    The job copies its ``m`` planes of ``dy`` into a zero-padded buffer. For a row ``h`` of
+    ``dx`` and a column phase ``rw`` (the columns ``w = rw + sw*u``) the taps that reach it are
+    fixed, and tap ``(i, j)`` reads ``dy`` at ``ow = u + const``: one contiguous vector load per
+    tap for ``L`` values of ``u``. The phase's row goes through a small buffer into every
+    ``sw``-th column of ``dx``. A padding zero meets every tap: the caller passes finite weights.
+
+    Parameters
+    ----------
+    width : fastconv.kernels.simd.Width
+    dy : (N, C*m, Ho, Wo) array
+        NCHW, C-contiguous.
+    wt : (C*m, KH*KW) array
+        The weights ``w[f, 0, i, j]`` at ``[f, i*KW + j]``.
+    geom : (int, int, int, int, int, int)
+        ``(sh, sw, dh, dw, ph, pw)``.
+    KH : int
+        Kernel height.
+    dx : (N, C, H, W) array
+        NCHW, fully overwritten.
+    """
+    sh, sw, dh, dw, ph, pw = geom
+    N, F, Ho, Wo = dy.shape
+    C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
+    T = wt.shape[1]
+    KW = T // KH
+    m = F // C
+    wf = wt.reshape(wt.size)
+    z = vzero(width, wf)
+    L = lanes(z)
+    PT = max(0, -(-((KH - 1) * dh - ph) // sh))  # dy rows above the first (ow likewise: PL columns)
+    PL = max(0, -(-((KW - 1) * dw - pw) // sw))
+    Uv = ((W + sw - 1) // sw + L - 1) // L * L  # the columns of one phase, whole vectors
+    R = PL + Uv + (sw - 1 + pw) // sw + 1
+    Hb = PT + max(Ho, (H - 1 + ph) // sh + 1)
+    plane = Hb * R
+    # The taps reaching a dx row of phase (h + ph) % sh in column phase rw, for every such pair:
+    # offsets into buf relative to the row's base, and the weight index relative to c*m*T.
+    P = sh * sw
+    count = np.zeros(P, dtype=np.int64)
+    toff = np.empty((P, m * T), dtype=np.int64)
+    tw = np.empty((P, m * T), dtype=np.int64)
+    for r in range(P):
+        rh = r // sw
+        rw = r - rh * sw
+        for t in range(T):
+            a = rh - (t // KW) * dh
+            b = rw + pw - (t % KW) * dw
+            if a % sh == 0 and b % sw == 0:
+                for k in range(m):  # a // sh >= -PT and b // sw >= -PL by the padding
+                    toff[r, count[r]] = k * plane + (a // sh) * R + PL + b // sw
+                    tw[r, count[r]] = k * T + t
+                    count[r] += 1
+    jobs = min(N * C, _JOBS)
+    for job in prange(jobs):
+        buf = np.zeros(m * plane, dtype=wf.dtype)  # zeroed once: the border is never written
+        acc = np.empty(Uv, dtype=wf.dtype)
+        for nc in range(N * C * job // jobs, N * C * (job + 1) // jobs):
+            n = nc // C
+            c = nc - n * C
+            for k in range(m):
+                for oh in range(Ho):
+                    o = k * plane + (PT + oh) * R + PL
+                    buf[o:o + Wo] = dy[n, c * m + k, oh]
+            for h in range(H):
+                qh = (h + ph) // sh
+                for rw in range(min(sw, W)):
+                    r = (h + ph - qh * sh) * sw + rw
+                    base = (PT + qh) * R
+                    for u0 in range(0, Uv, L):
+                        v = z
+                        for e in range(count[r]):
+                            v = vfmab(v, vload(z, buf, base + toff[r, e] + u0), wf, c * m * T + tw[r, e])
+                        vstore(acc, u0, v)
+                    drow = dx[n, c, h]
+                    for u in range((W - rw + sw - 1) // sw):
+                        drow[rw + sw * u] = acc[u]
