@@ -397,6 +397,7 @@ CONV_DEPTHWISE = (
     ConvCase("dw-C17-m2-s2-d2", 2, 17, 9, 8, 34, 3, 2, 1, dilation=2, groups=17),
     ConvCase("dw-C40-k5", 1, 40, 7, 9, 40, 5, 1, 2, groups=40),
     ConvCase("dw-C16-k2x3-s3x1", 3, 16, 10, 7, 16, (2, 3), (3, 1), (0, 1), groups=16),
+    ConvCase("dw-narrow-C24", 2, 24, 4, 3, 24, 3, 2, 1, groups=24),  # 2 x 2 outputs: NHWC at every width
     ConvCase("dw-wide-m2", 2, 4, 5, 40, 8, 3, 1, 1, groups=4),  # rows kernels (NCHW) at every width
     ConvCase("dw-wide-s2-d2", 1, 3, 9, 70, 3, 3, 2, 2, dilation=2, groups=3),
     ConvCase("dw_c32_112", 1, 32, 112, 112, 32, 3, 1, 1, bench_batch=8, groups=32),

@@ -35,7 +35,7 @@ CONV_GEOMETRIES = (
     ((2, 16, 5, 5), (3, 16, 3, 3), 1, 1),     # tiled forward, weight gradient by filters
     ((2, 16, 5, 20), (3, 16, 3, 3), 1, 1),    # weight gradient by rows
     ((2, 8, 4, 4), (4, 8, 1, 1), 1, 0),       # pointwise matrix products
-    ((2, 16, 5, 5), (32, 1, 3, 3), 1, 1, 16),  # depthwise, NHWC (groups 16, 2 filters per channel)
+    ((2, 16, 4, 3), (32, 1, 3, 3), 2, 1, 16),  # depthwise, NHWC (groups 16, 2 filters per channel)
     ((2, 4, 5, 40), (8, 1, 3, 3), 1, 1, 4),    # depthwise, NCHW rows (wide maps)
     ((2, 4, 5, 40), (8, 1, 3, 3), 2, 1, 4),    # depthwise, NCHW rows, the strided input gradient
 )

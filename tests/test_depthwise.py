@@ -23,11 +23,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from numba import njit
 
 import fastconv
 from fastconv import _validation as V
 from fastconv import plan as P
 from fastconv import reference as ref
+from fastconv.kernels import simd
+from fastconv.kernels.simd import lanes, vfma, vload, vmask, vstore, vzero
 
 from _layouts import LAYOUTS, relayout
 
@@ -258,3 +261,29 @@ def test_functional_conv2d_with_groups():
         for got, want in zip(fastconv.conv2d_backward(dy, x, w, stride=s, padding=p, dilation=d, groups=C),
                              ref.conv2d_backward(dy, x, w, s, p, d, C)):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@njit(cache=False)
+def _fma_mask(width, acc, u, v, m, out):
+    """out = vmask(acc + u * v, m), one vector at a time."""
+    z = vzero(width, out)
+    for i in range(0, out.shape[0], lanes(z)):
+        vstore(out, i, vmask(vfma(vload(z, acc, i), vload(z, u, i), vload(z, v, i)), vload(z, m, i)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", [pytest.param(simd.Width(n), id=f"{8 * n}bit") for n in (64, 32, 16)])
+def test_vfma_and_vmask_intrinsics_match_numpy(width, dtype):
+    """The two intrinsics the depthwise kernels add to ``fastconv.kernels.simd``: a masked-off lane is 0,
+    even where the value is NaN or infinite (a select, not a product)."""
+    rng = np.random.default_rng(7)
+    acc, u, v = (rng.standard_normal(32).astype(dtype) for _ in range(3))
+    u[3], v[5] = np.inf, np.nan
+    m = (rng.random(32) < 0.5).astype(dtype)
+    m[3] = m[5] = 0
+    out = np.empty(32, dtype)
+    _fma_mask(width, acc, u, v, m, out)
+    exact = acc.astype(np.float64) + u.astype(np.float64) * v  # the FMA rounds once
+    want = np.where(m != 0, exact, 0)
+    np.testing.assert_allclose(out, want, rtol=float(np.finfo(dtype).eps) * 4, atol=float(np.finfo(dtype).eps) * 8)
+    assert out[3] == 0 and out[5] == 0

@@ -45,7 +45,8 @@ stride and dilation the tap ``(i, j)`` of ``L`` consecutive outputs is one conti
 vector load; the weights are scalars broadcast into the FMA
 (:func:`fastconv.kernels.simd.vfmab`). ``x`` is read from memory once and ``y`` written once.
 
-- :func:`depthwise_rows_forward`: the forward pass; with ``dy``, the rotated kernel and
+- :func:`depthwise_rows_forward`: the forward pass, in register tiles of 4 vectors
+  (:func:`_rows_tile_4`: 4 FMA chains, along a row or across rows on narrow maps); with ``dy``, the rotated kernel and
   padding ``(K-1)*d - p`` also the stride-1 input gradient (``m`` input planes summed
   into one output plane).
 - :func:`depthwise_rows_input_grad`: the input gradient at any stride as a gather: per
