@@ -26,31 +26,16 @@ import time
 import numpy as np
 
 from benchmarks import cases
+from benchmarks.bench_activations import best_times
 from fastconv import _validation as V
 from fastconv import plan as P
-
-
-def best_times(calls, seconds, clock):
-    """The minimum time of each of ``calls`` under ``clock``, run alternately for ``seconds`` (3 rounds at least)."""
-    for call in calls:
-        call()
-    best = [float("inf")] * len(calls)
-    end = time.perf_counter() + seconds
-    rounds = 0
-    while time.perf_counter() < end or rounds < 3:
-        for i, call in enumerate(calls):
-            t0 = clock()
-            call()
-            best[i] = min(best[i], clock() - t0)
-        rounds += 1
-    return best
 
 
 def copy_bandwidth():
     """GB/s of a 64 MiB ``np.copyto`` (read + write; one thread), the best over half a second."""
     a = np.ones(1 << 24, np.float32)
     b = np.empty_like(a)
-    t = best_times([lambda: np.copyto(b, a)], 0.5, time.perf_counter)[0]
+    t = best_times([lambda: np.copyto(b, a)], 0.5)[0]
     return 2 * a.nbytes / t / 1e9
 
 

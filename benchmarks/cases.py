@@ -88,6 +88,11 @@ class _Layer:
         return im2col._pair(self.pad)
 
     @property
+    def dilation_hw(self):
+        """``(dh, dw)`` (the subclasses with a ``dilation`` field)."""
+        return im2col._pair(self.dilation)
+
+    @property
     def out_hw(self):
         """``(Ho, Wo)``."""
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_hw, self.stride_hw, self.pad_hw
@@ -148,10 +153,6 @@ class ConvCase(_Layer):
     kind = "conv"
 
     @property
-    def dilation_hw(self):
-        return im2col._pair(self.dilation)
-
-    @property
     def out_hw(self):
         """``(Ho, Wo)`` of the dilated kernel."""
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_hw, self.stride_hw, self.pad_hw, self.dilation_hw
@@ -195,10 +196,6 @@ class PoolCase(_Layer):
     ceil_mode: bool = False
 
     kind = "pool"
-
-    @property
-    def dilation_hw(self):
-        return im2col._pair(self.dilation)
 
     @property
     def out_hw(self):

@@ -848,31 +848,39 @@ def _rows_input_grad_padding(g):
     return (g.KH - 1) * g.dilation[0] - g.ph, (g.KW - 1) * g.dilation[1] - g.pw
 
 
+def _finite_weights_rows(run):
+    """A rows input gradient: the NHWC gather instead when ``w`` is not finite (a weight of inf
+    must not meet the padding zeros the rows kernels read), else ``run(g, dy, w, dx)`` into a new dx."""
+
+    def input_grad(plan, dy, w):
+        if not np.isfinite(w).all():
+            return STRATEGIES["conv2d_input_grad", "depthwise"].run(plan, dy, w)
+        dx = np.empty(plan.geometry.x_shape, dtype=dy.dtype)
+        run(plan, contiguous(dy), w, dx)
+        return dx
+
+    return input_grad
+
+
 @_strategy("conv2d_input_grad", "depthwise_rows", ["depthwise.depthwise_rows_forward"], None,
            "groups == C, stride 1, wide rows: the rows forward kernel on dy padded by (K-1)*d - p with the "
            "rotated kernel, each dx plane summing its m filters (the gather when w is not finite)")
-def _input_grad_depthwise_rows(plan, dy, w):
+@_finite_weights_rows
+def _input_grad_depthwise_rows(plan, dy, w, dx):
     g = plan.geometry
-    if not np.isfinite(w).all():  # a weight of inf must not meet the padding zeros
-        return STRATEGIES["conv2d_input_grad", "depthwise"].run(plan, dy, w)
-    dx = np.empty(g.x_shape, dtype=dy.dtype)
     wt = contiguous(w[:, :, ::-1, ::-1]).reshape(g.F, g.KH, g.KW)
-    _run("depthwise.depthwise_rows_forward", plan.cpu.width, contiguous(dy), wt, np.zeros(g.C, dtype=dy.dtype),
+    _run("depthwise.depthwise_rows_forward", plan.cpu.width, dy, wt, np.zeros(g.C, dtype=dy.dtype),
          (1, 1) + tuple(g.dilation) + _rows_input_grad_padding(g), False, dx, work=dy.size * g.KH * g.KW)
-    return dx
 
 
 @_strategy("conv2d_input_grad", "depthwise_rows_strided", ["depthwise.depthwise_rows_input_grad"], None,
            "groups == C, strided, wide rows: NCHW gather; per dx row and column phase the taps reaching it are "
            "fixed and each reads a contiguous run of dy (the NHWC gather when w is not finite)")
-def _input_grad_depthwise_rows_strided(plan, dy, w):
+@_finite_weights_rows
+def _input_grad_depthwise_rows_strided(plan, dy, w, dx):
     g = plan.geometry
-    if not np.isfinite(w).all():  # a weight of inf must not meet the padding zeros
-        return STRATEGIES["conv2d_input_grad", "depthwise"].run(plan, dy, w)
-    dx = np.empty(g.x_shape, dtype=dy.dtype)
-    _run("depthwise.depthwise_rows_input_grad", plan.cpu.width, contiguous(dy), contiguous(w).reshape(g.F, -1),
+    _run("depthwise.depthwise_rows_input_grad", plan.cpu.width, dy, contiguous(w).reshape(g.F, -1),
          _depthwise_geom(g) + (g.ph, g.pw), g.KH, dx, work=dy.size * g.KH * g.KW)
-    return dx
 
 
 @_strategy("conv2d_weight_grad", "depthwise_rows", ["depthwise.depthwise_rows_weight_grad"], Layout.NCHW,
