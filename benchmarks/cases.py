@@ -88,6 +88,11 @@ class _Layer:
         return im2col._pair(self.pad)
 
     @property
+    def dilation_hw(self):
+        """``(dh, dw)`` (the subclasses with a ``dilation`` field)."""
+        return im2col._pair(self.dilation)
+
+    @property
     def out_hw(self):
         """``(Ho, Wo)``."""
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_hw, self.stride_hw, self.pad_hw
@@ -131,6 +136,10 @@ class ConvCase(_Layer):
     bench_batch : int, optional
         The batch the benchmarks time the row at; None (a test-only row) to leave it
         out of the benchmarks.
+    dilation : int or (h, w) pair
+        Spacing of the kernel's taps (issue 15).
+    groups : int
+        Channel groups: weights ``(f, c // groups, KH, KW)`` (issue 15).
     """
 
     f: int
@@ -138,12 +147,25 @@ class ConvCase(_Layer):
     stride: object = 1
     pad: object = 0
     bench_batch: object = None
+    dilation: object = 1
+    groups: int = 1
 
     kind = "conv"
 
     @property
+    def out_hw(self):
+        """``(Ho, Wo)`` of the dilated kernel."""
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_hw, self.stride_hw, self.pad_hw, self.dilation_hw
+        return (self.h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (self.w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+    @property
     def w_shape(self):
-        return (self.f, self.c) + self.kernel_hw
+        return (self.f, self.c // self.groups) + self.kernel_hw
+
+    def __str__(self):
+        extra = (f"-d{_label(self.dilation)}" if self.dilation != 1 else "") + \
+            (f"-g{self.groups}" if self.groups != 1 else "")
+        return super().__str__() + extra
 
     @property
     def y_shape(self):
@@ -152,7 +174,7 @@ class ConvCase(_Layer):
     def flop(self, op):
         """Floating-point operations of ``op`` (a multiply-add counts 2)."""
         (kh, kw), (ho, wo) = self.kernel_hw, self.out_hw
-        mac = 2 * self.n * self.f * ho * wo * self.c * kh * kw
+        mac = 2 * self.n * self.f * ho * wo * (self.c // self.groups) * kh * kw
         if op == "conv2d_backward":
             return 2 * mac + self.n * self.f * ho * wo  # dx + dw + db
         return mac
@@ -174,10 +196,6 @@ class PoolCase(_Layer):
     ceil_mode: bool = False
 
     kind = "pool"
-
-    @property
-    def dilation_hw(self):
-        return im2col._pair(self.dilation)
 
     @property
     def out_hw(self):
@@ -365,6 +383,29 @@ CONV_BENCH = (
 #: Every conv row: each is a reference test and a PyTorch test; the ones with a
 #: ``bench_batch`` also a benchmark.
 CONV_ROWS = CONV_GRID + CONV_KERNELS + CONV_SHAPES + CONV_RANDOM + CONV_LAYERS + CONV_BENCH
+#: Depthwise rows (issue 15: ``groups == c``, any channel multiplier ``f // c``): small test
+#: rows for the kernels' edges (channels not a whole vector, multiplier 2, strides,
+#: dilation, 5x5; narrow maps for the NHWC kernels, wide ones for the NCHW rows), then MobileNet's 3x3 layers (benchmarks/bench_depthwise.py times them
+#: against torch at ``bench_batch``). Not yet in :data:`CONV_ROWS`: the functional API
+#: (``fastconv.conv2d(groups=...)``, branch i15-kernels) and its tests must take ``groups``
+#: first; the plan-level tests walk :data:`CONV_PLAN_ROWS`.
+CONV_DEPTHWISE = (
+    ConvCase("dw-C3", 2, 3, 9, 11, 3, 3, 1, 1, groups=3),
+    ConvCase("dw-C17-m2-s2-d2", 2, 17, 9, 8, 34, 3, 2, 1, dilation=2, groups=17),
+    ConvCase("dw-C40-k5", 1, 40, 7, 9, 40, 5, 1, 2, groups=40),
+    ConvCase("dw-C16-k2x3-s3x1", 3, 16, 10, 7, 16, (2, 3), (3, 1), (0, 1), groups=16),
+    ConvCase("dw-narrow-C24", 2, 24, 4, 3, 24, 3, 2, 1, groups=24),  # 2 x 2 outputs: NHWC at every width
+    ConvCase("dw-wide-m2", 2, 4, 5, 40, 8, 3, 1, 1, groups=4),  # rows kernels (NCHW) at every width
+    ConvCase("dw-wide-s2-d2", 1, 3, 9, 70, 3, 3, 2, 2, dilation=2, groups=3),
+    ConvCase("dw_c32_112", 1, 32, 112, 112, 32, 3, 1, 1, bench_batch=8, groups=32),
+    ConvCase("dw_c96_56_s2", 1, 96, 56, 56, 96, 3, 2, 1, bench_batch=8, groups=96),
+    ConvCase("dw_c144_56", 1, 144, 56, 56, 144, 3, 1, 1, bench_batch=8, groups=144),
+    ConvCase("dw_c144_56_s2", 1, 144, 56, 56, 144, 3, 2, 1, bench_batch=8, groups=144),
+    ConvCase("dw_c384_14", 1, 384, 14, 14, 384, 3, 1, 1, bench_batch=8, groups=384),
+    ConvCase("dw_c960_7", 1, 960, 7, 7, 960, 3, 1, 1, bench_batch=8, groups=960),
+)
+#: Every conv row the plan layer is tested on (tests/test_plan.py, the 64-bit audit).
+CONV_PLAN_ROWS = CONV_ROWS + CONV_DEPTHWISE
 
 POOL_SHAPES = (
     *(PoolCase(f"kernel-k{k}", 2, 3, 9, 8, k) for k in (1, 2, 3, 4, 5)),

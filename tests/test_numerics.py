@@ -234,7 +234,7 @@ def _audit():
 
     rng = np.random.default_rng(0)
     reached, run = set(), set()
-    for _, cpu, plan in walk.conv_plans(cases.CONV_ROWS, F32):
+    for _, cpu, plan in walk.conv_plans(cases.CONV_PLAN_ROWS, F32):
         if not {(cpu, s) for s in plan.strategies()} <= run:  # each strategy on each CPU (register width)
             run |= {(cpu, s) for s in walk.run_conv(plan, rng)}
     reached |= {s for _, s in run}

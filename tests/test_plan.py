@@ -39,7 +39,7 @@ TOL = {np.dtype(np.float32): 2e-4, np.dtype(np.float64): 1e-10}
 def _conv_rows_of(strategy):
     """``(row, cpu)`` of the case-table rows whose plan runs ``strategy`` (small rows first)."""
     found = []
-    for row, cpu, plan in walk.conv_plans(cases.CONV_ROWS, np.float64):
+    for row, cpu, plan in walk.conv_plans(cases.CONV_PLAN_ROWS, np.float64):
         if strategy in plan.strategies():
             found.append((row, cpu))
     return sorted(found, key=lambda rc: np.prod(rc[0].x_shape) * rc[0].f)
@@ -50,7 +50,7 @@ CONV_STRATEGIES = [s for (op, _), s in P.STRATEGIES.items() if op.startswith("co
 
 def test_the_case_table_reaches_every_strategy():
     reached = set()
-    for _, _, plan in walk.conv_plans(cases.CONV_ROWS, np.float32):
+    for _, _, plan in walk.conv_plans(cases.CONV_PLAN_ROWS, np.float32):
         reached.update(plan.strategies())
     for _, plan in walk.pool_plans(cases.POOL_ROWS, np.float32):
         reached.update(plan.strategies())
@@ -65,8 +65,8 @@ def test_the_case_table_reaches_every_strategy():
 
 
 def _reference(row, x, w, b, dy):
-    s, p = row.stride_hw, row.pad_hw
-    return ref.conv2d(x, w, b, s, p), *ref.conv2d_backward(dy, x, w, s, p)
+    s, p, d, groups = row.stride_hw, row.pad_hw, row.dilation, row.groups
+    return ref.conv2d(x, w, b, s, p, d, groups), *ref.conv2d_backward(dy, x, w, s, p, d, groups)
 
 
 def _check(got, want, dtype, what):
@@ -84,7 +84,8 @@ def test_every_conv_strategy_matches_reference(strategy, dtype):
     rng = np.random.default_rng(0)
     for row, cpu in rows:
         row = row.with_batch(min(row.n, 2))
-        g = V.conv_geometry("test", row.x_shape, row.w_shape, row.stride_hw, row.pad_hw)
+        g = V.conv_geometry("test", row.x_shape, row.w_shape, row.stride_hw, row.pad_hw, dilation=row.dilation,
+                            groups=row.groups)
         plan = P.plan_conv2d(g, dtype, cpu)
         x, w, b, dy = (rng.standard_normal(s).astype(np.float32).astype(np.float64)
                        for s in (row.x_shape, row.w_shape, (row.f,), g.y_shape))
@@ -180,7 +181,8 @@ def test_every_tuning_threshold_lives_in_the_plan():
         source = (ROOT / "fastconv" / f"{module}.py").read_text()
         for name in ("_SHORT_REDUCTION", "_SHORT_ROW", "_BIG_PARTIALS", "SMALL_WORK", "isfinite"):
             assert name not in source, f"fastconv/{module}.py still mentions {name}"
-    assert set(vars(P.TUNING)) == {"short_reduction", "short_row", "big_partials", "small_work"}
+    assert set(vars(P.TUNING)) == {"short_reduction", "short_row", "big_partials", "small_work",
+                                 "depthwise_rows", "depthwise_rows_backward"}
 
 
 # ---------------------------------------------------------------------------------------

@@ -21,7 +21,10 @@ callers guarantee every index):
 - :func:`vstore(a, i, v)`: ``a[i:i+L] = v``;
 - :func:`vfmab(acc, w, a, i)`: ``acc + w * a[i]`` (the scalar broadcast; one FMA with a
   broadcast memory operand on AVX-512);
+- :func:`vfma(acc, u, v)`: ``acc + u * v`` lane by lane (one FMA; the depthwise kernels);
 - :func:`vadd(u, v)`, :func:`vmax(u, v)`;
+- :func:`vmask(v, m)`: ``v`` where ``m`` is non-zero, else 0 (a select: an infinity or NaN of ``v``
+  in a masked-off lane is dropped, not multiplied by 0);
 - :func:`lanes(v)`: ``L``, a compile-time constant;
 - :func:`pow2(k)`: ``2.0 ** k`` for an integral float ``k``, from the exponent bits (scalar, vectorisable).
 """
@@ -31,7 +34,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
 
-__all__ = ["Width", "W512", "W256", "Vec", "vzero", "vload", "vstore", "vfmab", "vadd", "vmax", "lanes", "pow2"]
+__all__ = ["Width", "W512", "W256", "Vec", "vzero", "vload", "vstore", "vfmab", "vfma", "vadd", "vmax", "vmask", "lanes", "pow2"]
 
 
 class Width:
@@ -198,6 +201,18 @@ def vfmab(typingctx, acc, w, a, i):
 
 
 @intrinsic
+def vfma(typingctx, acc, u, v):
+    """``acc + u * v`` lane by lane: one fused multiply-add of three vectors."""
+    if not (isinstance(acc, VecType) and u == acc and v == acc):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.call(_fma(builder, context.get_value_type(acc)), [args[1], args[2], args[0]])
+
+    return acc(acc, u, v), codegen
+
+
+@intrinsic
 def vadd(typingctx, u, v):
     """``u + v`` lane by lane."""
     if not (isinstance(u, VecType) and u == v):
@@ -221,6 +236,19 @@ def vmax(typingctx, u, v):
         return builder.select(keep, args[0], args[1])
 
     return u(u, v), codegen
+
+
+@intrinsic
+def vmask(typingctx, v, m):
+    """``v`` in the lanes where ``m`` is non-zero, 0 in the others (a select, not a product)."""
+    if not (isinstance(v, VecType) and v == m):
+        return None
+
+    def codegen(context, builder, sig, args):
+        zero = ir.Constant(args[0].type, None)
+        return builder.select(builder.fcmp_unordered("une", args[1], zero), args[0], zero)
+
+    return v(v, m), codegen
 
 
 @intrinsic
