@@ -18,7 +18,7 @@ CPUS = (P.CPU("512-bit vectors (AVX-512)", 64), P.CPU("256-bit vectors (AVX2)", 
 def conv_plans(rows, dtype):
     """``(row, cpu, plan)`` for every conv row of the case table on both CPUs."""
     for row in rows:
-        g = V.conv_geometry("test", row.x_shape, row.w_shape, row.stride_hw, row.pad_hw)
+        g = V.conv_geometry("test", row.x_shape, row.w_shape, row.stride_hw, row.pad_hw, **row.options)
         for cpu in CPUS:
             yield row, cpu, P.plan_conv2d(g, dtype, cpu)
 
