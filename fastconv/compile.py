@@ -24,7 +24,7 @@ from . import plan as P
 __all__ = ["CONV_GEOMETRIES", "compile_all", "main"]
 
 #: Tiny convolutions that, planned for the host CPU, reach every conv strategy:
-#: ``(x_shape, w_shape, stride, padding)``.
+#: ``(x_shape, w_shape, stride, padding)``, and a dict of ``dilation``/``groups`` for issue 15's strategies.
 CONV_GEOMETRIES = (
     ((2, 1, 9, 9), (4, 1, 3, 3), 1, 1),       # flat forward and weight gradient (first layer)
     ((2, 1, 9, 9), (4, 1, 3, 3), 2, 1),       # filter_vector forward, phases input gradient
@@ -34,6 +34,9 @@ CONV_GEOMETRIES = (
     ((2, 16, 5, 5), (3, 16, 3, 3), 1, 1),     # tiled forward, weight gradient by filters
     ((2, 16, 5, 20), (3, 16, 3, 3), 1, 1),    # weight gradient by rows
     ((2, 8, 4, 4), (4, 8, 1, 1), 1, 0),       # pointwise matrix products
+    ((2, 8, 24, 24), (4, 8, 1, 1), 2, 0),     # 1x1 at stride 2: the subsampled matrix products
+    ((2, 4, 7, 7), (4, 2, 3, 3), 1, 1, {"groups": 2}),     # grouped kernels
+    ((2, 4, 7, 7), (4, 4, 3, 3), 1, 2, {"dilation": 2}),   # dilation phases (on the dense strategies above)
 )
 
 
@@ -95,7 +98,7 @@ def compile_all(dtypes=("float32", "float64"), progress=True, file=None):
             _run_others(dt, rng)
             reached |= {s for (op, _), s in P.STRATEGIES.items() if not op.startswith("conv2d")}
         else:
-            plan = F.conv2d_plan(*geo, dtype=dt)
+            plan = F.conv2d_plan(*geo[:4], dtype=dt, **(geo[4] if len(geo) > 4 else {}))
             _run_conv(plan, rng)
             reached |= set(plan.strategies())
     if progress:
