@@ -4,12 +4,14 @@
 For each case: the forward pass and the full backward (dx, dw, db), the minimum over
 repeated calls (after a warm-up), in float32 at the same thread count for both libraries::
 
-    PYTHONPATH=$PWD python benchmarks/bench_dilated_grouped.py              # 1 thread, CPU time
-    PYTHONPATH=$PWD python benchmarks/bench_dilated_grouped.py --threads 2  # wall time
+    PYTHONPATH=$PWD python benchmarks/bench_dilated_grouped.py              # 1 thread
+    PYTHONPATH=$PWD python benchmarks/bench_dilated_grouped.py --threads 2
     PYTHONPATH=$PWD python benchmarks/bench_dilated_grouped.py --case grouped32 --strategies
 
-On one thread the process CPU time is timed (robust on a loaded machine); on more, the
-wall time. The cases are the benchmark rows of :data:`benchmarks.cases.CONV_CASES` whose
+Wall time, the two libraries called alternately, call by call: the minimum of each and the
+median of the per-pair ratios. On the loaded development machine (load 6-7 on 2 cores) single
+calls of one torch convolution took 0.7 to 100 ms, and its fastest call moved from 0.4 ms to
+2.0 ms within minutes (CPU time drifted alike), so only calls timed side by side compare. The cases are the benchmark rows of :data:`benchmarks.cases.CONV_CASES` whose
 geometry is issue 15's (dilation, groups, 'same', 1x1 at stride 2) plus the transposed
 4x4 stride-2 convolution, timed as the input gradient of its convolution.
 """
@@ -27,20 +29,32 @@ ISSUE_CASES = ("grouped32", "dilated3x3d2", "same5x5", "conv1x1s2")
 TRANSPOSED = ((16, 64, 32, 32), (128, 64, 4, 4), 2, 1)
 
 
-def best(call, seconds, clock):
-    call()
-    times, end = [], time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < 3:
-        start = clock()
+def paired(calls, seconds):
+    """``(minimum times, median ratio)`` of the two ``calls``, timed alternately call by call for ``seconds``.
+
+    The load of this machine drifts within seconds (one torch convolution's fastest call was 0.4 ms
+    in one minute, 2.0 ms the next), so the two libraries are timed in alternation and the median
+    of the per-pair ratios is reported with the ratio of the minima.
+    """
+    for call in calls:
         call()
-        times.append(clock() - start)
-    return min(times)
+    times = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 5:
+        pair = []
+        for call in calls:
+            start = time.perf_counter()
+            call()
+            pair.append(time.perf_counter() - start)
+        times.append(pair)
+    times = np.array(times)
+    return times.min(axis=0), float(np.median(times[:, 0] / times[:, 1]))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seconds", type=float, default=2.0, help="timing budget per call and library")
+    parser.add_argument("--seconds", type=float, default=4.0, help="timing budget per call and library")
     parser.add_argument("--case", action="append", help="only these cases (repeatable)")
     parser.add_argument("--strategies", action="store_true", help="print fastconv's plan of each case")
     args = parser.parse_args(argv)
@@ -52,9 +66,8 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     fc.set_num_threads(args.threads)
-    clock = time.process_time if args.threads == 1 else time.perf_counter
     print(f"fastconv {fc.__file__}, torch {torch.__version__}, {args.threads} thread(s), "
-          f"{'CPU' if args.threads == 1 else 'wall'} time, min over {args.seconds:g} s", file=sys.stderr)
+          f"min wall time over {args.seconds:g} s per library", file=sys.stderr)
     rows = []
     for name in ISSUE_CASES + ("transposed4x4s2",):
         if args.case and name not in args.case:
@@ -95,10 +108,10 @@ def main(argv=None):
                 lambda: torch.nn.functional.conv_transpose2d(tdy, tw, None, stride, pad))}
         with torch.no_grad():
             for op, (f_fc, f_t) in ops.items():
-                t_fc, t_t = best(f_fc, args.seconds, clock), best(f_t, args.seconds, clock)
-                rows.append((name, op, t_fc, t_t))
+                (t_fc, t_t), median = paired((f_fc, f_t), args.seconds)
+                rows.append((name, op, t_fc, t_t, median))
                 print(f"{name:16s} {op:24s} fastconv {t_fc * 1e3:8.2f} ms  torch {t_t * 1e3:8.2f} ms  "
-                      f"ratio {t_fc / t_t:5.2f}x   {label}", flush=True)
+                      f"ratio of minima {t_fc / t_t:5.2f}x  median ratio {median:5.2f}x   {label}", flush=True)
     return rows
 
 

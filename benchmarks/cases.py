@@ -426,6 +426,9 @@ CONV_DILATED_GROUPED = (
     ConvCase("grouped-g2-k1-s2", 2, 4, 7, 8, 6, 1, 2, 0, groups=2),
     ConvCase("grouped-g2-valid", 2, 4, 7, 8, 4, 3, 1, "valid", groups=2),
     ConvCase("same-k5", 2, 3, 8, 9, 4, 5, 1, "same"),
+    # Padding beyond the dilated kernel (d * (K - 1) < p): the input gradient's other strategies.
+    ConvCase("dilated-pad-over-kernel", 2, 2, 6, 7, 3, 2, 1, 3, dilation=2),
+    ConvCase("grouped-g2-k1-p1", 2, 4, 5, 6, 4, 1, 1, 1, groups=2),
     ConvCase("pointwise-s2", 2, 6, 25, 24, 5, 1, 2, 0),  # 13x12 outputs: the subsampled matmul
     ConvCase("pointwise-s3x2", 1, 40, 37, 26, 9, 1, (3, 2), 0),
     ConvCase("pointwise-s2-small", 2, 6, 9, 10, 5, 1, 2, 0),  # 5x5 outputs: the vector/tiled strategies

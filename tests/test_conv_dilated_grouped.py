@@ -212,6 +212,8 @@ def _calls(o):
 
 LAYOUT_GEOMETRIES = {  # one of each strategy family
     "grouped": ((2, 4, 7, 8), (6, 2, 3, 2), dict(stride=(2, 1), padding=1, dilation=(1, 2), groups=2)),
+    "grouped-flat": ((2, 6, 7, 8), (6, 2, 3, 2), dict(stride=1, padding=(2, 1), dilation=(1, 2), groups=3)),
+    "dilated-flat": ((2, 3, 13, 12), (4, 3, 3, 3), dict(stride=1, padding="same", dilation=(3, 2), groups=1)),
     "phases-same-even": ((2, 3, 7, 8), (4, 3, 2, 3), dict(stride=1, padding="same", dilation=2, groups=1)),
     "pointwise-s2": ((2, 3, 25, 24), (4, 3, 1, 1), dict(stride=2, padding=0, dilation=1, groups=1)),
 }
@@ -307,14 +309,20 @@ def test_concurrent_calls_give_the_serial_results():
 
 
 @pytest.mark.parametrize("x_shape, w_shape, opts, forward, input_grad, weight_grad", [
-    ((2, 8, 9, 9), (8, 2, 3, 3), dict(padding=1, groups=4), "grouped", "grouped_gather", "grouped"),
+    ((2, 8, 9, 9), (8, 2, 3, 3), dict(padding=1, groups=4), "grouped_flat", "grouped_flat", "grouped_flat"),
+    ((2, 8, 9, 9), (8, 2, 3, 3), dict(stride=2, padding=1, groups=4), "grouped", "grouped_gather", "grouped"),
     ((2, 8, 9, 9), (8, 8, 3, 3), dict(stride=2, dilation=2), "grouped", "grouped_gather", "grouped"),
-    ((2, 8, 9, 9), (8, 8, 3, 3), dict(padding="same", dilation=2), "dilation_phases", "dilation_phases",
+    ((2, 8, 9, 9), (8, 8, 3, 3), dict(padding="same", dilation=2), "dilation_phases", "grouped_flat",
      "dilation_phases"),
-    ((2, 8, 9, 9), (8, 4, 1, 1), dict(groups=2), "grouped", "grouped_gather", "grouped"),
+    ((2, 8, 20, 20), (8, 8, 3, 3), dict(padding="same", dilation=4), "grouped_flat", "grouped_flat",
+     "grouped_flat"),
+    ((2, 8, 9, 9), (8, 8, 2, 2), dict(padding=3, dilation=2), "dilation_phases", "dilation_phases",
+     "dilation_phases"),
+    ((2, 8, 9, 9), (8, 4, 1, 1), dict(padding=1, groups=2), "grouped_flat", "grouped_gather", "grouped_flat"),
     ((2, 8, 28, 28), (16, 8, 1, 1), dict(stride=2), "pointwise_strided", "pointwise_strided",
      "pointwise_strided_nt"),
-], ids=["groups", "dilated-strided", "dilated", "grouped-1x1", "1x1-s2"])
+], ids=["groups", "groups-strided", "dilated-strided", "dilated", "dilated-16-phases", "dilated-pad-over-kernel",
+        "grouped-pad-over-kernel", "1x1-s2"])
 def test_the_plan_picks_and_explains_the_new_strategies(x_shape, w_shape, opts, forward, input_grad, weight_grad):
     p = fc.conv2d_plan(x_shape, w_shape, dtype=np.float32, **{"stride": 1, **opts})
     assert (p.forward.name, p.input_grad.name, p.weight_grad.name) == (forward, input_grad, weight_grad)
