@@ -425,7 +425,7 @@ _forward_tiled.on_packed = _tiled_on_packed
            "stride 1, short receptive field: each tap one loop over a whole zero-padded NCHW plane")
 def _forward_flat(g, x, w, b, out, cpu, relu=False):
     packed = _pack_nchw(x, g.ph, g.pw)
-    _run("flat.flat_forward", packed.array, contiguous(_weights(w)), b, relu, out,
+    _run("flat.flat_forward", packed.array, contiguous(_weights(w)), b, (1, 1), 1, relu, out,
          work=out.size * g.C * g.KH * g.KW)
     return packed
 
@@ -672,9 +672,9 @@ def _weight_grad_flat(g, x, dy, packed, cpu):
     xq = _reuse(packed, Layout.NCHW_PADDED, g)
     xq = _pack_nchw(x, g.ph, g.pw).array if xq is None else xq
     threads = numba.get_num_threads()
-    partial = np.empty((max(1, min(threads, g.N)), g.F, g.C * g.KH * g.KW), dtype=dy.dtype)
-    _run("flat.flat_weight_grad", xq, dy, g.KH, g.KW, partial, work=dy.size * partial[0, 0].size)
-    return partial.sum(axis=0).reshape(g.F, g.C, g.KH, g.KW)  # partials summed in thread order
+    partial = np.empty((max(1, min(threads, g.N)), g.F, g.C, g.KH, g.KW), dtype=dy.dtype)
+    _run("flat.flat_weight_grad", xq, dy, (1, 1), 1, partial, work=dy.size * partial[0, 0].size)
+    return partial.sum(axis=0)  # partials summed in thread order
 
 
 def _nhwc_operand(g, x, packed):
@@ -924,14 +924,13 @@ def _weight_grad_grouped(g, x, dy, packed, cpu):
     return contiguous(dwk.transpose(0, 4, 3, 1, 2).reshape(g.F, Cg, g.KH, g.KW))
 
 
-@_strategy("conv2d_forward", "grouped_flat", ["pack.pack_nchw_padded", "grouped.grouped_flat_forward",
-                                              "elementwise.elementwise_relu"], Layout.NCHW_PADDED,
-           "grouped, stride 1: each tap one run over a whole zero-padded NCHW plane, all groups in one launch")
+@_strategy("conv2d_forward", "grouped_flat", ["pack.pack_nchw_padded", "flat.flat_forward"], Layout.NCHW_PADDED,
+           "grouped or dilated, stride 1: each tap one run over a whole zero-padded NCHW plane, all groups in one "
+           "launch")
 def _forward_grouped_flat(g, x, w, b, out, cpu, relu=False):
     packed = _pack_nchw(x, g.ph, g.pw)
-    _run("grouped.grouped_flat_forward", packed.array, contiguous(_weights(w)), b, g.dilation, g.groups, out,
+    _run("flat.flat_forward", packed.array, contiguous(_weights(w)), b, g.dilation, g.groups, relu, out,
          work=out.size * g.C // g.groups * g.KH * g.KW)
-    _relu_in_place(out, relu)
     return packed
 
 
@@ -940,8 +939,8 @@ def _full_padding(g):
     return g.dilation[0] * (g.KH - 1) - g.ph, g.dilation[1] * (g.KW - 1) - g.pw
 
 
-@_strategy("conv2d_input_grad", "grouped_flat", ["pack.pack_nchw_padded", "grouped.grouped_flat_forward"], None,
-           "grouped, stride 1: the forward kernel on dy padded by d*(K-1)-p with the rotated kernel of each group "
+@_strategy("conv2d_input_grad", "grouped_flat", ["pack.pack_nchw_padded", "flat.flat_forward"], None,
+           "grouped or dilated, stride 1: the forward kernel on dy padded by d*(K-1)-p with the rotated kernel of each group "
            "(grouped_gather when w is not finite)")
 def _input_grad_grouped_flat(plan, dy, w):
     g = plan.geometry
@@ -950,18 +949,17 @@ def _input_grad_grouped_flat(plan, dy, w):
     G, Fg, Cg = g.groups, g.F // g.groups, g.C // g.groups
     rotated = contiguous(w.reshape(G, Fg, Cg, g.KH, g.KW)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4))
     dx = np.empty(g.x_shape, dtype=dy.dtype)
-    _run("grouped.grouped_flat_forward", _pack_nchw(dy, *_full_padding(g)).array,
-         rotated.reshape(g.C, Fg, g.KH, g.KW), np.zeros(g.C, dtype=dy.dtype), g.dilation, G, dx,
-         work=dx.size * Fg * g.KH * g.KW)
+    _run("flat.flat_forward", _pack_nchw(dy, *_full_padding(g)).array, rotated.reshape(g.C, Fg, g.KH, g.KW),
+         np.zeros(g.C, dtype=dy.dtype), g.dilation, G, False, dx, work=dx.size * Fg * g.KH * g.KW)
     return dx
 
 
-@_strategy("conv2d_weight_grad", "grouped_flat", ["pack.pack_nchw_padded", "grouped.grouped_flat_weight_grad"],
-           Layout.NCHW_PADDED, "grouped, stride 1: per-tap dot products over whole planes; per-thread partials",
-           needs_finite=True)
+@_strategy("conv2d_weight_grad", "grouped_flat", ["pack.pack_nchw_padded", "flat.flat_weight_grad"],
+           Layout.NCHW_PADDED, "grouped or dilated, stride 1: per-tap dot products over whole planes; per-thread "
+                               "partials", needs_finite=True)
 def _weight_grad_grouped_flat(g, x, dy, packed, cpu):
     partial = np.empty((max(1, min(numba.get_num_threads(), g.N)),) + g.w_shape, dtype=dy.dtype)
-    _run("grouped.grouped_flat_weight_grad", _padded_nchw(g, x, packed), dy, g.dilation, g.groups, partial,
+    _run("flat.flat_weight_grad", _padded_nchw(g, x, packed), dy, g.dilation, g.groups, partial,
          work=dy.size * partial[0, 0].size)
     return partial.sum(axis=0)  # partials summed in thread order
 

@@ -17,6 +17,7 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 from _layouts import LAYOUTS, relayout
+from _strategies import depthwise_ready
 
 import fastconv.functional as fc
 from fastconv import plan as P
@@ -29,13 +30,7 @@ SETTINGS = hypothesis.settings(max_examples=25, deadline=None)
 
 def _pads(padding, k, d):
     """``((top, bottom), (left, right))`` of a padding argument, as PyTorch resolves it."""
-    if padding == "valid":
-        return (0, 0), (0, 0)
-    if padding == "same":
-        totals = (d[0] * (k[0] - 1), d[1] * (k[1] - 1))
-        return tuple((t // 2, t - t // 2) for t in totals)
-    ph, pw = ref._pair(padding)
-    return (ph, ph), (pw, pw)
+    return ref.conv_padding(padding, tuple(k), d)
 
 
 def reference(x, w, b, dy, stride, padding, dilation, groups):
@@ -54,16 +49,7 @@ def _close(got, want, dtype, what):
     assert err <= TOL[np.dtype(dtype)], f"{what}: relative error {err:.3g}"
 
 
-def _depthwise_ready():
-    """Whether the depthwise plan (branch i15-depthwise) is merged: until then ``groups == C`` is not drawn."""
-    try:
-        fc.conv2d_plan((1, 2, 3, 3), (2, 1, 3, 3), groups=2)
-    except NotImplementedError:
-        return False
-    return True
-
-
-DEPTHWISE_READY = _depthwise_ready()
+DEPTHWISE_READY = depthwise_ready()  # until the i15-depthwise branch is merged, groups == C is not drawn
 
 
 @st.composite

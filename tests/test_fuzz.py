@@ -34,6 +34,7 @@ import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
 from _layouts import LAYOUTS, relayout  # noqa: E402
+from _strategies import depthwise_ready  # noqa: E402
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -169,24 +170,12 @@ def _pool_geometry(draw, n):
     return dict(x_shape=(n, C, H, W), kernel_size=kernel, stride=stride, padding=padding)
 
 
-def _depthwise_ready():
-    """Whether ``groups == C`` has a plan (branch i15-depthwise): until then the draws leave it out."""
-    try:
-        F.conv2d_plan((1, 2, 3, 3), (2, 1, 3, 3), groups=2)
-    except NotImplementedError:
-        return False
-    return True
-
-
-_DEPTHWISE_READY = _depthwise_ready()
+_DEPTHWISE_READY = depthwise_ready()  # until the i15-depthwise branch is merged, groups == C is not drawn
 
 
 def _same_pads(padding, kernel, dilation):
     """``((top, bottom), (left, right))`` of a conv padding, strings resolved as PyTorch does."""
-    if isinstance(padding, str):
-        totals = [0, 0] if padding == "valid" else [d * (k - 1) for d, k in zip(R._pair(dilation), kernel)]
-        return tuple((t // 2, t - t // 2) for t in totals)
-    return tuple((p, p) for p in R._pair(padding))
+    return R.conv_padding(padding, tuple(kernel), dilation)
 
 
 def _conv15_geometry(draw, n):

@@ -13,8 +13,7 @@ module             kernels
 ``tiled``          ``tiled_forward_4x4``, ``tiled_weight_grad_by_rows``, ``tiled_weight_grad_by_filters``
 ``flat``           ``flat_forward``, ``flat_weight_grad``, ``flat_bias_grad``
 ``filter_vector``  ``filter_vector_forward``
-``grouped``        ``grouped_forward``, ``grouped_input_grad``, ``grouped_weight_grad`` (groups, dilation),
-                   ``grouped_flat_forward``, ``grouped_flat_weight_grad`` (stride 1)
+``grouped``        ``grouped_forward``, ``grouped_input_grad``, ``grouped_weight_grad`` (groups, dilation, strided)
 ``matmul``         ``matmul_nn``, ``matmul_nt``
 ``maxpool``        ``maxpool_forward_2x2``, ``maxpool_forward_window``, ``maxpool_forward_columns``,
                    ``maxpool_forward_ranges``,
