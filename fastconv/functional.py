@@ -155,6 +155,8 @@ def conv2d_plan(x_shape, w_shape, stride=1, padding=0, dtype=np.float32, *, dila
     >>> p.forward.name, p.input_grad.name, p.weight_grad.name
     ('flat', 'full_correlation', 'flat')
     >>> fc.conv2d_plan((8, 64, 28, 28), (64, 2, 3, 3), padding=1, groups=32).forward.name
+    'grouped_flat'
+    >>> fc.conv2d_plan((8, 64, 28, 28), (64, 2, 3, 3), stride=2, padding=1, groups=32).forward.name
     'grouped'
     >>> fc.conv2d_plan((8, 16, 28, 28), (16, 16, 3, 3), padding="same", dilation=2).forward.name
     'dilation_phases'
