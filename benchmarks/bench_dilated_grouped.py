@@ -8,10 +8,11 @@ repeated calls (after a warm-up), in float32 at the same thread count for both l
     PYTHONPATH=$PWD python benchmarks/bench_dilated_grouped.py --threads 2
     PYTHONPATH=$PWD python benchmarks/bench_dilated_grouped.py --case grouped32 --strategies
 
-Wall time, the two libraries called alternately, call by call: the minimum of each and the
-median of the per-pair ratios. On the loaded development machine (load 6-7 on 2 cores) single
-calls of one torch convolution took 0.7 to 100 ms, and its fastest call moved from 0.4 ms to
-2.0 ms within minutes (CPU time drifted alike), so only calls timed side by side compare. The cases are the benchmark rows of :data:`benchmarks.cases.CONV_CASES` whose
+Wall time, each library in blocks (after a pause, as ``scripts/bench_report.py`` does), the
+blocks of the two alternated: the minimum of each and the median of the per-round ratios. On
+the loaded development machine (load 6-7 on 2 cores) single calls of one torch convolution took
+0.7 to 100 ms, and its fastest call moved from 0.4 ms to 2.0 ms within minutes (CPU time
+drifted alike), so only numbers timed side by side compare. The cases are the benchmark rows of :data:`benchmarks.cases.CONV_CASES` whose
 geometry is issue 15's (dilation, groups, 'same', 1x1 at stride 2) plus the transposed
 4x4 stride-2 convolution, timed as the input gradient of its convolution.
 """
@@ -29,26 +30,28 @@ ISSUE_CASES = ("grouped32", "dilated3x3d2", "same5x5", "conv1x1s2")
 TRANSPOSED = ((16, 64, 32, 32), (128, 64, 4, 4), 2, 1)
 
 
-def paired(calls, seconds):
-    """``(minimum times, median ratio)`` of the two ``calls``, timed alternately call by call for ``seconds``.
+def blocks(calls, seconds, rounds=4, pause=0.15):
+    """``(minimum times, median ratio)``: each call timed in ``rounds`` blocks of ``seconds / rounds``,
+    the blocks of the two alternated, each after a ``pause``.
 
-    The load of this machine drifts within seconds (one torch convolution's fastest call was 0.4 ms
-    in one minute, 2.0 ms the next), so the two libraries are timed in alternation and the median
-    of the per-pair ratios is reported with the ratio of the minima.
+    Alternating call by call slows both libraries (each one's thread pool keeps spinning after a
+    call: ``benchmarks/NOTES.md``, "Measuring: pitfalls met"); the load of this machine drifts
+    within seconds, so the blocks alternate and the median of the per-round ratios of the
+    blocks' minima is reported with the ratio of the overall minima.
     """
     for call in calls:
         call()
-    times = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < 5:
-        pair = []
-        for call in calls:
-            start = time.perf_counter()
-            call()
-            pair.append(time.perf_counter() - start)
-        times.append(pair)
-    times = np.array(times)
-    return times.min(axis=0), float(np.median(times[:, 0] / times[:, 1]))
+    per_round = np.full((rounds, len(calls)), np.inf)
+    for r in range(rounds):
+        for k, call in enumerate(calls):
+            time.sleep(pause)
+            end, count = time.perf_counter() + seconds / rounds, 0
+            while time.perf_counter() < end or count < 3:
+                start = time.perf_counter()
+                call()
+                per_round[r, k] = min(per_round[r, k], time.perf_counter() - start)
+                count += 1
+    return per_round.min(axis=0), float(np.median(per_round[:, 0] / per_round[:, 1]))
 
 
 def main(argv=None):
@@ -108,10 +111,10 @@ def main(argv=None):
                 lambda: torch.nn.functional.conv_transpose2d(tdy, tw, None, stride, pad))}
         with torch.no_grad():
             for op, (f_fc, f_t) in ops.items():
-                (t_fc, t_t), median = paired((f_fc, f_t), args.seconds)
+                (t_fc, t_t), median = blocks((f_fc, f_t), args.seconds)
                 rows.append((name, op, t_fc, t_t, median))
                 print(f"{name:16s} {op:24s} fastconv {t_fc * 1e3:8.2f} ms  torch {t_t * 1e3:8.2f} ms  "
-                      f"ratio of minima {t_fc / t_t:5.2f}x  median ratio {median:5.2f}x   {label}", flush=True)
+                      f"ratio of minima {t_fc / t_t:5.2f}x  median of the rounds' ratios {median:5.2f}x   {label}", flush=True)
     return rows
 
 
