@@ -103,12 +103,6 @@ class Tuning:
         (8x256x28x28 -> 512 at stride 2, one thread: forward 7.2 ms instead of 8.7, weight
         gradient 7.3 instead of 11.1); smaller planes keep the vector strategies, whose tiles
         the 49 columns of a 7x7 plane do not fill (16x512x14x14 -> 1024: 2x faster there).
-    dilation_phases : int
-        A dilated stride-1 convolution of one group with at most this many phases
-        (``dh * dw``) runs its forward pass and weight gradient as one dense convolution per
-        phase (8x64x28x28, dilation 2, one thread: forward 10.1 ms, weight gradient 8.1, against
-        11.3 and 10.8 on the grouped flat kernels); more phases (dilation 4: 16 phases of 14x14)
-        and every input gradient take the flat kernels (there 2.5x and 1.6x faster).
     """
 
     short_reduction: int = 32
@@ -116,7 +110,6 @@ class Tuning:
     big_partials: int = 4 << 20
     small_work: int = 1 << 18
     strided_pointwise_pixels: int = 128
-    dilation_phases: int = 4
 
 
 TUNING = Tuning()
@@ -824,7 +817,8 @@ def _weight_grad_pointwise_strided(g, x, dy, packed, cpu):
 
 
 def _uses_dilation_phases(g):
-    """Dilated, stride 1, one group: ``dh * dw`` undilated convolutions, one per phase (see :func:`_dilation_phases`)."""
+    """Dilated, stride 1, one group: the input gradient as ``dh * dw`` undilated ones, one per phase
+    (see :func:`_dilation_phases`)."""
     return g.groups == 1 and g.sh == g.sw == 1 and g.dilation != (1, 1)
 
 
@@ -852,16 +846,6 @@ def _padded_nchw(g, x, packed):
     return _pack_nchw(x, g.ph, g.pw).array if xq is None else xq
 
 
-@_strategy("conv2d_forward", "dilation_phases", ["pack.pack_nchw_padded"], Layout.NCHW_PADDED,
-           "dilated, stride 1, one group: dh*dw undilated stride-1 convolutions of the padded input's phases")
-def _forward_dilation_phases(g, x, w, b, out, cpu, relu=False):
-    xp = _padded_nchw(g, x, None)
-    (dh, dw), w = g.dilation, _weights(w)
-    for a, c, p in _phase_plans(g, out.dtype, cpu):
-        out[:, :, a::dh, c::dw] = p.run_forward(contiguous(xp[:, :, a::dh, c::dw]), w, b, relu)[0]
-    return Packed(Layout.NCHW_PADDED, (g.ph, g.pw), xp)
-
-
 @_strategy("conv2d_input_grad", "dilation_phases", [], None,
            "dilated, stride 1, one group: each phase's dense input gradient, written into the padded dx's phase")
 def _input_grad_dilation_phases(plan, dy, w):
@@ -871,18 +855,6 @@ def _input_grad_dilation_phases(plan, dy, w):
     for a, c, p in _phase_plans(g, dy.dtype, plan.cpu):
         dxp[:, :, a::dh, c::dw] = p.run_input_grad(contiguous(dy[:, :, a::dh, c::dw]), w)
     return contiguous(dxp[:, :, g.ph:g.ph + g.H, g.pw:g.pw + g.W])
-
-
-@_strategy("conv2d_weight_grad", "dilation_phases", ["pack.pack_nchw_padded"], Layout.NCHW_PADDED,
-           "dilated, stride 1, one group: the dense weight gradients of the phases, summed in phase order")
-def _weight_grad_dilation_phases(g, x, dy, packed, cpu):
-    xp = _padded_nchw(g, x, packed)
-    dh, dw = g.dilation
-    total = None
-    for a, c, p in _phase_plans(g, dy.dtype, cpu):
-        part = p.run_weight_grad(contiguous(dy[:, :, a::dh, c::dw]), contiguous(xp[:, :, a::dh, c::dw]))
-        total = part if total is None else total + part
-    return total
 
 
 def _group_weights(w, G, channels_last):
@@ -972,10 +944,12 @@ _EXACT_INPUT_GRADS = frozenset({"pointwise_strided", "grouped_gather", "dilation
 def _general_plan(g, dtype, cpu, threads):
     """The :class:`ConvPlan` of a dilated or grouped (not depthwise) geometry."""
     if g.sh == g.sw == 1:
-        phases = _uses_dilation_phases(g)
-        kind = "dilation_phases" if phases and g.dilation[0] * g.dilation[1] <= TUNING.dilation_phases \
-            else "grouped_flat"
-        ig = "grouped_flat" if min(_full_padding(g)) >= 0 else "dilation_phases" if phases else "grouped_gather"
+        # The flat kernels, every pass; the input gradient when the padding passes d*(K-1) (dy would need a
+        # negative padding): one group's dilation phases, else the gather. Running the forward pass and weight
+        # gradient as dense convolutions of the phases was slower on two threads (benchmarks/NOTES.md).
+        kind = "grouped_flat"
+        ig = ("grouped_flat" if min(_full_padding(g)) >= 0 else
+              "dilation_phases" if _uses_dilation_phases(g) else "grouped_gather")
     else:
         kind, ig = "grouped", "grouped_gather"
     inner = ()

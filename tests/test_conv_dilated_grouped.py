@@ -131,7 +131,8 @@ def test_hypothesis_matches_torch(g, seed, dtype):
 
 # ------------------------------------------------------------------------- finite differences
 FD_CASES = {  # name: (x_shape, w_shape, stride, padding, dilation, groups)
-    "dilated-phases": ((1, 2, 6, 7), (2, 2, 3, 2), 1, 1, 2, 1),
+    "dilated": ((1, 2, 6, 7), (2, 2, 3, 2), 1, 1, 2, 1),
+    "dilated-pad-over-kernel": ((1, 2, 6, 7), (2, 2, 2, 2), 1, 3, 2, 1),  # dx by the dilation phases
     "dilated-strided": ((1, 2, 7, 7), (2, 2, 2, 2), 2, 1, (2, 3), 1),
     "grouped": ((2, 4, 5, 5), (4, 2, 2, 3), (1, 2), (1, 0), 1, 2),
     "grouped-dilated-same-even": ((1, 6, 6, 5), (3, 2, 2, 3), 1, "same", (1, 2), 3),
@@ -200,7 +201,8 @@ LAYOUT_GEOMETRIES = {  # one of each strategy family
     "grouped": ((2, 4, 7, 8), (6, 2, 3, 2), dict(stride=(2, 1), padding=1, dilation=(1, 2), groups=2)),
     "grouped-flat": ((2, 6, 7, 8), (6, 2, 3, 2), dict(stride=1, padding=(2, 1), dilation=(1, 2), groups=3)),
     "dilated-flat": ((2, 3, 13, 12), (4, 3, 3, 3), dict(stride=1, padding="same", dilation=(3, 2), groups=1)),
-    "phases-same-even": ((2, 3, 7, 8), (4, 3, 2, 3), dict(stride=1, padding="same", dilation=2, groups=1)),
+    "phases-pad-over-kernel": ((2, 3, 7, 8), (4, 3, 2, 3), dict(stride=1, padding=(3, 4), dilation=2, groups=1)),
+    "same-even-dilated": ((2, 3, 7, 8), (4, 3, 2, 3), dict(stride=1, padding="same", dilation=(1, 3), groups=1)),
     "pointwise-s2": ((2, 3, 25, 24), (4, 3, 1, 1), dict(stride=2, padding=0, dilation=1, groups=1)),
 }
 
@@ -298,16 +300,16 @@ def test_concurrent_calls_give_the_serial_results():
     ((2, 8, 9, 9), (8, 2, 3, 3), dict(padding=1, groups=4), "grouped_flat", "grouped_flat", "grouped_flat"),
     ((2, 8, 9, 9), (8, 2, 3, 3), dict(stride=2, padding=1, groups=4), "grouped", "grouped_gather", "grouped"),
     ((2, 8, 9, 9), (8, 8, 3, 3), dict(stride=2, dilation=2), "grouped", "grouped_gather", "grouped"),
-    ((2, 8, 9, 9), (8, 8, 3, 3), dict(padding="same", dilation=2), "dilation_phases", "grouped_flat",
-     "dilation_phases"),
+    ((2, 8, 9, 9), (8, 8, 3, 3), dict(padding="same", dilation=2), "grouped_flat", "grouped_flat",
+     "grouped_flat"),
     ((2, 8, 20, 20), (8, 8, 3, 3), dict(padding="same", dilation=4), "grouped_flat", "grouped_flat",
      "grouped_flat"),
-    ((2, 8, 9, 9), (8, 8, 2, 2), dict(padding=3, dilation=2), "dilation_phases", "dilation_phases",
-     "dilation_phases"),
+    ((2, 8, 9, 9), (8, 8, 2, 2), dict(padding=3, dilation=2), "grouped_flat", "dilation_phases",
+     "grouped_flat"),
     ((2, 8, 9, 9), (8, 4, 1, 1), dict(padding=1, groups=2), "grouped_flat", "grouped_gather", "grouped_flat"),
     ((2, 8, 28, 28), (16, 8, 1, 1), dict(stride=2), "pointwise_strided", "pointwise_strided",
      "pointwise_strided_nt"),
-], ids=["groups", "groups-strided", "dilated-strided", "dilated", "dilated-16-phases", "dilated-pad-over-kernel",
+], ids=["groups", "groups-strided", "dilated-strided", "dilated", "dilated-d4", "dilated-pad-over-kernel",
         "grouped-pad-over-kernel", "1x1-s2"])
 def test_the_plan_picks_and_explains_the_new_strategies(x_shape, w_shape, opts, forward, input_grad, weight_grad):
     p = fc.conv2d_plan(x_shape, w_shape, dtype=np.float32, **{"stride": 1, **opts})
@@ -337,7 +339,7 @@ def test_depthwise_is_left_to_its_own_plan():
         p = fc.conv2d_plan((1, 4, 8, 8), (8, 1, 3, 3), padding=1, groups=4)
     except NotImplementedError:
         pytest.skip("needs i15-depthwise")
-    assert p.forward.name not in ("grouped", "dilation_phases")
+    assert p.forward.name not in ("grouped", "grouped_flat")
 
 
 # ------------------------------------------------------------------------- errors
