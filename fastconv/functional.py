@@ -261,7 +261,7 @@ def conv2d_backward_input(dy, w, input_shape, stride=1, padding=0, dilation=1, g
     split into its ``sh * sw`` phases, each an undilated full convolution with a sub-kernel.
     With a dilation, the kernel's taps are ``dh`` / ``dw`` apart in that correlation too
     (the gradient of a dilated convolution is a dilated correlation); with groups, each
-    group's channels get the gradient of its own filters only. See ``docs/backprop.md``.
+    group's channels get the gradient of its own filters only. See ``docs/backprop.md``, section 2.
 
     Parameters
     ----------
