@@ -136,10 +136,11 @@ class ConvCase(_Layer):
     bench_batch : int, optional
         The batch the benchmarks time the row at; None (a test-only row) to leave it
         out of the benchmarks.
-    dilation : int or (h, w) pair
-        Spacing of the kernel's taps (issue 15).
-    groups : int
-        Channel groups: weights ``(f, c // groups, KH, KW)`` (issue 15).
+    dilation : int or (h, w) pair, default 1
+    groups : int, default 1
+        As :func:`fastconv.functional.conv2d` takes them (issue 15); ``pad`` may also be
+        ``'same'`` or ``'valid'`` (a table row's ``'same'`` pads symmetrically: an odd
+        ``dilation * (k - 1)`` total is tested in ``tests/test_conv_dilated_grouped.py``).
     """
 
     f: int
@@ -152,29 +153,50 @@ class ConvCase(_Layer):
 
     kind = "conv"
 
+    def __post_init__(self):
+        if self.pad == "same" and any(d * (k - 1) % 2 for d, k in zip(self.dilation_hw, self.kernel_hw)):
+            raise ValueError(f"{self.name}: a table row's padding='same' must pad both sides alike")
+
+    @property
+    def pad_hw(self):
+        """``(ph, pw)`` on each side, ``'same'`` and ``'valid'`` resolved."""
+        if self.pad == "valid":
+            return (0, 0)
+        if self.pad == "same":
+            return tuple(d * (k - 1) // 2 for d, k in zip(self.dilation_hw, self.kernel_hw))
+        return im2col._pair(self.pad)
+
     @property
     def out_hw(self):
-        """``(Ho, Wo)`` of the dilated kernel."""
+        """``(Ho, Wo)``, the dilation included."""
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_hw, self.stride_hw, self.pad_hw, self.dilation_hw
         return (self.h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (self.w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+    @property
+    def options(self):
+        """The keyword arguments beyond stride and padding: ``dilation`` and ``groups``."""
+        return {"dilation": self.dilation, "groups": self.groups}
 
     @property
     def w_shape(self):
         return (self.f, self.c // self.groups) + self.kernel_hw
 
-    def __str__(self):
-        extra = (f"-d{_label(self.dilation)}" if self.dilation != 1 else "") + \
-            (f"-g{self.groups}" if self.groups != 1 else "")
-        return super().__str__() + extra
-
     @property
     def y_shape(self):
         return (self.n, self.f) + self.out_hw
 
+    def __str__(self):
+        extra = (f"-d{_label(self.dilation)}" if self.dilation != 1 else "") + (
+            f"-g{self.groups}" if self.groups != 1 else "")
+        return super().__str__() + extra
+
+    def describe(self):
+        return super().describe() + "".join(f" {k}={v}" for k, v in self.options.items() if v != 1)
+
     def flop(self, op):
         """Floating-point operations of ``op`` (a multiply-add counts 2)."""
         (kh, kw), (ho, wo) = self.kernel_hw, self.out_hw
-        mac = 2 * self.n * self.f * ho * wo * (self.c // self.groups) * kh * kw
+        mac = 2 * self.n * self.f * ho * wo * self.c // self.groups * kh * kw
         if op == "conv2d_backward":
             return 2 * mac + self.n * self.f * ho * wo  # dx + dw + db
         return mac
@@ -379,16 +401,43 @@ CONV_BENCH = (
     ConvCase("stem7x7s2", 1, 3, 224, 224, 64, 7, 2, 3, bench_batch=8),
     ConvCase("odd", 1, 17, 23, 29, 33, 3, 1, 1, bench_batch=16),
     ConvCase("deep", 1, 512, 7, 7, 512, 3, 1, 1, bench_batch=8),
+    # Issue 15: ResNeXt's grouped 3x3 (32 groups of 8 channels), DeepLab's dilated 3x3,
+    # a 'same' 5x5 and ResNet's 1x1 stride-2 shortcut.
+    ConvCase("grouped32", 1, 256, 14, 14, 256, 3, 1, 1, bench_batch=8, groups=32),
+    ConvCase("dilated3x3d2", 1, 64, 28, 28, 64, 3, 1, 2, bench_batch=8, dilation=2),
+    ConvCase("same5x5", 1, 32, 28, 28, 64, 5, 1, "same", bench_batch=16),
+    ConvCase("conv1x1s2", 1, 256, 28, 28, 512, 1, 2, 0, bench_batch=8),
+)
+#: Issue 15 (test-only rows): dilation, groups and 'same'/'valid' on small layers, every strategy
+#: of the non-dense geometries (grouped at strides 1 and 2, dilation phases, dilation with groups),
+#: and 1x1 at strides above 1.
+CONV_DILATED_GROUPED = (
+    ConvCase("dilated-d2-p2", 2, 3, 9, 10, 4, 3, 1, 2, dilation=2),
+    ConvCase("dilated-d2x3-p0", 2, 3, 11, 12, 5, 3, 1, 0, dilation=(2, 3)),
+    ConvCase("dilated-d2-s2", 2, 3, 11, 10, 4, 3, 2, 1, dilation=2),
+    ConvCase("dilated-d3-same", 1, 4, 10, 9, 33, 3, 1, "same", dilation=3),
+    ConvCase("dilated-k2-d2-same", 2, 2, 8, 7, 3, 2, 1, "same", dilation=2),
+    ConvCase("grouped-g2", 2, 4, 8, 9, 6, 3, 1, 1, groups=2),
+    ConvCase("grouped-g4-s2", 2, 8, 9, 9, 8, 3, 2, (1, 0), groups=4),
+    ConvCase("grouped-g3-d2-k2x3", 1, 6, 9, 10, 9, (2, 3), (1, 2), 1, dilation=(2, 1), groups=3),
+    ConvCase("grouped-g2-k1-s2", 2, 4, 7, 8, 6, 1, 2, 0, groups=2),
+    ConvCase("grouped-g2-valid", 2, 4, 7, 8, 4, 3, 1, "valid", groups=2),
+    ConvCase("same-k5", 2, 3, 8, 9, 4, 5, 1, "same"),
+    # Padding beyond the dilated kernel (d * (K - 1) < p): the input gradient's other strategies.
+    ConvCase("dilated-pad-over-kernel", 2, 2, 6, 7, 3, 2, 1, 3, dilation=2),
+    ConvCase("grouped-g2-k1-p1", 2, 4, 5, 6, 4, 1, 1, 1, groups=2),
+    ConvCase("pointwise-s2", 2, 6, 25, 24, 5, 1, 2, 0),  # 13x12 outputs: the subsampled matmul
+    ConvCase("pointwise-s3x2", 1, 40, 37, 26, 9, 1, (3, 2), 0),
+    ConvCase("pointwise-s2-small", 2, 6, 9, 10, 5, 1, 2, 0),  # 5x5 outputs: the vector/tiled strategies
 )
 #: Every conv row: each is a reference test and a PyTorch test; the ones with a
 #: ``bench_batch`` also a benchmark.
-CONV_ROWS = CONV_GRID + CONV_KERNELS + CONV_SHAPES + CONV_RANDOM + CONV_LAYERS + CONV_BENCH
+CONV_ROWS = CONV_GRID + CONV_KERNELS + CONV_SHAPES + CONV_RANDOM + CONV_LAYERS + CONV_BENCH + CONV_DILATED_GROUPED
 #: Depthwise rows (issue 15: ``groups == c``, any channel multiplier ``f // c``): small test
 #: rows for the kernels' edges (channels not a whole vector, multiplier 2, strides,
 #: dilation, 5x5; narrow maps for the NHWC kernels, wide ones for the NCHW rows), then MobileNet's 3x3 layers (benchmarks/bench_depthwise.py times them
-#: against torch at ``bench_batch``). Not yet in :data:`CONV_ROWS`: the functional API
-#: (``fastconv.conv2d(groups=...)``, branch i15-kernels) and its tests must take ``groups``
-#: first; the plan-level tests walk :data:`CONV_PLAN_ROWS`.
+#: against torch at ``bench_batch``). Walked by the plan-level tests (:data:`CONV_PLAN_ROWS`);
+#: the functional API's depthwise calls are tested in ``tests/test_depthwise.py``.
 CONV_DEPTHWISE = (
     ConvCase("dw-C3", 2, 3, 9, 11, 3, 3, 1, 1, groups=3),
     ConvCase("dw-C17-m2-s2-d2", 2, 17, 9, 8, 34, 3, 2, 1, dilation=2, groups=17),
@@ -624,6 +673,11 @@ def make_inputs(case, dtype, seed=0):
 # ------------------------------------------------------------------ implementations
 
 
+def _issue15_conv(case):
+    """True when a conv row uses a dilation, groups or a padding string (issue 15's parameters)."""
+    return case.options != {"dilation": 1, "groups": 1} or isinstance(case.pad, str)
+
+
 class NumpyImplementation:
     """An implementation with fastconv's functional signatures on NumPy arrays.
 
@@ -655,14 +709,20 @@ class NumpyImplementation:
         except ImportError as exc:
             return None, f"{self.module_name} cannot be imported: {exc}"
 
-    def unavailable_reason(self):
-        """None if usable, else why not (a string)."""
+    def unavailable_reason(self, case=None):
+        """None if usable (on ``case``, when given), else why not (a string)."""
+        if self.name == "im2col" and case is not None and case.kind == "conv" and _issue15_conv(case):
+            return "benchmarks/im2col.py has no dilation, groups or padding strings"
         return self._module_or_error[1]
 
     def thunk(self, op, case, a):
         """A zero-argument callable running ``op`` of ``case`` on the arrays ``a``."""
         m = self._module_or_error[0]
         s, p = case.stride, case.pad
+        if case.kind == "conv" and _issue15_conv(case):
+            # The issue-15 options: the reference takes numeric padding only.
+            o, p = case.options, (case.pad_hw if self.name == "naive" else p)
+            return self._conv_thunk(m, op, a, s, p, o)
         if op == "conv2d":
             return lambda: m.conv2d(a["x"], a["w"], a["b"], s, p)
         if op == "conv2d_backward_input":
@@ -675,6 +735,18 @@ class NumpyImplementation:
             return lambda: m.max_pool2d(a["x"], case.k, s, p)
         if op == "max_pool2d_backward":
             return lambda: m.max_pool2d_backward(a["dy"], a["indices"], a["x"].shape)
+        raise ValueError(f"unknown op {op!r}")
+
+    @staticmethod
+    def _conv_thunk(m, op, a, s, p, o):
+        if op == "conv2d":
+            return lambda: m.conv2d(a["x"], a["w"], a["b"], s, p, **o)
+        if op == "conv2d_backward_input":
+            return lambda: m.conv2d_backward_input(a["dy"], a["w"], a["x"].shape, s, p, **o)
+        if op == "conv2d_backward_weight":
+            return lambda: m.conv2d_backward_weight(a["dy"], a["x"], a["w"].shape, s, p, **o)
+        if op == "conv2d_backward":
+            return lambda: m.conv2d_backward(a["dy"], a["x"], a["w"], s, p, **o)
         raise ValueError(f"unknown op {op!r}")
 
     def to_numpy(self, result):
@@ -700,7 +772,7 @@ class TorchImplementation:
     def __repr__(self):
         return f"<implementation {self.name}: {self.label}>"
 
-    def unavailable_reason(self):
+    def unavailable_reason(self, case=None):
         try:
             import torch  # noqa: F401
         except ImportError:
@@ -712,8 +784,9 @@ class TorchImplementation:
 
         t = {key: torch.from_numpy(np.ascontiguousarray(v)) for key, v in a.items()}
         s, p = case.stride_hw, case.pad_hw
+        d, groups = (case.dilation_hw, case.groups) if case.kind == "conv" else ((1, 1), 1)
         if op == "conv2d":
-            return lambda: torch.nn.functional.conv2d(t["x"], t["w"], t["b"], s, p)
+            return lambda: torch.nn.functional.conv2d(t["x"], t["w"], t["b"], s, p, d, groups)
         if op in CONV_OPS:
             mask = {
                 "conv2d_backward_input": (True, False, False),
@@ -722,7 +795,7 @@ class TorchImplementation:
             }[op]
             bias_sizes = [case.f] if mask[2] else None
             conv_bwd = torch.ops.aten.convolution_backward
-            return lambda: conv_bwd(t["dy"], t["x"], t["w"], bias_sizes, s, p, (1, 1), False, (0, 0), 1, mask)
+            return lambda: conv_bwd(t["dy"], t["x"], t["w"], bias_sizes, s, p, d, False, (0, 0), groups, mask)
         k = case.kernel_hw
         if op == "max_pool2d":
             return lambda: torch.nn.functional.max_pool2d(t["x"], k, s, p, return_indices=True)

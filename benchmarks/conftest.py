@@ -44,8 +44,8 @@ def smoke(benchmark):
     return benchmark.disabled
 
 
-def _skip_if_unavailable(impl):
-    reason = impl.unavailable_reason()
+def _skip_if_unavailable(impl, case=None):
+    reason = impl.unavailable_reason(case)
     if reason is not None:
         pytest.skip(reason)
 
@@ -60,7 +60,7 @@ def bench_op(benchmark, smoke):
     def run(impl_name, op, case_name, dtype):
         impl = cases.IMPLEMENTATIONS[impl_name]
         case = cases.CASES[case_name]
-        _skip_if_unavailable(impl)
+        _skip_if_unavailable(impl, case)
         if smoke and impl.name == "naive" and case.name not in cases.SMOKE_NAIVE_CASES:
             pytest.skip(f"smoke mode: naive NumPy runs only on {', '.join(cases.SMOKE_NAIVE_CASES)}")
 

@@ -268,10 +268,12 @@ def class_loss_parts(owner, input, target, weight, ignore_index, reduction, labe
             g[idx, t] = -wt * c
             return _from_rows(g, input)
         if log_softmax:
-            total = (1.0 - eps) * wt + (eps / C) * (C if w is None else w.sum()) * valid
+            total = (1.0 - eps) * wt
+            if eps:  # selected, not multiplied by the mask: an ignored row stays 0 with a non-finite weight
+                total = total + np.where(valid, (eps / C) * (C if w is None else w.sum()), 0.0)
             g = p * total[:, None]
             if eps:
-                g -= (eps / C) * (1.0 if w is None else w) * valid[:, None]
+                g -= np.where(valid[:, None], (eps / C) * (1.0 if w is None else w), 0.0)
         else:
             g = np.zeros((M, C))
         g[idx, t] -= (1.0 - eps) * wt

@@ -143,6 +143,29 @@ def conv_geometry(func, x_shape, w_shape, stride, padding, x_name="x", w_name="w
     return ConvGeometry(N, C, H, W, F, KH, KW, sh, sw, ph, pw, Ho, Wo, (dh, dw), groups)
 
 
+def conv_padding(func, padding, stride, kernel_hw, dilation):
+    """PyTorch's ``padding`` of a convolution as ``((ph, pw), (eh, ew))``: zeros on both sides, and extra ones.
+
+    ``padding`` is an int, an ``(h, w)`` pair, ``'valid'`` (no padding) or ``'same'``
+    (stride 1 only: a total of ``d * (k - 1)`` per axis, ``total // 2`` on the top/left and
+    the rest, ``eh``/``ew`` one more, on the bottom/right, as PyTorch does). Numeric padding
+    is checked by :func:`conv_geometry`; ``(eh, ew)`` is ``(0, 0)`` except for ``'same'``
+    with an even total.
+    """
+    if not isinstance(padding, str):
+        return padding, (0, 0)
+    if padding == "valid":
+        return (0, 0), (0, 0)
+    if padding != "same":
+        raise ValueError(f"{func}: padding must be an int, a pair (h, w), 'same' or 'valid'; got {padding!r}")
+    sh, sw = as_pair(stride, "stride", func, minimum=1)
+    if (sh, sw) != (1, 1):
+        raise ValueError(f"{func}: padding='same' needs stride 1 (as in PyTorch); got stride={(sh, sw)}")
+    dh, dw = as_pair(dilation, "dilation", func, minimum=1)
+    th, tw = dh * max(kernel_hw[0] - 1, 0), dw * max(kernel_hw[1] - 1, 0)
+    return (th // 2, tw // 2), (th % 2, tw % 2)
+
+
 def _output_size(func, what, hw, window, stride, padding, shapes):
     """``(Ho, Wo)`` of a ``window`` sliding over ``hw`` padded by ``padding``; ValueError if it does not fit."""
     (H, W), (kh, kw), (sh, sw), (ph, pw) = hw, window, stride, padding

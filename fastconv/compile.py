@@ -20,12 +20,11 @@ import numpy as np
 
 from . import functional as F
 from . import plan as P
-from ._validation import conv_geometry
 
 __all__ = ["CONV_GEOMETRIES", "compile_all", "main"]
 
 #: Tiny convolutions that, planned for the host CPU, reach every conv strategy:
-#: ``(x_shape, w_shape, stride, padding)`` and, for a grouped one, ``groups``.
+#: ``(x_shape, w_shape, stride, padding)``, and a dict of ``dilation``/``groups`` for issue 15's strategies.
 CONV_GEOMETRIES = (
     ((2, 1, 9, 9), (4, 1, 3, 3), 1, 1),       # flat forward and weight gradient (first layer)
     ((2, 1, 9, 9), (4, 1, 3, 3), 2, 1),       # filter_vector forward, phases input gradient
@@ -35,17 +34,14 @@ CONV_GEOMETRIES = (
     ((2, 16, 5, 5), (3, 16, 3, 3), 1, 1),     # tiled forward, weight gradient by filters
     ((2, 16, 5, 20), (3, 16, 3, 3), 1, 1),    # weight gradient by rows
     ((2, 8, 4, 4), (4, 8, 1, 1), 1, 0),       # pointwise matrix products
-    ((2, 16, 4, 3), (32, 1, 3, 3), 2, 1, 16),  # depthwise, NHWC (groups 16, 2 filters per channel)
-    ((2, 4, 5, 40), (8, 1, 3, 3), 1, 1, 4),    # depthwise, NCHW rows (wide maps)
-    ((2, 4, 5, 40), (8, 1, 3, 3), 2, 1, 4),    # depthwise, NCHW rows, the strided input gradient
+    ((2, 16, 4, 3), (32, 1, 3, 3), 2, 1, {"groups": 16}),  # depthwise, NHWC (groups 16, 2 filters per channel)
+    ((2, 4, 5, 40), (8, 1, 3, 3), 1, 1, {"groups": 4}),    # depthwise, NCHW rows (wide maps)
+    ((2, 4, 5, 40), (8, 1, 3, 3), 2, 1, {"groups": 4}),    # depthwise, NCHW rows, the strided input gradient
+    ((2, 8, 24, 24), (4, 8, 1, 1), 2, 0),     # 1x1 at stride 2: the subsampled matrix products
+    ((2, 4, 7, 7), (4, 2, 3, 3), 1, 1, {"groups": 2}),     # grouped flat kernels (stride 1)
+    ((2, 4, 7, 7), (4, 2, 3, 3), 2, 1, {"groups": 2}),     # grouped NHWC kernels (strided), the gather
+    ((2, 4, 7, 7), (4, 4, 2, 2), 1, 3, {"dilation": 2}),   # dilation phases: dx when the padding passes d*(K-1)
 )
-
-
-def _conv_plan(geo, dtype):
-    x_shape, w_shape, stride, padding, groups = (*geo, 1)[:5]
-    if groups == 1:
-        return F.conv2d_plan(x_shape, w_shape, stride, padding, dtype=dtype)
-    return P.plan_conv2d(conv_geometry("compile", x_shape, w_shape, stride, padding, groups=groups), dtype)
 
 
 def _run_conv(plan, rng):
@@ -106,7 +102,7 @@ def compile_all(dtypes=("float32", "float64"), progress=True, file=None):
             _run_others(dt, rng)
             reached |= {s for (op, _), s in P.STRATEGIES.items() if not op.startswith("conv2d")}
         else:
-            plan = _conv_plan(geo, dt)
+            plan = F.conv2d_plan(*geo[:4], dtype=dt, **(geo[4] if len(geo) > 4 else {}))
             _run_conv(plan, rng)
             reached |= set(plan.strategies())
     if progress:

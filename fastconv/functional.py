@@ -93,7 +93,39 @@ __all__ = [
 _X, _W, _DY = V.X_LAYOUT, V.W_LAYOUT, V.DY_LAYOUT
 
 
-def conv2d_plan(x_shape, w_shape, stride=1, padding=0, dtype=np.float32):
+def _conv_geometry(func, x_shape, w_shape, stride, padding, dilation, groups, x_name="x", w_name="w"):
+    """``(geometry, extra)`` of a convolution, ``padding`` resolved (``'same'``, ``'valid'``, numeric).
+
+    ``extra = (eh, ew)`` are the zero rows/columns ``'same'`` adds on the bottom/right only
+    (an odd total padding); the geometry is then that of the input so extended, padded
+    symmetrically by the rest. It is ``(0, 0)`` otherwise, and costs nothing.
+    """
+    pad, extra = V.conv_padding(func, padding, stride, tuple(w_shape)[2:], dilation)
+    # Checked on the input as given, padded by the larger side (every message names the user's shapes).
+    g = V.conv_geometry(func, x_shape, w_shape, stride, (pad[0] + extra[0], pad[1] + extra[1]) if extra != (0, 0)
+                        else pad, x_name, w_name, dilation, groups)
+    if extra != (0, 0):
+        N, C, H, W = x_shape
+        g = V.conv_geometry(func, (N, C, H + extra[0], W + extra[1]), w_shape, stride, pad, x_name, w_name,
+                            dilation, groups)
+    return g, extra
+
+
+def _extend(x, extra):
+    """``x`` with ``extra = (eh, ew)`` zero rows/columns on the bottom/right (``x`` itself when none)."""
+    if extra == (0, 0):
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (0, extra[0]), (0, extra[1])))
+
+
+def _crop(dx, extra):
+    """The input gradient of the extended input, cropped to the input's shape."""
+    if extra == (0, 0):
+        return dx
+    return np.ascontiguousarray(dx[:, :, :dx.shape[2] - extra[0], :dx.shape[3] - extra[1]])
+
+
+def conv2d_plan(x_shape, w_shape, stride=1, padding=0, dtype=np.float32, *, dilation=1, groups=1):
     """The plan of a convolution: which strategy each pass takes, on this CPU and thread count.
 
     Parameters
@@ -101,8 +133,8 @@ def conv2d_plan(x_shape, w_shape, stride=1, padding=0, dtype=np.float32):
     x_shape : tuple of 4 ints
         ``(N, C, H, W)``.
     w_shape : tuple of 4 ints
-        ``(F, C, KH, KW)``.
-    stride, padding : int or (int, int)
+        ``(F, C / groups, KH, KW)``.
+    stride, padding, dilation, groups
         As for :func:`conv2d`.
     dtype : float32 or float64
 
@@ -112,6 +144,9 @@ def conv2d_plan(x_shape, w_shape, stride=1, padding=0, dtype=np.float32):
         ``.forward``, ``.input_grad``, ``.weight_grad``, ``.bias_grad`` are the strategies
         (``.name``, ``.kernels``); ``print(plan)`` explains them; ``plan.run_forward(x, w,
         b)`` and the other ``run_*`` methods run them on arrays of exactly these shapes.
+        With ``padding='same'`` and an odd total padding ``dilation * (K - 1)``, the
+        plan is that of the input with one more zero row (column) on the bottom (right),
+        padded by the rest on both sides: its ``geometry.x_shape`` says so.
 
     Raises
     ------
@@ -124,48 +159,66 @@ def conv2d_plan(x_shape, w_shape, stride=1, padding=0, dtype=np.float32):
     >>> p = fc.conv2d_plan((8, 1, 28, 28), (32, 1, 3, 3), padding=1)
     >>> p.forward.name, p.input_grad.name, p.weight_grad.name
     ('flat', 'full_correlation', 'flat')
+    >>> fc.conv2d_plan((8, 64, 28, 28), (64, 2, 3, 3), padding=1, groups=32).forward.name
+    'grouped_flat'
+    >>> fc.conv2d_plan((8, 64, 28, 28), (64, 2, 3, 3), stride=2, padding=1, groups=32).forward.name
+    'grouped'
+    >>> fc.conv2d_plan((8, 16, 28, 28), (16, 16, 3, 3), padding="same", dilation=2).forward.name
+    'grouped_flat'
     """
     func = "conv2d_plan"
     dt = V.float_dtype(dtype, func)
     x_shape = V.as_shape(x_shape, "x_shape", func, 4)
     w_shape = V.as_shape(w_shape, "w_shape", func, 4)
-    g = V.conv_geometry(func, x_shape, w_shape, stride, padding, x_name="x_shape", w_name="w_shape")
+    g, _ = _conv_geometry(func, x_shape, w_shape, stride, padding, dilation, groups, "x_shape", "w_shape")
     return _plan.plan_conv2d(g, dt)
 
 
-def conv2d(x, w, b=None, stride=1, padding=0):
-    """2-D cross-correlation of a batch of images with a bank of filters.
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation of a batch of images with a bank of filters (``torch.nn.functional.conv2d``).
 
-    ``y[n, f, oh, ow] = b[f] + sum_{c, i, j} xpad[n, c, oh*sh + i, ow*sw + j] * w[f, c, i, j]``,
-    where ``xpad`` is ``x`` zero-padded by ``padding`` on both sides.
+    ``y[n, f, oh, ow] = b[f] + sum_{c, i, j} xpad[n, g*Cg + c, oh*sh + i*dh, ow*sw + j*dw] * w[f, c, i, j]``,
+    where ``xpad`` is ``x`` zero-padded by ``padding``, ``Cg = C / groups`` and
+    ``g = f // (F / groups)`` is filter ``f``'s group.
 
     Parameters
     ----------
     x : ndarray, shape (N, C, H, W), float32 or float64
         Input batch.
-    w : ndarray, shape (F, C, KH, KW), same dtype as ``x``
+    w : ndarray, shape (F, C / groups, KH, KW), same dtype as ``x``
         Filters.
     b : ndarray, shape (F,), optional
         Bias, added to every output position of its filter.
     stride : int or (int, int), default 1
         Step of the window, ``(sh, sw)``; must be positive.
-    padding : int or (int, int), default 0
-        Zeros added on both sides, ``(ph, pw)``; must be non-negative.
+    padding : int, (int, int), 'same' or 'valid', default 0
+        Zeros added on both sides, ``(ph, pw)``, non-negative. ``'valid'`` is 0;
+        ``'same'`` (stride 1 only) keeps the output the input's size: ``dh * (KH - 1)``
+        zeros per axis, half on the top and the rest (one more when the total is odd) on
+        the bottom, likewise for the width, as PyTorch does.
+    dilation : int or (int, int), default 1
+        Spacing ``(dh, dw)`` between the kernel's taps; must be positive.
+    groups : int, default 1
+        The channels and the filters split into this many groups (it must divide both);
+        each filter sees only its group's ``C / groups`` channels. ``groups == C`` is a
+        depthwise convolution.
 
     Returns
     -------
     y : ndarray, shape (N, F, Ho, Wo)
-        ``Ho = (H + 2*ph - KH) // sh + 1``, ``Wo = (W + 2*pw - KW) // sw + 1``.
+        ``Ho = (H + ph_top + ph_bottom - dh*(KH - 1) - 1) // sh + 1``, likewise ``Wo``.
 
     Raises
     ------
     TypeError
         Non-array input, a dtype other than float32/float64, mixed dtypes, or a non-integer
-        ``stride``/``padding``.
+        ``stride``/``padding``/``dilation``/``groups``.
     ValueError
-        Wrong number of dimensions, channel mismatch between ``x`` and ``w``, a bias of the
-        wrong length, a kernel larger than the padded input, ``stride <= 0``, ``padding < 0``,
-        or an empty channel/spatial/filter axis.
+        Wrong number of dimensions, channel mismatch between ``x``, ``w`` and ``groups``,
+        ``groups`` not dividing the channels or the filters, a bias of the wrong length, a
+        (dilated) kernel larger than the padded input, ``stride <= 0``, ``padding < 0``,
+        ``dilation <= 0``, ``padding='same'`` with a stride above 1, an unknown padding
+        string, or an empty channel/spatial/filter axis.
 
     See Also
     --------
@@ -179,6 +232,15 @@ def conv2d(x, w, b=None, stride=1, padding=0):
     >>> fc.conv2d(x, w)[0, 0]
     array([[ 8., 12.],
            [20., 24.]])
+    >>> fc.conv2d(x, w, padding="same")[0, 0]           # one more zero row and column at the bottom/right
+    array([[ 8., 12.,  7.],
+           [20., 24., 13.],
+           [13., 15.,  8.]])
+    >>> fc.conv2d(x, w, dilation=2)[0, 0]              # taps two apart: the four corners
+    array([[16.]])
+    >>> x2 = np.ones((1, 4, 3, 3))
+    >>> fc.conv2d(x2, np.ones((2, 2, 1, 1)), groups=2).shape   # two groups of two channels
+    (1, 2, 3, 3)
     """
     func = "conv2d"
     V.check_float_array(x, "x", func, 4, _X)
@@ -186,14 +248,14 @@ def conv2d(x, w, b=None, stride=1, padding=0):
     if b is not None:
         V.check_float_array(b, "b", func, 1, "(F,)")
     V.check_same_dtype(func, x=x, w=w, b=b)
-    g = V.conv_geometry(func, x.shape, w.shape, stride, padding)
+    g, extra = _conv_geometry(func, x.shape, w.shape, stride, padding, dilation, groups)
     V.check_buffers(func, g, x.dtype.itemsize)
     if b is not None and b.shape[0] != g.F:
         raise ValueError(f"{func}: b must have shape ({g.F},) to match w.shape={w.shape}; got {b.shape}")
-    return _plan.plan_conv2d(g, x.dtype).run_forward(x, w, b)[0]
+    return _plan.plan_conv2d(g, x.dtype).run_forward(_extend(x, extra), w, b)[0]
 
 
-def conv2d_backward_input(dy, w, input_shape, stride=1, padding=0):
+def conv2d_backward_input(dy, w, input_shape, stride=1, padding=0, dilation=1, groups=1):
     """Gradient of :func:`conv2d` with respect to its input.
 
     Computed as the *full* convolution of the output gradient with the kernel rotated by
@@ -202,17 +264,19 @@ def conv2d_backward_input(dy, w, input_shape, stride=1, padding=0):
     with ``KH - 1 - ph`` / ``KW - 1 - pw`` zeros, and correlated with the rotated kernel
     at stride 1. For strides above one the dilation zeros are never multiplied: dx is
     split into its ``sh * sw`` phases, each an undilated full convolution with a sub-kernel.
-    See ``docs/backprop.md``, section 2.
+    With a dilation, the kernel's taps are ``dh`` / ``dw`` apart in that correlation too
+    (the gradient of a dilated convolution is a dilated correlation); with groups, each
+    group's channels get the gradient of its own filters only. See ``docs/backprop.md``, section 2.
 
     Parameters
     ----------
     dy : ndarray, shape (N, F, Ho, Wo)
         Gradient of the loss with respect to the convolution's output.
-    w : ndarray, shape (F, C, KH, KW), same dtype as ``dy``
+    w : ndarray, shape (F, C / groups, KH, KW), same dtype as ``dy``
         Filters of the forward pass.
     input_shape : tuple of 4 ints
         ``(N, C, H, W)``, the shape of the forward input.
-    stride, padding : int or (int, int)
+    stride, padding, dilation, groups
         As given to :func:`conv2d`.
 
     Returns
@@ -235,23 +299,28 @@ def conv2d_backward_input(dy, w, input_shape, stride=1, padding=0):
            [2., 4., 4., 2.],
            [2., 4., 4., 2.],
            [1., 2., 2., 1.]])
+    >>> fc.conv2d_backward_input(np.ones((1, 1, 1, 1)), np.ones((1, 1, 2, 2)), (1, 1, 3, 3), dilation=2)[0, 0]
+    array([[1., 0., 1.],
+           [0., 0., 0.],
+           [1., 0., 1.]])
     """
     func = "conv2d_backward_input"
     V.check_float_array(dy, "dy", func, 4, _DY)
     V.check_float_array(w, "w", func, 4, _W)
     V.check_same_dtype(func, dy=dy, w=w)
     shape = V.as_shape(input_shape, "input_shape", func, 4)
-    g = V.conv_geometry(func, shape, w.shape, stride, padding, x_name="input_shape")
+    g, extra = _conv_geometry(func, shape, w.shape, stride, padding, dilation, groups, x_name="input_shape")
     V.check_buffers(func, g, dy.dtype.itemsize)
     V.check_dy(func, dy, g)
-    return _plan.plan_conv2d(g, dy.dtype).run_input_grad(dy, w)
+    return _crop(_plan.plan_conv2d(g, dy.dtype).run_input_grad(dy, w), extra)
 
 
-def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0):
+def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, dilation=1, groups=1):
     """Gradient of :func:`conv2d` with respect to its filters.
 
-    ``dw[f, c, i, j] = sum_{n, oh, ow} dy[n, f, oh, ow] * xpad[n, c, oh*sh + i, ow*sw + j]``:
-    the correlation of the (padded) input with the output gradient. See
+    ``dw[f, c, i, j] = sum_{n, oh, ow} dy[n, f, oh, ow] * xpad[n, g*Cg + c, oh*sh + i*dh, ow*sw + j*dw]``
+    (``g`` the group of filter ``f``): the correlation of the (padded) input with the
+    output gradient, whose taps are ``dh`` / ``dw`` apart with a dilation. See
     ``docs/backprop.md``, section 1.
 
     Parameters
@@ -261,8 +330,8 @@ def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0):
     x : ndarray, shape (N, C, H, W), same dtype as ``dy``
         Input of the forward pass.
     weight_shape : tuple of 4 ints
-        ``(F, C, KH, KW)``, the shape of the filters.
-    stride, padding : int or (int, int)
+        ``(F, C / groups, KH, KW)``, the shape of the filters.
+    stride, padding, dilation, groups
         As given to :func:`conv2d`.
 
     Returns
@@ -283,19 +352,22 @@ def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0):
     array([[10., 14., 18.],
            [26., 30., 34.],
            [42., 46., 50.]])
+    >>> fc.conv2d_backward_weight(np.ones((1, 1, 2, 2)), x, (1, 1, 2, 2), dilation=2)[0, 0]
+    array([[10., 18.],
+           [42., 50.]])
     """
     func = "conv2d_backward_weight"
     V.check_float_array(dy, "dy", func, 4, _DY)
     V.check_float_array(x, "x", func, 4, _X)
     V.check_same_dtype(func, dy=dy, x=x)
     shape = V.as_shape(weight_shape, "weight_shape", func, 4)
-    g = V.conv_geometry(func, x.shape, shape, stride, padding, w_name="weight_shape")
+    g, extra = _conv_geometry(func, x.shape, shape, stride, padding, dilation, groups, w_name="weight_shape")
     V.check_buffers(func, g, dy.dtype.itemsize)
     V.check_dy(func, dy, g)
-    return _plan.plan_conv2d(g, dy.dtype).run_weight_grad(dy, x)
+    return _plan.plan_conv2d(g, dy.dtype).run_weight_grad(dy, _extend(x, extra))
 
 
-def conv2d_backward(dy, x, w, stride=1, padding=0):
+def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1):
     """All three gradients of :func:`conv2d`: ``(dx, dw, db)``.
 
     Equivalent to ``conv2d_backward_input(dy, w, x.shape, ...)``,
@@ -308,15 +380,15 @@ def conv2d_backward(dy, x, w, stride=1, padding=0):
         Gradient of the loss with respect to the convolution's output.
     x : ndarray, shape (N, C, H, W)
         Input of the forward pass.
-    w : ndarray, shape (F, C, KH, KW)
+    w : ndarray, shape (F, C / groups, KH, KW)
         Filters of the forward pass.
-    stride, padding : int or (int, int)
+    stride, padding, dilation, groups
         As given to :func:`conv2d`.
 
     Returns
     -------
     dx : ndarray, shape (N, C, H, W)
-    dw : ndarray, shape (F, C, KH, KW)
+    dw : ndarray, shape (F, C / groups, KH, KW)
     db : ndarray, shape (F,)
         Returned whether or not the forward pass used a bias.
 
@@ -344,12 +416,12 @@ def conv2d_backward(dy, x, w, stride=1, padding=0):
     V.check_float_array(x, "x", func, 4, _X)
     V.check_float_array(w, "w", func, 4, _W)
     V.check_same_dtype(func, dy=dy, x=x, w=w)
-    g = V.conv_geometry(func, x.shape, w.shape, stride, padding)
+    g, extra = _conv_geometry(func, x.shape, w.shape, stride, padding, dilation, groups)
     V.check_buffers(func, g, dy.dtype.itemsize)
     V.check_dy(func, dy, g)
     p = _plan.plan_conv2d(g, x.dtype)
     dy = _plan.contiguous(dy)
-    return p.run_input_grad(dy, w), p.run_weight_grad(dy, x), p.run_bias_grad(dy)
+    return _crop(p.run_input_grad(dy, w), extra), p.run_weight_grad(dy, _extend(x, extra)), p.run_bias_grad(dy)
 
 
 def max_pool2d_plan(x_shape, kernel_size, stride=None, padding=0, dtype=np.float32, *, dilation=1, ceil_mode=False):

@@ -109,6 +109,12 @@ class Tuning:
         ``dy``: 112 x 112 maps 4.5 ms against 11.6, 14 x 14 2.0 against 4.0, 7 x 7 2.9 against
         1.8) and for the strided input gradient (``depthwise_rows_strided``, rows of ``W // sw``
         per column phase: 8 x 96 x 56 x 56 at stride 2 2.9 ms against 5.6, 7 x 7 1.7 against 0.6).
+    strided_pointwise_pixels : int
+        A 1x1 convolution at a stride above 1 (no padding) whose output planes have at least
+        this many pixels subsamples ``x`` once and runs the pointwise matrix products
+        (8x256x28x28 -> 512 at stride 2, one thread: forward 7.2 ms instead of 8.7, weight
+        gradient 7.3 instead of 11.1); smaller planes keep the vector strategies, whose tiles
+        the 49 columns of a 7x7 plane do not fill (16x512x14x14 -> 1024: 2x faster there).
     """
 
     short_reduction: int = 32
@@ -117,6 +123,7 @@ class Tuning:
     small_work: int = 1 << 18
     depthwise_rows: float = 0.3
     depthwise_rows_backward: float = 0.75
+    strided_pointwise_pixels: int = 128
 
 
 TUNING = Tuning()
@@ -177,6 +184,7 @@ class Layout(enum.Enum):
     NCHW_PADDED = "zero-padded NCHW (N, C, H+2ph, W+2pw)"
     NHWC_PADDED = "zero-padded NHWC (N, H+2ph, W+2pw, C)"
     NHWC_PADDED_LANES = "zero-padded NHWC, channels zero-padded to whole vectors (N, H+2ph, W+2pw, Cp)"
+    NCHW_SUBSAMPLED = "x[:, :, ::sh, ::sw] of a 1x1 strided convolution, C-contiguous NCHW (N, C, Ho, Wo)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -425,7 +433,7 @@ _forward_tiled.on_packed = _tiled_on_packed
            "stride 1, short receptive field: each tap one loop over a whole zero-padded NCHW plane")
 def _forward_flat(g, x, w, b, out, cpu, relu=False):
     packed = _pack_nchw(x, g.ph, g.pw)
-    _run("flat.flat_forward", packed.array, contiguous(_weights(w)), b, relu, out,
+    _run("flat.flat_forward", packed.array, contiguous(_weights(w)), b, (1, 1), 1, relu, out,
          work=out.size * g.C * g.KH * g.KW)
     return packed
 
@@ -472,6 +480,8 @@ def _choose_forward(g, cpu, dtype):
     """The forward strategy for geometry ``g`` on ``cpu``."""
     if g.pointwise:
         return STRATEGIES["conv2d_forward", "pointwise_matmul"]
+    if _strided_pointwise(g):
+        return STRATEGIES["conv2d_forward", "pointwise_strided"]
     if g.KH * g.KW * g.C >= TUNING.short_reduction:
         if g.F >= cpu.lanes(dtype):
             return STRATEGIES["conv2d_forward", "vector"]
@@ -631,6 +641,8 @@ def _tap_range(size, out_size, k, stride, pad):
 def _choose_input_grad(g):
     if g.pointwise:
         return STRATEGIES["conv2d_input_grad", "pointwise_matmul"]
+    if _strided_pointwise(g):
+        return STRATEGIES["conv2d_input_grad", "pointwise_strided"]
     if g.sh == g.sw == 1 and g.KH - 1 - g.ph >= 0 and g.KW - 1 - g.pw >= 0:
         return STRATEGIES["conv2d_input_grad", "full_correlation"]
     smallest = g.F * max(g.KH // g.sh, 1) * max(g.KW // g.sw, 1)  # the smallest phase's reduction
@@ -668,9 +680,9 @@ def _weight_grad_flat(g, x, dy, packed, cpu):
     xq = _reuse(packed, Layout.NCHW_PADDED, g)
     xq = _pack_nchw(x, g.ph, g.pw).array if xq is None else xq
     threads = numba.get_num_threads()
-    partial = np.empty((max(1, min(threads, g.N)), g.F, g.C * g.KH * g.KW), dtype=dy.dtype)
-    _run("flat.flat_weight_grad", xq, dy, g.KH, g.KW, partial, work=dy.size * partial[0, 0].size)
-    return partial.sum(axis=0).reshape(g.F, g.C, g.KH, g.KW)  # partials summed in thread order
+    partial = np.empty((max(1, min(threads, g.N)), g.F, g.C, g.KH, g.KW), dtype=dy.dtype)
+    _run("flat.flat_weight_grad", xq, dy, (1, 1), 1, partial, work=dy.size * partial[0, 0].size)
+    return partial.sum(axis=0)  # partials summed in thread order
 
 
 def _nhwc_operand(g, x, packed):
@@ -747,6 +759,8 @@ def _choose_tiled_weight_grad(g, itemsize, threads):
 def _choose_weight_grad(g, itemsize, threads, cpu):
     if g.pointwise:
         return STRATEGIES["conv2d_weight_grad", "pointwise_matmul_nt"]
+    if _strided_pointwise(g):
+        return STRATEGIES["conv2d_weight_grad", "pointwise_strided_nt"]
     if g.sh == g.sw == 1 and g.C * g.KH * g.KW < TUNING.short_reduction:
         return STRATEGIES["conv2d_weight_grad", "flat"]
     if g.F >= cpu.vector_bytes // itemsize and g.C * g.KH * g.KW >= TUNING.short_reduction:
@@ -918,6 +932,207 @@ def _depthwise_plan(geometry, dtype, cpu, threads):
         weight_grad=wg, weight_grad_nonfinite=wg,
         bias_grad=STRATEGIES["conv2d_bias_grad", "plane_sums"],
     )
+# Convolution: 1x1 at a stride above 1 (ResNet's shortcuts)
+# ---------------------------------------------------------------------------------------
+
+
+def _strided_pointwise(g):
+    """A dense 1x1 convolution without padding at a stride above 1, output planes of at least
+    ``TUNING.strided_pointwise_pixels``: a pointwise one on ``x[:, :, ::sh, ::sw]``."""
+    return (g.dense and g.KH == g.KW == 1 and g.ph == g.pw == 0 and (g.sh, g.sw) != (1, 1)
+            and g.Ho * g.Wo >= TUNING.strided_pointwise_pixels)
+
+
+def _subsampled(g, x, packed=None):
+    """``x[:, :, ::sh, ::sw]`` as a C-contiguous ``(N, C, Ho, Wo)`` array (the forward's when it made one)."""
+    if packed is not None and packed.layout is Layout.NCHW_SUBSAMPLED:
+        return packed.array
+    return contiguous(x[:, :, ::g.sh, ::g.sw])
+
+
+@_strategy("conv2d_forward", "pointwise_strided", ["matmul.matmul_nn", "elementwise.elementwise_relu"],
+           Layout.NCHW_SUBSAMPLED, "1x1, stride above 1, no padding: x subsampled once, then y[n] = w @ xs[n]")
+def _forward_pointwise_strided(g, x, w, b, out, cpu, relu=False):
+    xs = _subsampled(g, x)
+    _run("matmul.matmul_nn", contiguous(_weights(w)).reshape(g.F, g.C), xs.reshape(g.N, g.C, -1), b,
+         out.reshape(g.N, g.F, -1), work=out.size * g.C)
+    _relu_in_place(out, relu)
+    return Packed(Layout.NCHW_SUBSAMPLED, (0, 0), xs)
+
+
+@_strategy("conv2d_input_grad", "pointwise_strided", ["matmul.matmul_nn"], None,
+           "1x1, stride above 1, no padding: w.T @ dy[n] scattered into the zeros of dx[:, :, ::sh, ::sw]")
+def _input_grad_pointwise_strided(plan, dy, w):
+    g = plan.geometry
+    dxs = np.empty((g.N, g.C, g.Ho, g.Wo), dtype=dy.dtype)
+    _run("matmul.matmul_nn", contiguous(w.reshape(g.F, g.C).T), dy.reshape(g.N, g.F, -1),
+         np.zeros(g.C, dtype=dy.dtype), dxs.reshape(g.N, g.C, -1), work=dy.size * g.C)
+    dx = np.zeros(g.x_shape, dtype=dy.dtype)
+    dx[:, :, ::g.sh, ::g.sw] = dxs
+    return dx
+
+
+@_strategy("conv2d_weight_grad", "pointwise_strided_nt", ["matmul.matmul_nt"], Layout.NCHW_SUBSAMPLED,
+           "1x1, stride above 1, no padding: dw = sum_n dy[n] @ xs[n].T on the subsampled x")
+def _weight_grad_pointwise_strided(g, x, dy, packed, cpu):
+    xs = _subsampled(g, x, packed)
+    dw = np.empty((g.F, g.C), dtype=dy.dtype)
+    _run("matmul.matmul_nt", dy.reshape(g.N, g.F, -1), xs.reshape(g.N, g.C, -1), dw, work=dy.size * g.C)
+    return dw.reshape(g.F, g.C, 1, 1)
+
+
+# ---------------------------------------------------------------------------------------
+# Convolution: dilated and grouped geometries (issue 15)
+# ---------------------------------------------------------------------------------------
+
+
+def _uses_dilation_phases(g):
+    """Dilated, stride 1, one group: the input gradient as ``dh * dw`` undilated ones, one per phase
+    (see :func:`_dilation_phases`)."""
+    return g.groups == 1 and g.sh == g.sw == 1 and g.dilation != (1, 1)
+
+
+def _dilation_phases(g):
+    """``[(a, b, sub)]``: the output phase ``y[:, :, a::dh, b::dw]`` is the dense stride-1 convolution ``sub`` of the
+    padded-input phase ``xp[:, :, a::dh, b::dw]`` with the undilated kernel (no padding); phases without output are left out.
+    """
+    (dh, dw), Hp, Wp = g.dilation, g.H + 2 * g.ph, g.W + 2 * g.pw
+    phases = []
+    for a in range(min(dh, g.Ho)):
+        for b in range(min(dw, g.Wo)):
+            H, W = len(range(a, Hp, dh)), len(range(b, Wp, dw))
+            phases.append((a, b, ConvGeometry(g.N, g.C, H, W, g.F, g.KH, g.KW, 1, 1, 0, 0, H - g.KH + 1, W - g.KW + 1)))
+    return phases
+
+
+def _phase_plans(g, dtype, cpu):
+    """``[(a, b, plan)]``: the dense plan of each dilation phase."""
+    threads = numba.get_num_threads()
+    return [(a, b, _conv_plan(sub, np.dtype(dtype), cpu, threads)) for a, b, sub in _dilation_phases(g)]
+
+
+def _padded_nchw(g, x, packed):
+    xq = _reuse(packed, Layout.NCHW_PADDED, g)
+    return _pack_nchw(x, g.ph, g.pw).array if xq is None else xq
+
+
+@_strategy("conv2d_input_grad", "dilation_phases", [], None,
+           "dilated, stride 1, one group: each phase's dense input gradient, written into the padded dx's phase")
+def _input_grad_dilation_phases(plan, dy, w):
+    g = plan.geometry
+    dh, dw = g.dilation
+    dxp = np.zeros((g.N, g.C, g.H + 2 * g.ph, g.W + 2 * g.pw), dtype=dy.dtype)
+    for a, c, p in _phase_plans(g, dy.dtype, plan.cpu):
+        dxp[:, :, a::dh, c::dw] = p.run_input_grad(contiguous(dy[:, :, a::dh, c::dw]), w)
+    return contiguous(dxp[:, :, g.ph:g.ph + g.H, g.pw:g.pw + g.W])
+
+
+def _group_weights(w, G, channels_last):
+    """(F, C/G, KH, KW) -> (G, KH, KW, C/G, F/G), or (G, KH, KW, F/G, C/G) with ``channels_last``."""
+    F, Cg, KH, KW = w.shape
+    order = (0, 3, 4, 1, 2) if channels_last else (0, 3, 4, 2, 1)
+    return contiguous(w.reshape(G, F // G, Cg, KH, KW).transpose(order))
+
+
+@_strategy("conv2d_forward", "grouped", ["pack.pack_nhwc_padded", "grouped.grouped_forward",
+                                         "elementwise.elementwise_relu"], Layout.NHWC_PADDED,
+           "grouped or dilated: zero-padded NHWC, all groups in one launch, each group's filters the vector axis")
+def _forward_grouped(g, x, w, b, out, cpu, relu=False):
+    packed = _pack_nhwc(x, g.ph, g.pw)
+    _run("grouped.grouped_forward", packed.array, _group_weights(_weights(w), g.groups, False), b, (g.sh, g.sw),
+         g.dilation, out, work=out.size * g.C // g.groups * g.KH * g.KW)
+    _relu_in_place(out, relu)
+    return packed
+
+
+@_strategy("conv2d_input_grad", "grouped_gather", ["pack.pack_nhwc_padded", "grouped.grouped_input_grad"], None,
+           "grouped or dilated: each dx element gathers the taps that reach it (NHWC dy), all groups in one launch")
+def _input_grad_grouped(plan, dy, w):
+    g = plan.geometry
+    dx = np.empty(g.x_shape, dtype=dy.dtype)
+    _run("grouped.grouped_input_grad", _pack_nhwc(dy, 0, 0).array, _group_weights(w, g.groups, True), (g.sh, g.sw),
+         g.dilation, (g.ph, g.pw), dx, work=dy.size * g.C // g.groups * g.KH * g.KW)
+    return dx
+
+
+@_strategy("conv2d_weight_grad", "grouped", ["pack.pack_nhwc_padded", "grouped.grouped_weight_grad"],
+           Layout.NHWC_PADDED, "grouped or dilated: one job per (group, tap), summed over the batch in a fixed order")
+def _weight_grad_grouped(g, x, dy, packed, cpu):
+    G, Cg, Fg = g.groups, g.C // g.groups, g.F // g.groups
+    dwk = np.empty((G, g.KH, g.KW, Cg, Fg), dtype=dy.dtype)
+    _run("grouped.grouped_weight_grad", _nhwc_operand(g, x, packed), _pack_nhwc(dy, 0, 0).array, (g.sh, g.sw),
+         g.dilation, dwk, work=dy.size * Cg * g.KH * g.KW)
+    # (G, KH, KW, Cg, Fg) -> (F, Cg, KH, KW).
+    return contiguous(dwk.transpose(0, 4, 3, 1, 2).reshape(g.F, Cg, g.KH, g.KW))
+
+
+@_strategy("conv2d_forward", "grouped_flat", ["pack.pack_nchw_padded", "flat.flat_forward"], Layout.NCHW_PADDED,
+           "grouped or dilated, stride 1: each tap one run over a whole zero-padded NCHW plane, all groups in one "
+           "launch")
+def _forward_grouped_flat(g, x, w, b, out, cpu, relu=False):
+    packed = _pack_nchw(x, g.ph, g.pw)
+    _run("flat.flat_forward", packed.array, contiguous(_weights(w)), b, g.dilation, g.groups, relu, out,
+         work=out.size * g.C // g.groups * g.KH * g.KW)
+    return packed
+
+
+def _full_padding(g):
+    """dy's padding in the input gradient of a stride-1 convolution: ``d * (K - 1) - p`` per axis."""
+    return g.dilation[0] * (g.KH - 1) - g.ph, g.dilation[1] * (g.KW - 1) - g.pw
+
+
+@_strategy("conv2d_input_grad", "grouped_flat", ["pack.pack_nchw_padded", "flat.flat_forward"], None,
+           "grouped or dilated, stride 1: the forward kernel on dy padded by d*(K-1)-p with the rotated kernel of each group "
+           "(grouped_gather when w is not finite)")
+def _input_grad_grouped_flat(plan, dy, w):
+    g = plan.geometry
+    if not np.isfinite(w).all():  # padding zeros would meet the non-finite taps
+        return _input_grad_grouped(plan, dy, w)
+    G, Fg, Cg = g.groups, g.F // g.groups, g.C // g.groups
+    rotated = contiguous(w.reshape(G, Fg, Cg, g.KH, g.KW)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4))
+    dx = np.empty(g.x_shape, dtype=dy.dtype)
+    _run("flat.flat_forward", _pack_nchw(dy, *_full_padding(g)).array, rotated.reshape(g.C, Fg, g.KH, g.KW),
+         np.zeros(g.C, dtype=dy.dtype), g.dilation, G, False, dx, work=dx.size * Fg * g.KH * g.KW)
+    return dx
+
+
+@_strategy("conv2d_weight_grad", "grouped_flat", ["pack.pack_nchw_padded", "flat.flat_weight_grad"],
+           Layout.NCHW_PADDED, "grouped or dilated, stride 1: per-tap dot products over whole planes; per-thread "
+                               "partials", needs_finite=True)
+def _weight_grad_grouped_flat(g, x, dy, packed, cpu):
+    partial = np.empty((max(1, min(numba.get_num_threads(), g.N)),) + g.w_shape, dtype=dy.dtype)
+    _run("flat.flat_weight_grad", _padded_nchw(g, x, packed), dy, g.dilation, g.groups, partial,
+         work=dy.size * partial[0, 0].size)
+    return partial.sum(axis=0)  # partials summed in thread order
+
+
+#: Input-gradient strategies that multiply only what the reference multiplies (no padding or stride
+#: zeros; the dilation phases' dense plans take care of their own): no non-finite-weight fallback.
+_EXACT_INPUT_GRADS = frozenset({"pointwise_strided", "grouped_gather", "dilation_phases", "grouped_flat",
+                                "depthwise", "depthwise_rows", "depthwise_rows_strided"})
+
+
+def _general_plan(g, dtype, cpu, threads):
+    """The :class:`ConvPlan` of a dilated or grouped (not depthwise) geometry."""
+    if g.sh == g.sw == 1:
+        # The flat kernels, every pass; the input gradient when the padding passes d*(K-1) (dy would need a
+        # negative padding): one group's dilation phases, else the gather. Running the forward pass and weight
+        # gradient as dense convolutions of the phases was slower on two threads (benchmarks/NOTES.md).
+        kind = "grouped_flat"
+        ig = ("grouped_flat" if min(_full_padding(g)) >= 0 else
+              "dilation_phases" if _uses_dilation_phases(g) else "grouped_gather")
+    else:
+        kind, ig = "grouped", "grouped_gather"
+    inner = ()
+    if ig == "dilation_phases":
+        inner = tuple(dict.fromkeys(s for _, _, p in _phase_plans(g, dtype, cpu)
+                                    for s in (p.input_grad, *p.input_grad_inner)))
+    wg = STRATEGIES["conv2d_weight_grad", kind]
+    return ConvPlan(geometry=g, dtype=dtype, cpu=cpu, threads=threads,
+                    forward=STRATEGIES["conv2d_forward", kind], input_grad=STRATEGIES["conv2d_input_grad", ig],
+                    input_grad_inner=inner, weight_grad=wg,
+                    weight_grad_nonfinite=STRATEGIES["conv2d_weight_grad", "grouped"] if wg.needs_finite else wg,
+                    bias_grad=STRATEGIES["conv2d_bias_grad", "plane_sums"])
 
 
 # ---------------------------------------------------------------------------------------
@@ -984,7 +1199,7 @@ class ConvPlan:
         _check_operand(self, "w", w, g.w_shape)
         if g.N == 0:
             return np.zeros(g.x_shape, dtype=self.dtype)
-        if not g.depthwise and not np.isfinite(w).all():  # the depthwise gather never meets padding
+        if self.input_grad.name not in _EXACT_INPUT_GRADS and not np.isfinite(w).all():
             return _input_grad_nonfinite_weights(self, contiguous(dy), w)
         return self.input_grad.run(self, contiguous(dy), w)
 
@@ -1017,7 +1232,8 @@ class ConvPlan:
         if self.weight_grad is not self.weight_grad_nonfinite:
             wg += f" ({self.weight_grad_nonfinite.name} when x is not finite)"
         lines = [
-            f"conv2d x{g.x_shape} w{g.w_shape} stride {(g.sh, g.sw)} padding {(g.ph, g.pw)} {self.dtype} "
+            f"conv2d x{g.x_shape} w{g.w_shape} stride {(g.sh, g.sw)} padding {(g.ph, g.pw)}"
+            + ("" if g.dense else f" dilation {g.dilation} groups {g.groups}") + f" {self.dtype} "
             f"on {self.cpu.name} ({8 * self.cpu.vector_bytes}-bit vectors), {self.threads} threads",
             f"  forward      {self.forward.name}: {self.forward.summary}",
             f"  input grad   {self.input_grad.name}{' -> ' + inner if inner else ''}: {self.input_grad.summary}",
@@ -1040,6 +1256,8 @@ class ConvPlan:
 @functools.lru_cache(maxsize=4096)
 def _conv_plan(geometry, dtype, cpu, threads):
     g = geometry
+    if not g.dense:
+        return _general_plan(g, dtype, cpu, threads)
     wg = _choose_weight_grad(g, dtype.itemsize, threads, cpu)
     return ConvPlan(
         geometry=g, dtype=dtype, cpu=cpu, threads=threads,
@@ -1061,9 +1279,6 @@ def plan_conv2d(geometry, dtype, cpu=None):
     """
     if geometry.depthwise:
         return _depthwise_plan(geometry, np.dtype(dtype), HOST if cpu is None else cpu, numba.get_num_threads())
-    if not geometry.dense:
-        raise NotImplementedError(f"plan_conv2d: no strategy yet for dilation={geometry.dilation}, "
-                                  f"groups={geometry.groups}")
     return _conv_plan(geometry, np.dtype(dtype), HOST if cpu is None else cpu, numba.get_num_threads())
 
 

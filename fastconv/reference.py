@@ -133,6 +133,19 @@ def _output_shape(shape, w_shape, stride, padding, dilation):
     return int(shape[0]), int(w_shape[0]), Ho, Wo
 
 
+def conv_padding(padding, kernel_size, dilation=1):
+    """``((top, bottom), (left, right))``: the zeros a convolution's ``padding`` adds, as PyTorch resolves it.
+
+    An int or ``(ph, pw)`` pads both sides alike; ``'valid'`` pads nothing; ``'same'`` pads
+    ``d * (k - 1)`` per axis in total, ``total // 2`` on the top (left) and the rest on the
+    bottom (right). (The functions here take numeric padding; the tests pad explicitly.)
+    """
+    if isinstance(padding, str):
+        totals = [0, 0] if padding == "valid" else [d * (k - 1) for d, k in zip(_pair(dilation), _pair(kernel_size))]
+        return tuple((t // 2, t - t // 2) for t in totals)
+    return tuple((p, p) for p in _pair(padding))
+
+
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation (what deep-learning libraries call convolution).
 

@@ -172,7 +172,7 @@ def run_ops(args, cases, log):
         for name in impl_names:
             impl = cases.IMPLEMENTATIONS[name]
             entry = {"op": op, "case": case_name, "dtype": dtype, "impl": name, "gflop": (case.flop(op) or 0) / 1e9}
-            reason = impl.unavailable_reason()
+            reason = impl.unavailable_reason(case)
             if reason is None and name == "naive" and args.quick and case_name not in cases.SMOKE_NAIVE_CASES:
                 reason = "skipped in --quick mode"
             if reason is not None:
@@ -348,7 +348,7 @@ def strategies(cases):
     found = {}
     for c in cases.CASES.values():
         if c.kind == "conv":
-            p = fc.conv2d_plan(c.x_shape, c.w_shape, c.stride_hw, c.pad_hw)
+            p = fc.conv2d_plan(c.x_shape, c.w_shape, c.stride_hw, c.pad_hw, **c.options)
             inner = "+".join(s.name for s in p.input_grad_inner)
             found[c.name] = {"forward": p.forward.name,
                              "input grad": p.input_grad.name + (f" ({inner})" if inner else ""),

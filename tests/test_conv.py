@@ -77,11 +77,11 @@ def summands(case):
 def test_conv2d_matches_reference(case, dtype, tol):
     d = conv_data(case)
     x, w, b, _ = cast(d, dtype)
-    y = fc.conv2d(x, w, b, stride=case.stride, padding=case.pad)
+    y = fc.conv2d(x, w, b, stride=case.stride, padding=case.pad, **case.options)
     assert y.dtype == dtype and y.shape == case.y_shape
     np.testing.assert_allclose(y, d.y, **tol(dtype, summands(case)["y"]))
 
-    y_no_bias = fc.conv2d(x, w, stride=case.stride, padding=case.pad)
+    y_no_bias = fc.conv2d(x, w, stride=case.stride, padding=case.pad, **case.options)
     assert y_no_bias.dtype == dtype and y_no_bias.shape == case.y_shape
     expected = d.y - d.b[None, :, None, None]
     np.testing.assert_allclose(y_no_bias, expected, **tol(dtype, summands(case)["y"]))
@@ -92,7 +92,7 @@ def test_conv2d_matches_reference(case, dtype, tol):
 def test_conv2d_backward_input_matches_reference(case, dtype, tol):
     d = conv_data(case)
     _, w, _, dy = cast(d, dtype)
-    dx = fc.conv2d_backward_input(dy, w, case.x_shape, stride=case.stride, padding=case.pad)
+    dx = fc.conv2d_backward_input(dy, w, case.x_shape, stride=case.stride, padding=case.pad, **case.options)
     assert dx.dtype == dtype and dx.shape == case.x_shape
     np.testing.assert_allclose(dx, d.dx, **tol(dtype, summands(case)["dx"]))
 
@@ -102,7 +102,7 @@ def test_conv2d_backward_input_matches_reference(case, dtype, tol):
 def test_conv2d_backward_weight_matches_reference(case, dtype, tol):
     d = conv_data(case)
     x, _, _, dy = cast(d, dtype)
-    dw = fc.conv2d_backward_weight(dy, x, case.w_shape, stride=case.stride, padding=case.pad)
+    dw = fc.conv2d_backward_weight(dy, x, case.w_shape, stride=case.stride, padding=case.pad, **case.options)
     assert dw.dtype == dtype and dw.shape == case.w_shape
     np.testing.assert_allclose(dw, d.dw, **tol(dtype, summands(case)["dw"]))
 
@@ -129,12 +129,12 @@ def test_every_register_tile_matches_reference(cpu, case, dtype, tol):
 def test_conv2d_backward_equals_separate_calls(case, dtype, tol):
     d = conv_data(case)
     x, w, _, dy = cast(d, dtype)
-    s, p = case.stride, case.pad
-    dx, dw, db = fc.conv2d_backward(dy, x, w, stride=s, padding=p)
+    s, p, o = case.stride, case.pad, case.options
+    dx, dw, db = fc.conv2d_backward(dy, x, w, stride=s, padding=p, **o)
     assert dx.dtype == dw.dtype == db.dtype == dtype
     assert (dx.shape, dw.shape, db.shape) == (case.x_shape, case.w_shape, (case.f,))
-    np.testing.assert_array_equal(dx, fc.conv2d_backward_input(dy, w, x.shape, stride=s, padding=p))
-    np.testing.assert_array_equal(dw, fc.conv2d_backward_weight(dy, x, w.shape, stride=s, padding=p))
+    np.testing.assert_array_equal(dx, fc.conv2d_backward_input(dy, w, x.shape, stride=s, padding=p, **o))
+    np.testing.assert_array_equal(dw, fc.conv2d_backward_weight(dy, x, w.shape, stride=s, padding=p, **o))
     np.testing.assert_allclose(db, dy.sum(axis=(0, 2, 3)), **tol(dtype, summands(case)["db"]))
     np.testing.assert_allclose(db, d.db, **tol(dtype, summands(case)["db"]))
 

@@ -203,7 +203,10 @@ PARAM_TYPE_CASES = [
     c
     for c in _param_cases(BAD_PARAM_TYPES, TypeError, PARAM_OPS)
     if not (c.op == "max_pool2d" and "stride" in c.changes and c.changes["stride"] is None)  # None = default
+    and not (c.op in CONV_OPS and c.changes.get("padding") == "1")  # a conv's padding may be a string (below)
 ]
+# A convolution's padding string other than 'same' and 'valid' (issue 15): a ValueError naming both.
+PARAM_TYPE_CASES += _param_cases(["1", "SAME", "full"], ValueError, {op: ["padding"] for op in CONV_OPS})
 
 
 @pytest.mark.parametrize("case", PARAM_TYPE_CASES, ids=str)

@@ -34,6 +34,7 @@ import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
 from _layouts import LAYOUTS, relayout  # noqa: E402
+from _strategies import depthwise_ready  # noqa: E402
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -167,6 +168,66 @@ def _pool_geometry(draw, n):
     stride = draw(st.sampled_from([None, 1, 2, (1, 2)]))
     padding = draw(st.sampled_from([0, (k2[0] // 2, k2[1] // 2)]))
     return dict(x_shape=(n, C, H, W), kernel_size=kernel, stride=stride, padding=padding)
+
+
+_DEPTHWISE_READY = depthwise_ready()  # until the i15-depthwise branch is merged, groups == C is not drawn
+
+
+def _same_pads(padding, kernel, dilation):
+    """``((top, bottom), (left, right))`` of a conv padding, strings resolved as PyTorch does."""
+    return R.conv_padding(padding, tuple(kernel), dilation)
+
+
+def _conv15_geometry(draw, n):
+    """A convolution with issue 15's parameters: dilation, groups and padding 'same'/'valid' (or numeric)."""
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    C = groups * draw(st.integers(1 if groups == 1 or _DEPTHWISE_READY else 2, 2))
+    F_ = groups * draw(st.integers(1, 2))
+    KH, KW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dilation = draw(st.sampled_from([1, 2, (1, 2), (3, 1)]))
+    padding = draw(st.sampled_from([0, 1, (0, 2), "valid", "same"]))
+    stride = 1 if padding == "same" else draw(st.sampled_from([1, 2, (1, 3)]))
+    (t, b), (le, r) = _same_pads(padding, (KH, KW), dilation)
+    (dh, dw), (sh, sw) = R._pair(dilation), R._pair(stride)
+    H = max(dh * (KH - 1) + 1 - t - b, 1) + draw(st.integers(0, 3))
+    W = max(dw * (KW - 1) + 1 - le - r, 1) + draw(st.integers(0, 3))
+    Ho, Wo = (H + t + b - dh * (KH - 1) - 1) // sh + 1, (W + le + r - dw * (KW - 1) - 1) // sw + 1
+    return dict(x_shape=(n, C, H, W), w_shape=(F_, C // groups, KH, KW), stride=stride, padding=padding,
+                dilation=dilation, groups=groups, y_shape=(n, F_, Ho, Wo))
+
+
+def _conv15_opts(g):
+    return {k: g[k] for k in ("stride", "padding", "dilation", "groups")}
+
+
+def make_conv2d_issue15(draw, dtype, n):
+    g = _conv15_geometry(draw, n)
+    b = draw(st.sampled_from([None, "bias"]))
+    return dict(x=_arr(draw, g["x_shape"], dtype), w=_arr(draw, g["w_shape"], dtype),
+                b=None if b is None else _arr(draw, g["w_shape"][:1], dtype), **_conv15_opts(g))
+
+
+def make_conv_backward_input_issue15(draw, dtype, n):
+    g = _conv15_geometry(draw, n)
+    return dict(dy=_arr(draw, g["y_shape"], dtype), w=_arr(draw, g["w_shape"], dtype), input_shape=g["x_shape"],
+                **_conv15_opts(g))
+
+
+def make_conv_backward_weight_issue15(draw, dtype, n):
+    g = _conv15_geometry(draw, n)
+    return dict(dy=_arr(draw, g["y_shape"], dtype), x=_arr(draw, g["x_shape"], dtype), weight_shape=g["w_shape"],
+                **_conv15_opts(g))
+
+
+def make_conv_backward_issue15(draw, dtype, n):
+    g = _conv15_geometry(draw, n)
+    return dict(dy=_arr(draw, g["y_shape"], dtype), x=_arr(draw, g["x_shape"], dtype),
+                w=_arr(draw, g["w_shape"], dtype), **_conv15_opts(g))
+
+
+def make_conv_plan_issue15(draw, dtype, n):
+    g = _conv15_geometry(draw, n)
+    return dict(x_shape=g["x_shape"], w_shape=g["w_shape"], dtype=dtype, **_conv15_opts(g))
 
 
 def make_conv2d(draw, dtype, n):
@@ -414,6 +475,53 @@ def _conv_plan_ref(a, got):
 
 
 CONV_PARAMS = {"stride": "positive", "padding": "nonneg"}
+BAD["conv_padding"] = BAD["nonneg"] + ["SAME", "full", "", "same ", b"same"]
+ODD["conv_padding"] = ODD["nonneg"] + ["same", "valid"]  # 'same' at a stride above 1: a named error
+BAD["groups"] = NOT_INTS + [0, -1, 2**61, 2**64, (1, 2), [2]]
+ODD["groups"] = [np.int64(1), np.int32(1), 1, 2**40]
+CONV15_PARAMS = {"stride": "positive", "padding": "conv_padding", "dilation": "positive", "groups": "groups"}
+
+
+def _padded15(a, x, w_shape):
+    """``x`` zero-padded as ``a``'s padding asks (asymmetric for an odd 'same'), and the pads."""
+    pads = _same_pads(a["padding"], tuple(w_shape)[2:], a["dilation"])
+    return np.pad(x, ((0, 0), (0, 0), *pads)), pads
+
+
+def _conv15_ref_y(a, got):
+    xp, _ = _padded15(a, a["x"], a["w"].shape)
+    return R.conv2d(xp, a["w"], a["b"], a["stride"], 0, a["dilation"], a["groups"])
+
+
+def _conv15_ref_dx(a, dy, w, input_shape):
+    N, C, H, W = (int(v) for v in input_shape)
+    (t, b), (le, r) = _same_pads(a["padding"], tuple(w.shape)[2:], a["dilation"])
+    dxp = R.conv2d_backward_input(dy, w, (N, C, H + t + b, W + le + r), a["stride"], 0, a["dilation"], a["groups"])
+    return dxp[:, :, t:t + H, le:le + W]
+
+
+def _conv15_ref_dw(a, dy, x, weight_shape):
+    xp, _ = _padded15(a, x, weight_shape)
+    return R.conv2d_backward_weight(dy, xp, tuple(int(v) for v in weight_shape), a["stride"], 0, a["dilation"],
+                                    a["groups"])
+
+
+def _conv15_ref_backward(a, got):
+    return (_conv15_ref_dx(a, a["dy"], a["w"], a["x"].shape), _conv15_ref_dw(a, a["dy"], a["x"], a["w"].shape),
+            a["dy"].sum(axis=(0, 2, 3)))
+
+
+def _conv15_plan_ref(a, got):
+    N, C, H, W = (int(v) for v in a["x_shape"])
+    F_, Cg, KH, KW = (int(v) for v in a["w_shape"])
+    groups = int(a["groups"])
+    assert groups >= 1 and Cg * groups == C and F_ % groups == 0, "channels and groups do not match"
+    (t, b), (le, r) = _same_pads(a["padding"], (KH, KW), a["dilation"])
+    (dh, dw), (sh, sw) = R._pair(a["dilation"]), R._pair(a["stride"])
+    span_h, span_w = dh * (KH - 1) + 1, dw * (KW - 1) + 1
+    assert min(KH, KW, sh, sw, dh, dw, C, H, W) >= 1 and min(t, le, N) >= 0, "invalid geometry"
+    assert span_h <= H + t + b and span_w <= W + le + r, "window larger than the padded input"
+    return N, F_, (H + t + b - span_h) // sh + 1, (W + le + r - span_w) // sw + 1
 POOL_PARAMS = {"kernel_size": "positive", "stride": "stride_or_none", "padding": "nonneg"}
 
 
@@ -434,6 +542,19 @@ TABLE = [
           _ref(R.conv2d_backward, "dy", "x", "w", "stride", "padding"), CONV_PARAMS, ("dy", "x", "w")),
     Entry("conv2d_plan", make_conv_plan, lambda a: _plan_y_shape(F.conv2d_plan(**a)), _conv_plan_ref,
           {**CONV_PARAMS, "x_shape": "shape4", "w_shape": "shape4", "dtype": "dtype"}),
+    # Issue 15: the same five calls with dilation, groups and padding 'same'/'valid'.
+    Entry("conv2d", make_conv2d_issue15, lambda a: F.conv2d(**a), _conv15_ref_y, CONV15_PARAMS, ("x", "w", "b"),
+          optional=("b",)),
+    Entry("conv2d_backward_input", make_conv_backward_input_issue15, lambda a: F.conv2d_backward_input(**a),
+          lambda a, got: _conv15_ref_dx(a, a["dy"], a["w"], a["input_shape"]),
+          {**CONV15_PARAMS, "input_shape": "shape4"}, ("dy", "w")),
+    Entry("conv2d_backward_weight", make_conv_backward_weight_issue15, lambda a: F.conv2d_backward_weight(**a),
+          lambda a, got: _conv15_ref_dw(a, a["dy"], a["x"], a["weight_shape"]),
+          {**CONV15_PARAMS, "weight_shape": "shape4"}, ("dy", "x")),
+    Entry("conv2d_backward", make_conv_backward_issue15, lambda a: F.conv2d_backward(**a), _conv15_ref_backward,
+          CONV15_PARAMS, ("dy", "x", "w")),
+    Entry("conv2d_plan", make_conv_plan_issue15, lambda a: _plan_y_shape(F.conv2d_plan(**a)), _conv15_plan_ref,
+          {**CONV15_PARAMS, "x_shape": "shape4", "w_shape": "shape4", "dtype": "dtype"}),
     Entry("relu", make_relu, lambda a: F.relu(**a), _ref(R.relu, "x"), {}, ("x",), fixed_ndim=False),
     Entry("relu_backward", make_relu_backward, lambda a: F.relu_backward(**a), _ref(R.relu_backward, "dy", "x"),
           {}, ("dy", "x"), fixed_ndim=False),

@@ -65,8 +65,8 @@ def test_the_case_table_reaches_every_strategy():
 
 
 def _reference(row, x, w, b, dy):
-    s, p, d, groups = row.stride_hw, row.pad_hw, row.dilation, row.groups
-    return ref.conv2d(x, w, b, s, p, d, groups), *ref.conv2d_backward(dy, x, w, s, p, d, groups)
+    s, p, o = row.stride_hw, row.pad_hw, row.options
+    return ref.conv2d(x, w, b, s, p, **o), *ref.conv2d_backward(dy, x, w, s, p, **o)
 
 
 def _check(got, want, dtype, what):
@@ -84,8 +84,7 @@ def test_every_conv_strategy_matches_reference(strategy, dtype):
     rng = np.random.default_rng(0)
     for row, cpu in rows:
         row = row.with_batch(min(row.n, 2))
-        g = V.conv_geometry("test", row.x_shape, row.w_shape, row.stride_hw, row.pad_hw, dilation=row.dilation,
-                            groups=row.groups)
+        g = V.conv_geometry("test", row.x_shape, row.w_shape, row.stride_hw, row.pad_hw, **row.options)
         plan = P.plan_conv2d(g, dtype, cpu)
         x, w, b, dy = (rng.standard_normal(s).astype(np.float32).astype(np.float64)
                        for s in (row.x_shape, row.w_shape, (row.f,), g.y_shape))
@@ -182,7 +181,8 @@ def test_every_tuning_threshold_lives_in_the_plan():
         for name in ("_SHORT_REDUCTION", "_SHORT_ROW", "_BIG_PARTIALS", "SMALL_WORK", "isfinite"):
             assert name not in source, f"fastconv/{module}.py still mentions {name}"
     assert set(vars(P.TUNING)) == {"short_reduction", "short_row", "big_partials", "small_work",
-                                 "depthwise_rows", "depthwise_rows_backward"}
+    assert set(vars(P.TUNING)) == {"short_reduction", "short_row", "big_partials", "small_work",
+                                   "depthwise_rows", "depthwise_rows_backward", "strided_pointwise_pixels"}
 
 
 # ---------------------------------------------------------------------------------------
