@@ -1,9 +1,5 @@
 """What tests/test_conv_transpose.py and tests/test_conv_layers.py share.
 
-- Which convolution geometries the plan layer runs yet: the dilated and grouped strategies come
-  from the i15-kernels branch, the depthwise ones from i15-depthwise; until they are merged
-  ``plan_conv2d`` raises ``NotImplementedError`` for them, and the tests that need them skip
-  (``needs_general``, ``needs_depthwise``) on exactly that condition.
 - :func:`assert_matches_torch`: a layer against its ``to_torch`` twin (repr, ``state_dict``
   keys, output, dx, dw, db, inputs unchanged), and weights moved from torch into it.
 """
@@ -11,27 +7,6 @@
 import numpy as np
 import pytest
 
-from fastconv import _validation as V
-from fastconv import plan as P
-
-
-def plan_runs(dilation=1, groups=1, channels=4):
-    """Whether :func:`fastconv.plan.plan_conv2d` has a strategy for a convolution of this dilation and groups."""
-    g = V.conv_geometry("probe", (1, channels, 6, 6), (channels, channels // groups, 3, 3), 1, 1,
-                        dilation=dilation, groups=groups)
-    try:
-        P.plan_conv2d(g, np.float64)
-    except NotImplementedError:
-        return False
-    return True
-
-
-GENERAL = plan_runs(dilation=2) and plan_runs(groups=2)
-DEPTHWISE = plan_runs(groups=4)
-needs_general = pytest.mark.skipif(not GENERAL, reason="needs i15-kernels: plan_conv2d has no dilated/grouped "
-                                                       "strategy yet (NotImplementedError)")
-needs_depthwise = pytest.mark.skipif(not DEPTHWISE, reason="needs i15-depthwise: plan_conv2d has no depthwise "
-                                                           "strategy yet (NotImplementedError)")
 
 
 def tolerance(dtype):

@@ -120,14 +120,3 @@ def run_pool(plan, rng):
     plan.run_backward(y, idx)
     plan.run_backward(y, idx, relu_output=y)
     return set(plan.strategies())
-
-
-def depthwise_ready():
-    """Whether ``groups == C`` has a plan (branch i15-depthwise merged): until then the issue-15 draws leave it out."""
-    import fastconv.functional as F
-
-    try:
-        F.conv2d_plan((1, 2, 3, 3), (2, 1, 3, 3), groups=2)
-    except NotImplementedError:
-        return False
-    return True

@@ -17,7 +17,6 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 from _layouts import LAYOUTS, relayout
-from _strategies import depthwise_ready
 
 import fastconv.functional as fc
 from fastconv import plan as P
@@ -49,14 +48,13 @@ def _close(got, want, dtype, what):
     assert err <= TOL[np.dtype(dtype)], f"{what}: relative error {err:.3g}"
 
 
-DEPTHWISE_READY = depthwise_ready()  # until the i15-depthwise branch is merged, groups == C is not drawn
 
 
 @st.composite
 def geometries(draw):
     """A valid call: groups, dilation, stride and padding (ints, pairs, 'same' at stride 1, 'valid')."""
     groups = draw(st.sampled_from([1, 1, 2, 3, 4]))
-    per_group = draw(st.integers(1 if DEPTHWISE_READY or groups == 1 else 2, 3))
+    per_group = draw(st.integers(1, 3))
     C, F = groups * per_group, groups * draw(st.integers(1, 3))
     KH, KW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     dilation = draw(st.sampled_from([1, 2, 3, (1, 2), (2, 1), (3, 2)]))
@@ -334,11 +332,8 @@ def test_the_1x1_strided_input_grad_is_zero_where_no_window_reads():
 
 
 def test_depthwise_is_left_to_its_own_plan():
-    """groups == C goes to the depthwise plan (branch i15-depthwise), not to these strategies."""
-    try:
-        p = fc.conv2d_plan((1, 4, 8, 8), (8, 1, 3, 3), padding=1, groups=4)
-    except NotImplementedError:
-        pytest.skip("needs i15-depthwise")
+    """groups == C goes to the depthwise plan, not to these strategies."""
+    p = fc.conv2d_plan((1, 4, 8, 8), (8, 1, 3, 3), padding=1, groups=4)
     assert p.forward.name not in ("grouped", "grouped_flat")
 
 

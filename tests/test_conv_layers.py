@@ -2,14 +2,13 @@
 
 Against torch.nn.Conv2d over hypothesis combinations (outputs, dx, dw, db, ``to_torch`` and
 ``state_dict`` both ways, repr), the explicit padding and its adjoint against torch's ``F.pad``,
-and the errors raised when a layer is built. The dilated, grouped and depthwise combinations
-need the plans of the i15-kernels / i15-depthwise branches and skip until they are merged
-(``tests/_conv_support.py``).
+and the errors raised when a layer is built; the dilated, grouped and depthwise combinations run
+on their own plans.
 """
 
 import numpy as np
 import pytest
-from _conv_support import DEPTHWISE, assert_matches_torch, needs_depthwise, needs_general
+from _conv_support import assert_matches_torch
 
 from fastconv import nn
 from fastconv import reference as R
@@ -49,7 +48,7 @@ def _smallest_side(before, after, span, mode):
 @st.composite
 def conv_layers(draw, general):
     groups = draw(st.sampled_from([1, 2, 3] if general else [1]))
-    per_group = draw(st.integers(2 if general and not DEPTHWISE else 1, 2))  # groups == C_in: depthwise
+    per_group = draw(st.integers(1, 2))  # groups == C_in: depthwise
     cin, cout = groups * per_group, groups * draw(st.integers(1, 2))
     kernel = draw(st.sampled_from([1, 2, 3, (3, 2), (2, 4)]))
     padding = draw(st.sampled_from([0, 1, (2, 1), "valid", "same"]))
@@ -74,7 +73,6 @@ def test_layer_matches_torch(case, seed):
     assert_matches_torch(layer, x, seed, repr(layer))
 
 
-@needs_general
 @settings(max_examples=30, deadline=None)
 @given(conv_layers(general=True), st.integers(0, 2**16))
 def test_layer_matches_torch_with_groups_and_dilation(case, seed):
@@ -82,7 +80,6 @@ def test_layer_matches_torch_with_groups_and_dilation(case, seed):
     assert_matches_torch(layer, x, seed, repr(layer))
 
 
-@needs_depthwise
 @pytest.mark.parametrize("mode", MODES)
 def test_layer_matches_torch_depthwise(mode):
     for cin, mult, stride in [(4, 1, 1), (3, 2, 2)]:

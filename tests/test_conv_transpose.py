@@ -1,13 +1,10 @@
 """The transposed convolution: reference against PyTorch, functional against the reference and float64 finite
 differences, nn.ConvTranspose2d against torch.nn.ConvTranspose2d, errors.
-
-The dilated and grouped cases need the plans of the i15-kernels / i15-depthwise branches: they skip on
-``tests/_conv_support.py``'s precise condition until those are merged.
 """
 
 import numpy as np
 import pytest
-from _conv_support import DEPTHWISE, GENERAL, assert_matches_torch, needs_depthwise, needs_general, tolerance
+from _conv_support import assert_matches_torch, tolerance
 
 import fastconv as fc
 from fastconv import nn
@@ -66,18 +63,9 @@ def test_reference_matches_torch(case):
         np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-12, atol=1e-12, err_msg=name)
 
 
-def _skip_unless_planned(case):
-    _, _, _, _, _, _, g, d = case
-    if case in DEPTHWISE_CASES and not DEPTHWISE:
-        pytest.skip("needs i15-depthwise: plan_conv2d has no depthwise strategy yet (NotImplementedError)")
-    if (g > 1 or d != 1) and case not in DEPTHWISE_CASES and not GENERAL:
-        pytest.skip("needs i15-kernels: plan_conv2d has no dilated/grouped strategy yet (NotImplementedError)")
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("case", ALL, ids=_case_id)
 def test_functional_matches_the_reference(case, dtype):
-    _skip_unless_planned(case)
     x, w, b, kw = _operands(case, dtype)
     x.flags.writeable = False  # read-only inputs are fine, and are never modified
     before = [a.copy() for a in (x, w, b)]
@@ -102,7 +90,6 @@ def test_functional_matches_the_reference(case, dtype):
 def test_gradients_match_float64_finite_differences(case):
     """The three gradients of ``sum(conv_transpose2d(x, w, b) * dy)``, by central differences (which are exact
     for this bilinear function up to rounding)."""
-    _skip_unless_planned(case)
     x, w, b, kw = _operands(case, np.float64, seed=3)
     dy = np.random.default_rng(4).standard_normal(fc.conv_transpose2d(x, w, b, **kw).shape)
     dx, dw, db = fc.conv_transpose2d_backward(dy, x, w, **kw)
@@ -219,8 +206,6 @@ def test_layer_refuses_wrong_arguments_when_built(kwargs, word):
 def transpose_layers(draw, general):
     groups = draw(st.sampled_from([1, 2, 3] if general else [1]))
     cin, cout = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 2))
-    if general and not DEPTHWISE:
-        cout = groups * 2 if groups > 1 else cout  # no depthwise (groups == C_out) before i15-depthwise
     kernel = draw(st.sampled_from([1, 2, 3, (3, 2), (1, 4)]))
     stride = draw(st.sampled_from([1, 2, 3, (2, 1)]))
     dilation = draw(st.sampled_from([1, 2, (1, 3)] if general else [1]))
@@ -246,7 +231,6 @@ def test_layer_matches_torch(case, seed):
     assert_matches_torch(layer, x, seed, repr(layer))
 
 
-@needs_general
 @settings(max_examples=25, deadline=None)
 @given(transpose_layers(general=True), st.integers(0, 2**16))
 def test_layer_matches_torch_with_groups_and_dilation(case, seed):
@@ -254,7 +238,6 @@ def test_layer_matches_torch_with_groups_and_dilation(case, seed):
     assert_matches_torch(layer, x, seed, repr(layer))
 
 
-@needs_depthwise
 def test_layer_matches_torch_depthwise():
     for groups, mult in [(4, 1), (3, 2)]:
         layer = nn.ConvTranspose2d(groups, groups * mult, 3, stride=2, padding=1, output_padding=1, groups=groups,

@@ -13,11 +13,9 @@ float32 and float64, against
 - PyTorch (``torch.nn.functional.conv2d(groups=C)`` and autograd), when installed;
 
 and with non-finite values (the reference's NaN and infinity pattern), memory layouts and
-read-only inputs (unchanged, same answer), reproducibility. The functional API's ``groups``
-comes with branch i15-kernels: its test skips until ``fastconv.conv2d`` takes it.
+read-only inputs (unchanged, same answer), reproducibility.
 """
 
-import inspect
 
 import numpy as np
 import pytest
@@ -136,8 +134,6 @@ def test_each_family_matches_the_reference(case, family, cpu, dtype):
        f64=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_hypothesis_depthwise_matches_the_reference(N, C, m, K, s, p, d, H, W, wide, f64, seed):
     dtype = np.float64 if f64 else np.float32
-    if C == 1:  # groups == 1: a dense convolution (its dilation is branch i15-kernels' execution)
-        d = (1, 1)
     assume(all(dd * (k - 1) + 1 <= n + 2 * pp for k, dd, n, pp in zip(K, d, (H, W), p)))
     cpu = P.CPU("512-bit", 64) if wide else P.CPU("256-bit", 32)
     g = V.conv_geometry("test", (N, C, H, W), (C * m, 1) + K, s, p, dilation=d, groups=C)
@@ -250,8 +246,6 @@ def test_plan_refuses_mismatched_operands():
 
 
 def test_functional_conv2d_with_groups():
-    if "groups" not in inspect.signature(fastconv.conv2d).parameters:
-        pytest.skip("needs i15-kernels (fastconv.conv2d(groups=...))")
     rng = np.random.default_rng(6)
     for N, C, H, W, m, K, s, p, d in CASES:
         x, w, b = rng.standard_normal((N, C, H, W)), rng.standard_normal((C * m, 1, K, K)), rng.standard_normal(C * m)

@@ -34,7 +34,6 @@ import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
 from _layouts import LAYOUTS, relayout  # noqa: E402
-from _strategies import depthwise_ready  # noqa: E402
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -170,7 +169,6 @@ def _pool_geometry(draw, n):
     return dict(x_shape=(n, C, H, W), kernel_size=kernel, stride=stride, padding=padding)
 
 
-_DEPTHWISE_READY = depthwise_ready()  # until the i15-depthwise branch is merged, groups == C is not drawn
 
 
 def _same_pads(padding, kernel, dilation):
@@ -181,7 +179,7 @@ def _same_pads(padding, kernel, dilation):
 def _conv15_geometry(draw, n):
     """A convolution with issue 15's parameters: dilation, groups and padding 'same'/'valid' (or numeric)."""
     groups = draw(st.sampled_from([1, 1, 2, 3]))
-    C = groups * draw(st.integers(1 if groups == 1 or _DEPTHWISE_READY else 2, 2))
+    C = groups * draw(st.integers(1, 2))
     F_ = groups * draw(st.integers(1, 2))
     KH, KW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     dilation = draw(st.sampled_from([1, 2, (1, 2), (3, 1)]))
@@ -594,13 +592,11 @@ TABLE = [
 # --------------------------------------------------------------------------- transposed convolution; Conv2d's
 # padding modes
 
-from _conv_support import DEPTHWISE, GENERAL  # noqa: E402
 
 BAD["padding_mode"] = ["Zeros", "reflection", "zeros ", "", None, 1, True, ("zeros",)]
 ODD["padding_mode"] = ["zeros", "reflect", "replicate", "circular"]
-#: groups and dilation are fuzzed once the plans of every geometry exist (the i15-kernels and i15-depthwise
-#: branches); before, a valid odd value (groups=2) would reach plan_conv2d's NotImplementedError.
-GENERAL_PARAMS = {"groups": "positive", "dilation": "positive"} if GENERAL and DEPTHWISE else {}
+#: The transposed entries' groups and dilation.
+GENERAL_PARAMS = {"groups": "positive", "dilation": "positive"}
 
 
 def _transpose_geometry(draw, n):
