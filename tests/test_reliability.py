@@ -579,7 +579,7 @@ COMPAT_PARAM_ROWS = [
     ({"stride": 1.0, "pad": 1}, None, TypeError, "stride"),
     ({"stride": 1, "pad": -1}, None, ValueError, "padding"),
     ({"stride": 1, "pad": 0.5}, None, TypeError, "padding"),
-    ({"stride": 1, "pad": "1"}, None, TypeError, "padding"),
+    ({"stride": 1, "pad": "1"}, None, ValueError, "padding"),  # a string other than 'same'/'valid'
     (None, {"pool_height": 0, "pool_width": 2, "stride": 2}, ValueError, "kernel_size"),
     (None, {"pool_height": True, "pool_width": 2, "stride": 2}, TypeError, "kernel_size"),
     (None, {"pool_height": 2, "pool_width": 2.0, "stride": 2}, TypeError, "kernel_size"),
