@@ -1984,6 +1984,11 @@ POINTWISE = {
 }
 
 
+def _pointwise_code(helper):
+    """The op code of the scalar function ``helper`` in the activation kernels."""
+    return importlib.import_module("fastconv.kernels.activation").POINTWISE_OPS.index(helper)
+
+
 def _register_pointwise(op, name, helper, cost):
     kernels = ["activation.activation_pointwise"]
 
@@ -1991,7 +1996,7 @@ def _register_pointwise(op, name, helper, cost):
     def forward(x, a):
         flat = contiguous(x).reshape(-1)
         out = np.empty(x.shape, dtype=x.dtype)
-        _run(kernels[0], kernel(f"activation._{helper}"), flat, x.dtype.type(a), out.reshape(-1),
+        _run(kernels[0], _pointwise_code(helper), flat, x.dtype.type(a), out.reshape(-1),
              work=flat.size * cost)
         return out
 
@@ -2000,7 +2005,7 @@ def _register_pointwise(op, name, helper, cost):
     def backward(dy, x, a):
         flat = contiguous(x).reshape(-1)
         dx = np.empty(x.shape, dtype=x.dtype)
-        _run("activation.activation_pointwise_grad", kernel(f"activation._{helper}_grad"), contiguous(dy).reshape(-1),
+        _run("activation.activation_pointwise_grad", _pointwise_code(helper), contiguous(dy).reshape(-1),
              flat, x.dtype.type(a), dx.reshape(-1), work=flat.size * cost)
         return dx
 

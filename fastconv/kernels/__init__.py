@@ -25,7 +25,7 @@ module             kernels
 ``elementwise``    ``elementwise_relu``, ``elementwise_relu_grad``
 ``norm``           ``norm_moments``, ``norm_affine``, ``norm_grad_sums``, ``norm_grad_apply``,
                    ``norm_fused_forward``, ``norm_fused_backward``
-``activation``     ``activation_pointwise``, ``activation_pointwise_grad`` (a scalar function compiled in),
+``activation``     ``activation_pointwise``, ``activation_pointwise_grad`` (a loop per scalar function),
                    ``activation_softmax_rows``, ``activation_softmax_columns`` and their ``*_grad``:
                    ``activation_softmax_rows_grad``, ``activation_softmax_columns_grad``
 =================  ==========================================================================

@@ -1,11 +1,13 @@
 """Activation kernels: pointwise functions of one shape of loop, and softmax over one axis.
 
 The pointwise activations (LeakyReLU, ELU, GELU, SiLU, sigmoid, tanh) share two kernels,
-one for the forward pass and one for the gradient; the function is a compile-time
-argument. A Numba dispatcher passed as an argument is part of the kernel's type, so each
-activation gets its own compiled (and disk-cached) build of the same loop with the scalar
-function inlined, and LLVM vectorises it as it does the ReLU loop (LeakyReLU over a
-64x256x28x28 float32 activation: 8 ms on 2 threads, as ``np.maximum``). Scalar functions
+one for the forward pass and one for the gradient; an op code (:data:`POINTWISE_OPS`)
+picks the loop, one ``prange`` loop per scalar function with the function inlined, which
+LLVM vectorises as it does the ReLU loop (LeakyReLU over a 64x256x28x28 float32
+activation: 8 ms on 2 threads, as ``np.maximum``). (The function was once the kernel's
+argument: a dispatcher in a signature is a new type in every process, so the disk cache
+never hit, compiled again in every process and grew an index entry each time, until
+Numba failed to re-save the index: "underlying object has vanished".) Scalar functions
 take ``(v, a)`` (the forward) or ``(g, v, a)`` (the gradient: ``g`` the output's gradient,
 ``v`` the forward input, ``a`` the layer's one parameter, ignored by most), compute in the
 dtype of ``v`` and never overflow: the sigmoid family goes through ``exp(-|v|)``.
@@ -25,7 +27,7 @@ a NaN anywhere in a slice makes the whole slice NaN, as in PyTorch.
 
 Kernels
 -------
-- :func:`activation_pointwise`: ``out = f(x, a)``.
+- :func:`activation_pointwise`: ``out = f(x, a)``, ``f`` picked by an op code.
 - :func:`activation_pointwise_grad`: ``dx = f(dy, x, a)``.
 - :func:`activation_softmax_rows`, :func:`activation_softmax_columns`: softmax (``log=False``)
   or log-softmax (``log=True``) over axis 1 of ``(outer, D, inner)``.
@@ -264,18 +266,63 @@ def _tanh_grad(g, v, a):
 # 64x256x28x28 float32 activation; the other functions ran as fast either way).
 
 
-@njit(**PARALLEL_JIT)
-def activation_pointwise(f, x, a, out):
-    """``out[i] = f(x[i], a)`` for flat arrays of one length."""
-    for i in prange(x.shape[0]):
-        out[i] = f(x[i], a)
+#: The scalar functions of :func:`activation_pointwise` (and, with ``_grad``, of
+#: :func:`activation_pointwise_grad`), by op code: the index here.
+POINTWISE_OPS = ('leaky_relu', 'elu', 'gelu', 'gelu_tanh', 'silu', 'sigmoid', 'tanh')
 
 
 @njit(**PARALLEL_JIT)
-def activation_pointwise_grad(f, dy, x, a, dx):
-    """``dx[i] = f(dy[i], x[i], a)`` for flat arrays of one length."""
-    for i in prange(x.shape[0]):
-        dx[i] = f(dy[i], x[i], a)
+def activation_pointwise(op, x, a, out):
+    """``out[i] = f(x[i], a)`` for flat arrays of one length, ``f = POINTWISE_OPS[op]``."""
+    n = x.shape[0]
+    if op == 0:
+        for i in prange(n):
+            out[i] = _leaky_relu(x[i], a)
+    elif op == 1:
+        for i in prange(n):
+            out[i] = _elu(x[i], a)
+    elif op == 2:
+        for i in prange(n):
+            out[i] = _gelu(x[i], a)
+    elif op == 3:
+        for i in prange(n):
+            out[i] = _gelu_tanh(x[i], a)
+    elif op == 4:
+        for i in prange(n):
+            out[i] = _silu(x[i], a)
+    elif op == 5:
+        for i in prange(n):
+            out[i] = _sigmoid(x[i], a)
+    elif op == 6:
+        for i in prange(n):
+            out[i] = _tanh(x[i], a)
+
+
+@njit(**PARALLEL_JIT)
+def activation_pointwise_grad(op, dy, x, a, dx):
+    """``dx[i] = f(dy[i], x[i], a)`` for flat arrays of one length, ``f = POINTWISE_OPS[op] + "_grad"``."""
+    n = x.shape[0]
+    if op == 0:
+        for i in prange(n):
+            dx[i] = _leaky_relu_grad(dy[i], x[i], a)
+    elif op == 1:
+        for i in prange(n):
+            dx[i] = _elu_grad(dy[i], x[i], a)
+    elif op == 2:
+        for i in prange(n):
+            dx[i] = _gelu_grad(dy[i], x[i], a)
+    elif op == 3:
+        for i in prange(n):
+            dx[i] = _gelu_tanh_grad(dy[i], x[i], a)
+    elif op == 4:
+        for i in prange(n):
+            dx[i] = _silu_grad(dy[i], x[i], a)
+    elif op == 5:
+        for i in prange(n):
+            dx[i] = _sigmoid_grad(dy[i], x[i], a)
+    elif op == 6:
+        for i in prange(n):
+            dx[i] = _tanh_grad(dy[i], x[i], a)
 
 
 # ---------------------------------------------------------------------------------------
