@@ -24,7 +24,7 @@ from fastconv.metrics import confusion_matrix, format_confusion_matrix, per_clas
 from fastconv.models import model_from_checkpoint
 
 #: config["dataset"] of a checkpoint -> (loader, preprocessing) names in fastconv.datasets
-DATASETS = {"fashion-mnist": ("load_fashion_mnist", "preprocess_mnist"),
+DATASETS = {"fashion-mnist": ("load_fashion_mnist", "preprocess_fashion_mnist"),
             "cifar10": ("load_cifar10", "preprocess_cifar10")}
 
 

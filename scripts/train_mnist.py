@@ -232,9 +232,11 @@ def load_data(args, dtype, mnist=None):
     elif args.dataset == "cifar10":
         (x_train, y_train), (x_test, y_test) = dataset_loader("load_cifar10")(args.data_dir, download=download)[:2]
         preprocess = dataset_loader("preprocess_cifar10")
+    elif args.dataset == "fashion-mnist":
+        (x_train, y_train), (x_test, y_test) = dataset_loader("load_fashion_mnist")(args.data_dir, download=download)
+        preprocess = dataset_loader("preprocess_fashion_mnist")
     else:
-        load = (mnist or load_mnist) if args.dataset == "mnist" else dataset_loader("load_fashion_mnist")
-        (x_train, y_train), (x_test, y_test) = load(args.data_dir, download=download)
+        (x_train, y_train), (x_test, y_test) = (mnist or load_mnist)(args.data_dir, download=download)
         preprocess = preprocess_mnist
     x_train, y_train = x_train[:args.limit], y_train[:args.limit]
     x_test, y_test = x_test[:getattr(args, "test_limit", None)], y_test[:getattr(args, "test_limit", None)]
