@@ -496,8 +496,9 @@ def test_fashion_mnist_and_cifar10_flags_use_their_loaders(train_script, tmp_pat
                         raising=False)
     monkeypatch.setattr(datasets, "load_cifar10", lambda *a, **k: calls.append("cifar10") or (*cifar, list("abc")),
                         raising=False)
-    for name in ("preprocess_cifar10", "preprocess_fashion_mnist"):
-        monkeypatch.setattr(datasets, name, lambda x, dtype=np.float32: (x / 255).astype(dtype), raising=False)
+    monkeypatch.setattr(datasets, "preprocess_fashion_mnist", preprocess_mnist, raising=False)
+    monkeypatch.setattr(datasets, "preprocess_cifar10", lambda x, dtype=np.float32: (x / 255).astype(dtype),
+                        raising=False)
     out = tmp_path / "m.json"
     assert run(train_script, "--dataset", "fashion-mnist", "--epochs", 1, *TINY, "--metrics-out", out) == 0
     assert json.loads(out.read_text())["config"]["dataset"] == "fashion-mnist"
