@@ -392,3 +392,18 @@ def test_resnet_sgd_steps_equal_torchs(dtype, torch):
         assert float(loss) == pytest.approx(tloss.item(), rel=tol)
         for key, value in twin.state_dict().items():
             np.testing.assert_allclose(model.state_dict()[key], value.numpy(), rtol=tol, atol=tol, err_msg=key)
+
+
+def test_guide_resnet_example_runs():
+    """The example of docs/guide.md's ResNet section is a doctest."""
+    import pathlib
+    import re
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text()
+    start = text.index("## Training a ResNet")
+    block = re.search(r"```python\n(.*?)```", text[start:], re.S)
+    assert block and ">>>" in block.group(1), "the guide's ResNet section lost its python example"
+    test = doctest.DocTestParser().get_doctest(block.group(1), {}, "guide-resnet", "docs/guide.md", 0)
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    runner.run(test)
+    failed, attempted = runner.summarize(verbose=False)
+    assert attempted >= 3 and failed == 0
