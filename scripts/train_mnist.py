@@ -125,6 +125,8 @@ def add_run_arguments(p):
                    help="SGD with Nesterov momentum (default: on for resnet, off for reference)")
     p.add_argument("--weight-decay", type=float, metavar="WD", default=None,
                    help="L2 penalty of the optimizer (default: 0 for reference, 5e-4 for resnet)")
+    # Timing only: N random uint8 images of the data set's shape instead of its files (and 1,000 test images).
+    p.add_argument("--synthetic", type=positive_int, metavar="N", default=None, help=argparse.SUPPRESS)
 
 
 def complete_run_arguments(p, args):
@@ -196,8 +198,6 @@ def parse_args(argv=None):
     p.add_argument("--plot", type=Path, metavar="FILE.png", default=None,
                    help="write loss and accuracy curves as PNG (needs matplotlib)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
-    # Timing only: N random uint8 images of the data set's shape instead of its files (and 1,000 test images).
-    p.add_argument("--synthetic", type=positive_int, metavar="N", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.resume and args.checkpoint is None:
         p.error("--resume needs --checkpoint PATH")
