@@ -69,10 +69,10 @@ DATASETS = {"mnist": (1, 28), "fashion-mnist": (1, 28), "cifar10": (3, 32)}
 DEFAULT_DEPTH = {"mnist": (8, 16), "fashion-mnist": (8, 16), "cifar10": (20, 16)}
 # Flags that change the trajectory of training: a resumed run must use the checkpoint's values.
 TRAJECTORY_FLAGS = ("model", "architecture", "dataset", "augment", "optimizer", "lr", "momentum", "nesterov",
-                    "weight_decay", "lr_schedule", "batch_size", "seed", "dtype", "limit")
+                    "weight_decay", "lr_schedule", "batch_size", "seed", "dtype", "limit", "synthetic")
 #: The values of the flags added since, for a checkpoint of an earlier version that does not record them.
 EARLIER_CONFIG = {"model": "reference_cnn", "architecture": {}, "dataset": "mnist", "augment": False,
-                  "nesterov": False, "weight_decay": 0.0}
+                  "nesterov": False, "weight_decay": 0.0, "synthetic": None}
 #: Exit status when training diverged.
 EXIT_DIVERGED = 3
 #: Test-only: "STEP:SIGNAME" makes the process send itself SIGNAME right after global step STEP
@@ -281,7 +281,7 @@ def config_of(args, world):
             "nesterov": args.nesterov, "weight_decay": args.weight_decay, "lr_schedule": args.lr_schedule,
             "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "dtype": args.dtype,
             "limit": args.limit, "test_limit": args.test_limit, "threads": functional.get_num_threads(),
-            "skip_nonfinite": args.skip_nonfinite, "world_size": world.size}
+            "skip_nonfinite": args.skip_nonfinite, "world_size": world.size, "synthetic": args.synthetic}
 
 
 def make_optimizer(model, args):

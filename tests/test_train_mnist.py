@@ -107,7 +107,7 @@ def save_as_kind(path, kind):
     serialization.save({**ckpt, "kind": kind}, path)
 
 
-NEWER_CONFIG_KEYS = ("architecture", "dataset", "augment", "nesterov", "weight_decay")
+NEWER_CONFIG_KEYS = ("architecture", "dataset", "augment", "nesterov", "weight_decay", "synthetic")
 
 
 # --------------------------------------------------------------------------- library pieces
