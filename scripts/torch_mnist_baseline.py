@@ -9,7 +9,7 @@ same seed, so from the same initial weights, and converted by
 decay as the model's defaults say, or Adam), cosine learning-rate schedule, and the same
 thread count. Only the engine differs, so the epoch times and images/s of the two scripts
 compare directly. The per-model defaults are train_mnist.py's (``--model resnet``: 5
-epochs, batch 128, lr 0.1, Nesterov, weight decay 5e-4).
+epochs, batch 128, lr 0.1, Nesterov, weight decay 5e-4, random 2-pixel shifts).
 Epoch time counts the training steps only, as ``train_mnist.py`` does (not the test
 evaluation).
 

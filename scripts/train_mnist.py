@@ -16,8 +16,9 @@ Smoke test on 2,000 images::
 
     python scripts/train_mnist.py --limit 2000 --epochs 1
 
-A residual network (:func:`fastconv.models.resnet`; its own defaults: 5 epochs, batch 128,
-SGD with Nesterov momentum, lr 0.1, weight decay 5e-4, cosine schedule) on MNIST, or on
+A residual network (:func:`fastconv.models.resnet`, ResNet-8 of width 16 here; its own
+defaults: 5 epochs, batch 128, SGD with Nesterov momentum, lr 0.1, weight decay 5e-4,
+cosine schedule, random 2-pixel shifts (``--no-augment``: none)) on MNIST, or on
 Fashion-MNIST::
 
     python scripts/train_mnist.py --model resnet --checkpoint resnet.npz
@@ -111,7 +112,7 @@ def add_run_arguments(p):
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crops of the zero-padded images (4 pixels on CIFAR-10, 2 on the 28x28 sets) "
                         "and, on CIFAR-10, horizontal flips, drawn from the --seed stream (default: on for "
-                        "cifar10 only)")
+                        "resnet, off for reference)")
     p.add_argument("--epochs", type=positive_int, metavar="N", default=None,
                    help="total epochs to train (default: 3 for reference, 5 for resnet)")
     p.add_argument("--batch-size", type=positive_int, metavar="N", default=None,
@@ -146,7 +147,7 @@ def complete_run_arguments(p, args):
     if args.lr is None:
         args.lr = defaults["lr"][args.optimizer]
     if args.augment is None:
-        args.augment = args.dataset == "cifar10"
+        args.augment = args.model == "resnet"
     if args.model == "resnet":
         depth, width = DEFAULT_DEPTH[args.dataset]
         args.depth = depth if args.depth is None else args.depth

@@ -448,7 +448,8 @@ RESNET = ("--model", "resnet", "--depth", 8, "--width", 2, *TINY)
 def test_resnet_run_resumes_mid_epoch_exactly_and_predict_rebuilds_it(train_script, predict_script, fake_data,
                                                                       tmp_path, monkeypatch, capsys):
     """Batch norms' running statistics, Nesterov momentum and weight decay survive a Ctrl-C and --resume."""
-    flags = ("--epochs", 2, *RESNET)
+    pytest.importorskip("fastconv.transforms", reason="fastconv.transforms comes with the i17-data branch")
+    flags = ("--epochs", 2, *RESNET)  # augmented by default: the crops come from the checkpointed stream
     assert run(train_script, *flags, "--checkpoint", tmp_path / "a.npz") == 0
     with monkeypatch.context() as m:
         interrupt_after_batch(m, 2)
@@ -459,7 +460,8 @@ def test_resnet_run_resumes_mid_epoch_exactly_and_predict_rebuilds_it(train_scri
     config = ckpt["config"]
     assert (config["model"], config["architecture"]) == ("resnet", {"depth": 8, "width": 2, "in_channels": 1,
                                                                     "num_classes": 10})
-    assert (config["lr"], config["nesterov"], config["weight_decay"], config["dataset"]) == (0.1, True, 5e-4, "mnist")
+    assert (config["lr"], config["nesterov"], config["weight_decay"], config["dataset"], config["augment"]) == (
+        0.1, True, 5e-4, "mnist", True)
     assert ckpt["model"]["1.num_batches_tracked"] == 6  # 2 epochs of 3 steps; the warm-up is not counted
     capsys.readouterr()
     assert run(predict_script, tmp_path / "a.npz") == 0
@@ -536,6 +538,7 @@ def test_per_model_defaults(train_script):
                                                                                              False)
     assert (res.epochs, res.batch_size, res.lr, res.weight_decay, res.nesterov, res.depth, res.width) == (
         5, 128, 0.1, 5e-4, True, 8, 16)
+    assert res.augment and not train_script.parse_args(["--model", "resnet", "--no-augment"]).augment
     cifar = train_script.parse_args(["--model", "resnet", "--dataset", "cifar10"])
     assert (cifar.depth, cifar.augment) == (20, True)
     adam = train_script.parse_args(["--model", "resnet", "--optimizer", "adam"])
