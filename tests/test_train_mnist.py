@@ -554,7 +554,7 @@ def test_resnet_smoke_run_on_real_mnist(tmp_path):
            "--no-progress", "--checkpoint", str(ckpt)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert "ResNet-8 (width 4) on mnist: training on 640 images" in proc.stdout
+    assert "ResNet-8 (width 4) on mnist (augmented): training on 640 images" in proc.stdout
     accuracy = training.load_checkpoint(ckpt)["history"][0]["test_accuracy"]
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "predict.py"), str(ckpt), "--data-dir", REAL_DIR,
                            "--no-download", "--limit", "500"], capture_output=True, text=True, timeout=600)
