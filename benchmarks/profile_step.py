@@ -2,7 +2,11 @@
 
 Usage (from the repository root)::
 
-    python benchmarks/profile_step.py [--batch 64] [--steps 40] [--threads 2]
+    python benchmarks/profile_step.py [--batch 64] [--steps 40] [--threads 2] [--model resnet]
+
+``--model resnet`` profiles ``train_mnist.py --model resnet``'s network instead (ResNet-8 of
+width 16 on 28x28 digits, ``--depth``/``--width`` to change it; SGD as in the reference
+profile); its rows are the top-level layers: stem, the three stages, pooling, classifier.
 
 Prints the median time of each layer's forward and backward pass over ``--steps`` steps
 (the model run layer by layer, exactly as ``Sequential`` runs it), the SGD update, the
@@ -26,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastconv  # noqa: E402
 from benchmarks.training import LR, MOMENTUM, make_batch  # noqa: E402
 from fastconv import nn, optim  # noqa: E402
-from fastconv.models import reference_cnn, to_torch  # noqa: E402
+from fastconv.models import reference_cnn, resnet, to_torch  # noqa: E402
 
 
 def _batch(batch):
@@ -62,8 +66,14 @@ def _timed_methods(model, times):
             setattr(m, method, wrapper)
 
 
-def profile_fastconv(x, y, steps):
-    model = reference_cnn(rng=0)
+def build(args):
+    """The profiled network, in fastconv (the same weights for both engines)."""
+    if args.model == "resnet":
+        return resnet(args.depth, args.width, in_channels=1, rng=0)
+    return reference_cnn(rng=0)
+
+
+def profile_fastconv(model, x, y, steps):
     loss_fn = nn.CrossEntropyLoss()
     opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     times = {}
@@ -91,12 +101,12 @@ def _order(item):
     return (0, i) if phase == "forward" else (1, -i)
 
 
-def torch_step_time(x, y, steps):
+def torch_step_time(model, x, y, steps):
     try:
         import torch
     except ImportError:
         return None
-    model = to_torch(reference_cnn(rng=0))
+    model = to_torch(model)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     loss_fn = torch.nn.CrossEntropyLoss()
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
@@ -115,6 +125,9 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model", choices=["reference", "resnet"], default="reference")
+    p.add_argument("--depth", type=int, default=8, help="resnet only (default: 8)")
+    p.add_argument("--width", type=int, default=16, help="resnet only (default: 16)")
     args = p.parse_args(argv)
     fastconv.set_num_threads(args.threads)
     try:
@@ -123,10 +136,11 @@ def main(argv=None):
     except ImportError:
         pass
     x, y = _batch(args.batch)
-    times, faults = profile_fastconv(x, y, args.steps)
+    times, faults = profile_fastconv(build(args), x, y, args.steps)
     time.sleep(0.2)  # let fastconv's threads settle before torch's pool runs
-    t_torch = torch_step_time(x, y, args.steps)
-    print(f"reference CNN, batch {args.batch}, {args.threads} threads, median of {args.steps} steps (ms)")
+    t_torch = torch_step_time(build(args), x, y, args.steps)
+    what = "reference CNN" if args.model == "reference" else f"ResNet-{args.depth} (width {args.width})"
+    print(f"{what}, batch {args.batch}, {args.threads} threads, median of {args.steps} steps (ms)")
     for (phase, name), t in times.items():
         if phase != "step":
             print(f"  {phase:9s} {name:18s} {1e3 * t:7.3f}")

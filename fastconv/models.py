@@ -7,8 +7,11 @@ PyTorch; its keyword arguments also build smaller variants of it.
 into the equivalent ``torch.nn`` network with the same weights, e.g. to compare the two
 engines on the same model. :func:`reference_cnn_from_checkpoint` rebuilds a trained
 reference CNN from a checkpoint of :func:`fastconv.training.save_checkpoint`.
+:func:`resnet` builds He et al.'s CIFAR-style residual network, and
+:func:`model_from_checkpoint` rebuilds whichever of the two networks a checkpoint records.
 """
 
+import functools
 import numbers
 from collections import OrderedDict
 
@@ -16,15 +19,24 @@ import numpy as np
 
 from . import nn
 
-__all__ = ["reference_cnn", "reference_cnn_from_checkpoint", "to_torch"]
+__all__ = ["reference_cnn", "reference_cnn_from_checkpoint", "resnet", "model_from_checkpoint", "to_torch"]
 
 
-def _positive_int(value, name):
+def _positive_int(value, name, owner="reference_cnn"):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"reference_cnn: {name} must be an int; got {value!r} of type {type(value).__name__}")
+        raise TypeError(f"{owner}: {name} must be an int; got {value!r} of type {type(value).__name__}")
     if value < 1:
-        raise ValueError(f"reference_cnn: {name} must be positive; got {value!r}")
+        raise ValueError(f"{owner}: {name} must be positive; got {value!r}")
     return int(value)
+
+
+def _generator_of(rng, owner):
+    """One generator shared by every layer: an int seeds a new one; None stays None (nn's default)."""
+    if isinstance(rng, numbers.Integral) and not isinstance(rng, (bool, np.bool_)):
+        return np.random.default_rng(int(rng))  # one stream for every layer (a layer given an int seeds its own)
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise TypeError(f"{owner}: rng must be None, an int seed or a numpy.random.Generator; got {rng!r}")
+    return rng
 
 
 def reference_cnn(dtype=np.float32, rng=None, *, in_channels=1, image_size=28, channels=(32, 64), hidden=128,
@@ -94,10 +106,7 @@ def reference_cnn(dtype=np.float32, rng=None, *, in_channels=1, image_size=28, c
     Conv2d(4, 6, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
     Linear(in_features=24, out_features=16, bias=True)
     """
-    if isinstance(rng, numbers.Integral) and not isinstance(rng, (bool, np.bool_)):
-        rng = np.random.default_rng(int(rng))  # one stream for every layer (a layer given an int seeds its own)
-    elif rng is not None and not isinstance(rng, np.random.Generator):
-        raise TypeError(f"reference_cnn: rng must be None, an int seed or a numpy.random.Generator; got {rng!r}")
+    rng = _generator_of(rng, "reference_cnn")
     in_channels = _positive_int(in_channels, "in_channels")
     side = _positive_int(image_size, "image_size")
     hidden, num_classes = _positive_int(hidden, "hidden"), _positive_int(num_classes, "num_classes")
@@ -149,6 +158,165 @@ def reference_cnn_from_checkpoint(ckpt, **architecture):
         mismatched key and shape).
     """
     model = reference_cnn(np.dtype(ckpt["config"]["dtype"]), rng=np.random.default_rng(0), **architecture)
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def _basic_block(c_in, c_out, stride, kw):
+    """conv3x3(stride)-BN-ReLU-conv3x3-BN, plus the identity or a 1x1 projection (option B), then ReLU."""
+    body = nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False, **kw),
+                         nn.BatchNorm2d(c_out, dtype=kw["dtype"]), nn.ReLU(),
+                         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False, **kw),
+                         nn.BatchNorm2d(c_out, dtype=kw["dtype"]))
+    shortcut = None
+    if stride != 1 or c_in != c_out:
+        shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False, **kw),
+                                 nn.BatchNorm2d(c_out, dtype=kw["dtype"]))
+    return [nn.Residual(body, shortcut), nn.ReLU()]
+
+
+def resnet(depth=20, width=16, *, in_channels=3, num_classes=10, dtype=np.float32, rng=None):
+    """Build He et al.'s CIFAR-style residual network (ResNet-20/32/44/56/110 and narrower or wider ones).
+
+    The network of section 4.2 of K. He, X. Zhang, S. Ren and J. Sun, "Deep Residual
+    Learning for Image Recognition", CVPR 2016 (arXiv:1512.03385), with ``n = (depth - 2) / 6``
+    basic blocks per stage::
+
+        conv 3x3 in_channels->width (no bias), BN, ReLU,
+        stage 1: n blocks at width,     stride 1
+        stage 2: n blocks at 2 * width, the first at stride 2
+        stage 3: n blocks at 4 * width, the first at stride 2
+        global average pooling, flatten, linear 4 * width -> num_classes
+
+    A basic block is ``conv 3x3 (stride), BN, ReLU, conv 3x3, BN`` plus its shortcut,
+    then a ReLU after the sum. Where a block changes the shape (the first block of
+    stages 2 and 3), the shortcut is a projection, ``conv 1x1 stride 2`` (no bias) and
+    BN: the paper's option B. (The paper's CIFAR networks use option A, an identity with
+    zero-padded extra channels, which has no parameters; option B is what torchvision's
+    and most later implementations do, costs ``2 * width**2 * 5`` weights plus two batch
+    norms, and is no worse in accuracy.) Every other shortcut is the identity.
+
+    Works for any image size (each stride-2 stage halves the side, rounding up: 28 ->
+    14 -> 7, 32 -> 16 -> 8) and any channel count; the global pooling makes the
+    classifier independent of the size.
+
+    Parameters
+    ----------
+    depth : int, default 20
+        Number of weighted layers, ``6 * n + 2`` for ``n >= 1``: 8, 14, 20, 32, 44, 56, 110, ...
+    width : int, default 16
+        Channels of the first stage (the paper's 16); the others have twice and four times as many.
+    in_channels : int, default 3
+        Channels of the input images (3 for CIFAR-10, 1 for MNIST).
+    num_classes : int, default 10
+        Number of logits.
+    dtype : {numpy.float32, numpy.float64}
+        Parameter dtype; inputs must have the same dtype.
+    rng : None, int or numpy.random.Generator
+        Source of the initial weights, drawn layer after layer in the order of
+        ``state_dict``: PyTorch's default initialisation of each layer, as for
+        :func:`reference_cnn` (convolutions and the linear layer ``U(-k, k)`` with
+        ``k = 1 / sqrt(fan_in)``; batch norms weight 1, bias 0). The paper's He
+        initialisation matters little under batch norm; PyTorch's default keeps the
+        network equal to ``torch.nn`` layers built with their defaults. An int seeds one
+        new generator shared by all the layers; ``None`` draws from fastconv.nn's default
+        generator (see :func:`fastconv.nn.manual_seed`).
+
+    Returns
+    -------
+    fastconv.nn.Sequential
+        In training mode; maps ``(N, in_channels, H, W)`` images to ``(N, num_classes)``
+        logits. Its top level is ``0`` conv, ``1`` BN, ``2`` ReLU, ``3``-``5`` the stages,
+        ``6`` :class:`~fastconv.nn.AdaptiveAvgPool2d`, ``7`` flatten, ``8`` linear; a stage is
+        a :class:`~fastconv.nn.Sequential` of ``Residual, ReLU`` pairs, so the
+        ``state_dict`` keys read ``"0.weight"``, ``"3.0.body.0.weight"`` (the first
+        convolution of the first block), ``"4.0.shortcut.0.weight"`` (a projection),
+        ``"8.weight"``, ... :func:`to_torch` gives the same network in PyTorch, with the
+        same keys.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For an argument of the wrong type or value, e.g. a depth that is not ``6 * n + 2``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv.models import resnet
+    >>> model = resnet(20, rng=0)  # ResNet-20 for CIFAR-10
+    >>> sum(p.size for p in model.parameters())
+    272474
+    >>> model(np.zeros((2, 3, 32, 32), np.float32)).shape
+    (2, 10)
+    >>> print(model[4][0].shortcut)
+    Sequential(
+      (0): Conv2d(16, 32, kernel_size=(1, 1), stride=(2, 2), bias=False)
+      (1): BatchNorm2d(32, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)
+    )
+
+    A small one for MNIST's 1x28x28 digits:
+
+    >>> small = resnet(8, 8, in_channels=1, rng=0)
+    >>> small(np.zeros((2, 1, 28, 28), np.float32)).shape
+    (2, 10)
+    """
+    owner = "resnet"
+    rng = _generator_of(rng, owner)
+    depth = _positive_int(depth, "depth", owner)
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"resnet: depth must be 6 * n + 2 for a whole n >= 1 (8, 14, 20, 32, 44, 56, 110, ...); "
+                         f"got {depth}")
+    width = _positive_int(width, "width", owner)
+    in_channels = _positive_int(in_channels, "in_channels", owner)
+    num_classes = _positive_int(num_classes, "num_classes", owner)
+    kw = dict(dtype=dtype, rng=rng)
+    stem = [nn.Conv2d(in_channels, width, 3, padding=1, bias=False, **kw), nn.BatchNorm2d(width, dtype=dtype),
+            nn.ReLU()]
+    stages, c_in = [], width
+    for i in range(3):
+        c_out, blocks = width << i, []
+        for b in range((depth - 2) // 6):
+            blocks += _basic_block(c_in, c_out, 2 if i > 0 and b == 0 else 1, kw)
+            c_in = c_out
+        stages.append(nn.Sequential(*blocks))
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes, **kw)]
+    return nn.Sequential(*stem, *stages, *head)
+
+
+#: The networks a training checkpoint can name in ``config["model"]``, and their builders.
+ARCHITECTURES = {"reference_cnn": reference_cnn, "resnet": resnet}
+
+
+def model_from_checkpoint(ckpt):
+    """Rebuild the network of a training checkpoint, with its trained weights.
+
+    Parameters
+    ----------
+    ckpt : dict
+        As returned by :func:`fastconv.training.load_checkpoint`, e.g. for a file written
+        by ``scripts/train_mnist.py --checkpoint``. ``ckpt["config"]["model"]`` names the
+        builder (``"reference_cnn"``, the default for older checkpoints, or ``"resnet"``),
+        ``ckpt["config"]["architecture"]`` its keyword arguments (none: the defaults),
+        ``ckpt["config"]["dtype"]`` the dtype and ``ckpt["model"]`` the weights.
+
+    Returns
+    -------
+    fastconv.nn.Sequential
+        In evaluation mode, with the checkpoint's dtype.
+
+    Raises
+    ------
+    ValueError
+        If the checkpoint names an unknown network, or its weights do not fit the
+        architecture (the message lists every mismatched key and shape).
+    """
+    config = ckpt["config"]
+    name = config.get("model", "reference_cnn")
+    if name not in ARCHITECTURES:
+        raise ValueError(f"model_from_checkpoint: the checkpoint's network {name!r} is not one of "
+                         f"{sorted(ARCHITECTURES)}")
+    model = ARCHITECTURES[name](dtype=np.dtype(config["dtype"]), rng=np.random.default_rng(0),
+                                **config.get("architecture", {}))
     model.load_state_dict(ckpt["model"])
     return model.eval()
 
@@ -205,15 +373,43 @@ def _torch_batch_norm(torch, cls, m):
     return cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats, dtype=dtype, **extra)
 
 
+@functools.lru_cache(maxsize=None)
+def torch_residual_class(torch):
+    """The ``torch.nn.Module`` class that :func:`to_torch` makes of a :class:`fastconv.nn.Residual`.
+
+    Built on first use (fastconv does not import torch otherwise): ``Residual(body,
+    shortcut=None)`` computes ``body(x) + x``, or ``body(x) + shortcut(x)``, as the
+    fastconv layer does, with the branches as submodules ``body`` and ``shortcut``.
+    """
+
+    class Residual(torch.nn.Module):
+        """``body(x) + x``, or ``body(x) + shortcut(x)``: fastconv.nn.Residual in PyTorch."""
+
+        def __init__(self, body, shortcut=None):
+            super().__init__()
+            self.body = body
+            self.shortcut = shortcut
+
+        def forward(self, x):
+            return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+
+    Residual.__module__ = __name__
+    return Residual
+
+
 def _convert(torch, converters, module, where):
+    def child(name):
+        sub = getattr(module, name) if type(module) is nn.Residual else module._modules[name]
+        return None if sub is None else _convert(torch, converters, sub, f"{where}.{name}" if where else name)
+
     if type(module) is nn.Sequential:
-        twin = torch.nn.Sequential(OrderedDict(
-            (name, _convert(torch, converters, child, f"{where}.{name}" if where else name))
-            for name, child in module.named_children()))
+        twin = torch.nn.Sequential(OrderedDict((name, child(name)) for name, _ in module.named_children()))
+    elif type(module) is nn.Residual:
+        twin = torch_residual_class(torch)(child("body"), child("shortcut"))
     elif type(module) in converters:
         twin = converters[type(module)](module)
     else:
-        supported = ", ".join(t.__name__ for t in (nn.Sequential, *converters))
+        supported = ", ".join(t.__name__ for t in (nn.Sequential, nn.Residual, *converters))
         at = f" (at {where!r})" if where else ""
         raise TypeError(f"to_torch: cannot convert a {type(module).__name__}{at}; it converts only the "
                         f"fastconv.nn layers {supported}")
@@ -227,7 +423,8 @@ def to_torch(model):
     Parameters
     ----------
     model : fastconv.nn.Module
-        A :class:`fastconv.nn.Sequential` (nested ones included) of
+        A :class:`fastconv.nn.Sequential` (nested ones included) or :class:`fastconv.nn.Residual`
+        (its twin is a :func:`torch_residual_class` module) of
         :class:`~fastconv.nn.Conv2d`, :class:`~fastconv.nn.ConvTranspose2d`, :class:`~fastconv.nn.ReLU`,
         :class:`~fastconv.nn.MaxPool2d`, :class:`~fastconv.nn.AvgPool2d`,
         :class:`~fastconv.nn.AdaptiveAvgPool2d`, :class:`~fastconv.nn.AdaptiveMaxPool2d`,

@@ -100,7 +100,9 @@ def warm_up(model, x):
     """Compile every kernel the model uses (forward, backward, no-grad forward) before timing.
 
     Runs a forward and backward pass on the first two samples and clears the gradients
-    afterwards; the parameters are not changed, so training is unaffected.
+    afterwards; the parameters and the buffers (e.g. batch norms' running statistics,
+    which a training-mode forward updates) are put back as they were, so training is
+    unaffected.
 
     Parameters
     ----------
@@ -115,6 +117,7 @@ def warm_up(model, x):
     """
     start = time.perf_counter()
     was_training = model.training
+    buffers = [(b, b.copy()) for b in model.buffers()]
     model.train()
     out = model(x[:2])
     model.backward(np.ones_like(out), input_grad=False)
@@ -122,6 +125,8 @@ def warm_up(model, x):
     with nn.no_grad():
         model.eval()(x[:2])
     model.train(was_training)
+    for b, saved in buffers:
+        b[...] = saved
     return time.perf_counter() - start
 
 
@@ -284,7 +289,8 @@ _NONFINITE_MODES = ("raise", "skip")
 
 
 def train_epoch(model, loss_fn, optimizer, x, y, order, batch_size, progress=None, should_stop=None,
-                bar=None, before_step=None, curve_every=None, after_step=None, nonfinite="raise", replicas=None):
+                bar=None, before_step=None, curve_every=None, after_step=None, nonfinite="raise", replicas=None,
+                transform=None):
     """Run (the rest of) one training epoch: forward, backward and an optimizer step per batch.
 
     Works for any classification model: ``model(x[idx])`` must give ``(B, K)`` logits for
@@ -343,6 +349,12 @@ def train_epoch(model, loss_fn, optimizer, x, y, order, batch_size, progress=Non
         whole batch before every optimizer step; ``progress`` then counts the images and
         loss of all ranks, and a non-finite loss or gradient on any rank stops (or skips the
         batch on) every rank alike. Every rank must call this with the same ``order``.
+    transform : callable, optional
+        Data augmentation: ``transform(x[idx])`` gives the inputs of the batch ``idx``
+        (same shape and dtype), e.g. a ``fastconv.transforms.Compose`` of random crops
+        and flips. It sees the whole global batch on every rank (each rank then takes its
+        shard), so a transform drawing from a generator seeded alike on every rank stays
+        in step across ranks, and a generator saved in a checkpoint resumes exactly.
 
     Returns
     -------
@@ -369,9 +381,11 @@ def train_epoch(model, loss_fn, optimizer, x, y, order, batch_size, progress=Non
         start = time.perf_counter()
         idx = order[k * batch_size:(k + 1) * batch_size]
         n_batch = len(idx)
+        xb = None if transform is None else transform(x[idx])  # the global batch (see transform)
         if replicas is not None:  # [distributed] this rank's shard of the global batch
-            idx = replicas.shard(idx)
-        xb, yb = x[idx], y[idx]
+            part = replicas.shard(np.arange(n_batch))
+            idx, xb = idx[part], None if xb is None else xb[part]
+        xb, yb = (x[idx] if xb is None else xb), y[idx]
         if before_step is not None:
             before_step(k)
         model.zero_grad()

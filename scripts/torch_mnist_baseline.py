@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""Train the reference CNN on MNIST with PyTorch CPU: the baseline for ``train_mnist.py``.
+"""Train the reference CNN or a ResNet on MNIST with PyTorch CPU: the baseline for ``train_mnist.py``.
 
-The same run as ``scripts/train_mnist.py`` with its defaults, in PyTorch: the same
-network, starting from the same initial weights (``fastconv.models.reference_cnn`` with
-the same seed, converted by ``fastconv.models.to_torch``), the same preprocessing,
-shuffling, batch size, SGD with momentum and cosine learning-rate schedule, and the same
+The same run as ``scripts/train_mnist.py`` with the same flags, in PyTorch: the same
+network (``--model``, ``--depth``, ``--width``: built by train_mnist.py's own code with the
+same seed, so from the same initial weights, and converted by
+``fastconv.models.to_torch``), the same data set, preprocessing, shuffling, augmentation
+(drawn from the same stream), batch size, optimizer (SGD with momentum, Nesterov and weight
+decay as the model's defaults say, or Adam), cosine learning-rate schedule, and the same
 thread count. Only the engine differs, so the epoch times and images/s of the two scripts
-compare directly.
+compare directly. The per-model defaults are train_mnist.py's (``--model resnet``: 5
+epochs, batch 128, lr 0.1, Nesterov, weight decay 5e-4, random 2-pixel shifts).
 Epoch time counts the training steps only, as ``train_mnist.py`` does (not the test
 evaluation).
 
@@ -15,6 +18,7 @@ Needs PyTorch (``pip install torch``); it is not a dependency of fastconv.
 Example::
 
     python scripts/torch_mnist_baseline.py --epochs 3 --metrics-out torch_metrics.json
+    python scripts/torch_mnist_baseline.py --model resnet --metrics-out torch_resnet.json
 """
 
 import argparse
@@ -27,16 +31,16 @@ from pathlib import Path
 import numpy as np
 
 from fastconv import functional
-from fastconv.datasets import load_mnist, preprocess_mnist
-from fastconv.models import reference_cnn, to_torch
+from fastconv.datasets import load_mnist
+from fastconv.models import to_torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train_mnist as fastconv_run  # noqa: E402  the flags, defaults, data and network of the fastconv run
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=3, help="default: 3")
-    p.add_argument("--batch-size", type=int, default=64, help="default: 64")
-    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default: 0.05)")
-    p.add_argument("--momentum", type=float, default=0.9, help="default: 0.9")
+    fastconv_run.add_run_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="default: 0")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: the thread count fastconv would use, i.e. all cores)")
@@ -44,10 +48,15 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=None, help="train on the first N images only")
     p.add_argument("--metrics-out", type=Path, default=None, help="write per-epoch metrics as JSON")
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be a positive integer")
+    fastconv_run.complete_run_arguments(p, args)
     return args
+
+
+def make_optimizer(torch, model, args):
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
+                               weight_decay=args.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 
 
 def main(argv=None):
@@ -59,19 +68,20 @@ def main(argv=None):
         return 1
     threads = args.threads or functional.get_num_threads()
     torch.set_num_threads(threads)
-    (x_train, y_train), (x_test, y_test) = load_mnist(args.data_dir)
-    x_train, y_train = x_train[:args.limit], y_train[:args.limit]
-    x_train, x_test = preprocess_mnist(x_train), preprocess_mnist(x_test)
+    (x_train, y_train), (x_test, y_test) = fastconv_run.load_data(args, np.dtype(np.float32), mnist=load_mnist)
 
-    rng = np.random.default_rng(args.seed)  # the same stream as train_mnist.py: weights, then shuffles
-    model = to_torch(reference_cnn(np.float32, rng=rng))
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+    rng = np.random.default_rng(args.seed)  # the same stream as train_mnist.py: weights, then shuffles (and crops)
+    model = to_torch(fastconv_run.build_model(args, np.dtype(np.float32), rng))
+    transform = fastconv_run.augmentation(args, rng)
+    opt = make_optimizer(torch, model, args)
     loss_fn = torch.nn.CrossEntropyLoss()
     xt, yt = torch.from_numpy(x_test), torch.from_numpy(y_test.astype(np.int64))
     n_batches = -(-len(x_train) // args.batch_size)
     total_steps = args.epochs * n_batches
-    print(f"PyTorch {torch.__version__}, {threads} threads: training on {len(x_train)} images, "
-          f"batch size {args.batch_size}, sgd lr={args.lr:g} (cosine)", flush=True)
+    what = "reference CNN" if args.model == "reference" else f"ResNet-{args.depth} (width {args.width})"
+    print(f"PyTorch {torch.__version__}, {threads} threads: {what} on {args.dataset}"
+          f"{' (augmented)' if args.augment else ''}, training on {len(x_train)} images, "
+          f"batch size {args.batch_size}, {args.optimizer} lr={args.lr:g} (cosine)", flush=True)
     history = []
     for epoch in range(args.epochs):
         order = rng.permutation(len(x_train))
@@ -80,7 +90,8 @@ def main(argv=None):
         start = time.perf_counter()
         for k in range(n_batches):
             idx = order[k * args.batch_size:(k + 1) * args.batch_size]
-            xb, yb = torch.from_numpy(x_train[idx]), torch.from_numpy(y_train[idx].astype(np.int64))
+            xb = torch.from_numpy(x_train[idx] if transform is None else transform(x_train[idx]))
+            yb = torch.from_numpy(y_train[idx].astype(np.int64))
             for group in opt.param_groups:
                 group["lr"] = 0.5 * args.lr * (1 + math.cos(math.pi * (epoch * n_batches + k) / total_steps))
             opt.zero_grad(set_to_none=True)

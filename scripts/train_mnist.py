@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the reference CNN on MNIST with fastconv.
+"""Train the reference CNN or a ResNet on MNIST (or Fashion-MNIST, CIFAR-10) with fastconv.
 
 Examples
 --------
@@ -15,6 +15,19 @@ Continue an interrupted run (Ctrl-C, SIGTERM and SIGHUP save where it stopped; s
 Smoke test on 2,000 images::
 
     python scripts/train_mnist.py --limit 2000 --epochs 1
+
+A residual network (:func:`fastconv.models.resnet`, ResNet-8 of width 16 here; its own
+defaults: 5 epochs, batch 128, SGD with Nesterov momentum, lr 0.1, weight decay 5e-4,
+cosine schedule, random 2-pixel shifts (``--no-augment``: none)) on MNIST, or on
+Fashion-MNIST::
+
+    python scripts/train_mnist.py --model resnet --checkpoint resnet.npz
+    python scripts/train_mnist.py --model resnet --dataset fashion-mnist
+
+CIFAR-10 (ResNet-20 by default there, with random crops and flips;
+``scripts/train_cifar10.py`` is this with ``--dataset cifar10``)::
+
+    python scripts/train_mnist.py --dataset cifar10 --model resnet --epochs 30
 
 Data-parallel on 4 processes (MPI, ``pip install 'fastconv[mpi]'``; see docs/distributed.md)::
 
@@ -36,14 +49,31 @@ from pathlib import Path
 
 import numpy as np
 
-from fastconv import distributed, functional, nn, optim, serialization, training
+from fastconv import datasets, distributed, functional, nn, optim, serialization, training
 from fastconv.datasets import CorruptFileError, load_mnist, preprocess_mnist
-from fastconv.models import reference_cnn
+from fastconv.models import ARCHITECTURES
 
 INTERRUPT_CHECKPOINT = "train_mnist_interrupted.npz"
-DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3}
+#: --model -> the builder's name in fastconv.models.ARCHITECTURES (recorded in the checkpoint).
+MODELS = {"reference": "reference_cnn", "resnet": "resnet"}
+#: Per-model defaults of the flags left unset (--lr: per optimizer). The resnet ones reach >= 99.5% on MNIST
+#: in 5 epochs (README, "Measured"); --depth/--width default per data set (DEFAULT_DEPTH).
+MODEL_DEFAULTS = {
+    "reference": {"epochs": 3, "batch_size": 64, "lr": {"sgd": 0.05, "adam": 1e-3}, "weight_decay": 0.0,
+                  "nesterov": False},
+    "resnet": {"epochs": 5, "batch_size": 128, "lr": {"sgd": 0.1, "adam": 1e-3}, "weight_decay": 5e-4,
+               "nesterov": True},
+}
+DEFAULT_LR = MODEL_DEFAULTS["reference"]["lr"]
+#: --dataset -> image shape; --depth and --width of the resnet default per data set.
+DATASETS = {"mnist": (1, 28), "fashion-mnist": (1, 28), "cifar10": (3, 32)}
+DEFAULT_DEPTH = {"mnist": (8, 16), "fashion-mnist": (8, 16), "cifar10": (20, 16)}
 # Flags that change the trajectory of training: a resumed run must use the checkpoint's values.
-TRAJECTORY_FLAGS = ("optimizer", "lr", "momentum", "lr_schedule", "batch_size", "seed", "dtype", "limit")
+TRAJECTORY_FLAGS = ("model", "architecture", "dataset", "augment", "optimizer", "lr", "momentum", "nesterov",
+                    "weight_decay", "lr_schedule", "batch_size", "seed", "dtype", "limit", "synthetic")
+#: The values of the flags added since, for a checkpoint of an earlier version that does not record them.
+EARLIER_CONFIG = {"model": "reference_cnn", "architecture": {}, "dataset": "mnist", "augment": False,
+                  "nesterov": False, "weight_decay": 0.0, "synthetic": None}
 #: Exit status when training diverged.
 EXIT_DIVERGED = 3
 #: Test-only: "STEP:SIGNAME" makes the process send itself SIGNAME right after global step STEP
@@ -69,18 +99,74 @@ def positive_float(text):
     return value
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description="Train the reference CNN (conv32-pool-conv64-pool-fc128-fc10) on MNIST with fastconv.",
-        epilog="Exit status: 0 done, 1 data/checkpoint error, 2 bad arguments, 3 diverged (NaN/inf), "
-               "128+signal after SIGINT/SIGTERM/SIGHUP (130/143/129; checkpoint saved).")
-    p.add_argument("--epochs", type=positive_int, metavar="N", default=3, help="total epochs to train (default: 3)")
-    p.add_argument("--batch-size", type=positive_int, metavar="N", default=64,
-                   help="images per step, over all MPI processes together (default: 64)")
+def add_run_arguments(p):
+    """The flags that define the network, the data and the optimisation (shared with torch_mnist_baseline.py)."""
+    p.add_argument("--model", choices=sorted(MODELS), default="reference",
+                   help="reference: the reference CNN (default); resnet: He et al.'s CIFAR-style ResNet "
+                        "(fastconv.models.resnet) with --depth and --width")
+    p.add_argument("--depth", type=positive_int, metavar="D", default=None,
+                   help="resnet depth, 6n+2 (default: 8 on MNIST and Fashion-MNIST, 20 on CIFAR-10)")
+    p.add_argument("--width", type=positive_int, metavar="W", default=None,
+                   help="resnet channels of the first stage (default: 16)")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist", help="default: mnist")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crops of the zero-padded images (4 pixels on CIFAR-10, 2 on the 28x28 sets) "
+                        "and, on CIFAR-10, horizontal flips, drawn from the --seed stream (default: on for "
+                        "resnet, off for reference)")
+    p.add_argument("--epochs", type=positive_int, metavar="N", default=None,
+                   help="total epochs to train (default: 3 for reference, 5 for resnet)")
+    p.add_argument("--batch-size", type=positive_int, metavar="N", default=None,
+                   help="images per step, over all MPI processes together (default: 64 for reference, 128 "
+                        "for resnet)")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="default: sgd")
     p.add_argument("--lr", type=positive_float, metavar="LR", default=None,
-                   help="peak learning rate (default: 0.05 for sgd, 0.001 for adam)")
+                   help="peak learning rate (default: sgd 0.05 for reference, 0.1 for resnet; adam 0.001)")
     p.add_argument("--momentum", type=float, metavar="M", default=0.9, help="SGD momentum (default: 0.9)")
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="SGD with Nesterov momentum (default: on for resnet, off for reference)")
+    p.add_argument("--weight-decay", type=float, metavar="WD", default=None,
+                   help="L2 penalty of the optimizer (default: 0 for reference, 5e-4 for resnet)")
+    # Timing only: N random uint8 images of the data set's shape instead of its files (and 1,000 test images).
+    p.add_argument("--synthetic", type=positive_int, metavar="N", default=None, help=argparse.SUPPRESS)
+
+
+def complete_run_arguments(p, args):
+    """Check those flags and fill in the per-model defaults of the ones left unset."""
+    if not 0 <= args.momentum < 1:
+        p.error(f"--momentum must be in [0, 1), got {args.momentum}")
+    if args.model != "resnet" and (args.depth is not None or args.width is not None):
+        p.error("--depth and --width are for --model resnet")
+    if args.model == "reference" and args.dataset == "cifar10":
+        p.error("--dataset cifar10 needs --model resnet (the reference CNN is the MNIST network)")
+    defaults = MODEL_DEFAULTS[args.model]
+    for name in ("epochs", "batch_size", "weight_decay"):
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[name])
+    if args.nesterov is None:
+        args.nesterov = defaults["nesterov"] and args.optimizer == "sgd" and args.momentum > 0
+    if args.lr is None:
+        args.lr = defaults["lr"][args.optimizer]
+    if args.augment is None:
+        args.augment = args.model == "resnet"
+    if args.model == "resnet":
+        depth, width = DEFAULT_DEPTH[args.dataset]
+        args.depth = depth if args.depth is None else args.depth
+        args.width = width if args.width is None else args.width
+        if (args.depth - 2) % 6 or args.depth < 8:
+            p.error(f"--depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...), got {args.depth}")
+    if not args.weight_decay >= 0 or not math.isfinite(args.weight_decay):
+        p.error(f"--weight-decay must be a number >= 0, got {args.weight_decay}")
+    if args.nesterov and (args.optimizer != "sgd" or args.momentum == 0):
+        p.error("--nesterov needs --optimizer sgd and a momentum > 0 (pass --no-nesterov)")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="Train the reference CNN (conv32-pool-conv64-pool-fc128-fc10) or a ResNet on MNIST, "
+                    "Fashion-MNIST or CIFAR-10 with fastconv.",
+        epilog="Exit status: 0 done, 1 data/checkpoint error, 2 bad arguments, 3 diverged (NaN/inf), "
+               "128+signal after SIGINT/SIGTERM/SIGHUP (130/143/129; checkpoint saved).")
+    add_run_arguments(p)
     p.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
                    help="cosine: decay the learning rate to 0 over all steps of --epochs (default)")
     p.add_argument("--seed", type=int, metavar="S", default=0,
@@ -90,8 +176,8 @@ def parse_args(argv=None):
                    help="threads for the kernels (default: all cores, shared out among the MPI processes on "
                         "a machine; results are bitwise reproducible for a given thread count)")
     p.add_argument("--data-dir", type=Path, metavar="DIR", default=None,
-                   help="directory holding the four MNIST files (default: $FASTCONV_DATA_DIR, then the cache)")
-    p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing MNIST files")
+                   help="directory holding the data set's files (default: $FASTCONV_DATA_DIR, then the cache)")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data files")
     p.add_argument("--limit", type=positive_int, metavar="N", default=None,
                    help="train on the first N training images only")
     p.add_argument("--test-limit", type=positive_int, metavar="N", default=None,
@@ -118,26 +204,92 @@ def parse_args(argv=None):
         p.error("--resume needs --checkpoint PATH")
     if args.checkpoint_every is not None and args.checkpoint is None:
         p.error("--checkpoint-every needs --checkpoint PATH")
-    if not 0 <= args.momentum < 1:
-        p.error(f"--momentum must be in [0, 1), got {args.momentum}")
-    if args.lr is None:
-        args.lr = DEFAULT_LR[args.optimizer]
+    complete_run_arguments(p, args)
     return args
+
+
+def architecture_of(args):
+    """Keyword arguments of the model's builder in fastconv.models (recorded in the checkpoint)."""
+    if args.model == "reference":
+        return {}
+    channels, _ = DATASETS[args.dataset]
+    return {"depth": args.depth, "width": args.width, "in_channels": channels, "num_classes": 10}
+
+
+def build_model(args, dtype, rng):
+    """The network of ``args``, its initial weights drawn from ``rng`` (the --seed stream)."""
+    return ARCHITECTURES[MODELS[args.model]](dtype=dtype, rng=rng, **architecture_of(args))
+
+
+def load_data(args, dtype, mnist=None):
+    """((x_train, y_train), (x_test, y_test)) of --dataset, preprocessed to ``dtype``, cut to --limit/--test-limit.
+
+    ``mnist``: the MNIST loader (default: ``load_mnist``; the tests pass a synthetic one).
+    """
+    download = not getattr(args, "no_download", False)
+    if getattr(args, "synthetic", None):
+        (x_train, y_train), (x_test, y_test) = synthetic_data(args.synthetic, *DATASETS[args.dataset])
+        preprocess = lambda x, dtype: ((x - np.float32(127.5)) / np.float32(64)).astype(dtype)  # noqa: E731
+    elif args.dataset == "cifar10":
+        (x_train, y_train), (x_test, y_test) = dataset_loader("load_cifar10")(args.data_dir, download=download)[:2]
+        preprocess = dataset_loader("preprocess_cifar10")
+    elif args.dataset == "fashion-mnist":
+        (x_train, y_train), (x_test, y_test) = dataset_loader("load_fashion_mnist")(args.data_dir, download=download)
+        preprocess = dataset_loader("preprocess_fashion_mnist")
+    else:
+        (x_train, y_train), (x_test, y_test) = (mnist or load_mnist)(args.data_dir, download=download)
+        preprocess = preprocess_mnist
+    x_train, y_train = x_train[:args.limit], y_train[:args.limit]
+    x_test, y_test = x_test[:getattr(args, "test_limit", None)], y_test[:getattr(args, "test_limit", None)]
+    return (preprocess(x_train, dtype), y_train), (preprocess(x_test, dtype), y_test)
+
+
+def synthetic_data(n, channels, side, n_test=1000):
+    """``n`` (and ``n_test``) random uint8 images and labels of one shape, for timing (--synthetic)."""
+    gen = np.random.default_rng(12345)
+    return tuple((gen.integers(0, 256, (m, channels, side, side), dtype=np.uint8), gen.integers(0, 10, m))
+                 for m in (n, n_test))
+
+
+def dataset_loader(name):
+    """``fastconv.datasets.<name>``, looked up when needed (the Fashion-MNIST and CIFAR-10 loaders are newer)."""
+    try:
+        return getattr(datasets, name)
+    except AttributeError:
+        raise OSError(f"this fastconv has no fastconv.datasets.{name}; update fastconv for this data set") from None
+
+
+def augmentation(args, rng):
+    """The --augment transform of a batch, drawing from ``rng``, or None."""
+    if not args.augment:
+        return None
+    try:
+        from fastconv import transforms
+    except ImportError:
+        raise OSError("--augment needs fastconv.transforms, which this fastconv does not have") from None
+    channels, side = DATASETS[args.dataset]
+    steps = [transforms.RandomCrop(side, padding=4 if args.dataset == "cifar10" else 2, rng=rng)]
+    if args.dataset == "cifar10":
+        steps.append(transforms.RandomHorizontalFlip(rng=rng))
+    return transforms.Compose(steps)
 
 
 def config_of(args, world):
     """The settings stored in the checkpoint and metrics (everything that defines the run)."""
-    return {"model": "reference_cnn", "optimizer": args.optimizer, "lr": args.lr,
-            "momentum": args.momentum if args.optimizer == "sgd" else None, "lr_schedule": args.lr_schedule,
+    return {"model": MODELS[args.model], "architecture": architecture_of(args), "dataset": args.dataset,
+            "augment": args.augment, "optimizer": args.optimizer, "lr": args.lr,
+            "momentum": args.momentum if args.optimizer == "sgd" else None,
+            "nesterov": args.nesterov, "weight_decay": args.weight_decay, "lr_schedule": args.lr_schedule,
             "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "dtype": args.dtype,
             "limit": args.limit, "test_limit": args.test_limit, "threads": functional.get_num_threads(),
-            "skip_nonfinite": args.skip_nonfinite, "world_size": world.size}
+            "skip_nonfinite": args.skip_nonfinite, "world_size": world.size, "synthetic": args.synthetic}
 
 
 def make_optimizer(model, args):
     if args.optimizer == "sgd":
-        return optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
-    return optim.Adam(model.parameters(), lr=args.lr)
+        return optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
+                         weight_decay=args.weight_decay)
+    return optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 
 
 def learning_rate(args, step, total_steps):
@@ -202,8 +354,8 @@ def resume(files, args, model, opt, rng, world):
             note(world, f"note: not resuming from {passed}: {why}")
     saved, current = ckpt["config"], config_of(args, world)
     names = TRAJECTORY_FLAGS + (("epochs",) if args.lr_schedule != "constant" else ())
-    diffs = [f"--{k.replace('_', '-')} {saved.get(k)} (checkpoint) vs {current[k]} (now)"
-             for k in names if saved.get(k) != current[k]]
+    diffs = [f"--{k.replace('_', '-')} {saved.get(k, EARLIER_CONFIG.get(k))} (checkpoint) vs {current[k]} (now)"
+             for k in names if saved.get(k, EARLIER_CONFIG.get(k)) != current[k]]
     if diffs:
         raise ResumeError(f"{path} was trained with different settings; pass the same flags to resume:\n  "
                           + "\n  ".join(diffs))
@@ -266,13 +418,11 @@ def train(args, world):
     elif world.local_size > 1:  # [distributed] the processes on one machine share its cores
         functional.set_num_threads(max(1, functional.get_num_threads() // world.local_size))
     dtype = np.dtype(args.dtype)
-    (x_train, y_train), (x_test, y_test) = load_mnist(args.data_dir, download=not args.no_download)
-    x_train, y_train = x_train[:args.limit], y_train[:args.limit]
-    x_test, y_test = x_test[:args.test_limit], y_test[:args.test_limit]
-    x_train, x_test = preprocess_mnist(x_train, dtype), preprocess_mnist(x_test, dtype)
+    (x_train, y_train), (x_test, y_test) = load_data(args, dtype)
 
     rng = np.random.default_rng(args.seed)
-    model = reference_cnn(dtype, rng=rng)
+    model = build_model(args, dtype, rng)
+    transform = augmentation(args, rng)  # draws from the shuffling stream, so the checkpoint's rng resumes it
     opt = make_optimizer(model, args)
     loss_fn = nn.CrossEntropyLoss()
     config = config_of(args, world)
@@ -285,9 +435,10 @@ def train(args, world):
                     f"saves; use --resume to continue it)")
     replicas = distributed.Replicas(model, world)  # [distributed] rank 0's parameters on every rank
     ranks = f" x {world.size} processes" if world.size > 1 else ""
-    print(f"training on {len(x_train)} images, testing on {len(x_test)}, {args.dtype}, "
-          f"{functional.get_num_threads()} threads{ranks}, {args.optimizer} lr={args.lr:g} ({args.lr_schedule}), "
-          f"batch size {args.batch_size}")
+    what = "reference CNN" if args.model == "reference" else f"ResNet-{args.depth} (width {args.width})"
+    print(f"{what} on {args.dataset}{' (augmented)' if args.augment else ''}: training on {len(x_train)} images, "
+          f"testing on {len(x_test)}, {args.dtype}, {functional.get_num_threads()} threads{ranks}, "
+          f"{args.optimizer} lr={args.lr:g} ({args.lr_schedule}), batch size {args.batch_size}")
 
     print(f"compiling kernels (cached after the first run)... {training.warm_up(model, x_train):.1f} s", flush=True)
     n_batches = -(-len(x_train) // args.batch_size)
@@ -322,7 +473,7 @@ def train(args, world):
                 training.train_epoch(model, loss_fn, opt, x_train, y_train, order, args.batch_size,
                                      progress=progress, should_stop=stopping, bar=bar, before_step=before_step,
                                      after_step=after_step, nonfinite="skip" if args.skip_nonfinite else "raise",
-                                     replicas=replicas)
+                                     replicas=replicas, transform=transform)
             except training.NonFiniteError as exc:
                 exc.where = f"epoch {epoch + 1}, step {first_step + exc.batch + 1} of the run"
                 raise

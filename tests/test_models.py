@@ -1,4 +1,4 @@
-"""Tests for fastconv.models: the reference CNN (one definition, its variants) and to_torch.
+"""Tests for fastconv.models: the reference CNN (one definition, its variants), the ResNet and to_torch.
 
 The reference CNN must stay the network that ``scripts/train_mnist.py`` has always
 trained: same layers and the same initial weights for the same seed, so that runs and
@@ -153,6 +153,9 @@ MODELS = {
         (3, 1, 8, 8)),
     "every-layer-nested": (every_layer, (2, 3, 9, 8)),
     "single-conv": (lambda dt: nn.Conv2d(2, 3, 3, stride=2, padding=1, dtype=dt, rng=4), (2, 2, 7, 6)),
+    "resnet-8": (lambda dt: models.resnet(8, 3, in_channels=2, num_classes=4, dtype=dt, rng=0), (2, 2, 9, 9)),
+    "single-residual": (
+        lambda dt: nn.Residual(nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, dtype=dt, rng=5), nn.ReLU())), (2, 2, 4, 4)),
 }
 
 
@@ -166,7 +169,8 @@ def test_to_torch_is_the_same_network(name, dtype, torch):
     ours, theirs = model.state_dict(), twin.state_dict()
     assert list(theirs) == list(ours)
     for key, value in ours.items():
-        assert theirs[key].dtype == (torch.float32 if dtype == np.float32 else torch.float64), key
+        expected = {np.float32: torch.float32, np.float64: torch.float64, np.int64: torch.int64}[value.dtype.type]
+        assert theirs[key].dtype == expected and (expected == torch.int64) == key.endswith("num_batches_tracked"), key
         np.testing.assert_array_equal(theirs[key].numpy(), value, err_msg=key)
     assert [m.training for m in twin.modules()] == [False] * len(list(twin.modules()))
     x = np.random.default_rng(0).standard_normal(x_shape).astype(dtype)
@@ -239,3 +243,167 @@ def test_docstring_examples_run():
     for test in tests:
         runner.run(test)
     assert runner.summarize(verbose=False).failed == 0
+
+
+# --------------------------------------------------------------------------- resnet
+
+
+def resnet_parameter_count(depth, width, in_channels, num_classes):
+    """He et al.'s count, worked out by hand: 3x3 convolutions without bias, BN (weight, bias), option B."""
+    n, total, c_in = (depth - 2) // 6, 9 * in_channels * width + 2 * width, width
+    for stage in range(3):
+        c = width << stage
+        for block in range(n):
+            total += 9 * c_in * c + 9 * c * c + 4 * c
+            if c_in != c:
+                total += c_in * c + 2 * c  # the projection shortcut
+            c_in = c
+    return total + 4 * width * num_classes + num_classes
+
+
+def small_resnet(dt, depth=8, width=4, in_channels=1, num_classes=10):
+    return models.resnet(depth, width, in_channels=in_channels, num_classes=num_classes, dtype=dt, rng=0)
+
+
+@pytest.mark.parametrize(
+    "depth, width, in_channels, num_classes, x_shape, out_side",
+    [(8, 4, 1, 10, (2, 1, 28, 28), 7), (14, 3, 3, 10, (2, 3, 32, 32), 8), (8, 2, 2, 7, (3, 2, 9, 5), 3),
+     (8, 2, 1, 4, (2, 1, 1, 1), 1)],
+    ids=["mnist-28", "cifar-32", "odd-9x5", "one-pixel"],
+)
+def test_resnet_architecture(depth, width, in_channels, num_classes, x_shape, out_side):
+    model = models.resnet(depth, width, in_channels=in_channels, num_classes=num_classes, rng=0)
+    x = np.random.default_rng(1).standard_normal(x_shape, dtype=np.float32)
+    assert model(x).shape == (x_shape[0], num_classes) and model.training
+    assert model[:6](x).shape == (x_shape[0], 4 * width, out_side, (x_shape[3] + 3) // 4)
+    assert sum(p.size for p in model.parameters()) == resnet_parameter_count(depth, width, in_channels, num_classes)
+    n = (depth - 2) // 6
+    for stage in (model[3], model[4], model[5]):
+        assert [type(m) for m in stage] == [nn.Residual, nn.ReLU] * n
+    shortcuts = [key.split(".shortcut.")[0] for key in model.state_dict() if ".shortcut.0.weight" in key]
+    assert shortcuts == ["4.0", "5.0"]  # projections only where the shape changes (option B)
+    assert model[4][0].shortcut[0].stride == (2, 2) and model[4][0].body[0].stride == (2, 2)
+    assert all(m.bias is None for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_resnet_20_has_the_papers_size():
+    assert resnet_parameter_count(20, 16, 3, 10) == 272474  # 0.27M in He et al.'s table 6
+    assert sum(p.size for p in models.resnet(20, rng=0).parameters()) == 272474
+
+
+def test_resnet_weights_come_from_rng():
+    a, b, c = small_resnet(np.float32), small_resnet(np.float32), models.resnet(8, 4, in_channels=1, rng=1)
+    assert state_dict_digest(a) == state_dict_digest(b) != state_dict_digest(c)
+    conv, bn = a[0], a[1]
+    bound = 1 / np.sqrt(9)  # PyTorch's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert np.abs(conv.weight.data).max() <= bound and np.abs(conv.weight.data).max() > 0.8 * bound
+    np.testing.assert_array_equal(bn.weight.data, 1)
+    np.testing.assert_array_equal(bn.bias.data, 0)
+    assert small_resnet(np.float64)[0].weight.dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [({"depth": 10}, ValueError, r"resnet: depth must be 6 \* n \+ 2.*got 10"),
+     ({"depth": 2}, ValueError, r"depth must be 6 \* n \+ 2"), ({"depth": 0}, ValueError, r"depth must be positive"),
+     ({"depth": "20"}, TypeError, r"resnet: depth must be an int"), ({"depth": 20.0}, TypeError, r"depth must be an int"),
+     ({"width": 0}, ValueError, r"resnet: width must be positive"), ({"width": True}, TypeError, r"width must be an int"),
+     ({"in_channels": -1}, ValueError, r"in_channels must be positive"),
+     ({"num_classes": 0}, ValueError, r"num_classes must be positive"),
+     ({"rng": "seed"}, TypeError, r"resnet: rng must be None, an int seed"),
+     ({"dtype": np.int32}, TypeError, r"dtype")],
+    ids=["depth-10", "depth-2", "depth-0", "depth-str", "depth-float", "width-0", "width-bool", "in-channels",
+         "classes", "rng", "dtype"],
+)
+def test_resnet_rejects_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        models.resnet(**{"width": 2, **kwargs})
+
+
+def test_resnet_rejects_an_input_of_the_wrong_channel_count():
+    with pytest.raises(ValueError, match=r"Conv2d.*\(2, 3, 8, 8\)"):
+        small_resnet(np.float32)(np.zeros((2, 3, 8, 8), np.float32))
+
+
+@pytest.mark.parametrize("name", ["reference_cnn", "resnet"])
+def test_model_from_checkpoint(name):
+    arch = {"depth": 8, "width": 2, "in_channels": 1, "num_classes": 3} if name == "resnet" else {
+        "image_size": 8, "channels": [2], "hidden": 4}
+    trained = models.ARCHITECTURES[name](dtype=np.float64, rng=5, **arch)
+    trained(np.random.default_rng(0).standard_normal((4, 1, 8, 8)))  # moves the batch norms' running statistics
+    ckpt = {"config": {"dtype": "float64", "model": name, "architecture": arch}, "model": trained.state_dict()}
+    model = models.model_from_checkpoint(ckpt)
+    assert not model.training and state_dict_digest(model) == state_dict_digest(trained)
+    with pytest.raises(ValueError, match="shape"):
+        models.model_from_checkpoint({**ckpt, "config": {"dtype": "float64", "model": name}})  # default network
+    with pytest.raises(ValueError, match=r"network 'vgg' is not one of \['reference_cnn', 'resnet'\]"):
+        models.model_from_checkpoint({**ckpt, "config": {"dtype": "float64", "model": "vgg"}})
+
+
+def test_model_from_checkpoint_of_an_earlier_version_is_the_reference_cnn():
+    trained = reference_cnn(np.float32, rng=5)
+    model = models.model_from_checkpoint({"config": {"dtype": "float32"}, "model": trained.state_dict()})
+    assert state_dict_digest(model) == state_dict_digest(trained)
+
+
+def resnet_pair(torch, dtype, train):
+    model = small_resnet(dtype).train(train)
+    if not train:  # running statistics away from their initial 0 and 1, so that eval mode uses them
+        model.train()(np.random.default_rng(2).standard_normal((6, 1, 11, 11)).astype(dtype) * 3 + 1)
+        model.eval()
+    return model, to_torch(model)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_resnet_to_torch_gives_the_same_logits(dtype, train, torch):
+    model, twin = resnet_pair(torch, dtype, train)
+    assert repr(twin) == repr(model) and list(twin.state_dict()) == list(model.state_dict())
+    assert type(twin[3][0]) is models.torch_residual_class(torch) and twin[3][0].shortcut is None
+    assert [m.training for m in twin.modules()] == [train] * len(list(twin.modules()))
+    x = np.random.default_rng(0).standard_normal((5, 1, 11, 11)).astype(dtype)
+    with torch.no_grad():
+        expected = twin(torch.from_numpy(x)).numpy()
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(model(x), expected, rtol=tol, atol=tol)
+    for key, value in twin.state_dict().items():  # training mode: the same running statistics after the batch
+        np.testing.assert_allclose(model.state_dict()[key], value.numpy(), rtol=tol, atol=tol, err_msg=key)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_resnet_sgd_steps_equal_torchs(dtype, torch):
+    """Two SGD steps (Nesterov momentum, weight decay) from the same weights on the same batches."""
+    from fastconv import optim
+    model, twin = resnet_pair(torch, dtype, True)
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    topt = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    loss_fn, gen = nn.CrossEntropyLoss(), np.random.default_rng(3)
+    for _ in range(2):
+        x, y = gen.standard_normal((6, 1, 10, 10)).astype(dtype), gen.integers(0, 10, 6)
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        model.backward(loss_fn.backward(), input_grad=False)
+        opt.step()
+        topt.zero_grad()
+        tloss = torch.nn.functional.cross_entropy(twin(torch.from_numpy(x)), torch.from_numpy(y))
+        tloss.backward()
+        topt.step()
+        tol = 1e-4 if dtype == np.float32 else 1e-10
+        assert float(loss) == pytest.approx(tloss.item(), rel=tol)
+        for key, value in twin.state_dict().items():
+            np.testing.assert_allclose(model.state_dict()[key], value.numpy(), rtol=tol, atol=tol, err_msg=key)
+
+
+def test_guide_resnet_example_runs():
+    """The example of docs/guide.md's ResNet section is a doctest."""
+    import pathlib
+    import re
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text()
+    start = text.index("## Training a ResNet")
+    block = re.search(r"```python\n(.*?)```", text[start:], re.S)
+    assert block and ">>>" in block.group(1), "the guide's ResNet section lost its python example"
+    test = doctest.DocTestParser().get_doctest(block.group(1), {}, "guide-resnet", "docs/guide.md", 0)
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    runner.run(test)
+    failed, attempted = runner.summarize(verbose=False)
+    assert attempted >= 3 and failed == 0

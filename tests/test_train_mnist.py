@@ -97,8 +97,17 @@ EARLIER_KIND = "fastconv.training/mnist"  # the checkpoint kind of the versions 
 
 
 def save_as_kind(path, kind):
-    """Rewrite the checkpoint at ``path`` with another ``"kind"`` entry (as an earlier version wrote it)."""
-    serialization.save({**serialization.load(path), "kind": kind}, path)
+    """Rewrite the checkpoint at ``path`` with another ``"kind"`` entry (as an earlier version wrote it).
+
+    The earlier kind's config also lacks the settings added with the ResNet (issue 17).
+    """
+    ckpt = serialization.load(path)
+    if kind == EARLIER_KIND:
+        ckpt["config"] = {k: v for k, v in ckpt["config"].items() if k not in NEWER_CONFIG_KEYS}
+    serialization.save({**ckpt, "kind": kind}, path)
+
+
+NEWER_CONFIG_KEYS = ("architecture", "dataset", "augment", "nesterov", "weight_decay", "synthetic")
 
 
 # --------------------------------------------------------------------------- library pieces
@@ -429,3 +438,125 @@ def test_float64_run_and_predict(train_script, predict_script, fake_data, tmp_pa
     assert all(a.dtype == np.float64 for a in ckpt["model"].values())
     assert run(predict_script, tmp_path / "c.npz") == 0
     assert "float64" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- --model resnet, --dataset
+
+RESNET = ("--model", "resnet", "--depth", 8, "--width", 2, *TINY)
+
+
+def test_resnet_run_resumes_mid_epoch_exactly_and_predict_rebuilds_it(train_script, predict_script, fake_data,
+                                                                      tmp_path, monkeypatch, capsys):
+    """Batch norms' running statistics, Nesterov momentum and weight decay survive a Ctrl-C and --resume."""
+    pytest.importorskip("fastconv.transforms", reason="fastconv.transforms comes with the i17-data branch")
+    flags = ("--epochs", 2, *RESNET)  # augmented by default: the crops come from the checkpointed stream
+    assert run(train_script, *flags, "--checkpoint", tmp_path / "a.npz") == 0
+    with monkeypatch.context() as m:
+        interrupt_after_batch(m, 2)
+        assert run(train_script, *flags, "--checkpoint", tmp_path / "b.npz") == 130
+    assert run(train_script, *flags, "--checkpoint", tmp_path / "b.npz", "--resume") == 0
+    assert_same_run(tmp_path / "a.npz", tmp_path / "b.npz")
+    ckpt = training.load_checkpoint(tmp_path / "a.npz")
+    config = ckpt["config"]
+    assert (config["model"], config["architecture"]) == ("resnet", {"depth": 8, "width": 2, "in_channels": 1,
+                                                                    "num_classes": 10})
+    assert (config["lr"], config["nesterov"], config["weight_decay"], config["dataset"], config["augment"]) == (
+        0.1, True, 5e-4, "mnist", True)
+    assert ckpt["model"]["1.num_batches_tracked"] == 6  # 2 epochs of 3 steps; the warm-up is not counted
+    capsys.readouterr()
+    assert run(predict_script, tmp_path / "a.npz") == 0
+    assert f"test accuracy: {100 * ckpt['history'][-1]['test_accuracy']:.2f}%" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("augment", [False, True], ids=["plain", "augmented"])
+def test_torch_baseline_trains_the_same_resnet_run(train_script, fake_data, tmp_path, monkeypatch, augment):
+    pytest.importorskip("torch")
+    if augment:
+        pytest.importorskip("fastconv.transforms", reason="fastconv.transforms comes with the i17-data branch")
+    baseline = load_script("torch_mnist_baseline")
+    monkeypatch.setattr(baseline, "load_mnist", lambda *a, **k: fake_data)
+    flags = ("--model", "resnet", "--depth", 8, "--width", 2, "--epochs", 2, "--batch-size", 32, "--threads", 1,
+             "--augment" if augment else "--no-augment")
+    ours, theirs = tmp_path / "ours.json", tmp_path / "theirs.json"
+    assert run(train_script, *flags, "--no-progress", "--metrics-out", ours) == 0
+    assert run(baseline, *flags, "--metrics-out", theirs) == 0
+    for a, b in zip(json.loads(ours.read_text())["epochs"], json.loads(theirs.read_text())["epochs"]):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert b["test_accuracy"] == pytest.approx(a["test_accuracy"], abs=1 / len(fake_data[1][0]))
+
+
+def test_fashion_mnist_and_cifar10_flags_use_their_loaders(train_script, tmp_path, monkeypatch, capsys):
+    """--dataset calls fastconv.datasets.load_fashion_mnist / load_cifar10 (stand-ins here: the real ones
+    come with the i17-data branch and have their own tests)."""
+    from fastconv import datasets
+    calls = []
+    fashion = synthetic_mnist(seed=4)
+    gen = np.random.default_rng(5)
+    cifar = tuple((gen.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), gen.integers(0, 10, n).astype(np.uint8))
+                  for n in (64, 16))
+    monkeypatch.setattr(datasets, "load_fashion_mnist", lambda *a, **k: calls.append("fashion") or fashion,
+                        raising=False)
+    monkeypatch.setattr(datasets, "load_cifar10", lambda *a, **k: calls.append("cifar10") or (*cifar, list("abc")),
+                        raising=False)
+    monkeypatch.setattr(datasets, "preprocess_fashion_mnist", preprocess_mnist, raising=False)
+    monkeypatch.setattr(datasets, "preprocess_cifar10", lambda x, dtype=np.float32: (x / 255).astype(dtype),
+                        raising=False)
+    out = tmp_path / "m.json"
+    assert run(train_script, "--dataset", "fashion-mnist", "--epochs", 1, *TINY, "--metrics-out", out) == 0
+    assert json.loads(out.read_text())["config"]["dataset"] == "fashion-mnist"
+    assert run(train_script, "--dataset", "cifar10", "--no-augment", "--epochs", 1, *RESNET[:6],
+               *TINY, "--checkpoint", tmp_path / "c.npz") == 0
+    assert calls == ["fashion", "cifar10"]
+    ckpt = training.load_checkpoint(tmp_path / "c.npz")
+    assert ckpt["config"]["architecture"]["in_channels"] == 3 and ckpt["model"]["0.weight"].shape == (2, 3, 3, 3)
+    assert "ResNet-8 (width 2) on cifar10: training on 64 images" in capsys.readouterr().out
+
+
+def test_synthetic_timing_data(train_script, tmp_path, capsys):
+    """The hidden --synthetic N flag (for timing an epoch of the real size) needs no files."""
+    assert run(train_script, "--synthetic", 64, "--dataset", "cifar10", "--no-augment", *RESNET[:6], "--epochs", 1,
+               *TINY, "--test-limit", 16) == 0
+    assert "on cifar10: training on 64 images, testing on 16" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--model", "resnet", "--depth", "10"], "--depth must be 6n+2"), (["--depth", "8"], "--depth and --width"),
+     (["--dataset", "cifar10"], "needs --model resnet"), (["--weight-decay", "-1"], "--weight-decay"),
+     (["--model", "resnet", "--optimizer", "adam", "--nesterov"], "--nesterov needs")],
+    ids=["depth", "depth-for-reference", "cifar10-reference", "weight-decay", "nesterov-adam"],
+)
+def test_bad_resnet_arguments(train_script, argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        train_script.main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_per_model_defaults(train_script):
+    ref, res = train_script.parse_args([]), train_script.parse_args(["--model", "resnet"])
+    assert (ref.epochs, ref.batch_size, ref.lr, ref.weight_decay, ref.nesterov, ref.augment) == (3, 64, 0.05, 0, False,
+                                                                                             False)
+    assert (res.epochs, res.batch_size, res.lr, res.weight_decay, res.nesterov, res.depth, res.width) == (
+        5, 128, 0.1, 5e-4, True, 8, 16)
+    assert res.augment and not train_script.parse_args(["--model", "resnet", "--no-augment"]).augment
+    cifar = train_script.parse_args(["--model", "resnet", "--dataset", "cifar10"])
+    assert (cifar.depth, cifar.augment) == (20, True)
+    adam = train_script.parse_args(["--model", "resnet", "--optimizer", "adam"])
+    assert (adam.lr, adam.nesterov) == (1e-3, False)
+
+
+@requires_real
+def test_resnet_smoke_run_on_real_mnist(tmp_path):
+    """A user's --model resnet run in a subprocess (a few steps of real images), then predict.py on it."""
+    ckpt = tmp_path / "r.npz"
+    cmd = [sys.executable, str(REPO / "scripts" / "train_mnist.py"), "--model", "resnet", "--width", "4",
+           "--limit", "640", "--epochs", "1", "--test-limit", "500", "--data-dir", REAL_DIR, "--no-download",
+           "--no-progress", "--checkpoint", str(ckpt)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "ResNet-8 (width 4) on mnist (augmented): training on 640 images" in proc.stdout
+    accuracy = training.load_checkpoint(ckpt)["history"][0]["test_accuracy"]
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "predict.py"), str(ckpt), "--data-dir", REAL_DIR,
+                           "--no-download", "--limit", "500"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert f"test accuracy: {100 * accuracy:.2f}%" in proc.stdout
