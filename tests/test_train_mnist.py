@@ -448,7 +448,6 @@ RESNET = ("--model", "resnet", "--depth", 8, "--width", 2, *TINY)
 def test_resnet_run_resumes_mid_epoch_exactly_and_predict_rebuilds_it(train_script, predict_script, fake_data,
                                                                       tmp_path, monkeypatch, capsys):
     """Batch norms' running statistics, Nesterov momentum and weight decay survive a Ctrl-C and --resume."""
-    pytest.importorskip("fastconv.transforms", reason="fastconv.transforms comes with the i17-data branch")
     flags = ("--epochs", 2, *RESNET)  # augmented by default: the crops come from the checkpointed stream
     assert run(train_script, *flags, "--checkpoint", tmp_path / "a.npz") == 0
     with monkeypatch.context() as m:
@@ -472,7 +471,6 @@ def test_resnet_run_resumes_mid_epoch_exactly_and_predict_rebuilds_it(train_scri
 def test_torch_baseline_trains_the_same_resnet_run(train_script, fake_data, tmp_path, monkeypatch, augment):
     pytest.importorskip("torch")
     if augment:
-        pytest.importorskip("fastconv.transforms", reason="fastconv.transforms comes with the i17-data branch")
     baseline = load_script("torch_mnist_baseline")
     monkeypatch.setattr(baseline, "load_mnist", lambda *a, **k: fake_data)
     flags = ("--model", "resnet", "--depth", 8, "--width", 2, "--epochs", 2, "--batch-size", 32, "--threads", 1,
