@@ -470,7 +470,6 @@ def test_resnet_run_resumes_mid_epoch_exactly_and_predict_rebuilds_it(train_scri
 @pytest.mark.parametrize("augment", [False, True], ids=["plain", "augmented"])
 def test_torch_baseline_trains_the_same_resnet_run(train_script, fake_data, tmp_path, monkeypatch, augment):
     pytest.importorskip("torch")
-    if augment:
     baseline = load_script("torch_mnist_baseline")
     monkeypatch.setattr(baseline, "load_mnist", lambda *a, **k: fake_data)
     flags = ("--model", "resnet", "--depth", 8, "--width", 2, "--epochs", 2, "--batch-size", 32, "--threads", 1,
