@@ -103,24 +103,25 @@ def _windows(shape, w_shape, stride, padding, dilation, groups):
     ``window`` indexes the zero-padded input: the ``C / groups`` channels of filter
     ``f``'s group and the taps ``i*sh + kh*dh``, ``j*sw + kw*dw`` (``kh < KH``, ``kw < KW``).
     """
-    sh, sw = _pair(stride)
-    dh, dw = _pair(dilation)
-    ph, pw = _pair(padding)
-    N, C, H, W = (int(s) for s in shape)
-    F, Cg, KH, KW = (int(s) for s in w_shape)
+    C = int(shape[1])
+    F, Cg = int(w_shape[0]), int(w_shape[1])
     if C % groups or F % groups or Cg * groups != C:
         raise ValueError(f"groups={groups} does not split x's {C} channels into w's {Cg} per group and {F} filters")
-    Ho = _output_size(H, dh * (KH - 1) + 1, sh, ph)
-    Wo = _output_size(W, dw * (KW - 1) + 1, sw, pw)
+    N, _, Ho, Wo = _output_shape(shape, w_shape, stride, padding, dilation)
     per_group = F // groups
     for n in range(N):
         for f in range(F):
             g = f // per_group
             for i in range(Ho):
                 for j in range(Wo):
-                    rows = slice(i * sh, i * sh + dh * (KH - 1) + 1, dh)
-                    cols = slice(j * sw, j * sw + dw * (KW - 1) + 1, dw)
-                    yield n, f, i, j, (n, slice(g * Cg, (g + 1) * Cg), rows, cols)
+                    yield n, f, i, j, (n, slice(g * Cg, (g + 1) * Cg)) + _taps(i, j, w_shape, stride, dilation)
+
+
+def _taps(i, j, w_shape, stride, dilation):
+    """The rows and columns ``(i*sh + kh*dh, j*sw + kw*dw)`` of a padded plane that window ``(i, j)`` covers."""
+    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
+    KH, KW = int(w_shape[2]), int(w_shape[3])
+    return slice(i * sh, i * sh + dh * (KH - 1) + 1, dh), slice(j * sw, j * sw + dw * (KW - 1) + 1, dw)
 
 
 def _output_shape(shape, w_shape, stride, padding, dilation):
@@ -309,19 +310,15 @@ def _scatter_windows(x_shape, w_shape, stride, dilation, groups):
     output channels of group ``g`` at the rows ``i*sh + kh*dh`` and columns ``j*sw + kw*dw``
     of the output *before* its ``padding`` is cropped.
     """
-    sh, sw = _pair(stride)
-    dh, dw = _pair(dilation)
     N, C, H, W = (int(s) for s in x_shape)
-    _, Cg, KH, KW = (int(s) for s in w_shape)
+    Cg = int(w_shape[1])
     per_group = C // groups
     for n in range(N):
         for c in range(C):
             g = c // per_group
             for i in range(H):
                 for j in range(W):
-                    rows = slice(i * sh, i * sh + dh * (KH - 1) + 1, dh)
-                    cols = slice(j * sw, j * sw + dw * (KW - 1) + 1, dw)
-                    yield n, c, i, j, (n, slice(g * Cg, (g + 1) * Cg), rows, cols)
+                    yield n, c, i, j, (n, slice(g * Cg, (g + 1) * Cg)) + _taps(i, j, w_shape, stride, dilation)
 
 
 def _uncropped(out_shape, padding, dtype):
