@@ -111,6 +111,8 @@ def run_norm(dtype, rng):
     F.batch_norm_backward(x, x, mean, invstd)
     y, saved = P.group_norm_forward(x, 1, None, None, 1e-5)
     P.group_norm_backward(y, x, 1, saved, np.ones(C, dtype))
+    P.norm_affine(x, mean, invstd, np.zeros(C), stream=True)  # large outputs' non-temporal stores
+    P.norm_fused_backward(x, x, mean, invstd, np.ones(C), True, stream=True)
     return {s for (op, _), s in P.STRATEGIES.items() if op.startswith("norm_")}
 
 

@@ -84,6 +84,50 @@ def test_batch_norm_matches_reference(row, dtype, training, affine, rng, strateg
     _close(db, wdb, dtype, "dbias")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("row", NORM_ROWS, ids=lambda r: r.name)
+def test_non_temporal_stores_match_reference(row, dtype, rng, monkeypatch):
+    """The strategies large activations take, ``affine_stream`` (eval forward) and ``fused_channels_stream``
+    (training backward), on every case-table shape: rows of any length (elements before the first aligned
+    one and after the last whole vector are stored one by one)."""
+    from fastconv import plan as P
+
+    monkeypatch.setattr(P, "_streams", lambda x3, arrays=2: True)
+    monkeypatch.setattr(P, "_fused_channels", lambda C: True)
+    x, w, b, rm, rv = _inputs(rng, row.shape, dtype, loc=2.0, scale=3.0)
+    x64, rm64, rv64, w64 = x.astype(np.float64), rm.astype(np.float64), rv.astype(np.float64), w.astype(np.float64)
+    want, _, _ = ref.batch_norm(x64, rm64, rv64, w64, b.astype(np.float64), False, 0.1, 1e-4)
+    _close(fc.batch_norm(x, rm, rv, w, b, eps=1e-4), want, dtype, "eval y")
+    _, mean, invstd = fc.batch_norm(x, None, None, w, b, training=True, eps=1e-4, return_stats=True)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    got = fc.batch_norm_backward(dy, x, mean, invstd, w, training=True)
+    wants = ref.batch_norm_backward(dy.astype(np.float64), x64, w64, rm64, rv64, True, 1e-4)
+    for name, g, want in zip(("dx", "dweight", "dbias"), got, wants):
+        _close(g, want, dtype, f"training {name}")
+    # An input whose rows start anywhere (a column slice), into the aligned output.
+    wide = rng.standard_normal((3, 4, 45)).astype(dtype)[:, :, 1:]
+    out = P.norm_affine(wide, np.arange(4.0), np.full(4, 0.5), np.ones(4), stream=True)
+    assert out.ctypes.data % P.HOST.vector_bytes == 0 and out.flags.c_contiguous
+    _close(out, (wide - np.arange(4.0)[:, None]) * 0.5 + 1, dtype, "sliced rows")
+
+
+def test_large_eval_forward_streams_and_matches_reference(rng):
+    """An output of ``TUNING.stream_store_bytes`` or more (whole-vector rows) takes the non-temporal stores."""
+    from fastconv import plan as P
+
+    x, w, b, rm, rv = _inputs(rng, (4, 16, 128, 256), np.float32, loc=1000.0)  # 8 MiB, rows of 32768 values
+    assert P._streams(fc.plan.channel_view(x)) and not P._streams(fc.plan.channel_view(x[:2]))
+    rm = rm + np.float32(1000)
+    want, _, _ = ref.batch_norm(x.astype(np.float64), rm.astype(np.float64), rv.astype(np.float64),
+                                w.astype(np.float64), b.astype(np.float64), False, 0.1, 1e-5)
+    layer = nn.BatchNorm2d(16).eval()
+    layer.running_mean[:] = rm
+    layer.running_var[:] = rv
+    layer.weight.data[:] = w
+    layer.bias.data[:] = b
+    _close(layer(x), want, np.float32, "y")
+
+
 @pytest.mark.parametrize("shape", [(3, 2), (2, 3, 4), (2, 2, 3, 2)], ids=["NC", "NCL", "NCHW"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_batch_norm_backward_matches_finite_differences(shape, training, rng, numgrad, strategy):

@@ -23,8 +23,9 @@ module             kernels
 ``avgpool``        ``avgpool_forward_ranges``, ``avgpool_backward_ranges``, ``avgpool_forward_global``,
                    ``avgpool_backward_global``
 ``elementwise``    ``elementwise_relu``, ``elementwise_relu_grad``
-``norm``           ``norm_moments``, ``norm_affine``, ``norm_grad_sums``, ``norm_grad_apply``,
-                   ``norm_fused_forward``, ``norm_fused_backward``
+``norm``           ``norm_moments``, ``norm_affine``, ``norm_affine_stream``, ``norm_grad_sums``,
+                   ``norm_grad_apply``, ``norm_fused_forward``, ``norm_fused_backward``,
+                   ``norm_fused_backward_stream``
 ``activation``     ``activation_pointwise``, ``activation_pointwise_grad`` (a loop per scalar function),
                    ``activation_softmax_rows``, ``activation_softmax_columns`` and their ``*_grad``:
                    ``activation_softmax_rows_grad``, ``activation_softmax_columns_grad``

@@ -10,6 +10,11 @@ activation with mean 1000 and standard deviation 1. Here each block of a channel
 deviations from that mean -- and the blocks are merged with Chan's pairwise formula, so
 the data is read from memory once.
 
+:func:`norm_affine_stream` (and :func:`norm_fused_backward_stream`) write with non-temporal vector stores: an output
+larger than the cache goes straight to memory instead of being read into the cache first
+(a plain store reads every line it writes), one read and one write of memory per element
+instead of two reads and a write.
+
 The ``fused`` kernels do a batch norm's two passes channel by channel in one job: the
 statistics (or the gradient's sums) of a channel, then its normalisation (or ``dx``),
 while the channel's values are still in the cache. The separate kernels split the second
@@ -19,19 +24,23 @@ Kernels
 -------
 - :func:`norm_moments`: per-channel mean and sum of squared deviations (``M2``).
 - :func:`norm_affine`: ``out = (x - mean[c]) * scale[c] + shift[c]``.
+- :func:`norm_affine_stream`: the same, the output written by non-temporal vector stores.
 - :func:`norm_grad_sums`: per-channel ``sum(dy)`` and ``sum(dy * (x - mean[c]))``.
 - :func:`norm_grad_apply`: ``dx = dy * a[c] + (x - mean[c]) * b[c] + k[c]``.
 - :func:`norm_fused_forward`: :func:`norm_moments` then :func:`norm_affine`, per channel.
 - :func:`norm_fused_backward`: :func:`norm_grad_sums` then :func:`norm_grad_apply`, per channel.
+- :func:`norm_fused_backward_stream`: the same in training, ``dx`` written by non-temporal vector stores.
 
 Inline helpers: :func:`_channel_moments`, :func:`_channel_grad_sums`, :func:`_channel_affine`,
-:func:`_channel_grad_apply` (one channel's pass of the kernels above).
+:func:`_channel_grad_coefficients`, :func:`_channel_grad_apply`, :func:`_channel_grad_apply_stream`,
+:func:`_row_affine_stream` (one channel's or row's pass of the kernels above).
 """
 
 import numpy as np
 from numba import njit, prange
 
 from ..config import PARALLEL_JIT, SERIAL_JIT
+from .simd import lanes, misaligned, stream_fence, vfma, vload, vsplat, vstream, vsub, vzero
 
 #: Values summed as one block (a piece of a row, or whole short rows): small enough to
 #: stay in the L1 cache between the block's two sums.
@@ -107,6 +116,29 @@ def _channel_grad_sums(dy, x, c, m):
 
 
 @njit(**SERIAL_JIT, inline="always")
+def _channel_grad_coefficients(dy, x, c, stats, gain, training, sums, coef):
+    """Channel ``c``'s gradient sums into ``sums[:, c]`` (float64) and its ``dx`` coefficients into ``coef[:, c]``.
+
+    ``coef[:, c]`` (x's dtype): the mean, then ``a``, ``b``, ``k`` of ``dx = dy * a + (x - mean) * b + k``,
+    ``k`` holding the rest of the float64 mean (``b = k = 0`` without ``training``: constant statistics).
+    """
+    N, C, L = x.shape
+    M = N * L
+    mean = stats[0, c]
+    invstd = stats[1, c]
+    a, b = _channel_grad_sums(dy, x, c, mean)
+    sums[0, c] = a
+    sums[1, c] = b
+    ca = gain[c] * invstd
+    cb = -ca * invstd * invstd * b / M if training else 0.0
+    ck = -ca * a / M if training else 0.0
+    coef[0, c] = mean
+    coef[1, c] = ca
+    coef[2, c] = cb
+    coef[3, c] = ck - (mean - np.float64(coef[0, c])) * cb
+
+
+@njit(**SERIAL_JIT, inline="always")
 def _channel_grad_apply(dy, x, c, m, coefficients, dx):
     """``dx[:, c] = dy[:, c] * a + (x[:, c] - m) * b + k`` with ``(a, b, k) = coefficients`` (x's dtype)."""
     N, C, L = x.shape
@@ -117,6 +149,31 @@ def _channel_grad_apply(dy, x, c, m, coefficients, dx):
         dst = dx[n, c]
         for i in range(L):
             dst[i] = g[i] * a + (src[i] - m) * b + k
+
+
+@njit(**SERIAL_JIT, inline="always")
+def _channel_grad_apply_stream(v, dy, x, c, m, coefficients, dx):
+    """:func:`_channel_grad_apply` with ``dx`` written by non-temporal stores of vectors like ``v``."""
+    N, C, L = x.shape
+    V = lanes(v)
+    a, b, k = coefficients
+    av = vsplat(v, a)
+    bv = vsplat(v, b)
+    kv = vsplat(v, k)
+    mv = vsplat(v, m)
+    for n in range(N):
+        g = dy[n, c]
+        src = x[n, c]
+        dst = dx[n, c]
+        head = min(L, misaligned(v, dst, 0))
+        for i in range(head):
+            dst[i] = g[i] * a + (src[i] - m) * b + k
+        i = head
+        while i + V <= L:
+            vstream(dst, i, vfma(vfma(kv, vload(v, g, i), av), vsub(vload(v, src, i), mv), bv))
+            i += V
+        for j in range(i, L):
+            dst[j] = g[j] * a + (src[j] - m) * b + k
 
 
 @njit(**PARALLEL_JIT)
@@ -143,6 +200,43 @@ def norm_affine(x, mean, scale, shift, out):
         dst = out[n, c]
         for i in range(L):
             dst[i] = (src[i] - m) * s + t
+
+
+@njit(**SERIAL_JIT, inline="always")
+def _row_affine_stream(v, src, dst, m, s, t):
+    """``dst = (src - m) * s + t`` for 1-D rows, by non-temporal stores of vectors like ``v`` where ``dst`` is aligned."""
+    L = src.shape[0]
+    V = lanes(v)
+    head = min(L, misaligned(v, dst, 0))
+    for i in range(head):
+        dst[i] = (src[i] - m) * s + t
+    mv = vsplat(v, m)
+    sv = vsplat(v, s)
+    tv = vsplat(v, t)
+    i = head
+    while i + V <= L:
+        vstream(dst, i, vfma(tv, vsub(vload(v, src, i), mv), sv))
+        i += V
+    for k in range(i, L):
+        dst[k] = (src[k] - m) * s + t
+
+
+@njit(**PARALLEL_JIT)
+def norm_affine_stream(width, x, mean, scale, shift, out, rows):
+    """:func:`norm_affine` with the output written by non-temporal vector stores of register ``width``.
+
+    One job per ``rows`` consecutive (n, c) rows; in a row, the elements before the first
+    vector-aligned one of ``out`` and the last partial vector are stored one by one. Each job
+    ends with :func:`~fastconv.kernels.simd.stream_fence`.
+    """
+    N, C, L = x.shape
+    v = vzero(width, x)
+    for job in prange((N * C + rows - 1) // rows):
+        for r in range(job * rows, min(N * C, (job + 1) * rows)):
+            n = r // C
+            c = r - n * C
+            _row_affine_stream(v, x[n, c], out[n, c], mean[c], scale[c], shift[c])
+        stream_fence()
 
 
 @njit(**PARALLEL_JIT)
@@ -195,6 +289,16 @@ def norm_fused_forward(x, gain, shift, eps, out, stats, coef):
 
 
 @njit(**PARALLEL_JIT)
+def norm_fused_backward_stream(width, dy, x, stats, gain, dx, sums, coef):
+    """:func:`norm_fused_backward` in training, ``dx`` written by non-temporal stores of register ``width``."""
+    v = vzero(width, x)
+    for c in prange(x.shape[1]):
+        _channel_grad_coefficients(dy, x, c, stats, gain, True, sums, coef)
+        _channel_grad_apply_stream(v, dy, x, c, coef[0, c], (coef[1, c], coef[2, c], coef[3, c]), dx)
+        stream_fence()
+
+
+@njit(**PARALLEL_JIT)
 def norm_fused_backward(dy, x, stats, gain, training, dx, sums, coef):
     """``dx`` of :func:`norm_fused_forward` (``training``) or of a normalisation by constants, channel by channel.
 
@@ -202,19 +306,6 @@ def norm_fused_backward(dy, x, stats, gain, training, dx, sums, coef):
     and ``sums[1, c]`` receive ``sum(dy)`` and ``sum(dy * (x - mean))`` (float64); ``coef``
     (4, C), of x's dtype, is scratch.
     """
-    N, C, L = x.shape
-    M = N * L
-    for c in prange(C):
-        mean = stats[0, c]
-        invstd = stats[1, c]
-        a, b = _channel_grad_sums(dy, x, c, mean)
-        sums[0, c] = a
-        sums[1, c] = b
-        ca = gain[c] * invstd
-        cb = -ca * invstd * invstd * b / M if training else 0.0
-        ck = -ca * a / M if training else 0.0
-        coef[0, c] = mean
-        coef[1, c] = ca
-        coef[2, c] = cb
-        coef[3, c] = ck - (mean - np.float64(coef[0, c])) * cb
+    for c in prange(x.shape[1]):
+        _channel_grad_coefficients(dy, x, c, stats, gain, training, sums, coef)
         _channel_grad_apply(dy, x, c, coef[0, c], (coef[1, c], coef[2, c], coef[3, c]), dx)

@@ -22,19 +22,32 @@ callers guarantee every index):
 - :func:`vfmab(acc, w, a, i)`: ``acc + w * a[i]`` (the scalar broadcast; one FMA with a
   broadcast memory operand on AVX-512);
 - :func:`vfma(acc, u, v)`: ``acc + u * v`` lane by lane (one FMA; the depthwise kernels);
-- :func:`vadd(u, v)`, :func:`vmax(u, v)`;
+- :func:`vadd(u, v)`, :func:`vsub(u, v)`, :func:`vmax(u, v)`;
+- :func:`vsplat(v, x)`: the scalar ``x`` in every lane of a vector of ``v``'s type;
+- :func:`vstream(a, i, v)`: ``a[i:i+L] = v`` by a non-temporal store (the line goes to memory, not into
+  the cache); ``&a[i]`` must be a multiple of the vector's size (:func:`misaligned`), and the stores
+  of a job must be followed by :func:`stream_fence` before another thread reads them;
+- :func:`misaligned(v, a, i)`: how many elements from ``a[i]`` to the next address that is a multiple of
+  the size of ``v`` (0 when ``&a[i]`` is one);
+- :func:`stream_fence()`: a store fence (``sfence`` on x86), ordering the non-temporal stores before it;
 - :func:`vmask(v, m)`: ``v`` where ``m`` is non-zero, else 0 (a select: an infinity or NaN of ``v``
   in a masked-off lane is dropped, not multiplied by 0);
 - :func:`lanes(v)`: ``L``, a compile-time constant;
 - :func:`pow2(k)`: ``2.0 ** k`` for an integral float ``k``, from the exponent bits (scalar, vectorisable).
 """
 
+import llvmlite.binding as _ll
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
 
-__all__ = ["Width", "W512", "W256", "Vec", "vzero", "vload", "vstore", "vfmab", "vfma", "vadd", "vmax", "vmask", "lanes", "pow2"]
+__all__ = ["Width", "W512", "W256", "Vec", "vzero", "vload", "vstore", "vfmab", "vfma", "vadd", "vmax", "vmask", "lanes", "pow2",
+           "vsub", "vsplat", "vstream", "misaligned", "stream_fence"]
+
+
+#: Whether the code is compiled for x86 (:func:`stream_fence`).
+_X86 = _ll.get_process_triple().startswith(("x86_64", "i386", "i686"))
 
 
 class Width:
@@ -222,6 +235,78 @@ def vadd(typingctx, u, v):
         return builder.fadd(args[0], args[1])
 
     return u(u, v), codegen
+
+
+@intrinsic
+def vsub(typingctx, u, v):
+    """``u - v`` lane by lane."""
+    if not (isinstance(u, VecType) and u == v):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fsub(args[0], args[1])
+
+    return u(u, v), codegen
+
+
+@intrinsic
+def vsplat(typingctx, v, x):
+    """A vector of ``v``'s type holding ``x`` (of ``v``'s dtype) in every lane."""
+    if not (isinstance(v, VecType) and x == v.dtype):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _splat(builder, args[1], v.count)
+
+    return v(v, x), codegen
+
+
+@intrinsic
+def vstream(typingctx, a, i, v):
+    """``a[i:i+L] = v`` by a non-temporal store; ``&a[i]`` is a multiple of the vector's size (not checked)."""
+    if not _vector_access(v, a, i):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _vector_ptr(context, builder, v, sig.args[0], args[0], sig.args[1], args[1])
+        store = builder.store(args[2], p, align=v.count * (a.dtype.bitwidth // 8))
+        store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        return context.get_dummy_value()
+
+    return types.void(a, i, v), codegen
+
+
+@intrinsic
+def misaligned(typingctx, v, a, i):
+    """Elements from ``a[i]`` to the next address that is a multiple of the size of a vector ``v`` (0 if aligned)."""
+    if not _vector_access(v, a, i):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        size = v.count * (a.dtype.bitwidth // 8)
+        address = builder.ptrtoint(_ptr(context, builder, sig.args[1], args[1], sig.args[2], args[2]), i64)
+        gap = builder.and_(builder.sub(ir.Constant(i64, 0), address), ir.Constant(i64, size - 1))
+        return builder.udiv(gap, ir.Constant(i64, a.dtype.bitwidth // 8))
+
+    return types.int64(v, a, i), codegen
+
+
+@intrinsic
+def stream_fence(typingctx):
+    """Order the non-temporal stores before it: ``sfence`` on x86 (LLVM's ``fence seq_cst`` there is a locked
+    ``or``, which the vendors' manuals do not all promise to order non-temporal stores), else ``fence seq_cst``."""
+
+    def codegen(context, builder, sig, args):
+        if _X86:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                "llvm.x86.sse.sfence")
+            builder.call(fn, [])
+        else:  # pragma: no cover - non-x86 hosts
+            builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return types.void(), codegen
 
 
 @intrinsic
