@@ -31,11 +31,18 @@ _serial_lock = threading.Lock()
 _in_child_of_omp_parent = False
 
 
+_layer = None
+
+
 def _threading_layer():
-    try:
-        return numba.threading_layer()
-    except ValueError:  # no parallel region has run yet in this process
-        return None
+    """Numba's threading layer, or None before the first parallel region (it never changes once chosen)."""
+    global _layer
+    if _layer is None:
+        try:
+            _layer = numba.threading_layer()
+        except ValueError:  # no parallel region has run yet in this process
+            return None
+    return _layer
 
 
 def _after_fork_in_child():

@@ -267,10 +267,19 @@ def _strategy(op, name, kernels, reads, summary, needs_finite=False):
     return register
 
 
+_KERNEL_MODULES = {}
+
+
 def kernel(qualified):
-    """The compiled kernel ``"module.function"`` of :mod:`fastconv.kernels`, looked up at call time."""
-    module, name = qualified.split(".")
-    return getattr(importlib.import_module(f"fastconv.kernels.{module}"), name)
+    """The compiled kernel ``"module.function"`` of :mod:`fastconv.kernels`, looked up at call time.
+
+    The module is imported once; the function is read from it on every call (so a test can replace it).
+    """
+    found = _KERNEL_MODULES.get(qualified)
+    if found is None:
+        module, name = qualified.split(".")
+        found = _KERNEL_MODULES[qualified] = (importlib.import_module(f"fastconv.kernels.{module}"), name)
+    return getattr(*found)
 
 
 def _run(qualified, *args, work):
@@ -284,6 +293,10 @@ def contiguous(a, dtype=None):
     Read-only inputs are copied: Numba types read-only arrays separately, and passing
     one would compile (and cache) a second version of every kernel.
     """
+    if isinstance(a, np.ndarray):
+        flags = a.flags
+        if flags.c_contiguous and flags.aligned and flags.writeable and (dtype is None or a.dtype == dtype):
+            return a
     return np.require(a, dtype=dtype, requirements=["C", "A", "W"])
 
 
