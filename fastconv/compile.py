@@ -27,10 +27,9 @@ __all__ = ["CONV_GEOMETRIES", "compile_all", "main"]
 #: ``(x_shape, w_shape, stride, padding)``, and a dict of ``dilation``/``groups`` for issue 15's strategies.
 CONV_GEOMETRIES = (
     ((2, 1, 9, 9), (4, 1, 3, 3), 1, 1),       # flat forward and weight gradient (first layer)
-    ((2, 1, 9, 9), (4, 1, 3, 3), 2, 1),       # filter_vector forward, phases input gradient
+    ((2, 1, 9, 9), (4, 1, 3, 3), 2, 1),       # filter_vector forward, the phases' vector input gradient
     ((2, 8, 5, 5), (32, 8, 3, 3), 1, 1),      # vector forward, input and weight gradient
-    ((2, 32, 9, 9), (32, 32, 3, 3), 2, 1),    # phases on one shared pack (vector)
-    ((2, 3, 9, 9), (32, 3, 3, 3), 2, 1),      # phases on one shared pack (tiled), tiled weight gradient
+    ((2, 1, 9, 9), (64, 1, 3, 3), 2, 1),      # phases on one shared pack (tiled), tiled weight gradient
     ((2, 16, 5, 5), (3, 16, 3, 3), 1, 1),     # tiled forward, weight gradient by filters
     ((2, 16, 5, 20), (3, 16, 3, 3), 1, 1),    # weight gradient by rows
     ((2, 8, 4, 4), (4, 8, 1, 1), 1, 0),       # pointwise matrix products

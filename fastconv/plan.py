@@ -115,6 +115,16 @@ class Tuning:
         (8x256x28x28 -> 512 at stride 2, one thread: forward 7.2 ms instead of 8.7, weight
         gradient 7.3 instead of 11.1); smaller planes keep the vector strategies, whose tiles
         the 49 columns of a 7x7 plane do not fill (16x512x14x14 -> 1024: 2x faster there).
+    phase_pixels : int
+        Output pixels per job of the strided input gradient (``phases_vector``): a job takes
+        ``ceil(phase_pixels / Wp)`` rows of one stride phase (``Wp`` the padded width of dy), its tiles
+        running flat across them. 1 thread, 16x128x16x16 -> 64 (4x4, stride 2): 1-16 rows within 5%.
+    phases_narrow_filters : int
+        A strided input gradient whose dx has at most a quarter vector of channels (``4 * C <= L``:
+        the DCGAN generator's last layer, C = 3) and dy at least this many runs ``phases_shared_pack``
+        (the tiled kernel per phase, dot products along dy's channels) instead of ``phases_vector``,
+        whose vectors of dx's channels would be mostly padding: 8x64x16x16 -> 3 (4x4, stride 2) 0.76 ms
+        against 1.18; with 16 channels of dy 0.35 against 0.50 the other way.
     """
 
     short_reduction: int = 32
@@ -124,6 +134,8 @@ class Tuning:
     depthwise_rows: float = 0.3
     depthwise_rows_backward: float = 0.75
     strided_pointwise_pixels: int = 128
+    phase_pixels: int = 64
+    phases_narrow_filters: int = 64
 
 
 TUNING = Tuning()
@@ -545,8 +557,9 @@ def _each_phase(g, dy, w, compute):
 
 
 @_strategy("conv2d_input_grad", "phases_shared_pack",
-           ["pack.pack_nhwc_padded", "pack.pack_scatter_phase"], None,
-           "strided: one stride-1 correlation per phase with its sub-kernel, dy packed once for all")
+           ["pack.pack_nhwc_padded", "tiled.tiled_forward_4x4", "pack.pack_scatter_phase"], None,
+           "strided, few input channels: one stride-1 correlation per phase with its sub-kernel on the tiled "
+           "kernel, dy packed once for all")
 def _input_grad_phases_shared(plan, dy, w):
     # The sub-kernels have at most t = ceil(K / s) taps per axis; dy is packed once, padded
     # for the largest; a smaller one computes t - th surplus rows (columns) per side, skipped.
@@ -554,53 +567,52 @@ def _input_grad_phases_shared(plan, dy, w):
     tmax_h, tmax_w = -(-g.KH // g.sh), -(-g.KW // g.sw)
     dyp = _pack_nhwc(dy, tmax_h - 1, tmax_w - 1).array
     zeros = np.zeros(g.C, dtype=dy.dtype)
-    inner = _shared_pack_inner(g, plan.cpu, dy.dtype)
 
     def compute(sub, th, tw):
         phase = np.empty((g.N, g.C, g.Ho + 2 * tmax_h - th - 1, g.Wo + 2 * tmax_w - tw - 1), dtype=dy.dtype)
         sub_g = g.correlation(g.N, g.F, dyp.shape[1], dyp.shape[2], g.C, th, tw, 0, 0)
-        inner.run.on_packed(sub_g, dyp, _Rotated(sub), zeros, phase, plan.cpu)
+        _tiled_on_packed(sub_g, dyp, _Rotated(sub), zeros, phase, plan.cpu)
         return phase, (tmax_h - th, tmax_w - tw)
 
     return _each_phase(g, dy, w, compute)
 
 
-@_strategy("conv2d_input_grad", "phases", ["pack.pack_scatter_phase"], None,
-           "strided, short sub-kernels: one full correlation per phase, each planned as a forward pass")
-def _input_grad_phases(plan, dy, w):
+def _phase_padding(g):
+    """dy's zero padding for :func:`fastconv.kernels.phases.phases_input_grad`: the longest sub-kernel's
+    taps minus one, and the rows (columns) of the last phase row past dy's end."""
+    pad_h = max(-(-g.KH // g.sh) - 1, (g.H - 1 + g.ph) // g.sh + 1 - g.Ho, 0)
+    pad_w = max(-(-g.KW // g.sw) - 1, (g.W - 1 + g.pw) // g.sw + 1 - g.Wo, 0)
+    return pad_h, pad_w
+
+
+def _phases_vector(plan, dy, w, b):
+    """dx + b of a dense strided convolution by :func:`fastconv.kernels.phases.phases_input_grad`."""
     g = plan.geometry
+    pad_h, pad_w = _phase_padding(g)
+    dyp = _pack_nhwc(dy, pad_h, pad_w).array
+    L = plan.cpu.lanes(dy.dtype)
+    wv = np.empty((-(-g.C // L) * g.KH * g.KW * g.F, L), dtype=dy.dtype)
+    _run("phases.phases_weights", contiguous(w), (g.sh, g.sw), wv, work=wv.size)
+    dx = np.empty(g.x_shape, dtype=dy.dtype)
+    rows = max(1, -(-TUNING.phase_pixels // dyp.shape[2]))
+    _run("phases.phases_input_grad", plan.cpu.width, dyp, wv, b, (g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, pad_h, pad_w),
+         rows, dx, work=dy.size * g.C * g.KH * g.KW)
+    return dx
 
-    def compute(sub, th, tw):
-        phase = np.empty((g.N, g.C, g.Ho + th - 1, g.Wo + tw - 1), dtype=dy.dtype)
-        _full_correlation(plan, dy, sub, (th - 1, tw - 1), phase)
-        return phase, (0, 0)
 
-    return _each_phase(g, dy, w, compute)
-
-
-def _shared_pack_inner(g, cpu, dtype):
-    """The NHWC forward strategy the phases of ``phases_shared_pack`` run on the shared pack of dy."""
-    if g.C >= cpu.lanes(dtype):
-        return STRATEGIES["conv2d_forward", "vector"]
-    return STRATEGIES["conv2d_forward", "tiled"]
+@_strategy("conv2d_input_grad", "phases_vector",
+           ["pack.pack_nhwc_padded", "phases.phases_weights", "phases.phases_input_grad"], None,
+           "strided: every stride phase in one launch on the vector tiles (dy packed once, NHWC), "
+           "dx's rows written from the tiles' buffer")
+def _input_grad_phases_vector(plan, dy, w):
+    return _phases_vector(plan, dy, w, np.zeros(plan.geometry.C, dtype=dy.dtype))
 
 
 def _input_grad_inner(g, cpu, dtype):
     """The forward strategies the input gradient runs inside (for :meth:`ConvPlan.explain`)."""
-    name = _choose_input_grad(g).name
-    if name == "full_correlation":
+    if _choose_input_grad(g, cpu, dtype).name == "full_correlation":
         return (_choose_forward(g.correlation(g.N, g.F, g.Ho, g.Wo, g.C, g.KH, g.KW, g.KH - 1 - g.ph,
                                               g.KW - 1 - g.pw), cpu, dtype),)
-    if name == "phases_shared_pack":
-        return (_shared_pack_inner(g, cpu, dtype),)
-    if name == "phases":
-        inner = []
-        for rh, rw in _phases(g):
-            th, tw = len(range(rh, g.KH, g.sh)), len(range(rw, g.KW, g.sw))
-            s = _choose_forward(g.correlation(g.N, g.F, g.Ho, g.Wo, g.C, th, tw, th - 1, tw - 1), cpu, dtype)
-            if s not in inner:
-                inner.append(s)
-        return tuple(inner)
     return ()
 
 
@@ -638,17 +650,16 @@ def _tap_range(size, out_size, k, stride, pad):
     return o0, o1, o0 * stride + k - pad, (o1 - 1) * stride + k - pad + 1
 
 
-def _choose_input_grad(g):
+def _choose_input_grad(g, cpu, dtype):
     if g.pointwise:
         return STRATEGIES["conv2d_input_grad", "pointwise_matmul"]
     if _strided_pointwise(g):
         return STRATEGIES["conv2d_input_grad", "pointwise_strided"]
     if g.sh == g.sw == 1 and g.KH - 1 - g.ph >= 0 and g.KW - 1 - g.pw >= 0:
         return STRATEGIES["conv2d_input_grad", "full_correlation"]
-    smallest = g.F * max(g.KH // g.sh, 1) * max(g.KW // g.sw, 1)  # the smallest phase's reduction
-    if smallest >= TUNING.short_reduction:
+    if 4 * g.C <= cpu.lanes(dtype) and g.F >= TUNING.phases_narrow_filters:
         return STRATEGIES["conv2d_input_grad", "phases_shared_pack"]
-    return STRATEGIES["conv2d_input_grad", "phases"]
+    return STRATEGIES["conv2d_input_grad", "phases_vector"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -1262,7 +1273,7 @@ def _conv_plan(geometry, dtype, cpu, threads):
     return ConvPlan(
         geometry=g, dtype=dtype, cpu=cpu, threads=threads,
         forward=_choose_forward(g, cpu, dtype),
-        input_grad=_choose_input_grad(g),
+        input_grad=_choose_input_grad(g, cpu, dtype),
         input_grad_inner=_input_grad_inner(g, cpu, dtype),
         weight_grad=wg,
         weight_grad_nonfinite=_choose_tiled_weight_grad(g, dtype.itemsize, threads) if wg.needs_finite else wg,
