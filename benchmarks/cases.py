@@ -432,6 +432,7 @@ CONV_DILATED_GROUPED = (
     ConvCase("pointwise-s2", 2, 6, 25, 24, 5, 1, 2, 0),  # 13x12 outputs: the subsampled matmul
     ConvCase("pointwise-s3x2", 1, 40, 37, 26, 9, 1, (3, 2), 0),
     ConvCase("pointwise-s2-small", 2, 6, 9, 10, 5, 1, 2, 0),  # 5x5 outputs: the vector/tiled strategies
+    ConvCase("pointwise-s2-vector", 2, 40, 9, 10, 17, 1, 2, 0),  # 5x5 outputs, C >= 32: the subsampled vector tiles
 )
 #: Every conv row: each is a reference test and a PyTorch test; the ones with a
 #: ``bench_batch`` also a benchmark.
