@@ -619,6 +619,9 @@ def _input_grad_phases_vector(plan, dy, w):
     return _phases_vector(plan, dy, w, np.zeros(plan.geometry.C, dtype=dy.dtype))
 
 
+_input_grad_phases_vector.with_bias = _phases_vector
+
+
 def _input_grad_inner(g, cpu, dtype):
     """The forward strategies the input gradient runs inside (for :meth:`ConvPlan.explain`)."""
     if _choose_input_grad(g, cpu, dtype).name == "full_correlation":
@@ -1255,16 +1258,28 @@ class ConvPlan:
         bias = np.zeros(g.F, dtype=self.dtype) if b is None else contiguous(b)
         return out, self.forward.run(g, x, w, bias, out, self.cpu, relu)
 
-    def run_input_grad(self, dy, w):
-        """dx: the full correlation of dy (dilated by the stride) with the 180-degree-rotated kernel."""
+    def run_input_grad(self, dy, w, b=None):
+        """dx: the full correlation of dy (dilated by the stride) with the 180-degree-rotated kernel.
+
+        ``b`` (one value per channel of dx, the transposed convolution's bias) is added to dx, in the
+        kernel's last pass where the strategy has it (``phases_vector``) and one more pass otherwise.
+        """
         g = self.geometry
         _check_operand(self, "dy", dy, g.y_shape)
         _check_operand(self, "w", w, g.w_shape)
+        if b is not None:
+            _check_operand(self, "b", b, (g.C,))
         if g.N == 0:
             return np.zeros(g.x_shape, dtype=self.dtype)
-        if self.input_grad.name not in _EXACT_INPUT_GRADS and not np.isfinite(w).all():
-            return _input_grad_nonfinite_weights(self, contiguous(dy), w)
-        return self.input_grad.run(self, contiguous(dy), w)
+        exact = self.input_grad.name in _EXACT_INPUT_GRADS or np.isfinite(w).all()
+        fused = getattr(self.input_grad.run, "with_bias", None)
+        if b is not None and exact and fused is not None:
+            return fused(self, contiguous(dy), w, contiguous(b))
+        dx = self.input_grad.run(self, contiguous(dy), w) if exact else _input_grad_nonfinite_weights(
+            self, contiguous(dy), w)
+        if b is not None:
+            dx += b[:, None, None]
+        return dx
 
     def run_weight_grad(self, dy, x, packed=None):
         """dw: the correlation of x (zero-padded) with dy, summed over the batch.

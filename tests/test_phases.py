@@ -173,3 +173,28 @@ def test_narrow_dx_keeps_the_tiled_phases():
     assert plan.input_grad.name == "phases_shared_pack"
     assert _plan(((2, 8, 9, 8), 64, 4, 2, 1), np.float32, CPUS["512bit"]).input_grad.name == "phases_vector"
     assert _plan(((2, 1, 9, 8), 16, 4, 2, 1), np.float32, CPUS["512bit"]).input_grad.name == "phases_vector"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case, strategy", [(CASES["3x3-s2-odd"], "phases_vector"),
+                                            (((2, 5, 6, 7), 4, 3, 1, 1), "full_correlation"),
+                                            (((2, 1, 9, 8), 64, 4, 2, 1), "phases_shared_pack")],
+                         ids=["phases_vector", "full_correlation", "phases_shared_pack"])
+def test_input_grad_bias_is_added_per_channel(case, strategy, dtype):
+    """``run_input_grad(dy, w, b)`` (the transposed convolution's bias, fused into ``phases_vector``) is dx + b,
+    with finite and non-finite weights; a bias of the wrong length is refused."""
+    plan = _plan(case, dtype, CPUS["512bit"])
+    assert plan.input_grad.name == strategy
+    g = plan.geometry
+    dy, w = (a.astype(dtype) for a in _data(plan, seed=5))
+    b = np.random.default_rng(6).standard_normal(g.C).astype(dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(plan.run_input_grad(dy, w, b), plan.run_input_grad(dy, w) + b[:, None, None], **tol)
+    w[0, 0, 0, 0] = np.inf
+    want = R.conv2d_backward_input(dy.astype(np.float64), w.astype(np.float64), g.x_shape, (g.sh, g.sw),
+                                   (g.ph, g.pw)) + b[:, None, None]
+    got = plan.run_input_grad(dy, w, b)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    with pytest.raises(ValueError, match="b must have shape"):
+        plan.run_input_grad(dy, w, b[:-1])
