@@ -588,25 +588,31 @@ def _input_grad_phases_shared(plan, dy, w):
     return _each_phase(g, dy, w, compute)
 
 
-def _phase_padding(g):
-    """dy's zero padding for :func:`fastconv.kernels.phases.phases_input_grad`: the longest sub-kernel's
-    taps minus one, and the rows (columns) of the last phase row past dy's end."""
-    pad_h = max(-(-g.KH // g.sh) - 1, (g.H - 1 + g.ph) // g.sh + 1 - g.Ho, 0)
-    pad_w = max(-(-g.KW // g.sw) - 1, (g.W - 1 + g.pw) // g.sw + 1 - g.Wo, 0)
-    return pad_h, pad_w
+def _phase_padding(size, out, k, s, p):
+    """dy's zero padding ``(before, after)`` along one axis for :func:`fastconv.kernels.phases.phases_input_grad`:
+    as far as the taps of the phase rows that land in dx (of ``size``) read, no further."""
+    before = after = 0
+    for r in range(min(s, k)):
+        lo, hi = max(0, -(-(p - r) // s)), -(-(size + p - r) // s)  # the phase's rows q in dx
+        if lo < hi:
+            before = max(before, len(range(r, k, s)) - 1 - lo)
+            after = max(after, hi - out)
+    return before, after
 
 
 def _phases_vector(plan, dy, w, b):
     """dx + b of a dense strided convolution by :func:`fastconv.kernels.phases.phases_input_grad`."""
     g = plan.geometry
-    pad_h, pad_w = _phase_padding(g)
-    dyp = _pack_nhwc(dy, pad_h, pad_w).array
+    (top, bottom), (left, right) = (_phase_padding(g.H, g.Ho, g.KH, g.sh, g.ph),
+                                    _phase_padding(g.W, g.Wo, g.KW, g.sw, g.pw))
+    dyp = np.empty((g.N, top + g.Ho + bottom, left + g.Wo + right, g.F), dtype=dy.dtype)
+    _run("pack.pack_nhwc_padded", dy, top, left, dyp, work=dyp.size)
     L = plan.cpu.lanes(dy.dtype)
     wv = np.empty((-(-g.C // L) * g.KH * g.KW * g.F, L), dtype=dy.dtype)
     _run("phases.phases_weights", contiguous(w), (g.sh, g.sw), wv, work=wv.size)
     dx = np.empty(g.x_shape, dtype=dy.dtype)
     rows = max(1, -(-TUNING.phase_pixels // dyp.shape[2]))
-    _run("phases.phases_input_grad", plan.cpu.width, dyp, wv, b, (g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, pad_h, pad_w),
+    _run("phases.phases_input_grad", plan.cpu.width, dyp, wv, b, (g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, top, left),
          rows, dx, work=dy.size * g.C * g.KH * g.KW)
     return dx
 

@@ -13,7 +13,8 @@ arrays, no scatter pass, no zero fill (except where the stride passes the kernel
 
 Layouts
 -------
-Input: ``dy`` zero-padded NHWC ``dyp[n, qh + Ph, qw + Pw, f]`` (``pack.pack_nhwc_padded``).
+Input: ``dy`` zero-padded NHWC ``dyp[n, qh + Ph, qw + Pw, f]`` (``pack.pack_nhwc_padded``), padded only as far
+as some tap of some phase row (column) that lands in dx reads: the padding on each side can differ.
 A job owns up to ``rows`` consecutive rows ``qh`` of one row phase ``rh`` of one image. Its
 output pixels run flat over ``o = qh * Wp + qw`` (``Wp`` the padded width): consecutive
 pixels read inputs ``F`` elements apart across row ends too, so the 7-pixel tiles run over
@@ -147,14 +148,16 @@ def phases_input_grad(width, dyp, wv, b, geometry, rows, dx):
     Parameters
     ----------
     width : fastconv.kernels.simd.Width
-    dyp : (N, Ho + 2*Ph, Wo + 2*Pw, F) array
-        ``dy`` zero-padded NHWC, ``Ph >= max(ceil(KH/sh) - 1, (H - 1 + ph) // sh + 1 - Ho)`` (and so for ``Pw``).
+    dyp : (N, Hp, Wp, F) array
+        ``dy`` zero-padded NHWC, ``Ph`` rows on top and ``Pw`` columns on the left: ``Ph >= th - 1 - qh_lo`` and
+        ``Hp - Ph - Ho >= qh_hi - Ho`` for every row phase with taps (its ``th`` taps, its rows ``qh_lo <= qh <
+        qh_hi`` that land in dx), and so for the columns.
     wv : (blocks * KH * KW * F, L) array
         :func:`phases_weights` of ``w``.
     b : (C,) array
         Added to dx (zeros for a plain input gradient).
     geometry : (KH, KW, sh, sw, ph, pw, Ph, Pw)
-        The kernel, stride and padding of the convolution; ``dyp``'s padding.
+        The kernel, stride and padding of the convolution; ``dyp``'s top and left padding.
     rows : int
         Phase rows per job.
     dx : (N, C, H, W) array
