@@ -340,11 +340,14 @@ CONV_SHAPES = (
     ConvCase("shape-1x1-input-pad1", 2, 3, 1, 1, 4, 3, 1, 1),
     ConvCase("shape-1x1-kernel-pad2", 1, 2, 3, 3, 2, 1, 1, 2),
     ConvCase("shape-padding-over-kernel", 2, 2, 4, 5, 3, 3, 1, 3),
-    # F >= 32 with stride > 1: the input gradient packs dy once for all its phases
+    # F >= 32 with stride > 1: the input gradient's phases (phases_vector), odd strides and kernels
     ConvCase("shape-F32-s2", 2, 3, 11, 9, 32, 3, 2, 1),
     ConvCase("shape-F33-s2x3-k4x5", 1, 2, 13, 12, 33, (4, 5), (2, 3), (2, 1)),
     ConvCase("shape-F40-s3-k2", 1, 2, 9, 10, 40, 2, 3, 0),
     ConvCase("shape-F36-stem7", 1, 2, 17, 16, 36, 7, 2, 3),
+    # Strided, one input channel and 64 filters: dx's channels fill a quarter vector at most, the input
+    # gradient runs the tiled kernel per phase (phases_shared_pack) instead of the phases' vector kernel.
+    ConvCase("shape-C1-F64-s2", 2, 1, 9, 8, 64, 4, 2, 1),
     # Many channels: receptive fields of 2304 (forward and input gradient); the weight
     # gradient's per-thread partials would pass 4 MiB, so the filters are split instead.
     ConvCase("shape-many-channels", 2, 256, 5, 6, 256, 3, 1, 1),
@@ -429,6 +432,7 @@ CONV_DILATED_GROUPED = (
     ConvCase("pointwise-s2", 2, 6, 25, 24, 5, 1, 2, 0),  # 13x12 outputs: the subsampled matmul
     ConvCase("pointwise-s3x2", 1, 40, 37, 26, 9, 1, (3, 2), 0),
     ConvCase("pointwise-s2-small", 2, 6, 9, 10, 5, 1, 2, 0),  # 5x5 outputs: the vector/tiled strategies
+    ConvCase("pointwise-s2-vector", 2, 40, 9, 10, 17, 1, 2, 0),  # 5x5 outputs, C >= 32: the subsampled vector tiles
 )
 #: Every conv row: each is a reference test and a PyTorch test; the ones with a
 #: ``bench_batch`` also a benchmark.

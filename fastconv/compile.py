@@ -27,10 +27,9 @@ __all__ = ["CONV_GEOMETRIES", "compile_all", "main"]
 #: ``(x_shape, w_shape, stride, padding)``, and a dict of ``dilation``/``groups`` for issue 15's strategies.
 CONV_GEOMETRIES = (
     ((2, 1, 9, 9), (4, 1, 3, 3), 1, 1),       # flat forward and weight gradient (first layer)
-    ((2, 1, 9, 9), (4, 1, 3, 3), 2, 1),       # filter_vector forward, phases input gradient
+    ((2, 1, 9, 9), (4, 1, 3, 3), 2, 1),       # filter_vector forward, the phases' vector input gradient
     ((2, 8, 5, 5), (32, 8, 3, 3), 1, 1),      # vector forward, input and weight gradient
-    ((2, 32, 9, 9), (32, 32, 3, 3), 2, 1),    # phases on one shared pack (vector)
-    ((2, 3, 9, 9), (32, 3, 3, 3), 2, 1),      # phases on one shared pack (tiled), tiled weight gradient
+    ((2, 1, 9, 9), (64, 1, 3, 3), 2, 1),      # phases on one shared pack (tiled), tiled weight gradient
     ((2, 16, 5, 5), (3, 16, 3, 3), 1, 1),     # tiled forward, weight gradient by filters
     ((2, 16, 5, 20), (3, 16, 3, 3), 1, 1),    # weight gradient by rows
     ((2, 8, 4, 4), (4, 8, 1, 1), 1, 0),       # pointwise matrix products
@@ -38,6 +37,7 @@ CONV_GEOMETRIES = (
     ((2, 4, 5, 40), (8, 1, 3, 3), 1, 1, {"groups": 4}),    # depthwise, NCHW rows (wide maps)
     ((2, 4, 5, 40), (8, 1, 3, 3), 2, 1, {"groups": 4}),    # depthwise, NCHW rows, the strided input gradient
     ((2, 8, 24, 24), (4, 8, 1, 1), 2, 0),     # 1x1 at stride 2: the subsampled matrix products
+    ((2, 40, 9, 10), (17, 40, 1, 1), 2, 0),   # 1x1 at stride 2, small plane: the subsampled vector tiles
     ((2, 4, 7, 7), (4, 2, 3, 3), 1, 1, {"groups": 2}),     # grouped flat kernels (stride 1)
     ((2, 4, 7, 7), (4, 2, 3, 3), 2, 1, {"groups": 2}),     # grouped NHWC kernels (strided), the gather
     ((2, 4, 7, 7), (4, 4, 2, 2), 1, 3, {"dilation": 2}),   # dilation phases: dx when the padding passes d*(K-1)

@@ -1774,10 +1774,7 @@ def _as_conv_output(plan, a):
 
 def transposed_forward(plan, x, w, b=None):
     """The transposed convolution of ``x``: the input gradient of ``plan``'s convolution, plus the bias."""
-    y = plan.run_input_grad(_as_conv_output(plan, x), w)
-    if b is not None:
-        y += b[:, None, None]
-    return y
+    return plan.run_input_grad(_as_conv_output(plan, x), w, b)
 
 
 def transposed_input_grad(plan, dy, w, input_shape):

@@ -123,6 +123,23 @@ class Tuning:
         (torch 1.98), 16 x 64 x 56 x 56 0.51 against 0.83, but 8 x 64 x 56 x 56 (6.4 MB, in the
         cache with its input) 0.25 against 0.17; training backward: 32 x 64 x 56 x 56 4.1 ms
         against 5.2 (torch 6.4), 8 x 64 x 56 x 56 0.94 against 1.23.
+    strided_pointwise_channels : int
+        Such a 1x1 strided convolution with this many channels or more (or an output plane below
+        ``strided_pointwise_pixels``), a vector of filters and ``C >= short_reduction`` runs the vector tiles on the
+        subsampled ``x`` packed NHWC (``pointwise_strided_vector``, forward and weight gradient) instead: one
+        thread, 8x256x28x28 -> 512 at stride 2 forward 6.2 ms against 7.7, weight gradient 6.7 against 7.7;
+        8x512x14x14 -> 1024 forward 5.7 against 7.0 (the vector tiles at stride 2 on the whole x);
+        16x128x28x28 -> 256 4.2 against 4.4 and 16x64x56x56 -> 128 5.5 against 5.2 (kept on the matrix products).
+    phase_pixels : int
+        Output pixels per job of the strided input gradient (``phases_vector``): a job takes
+        ``ceil(phase_pixels / Wp)`` rows of one stride phase (``Wp`` the padded width of dy), its tiles
+        running flat across them. 1 thread, 16x128x16x16 -> 64 (4x4, stride 2): 1-16 rows within 5%.
+    phases_narrow_filters : int
+        A strided input gradient whose dx has at most a quarter vector of channels (``4 * C <= L``:
+        the DCGAN generator's last layer, C = 3) and dy at least this many runs ``phases_shared_pack``
+        (the tiled kernel per phase, dot products along dy's channels) instead of ``phases_vector``,
+        whose vectors of dx's channels would be mostly padding: 8x64x16x16 -> 3 (4x4, stride 2) 0.76 ms
+        against 1.18; with 16 channels of dy 0.35 against 0.50 the other way.
     """
 
     short_reduction: int = 32
@@ -133,6 +150,9 @@ class Tuning:
     depthwise_rows_backward: float = 0.75
     strided_pointwise_pixels: int = 128
     stream_store_bytes: int = 16 << 20
+    phase_pixels: int = 64
+    phases_narrow_filters: int = 64
+    strided_pointwise_channels: int = 256
 
 
 TUNING = Tuning()
@@ -194,6 +214,7 @@ class Layout(enum.Enum):
     NHWC_PADDED = "zero-padded NHWC (N, H+2ph, W+2pw, C)"
     NHWC_PADDED_LANES = "zero-padded NHWC, channels zero-padded to whole vectors (N, H+2ph, W+2pw, Cp)"
     NCHW_SUBSAMPLED = "x[:, :, ::sh, ::sw] of a 1x1 strided convolution, C-contiguous NCHW (N, C, Ho, Wo)"
+    NHWC_SUBSAMPLED = "x[:, :, ::sh, ::sw] of a 1x1 strided convolution, packed NHWC (N, Ho, Wo, C)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -502,6 +523,8 @@ def _choose_forward(g, cpu, dtype):
     """The forward strategy for geometry ``g`` on ``cpu``."""
     if g.pointwise:
         return STRATEGIES["conv2d_forward", "pointwise_matmul"]
+    if _strided_pointwise_vector(g, cpu.lanes(dtype)):
+        return STRATEGIES["conv2d_forward", "pointwise_strided_vector"]
     if _strided_pointwise(g):
         return STRATEGIES["conv2d_forward", "pointwise_strided"]
     if g.KH * g.KW * g.C >= TUNING.short_reduction:
@@ -567,8 +590,9 @@ def _each_phase(g, dy, w, compute):
 
 
 @_strategy("conv2d_input_grad", "phases_shared_pack",
-           ["pack.pack_nhwc_padded", "pack.pack_scatter_phase"], None,
-           "strided: one stride-1 correlation per phase with its sub-kernel, dy packed once for all")
+           ["pack.pack_nhwc_padded", "tiled.tiled_forward_4x4", "pack.pack_scatter_phase"], None,
+           "strided, few input channels: one stride-1 correlation per phase with its sub-kernel on the tiled "
+           "kernel, dy packed once for all")
 def _input_grad_phases_shared(plan, dy, w):
     # The sub-kernels have at most t = ceil(K / s) taps per axis; dy is packed once, padded
     # for the largest; a smaller one computes t - th surplus rows (columns) per side, skipped.
@@ -576,53 +600,61 @@ def _input_grad_phases_shared(plan, dy, w):
     tmax_h, tmax_w = -(-g.KH // g.sh), -(-g.KW // g.sw)
     dyp = _pack_nhwc(dy, tmax_h - 1, tmax_w - 1).array
     zeros = np.zeros(g.C, dtype=dy.dtype)
-    inner = _shared_pack_inner(g, plan.cpu, dy.dtype)
 
     def compute(sub, th, tw):
         phase = np.empty((g.N, g.C, g.Ho + 2 * tmax_h - th - 1, g.Wo + 2 * tmax_w - tw - 1), dtype=dy.dtype)
         sub_g = g.correlation(g.N, g.F, dyp.shape[1], dyp.shape[2], g.C, th, tw, 0, 0)
-        inner.run.on_packed(sub_g, dyp, _Rotated(sub), zeros, phase, plan.cpu)
+        _tiled_on_packed(sub_g, dyp, _Rotated(sub), zeros, phase, plan.cpu)
         return phase, (tmax_h - th, tmax_w - tw)
 
     return _each_phase(g, dy, w, compute)
 
 
-@_strategy("conv2d_input_grad", "phases", ["pack.pack_scatter_phase"], None,
-           "strided, short sub-kernels: one full correlation per phase, each planned as a forward pass")
-def _input_grad_phases(plan, dy, w):
+def _phase_padding(size, out, k, s, p):
+    """dy's zero padding ``(before, after)`` along one axis for :func:`fastconv.kernels.phases.phases_input_grad`:
+    as far as the taps of the phase rows that land in dx (of ``size``) read, no further."""
+    before = after = 0
+    for r in range(min(s, k)):
+        lo, hi = max(0, -(-(p - r) // s)), -(-(size + p - r) // s)  # the phase's rows q in dx
+        if lo < hi:
+            before = max(before, len(range(r, k, s)) - 1 - lo)
+            after = max(after, hi - out)
+    return before, after
+
+
+def _phases_vector(plan, dy, w, b):
+    """dx + b of a dense strided convolution by :func:`fastconv.kernels.phases.phases_input_grad`."""
     g = plan.geometry
+    (top, bottom), (left, right) = (_phase_padding(g.H, g.Ho, g.KH, g.sh, g.ph),
+                                    _phase_padding(g.W, g.Wo, g.KW, g.sw, g.pw))
+    dyp = np.empty((g.N, top + g.Ho + bottom, left + g.Wo + right, g.F), dtype=dy.dtype)
+    _run("pack.pack_nhwc_padded", dy, top, left, dyp, work=dyp.size)
+    L = plan.cpu.lanes(dy.dtype)
+    wv = np.empty((-(-g.C // L) * g.KH * g.KW * g.F, L), dtype=dy.dtype)
+    _run("phases.phases_weights", contiguous(w), (g.sh, g.sw), wv, work=wv.size)
+    dx = np.empty(g.x_shape, dtype=dy.dtype)
+    rows = max(1, -(-TUNING.phase_pixels // dyp.shape[2]))
+    _run("phases.phases_input_grad", plan.cpu.width, dyp, wv, b, (g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, top, left),
+         rows, dx, work=dy.size * g.C * g.KH * g.KW)
+    return dx
 
-    def compute(sub, th, tw):
-        phase = np.empty((g.N, g.C, g.Ho + th - 1, g.Wo + tw - 1), dtype=dy.dtype)
-        _full_correlation(plan, dy, sub, (th - 1, tw - 1), phase)
-        return phase, (0, 0)
 
-    return _each_phase(g, dy, w, compute)
+@_strategy("conv2d_input_grad", "phases_vector",
+           ["pack.pack_nhwc_padded", "phases.phases_weights", "phases.phases_input_grad"], None,
+           "strided: every stride phase in one launch on the vector tiles (dy packed once, NHWC), "
+           "dx's rows written from the tiles' buffer")
+def _input_grad_phases_vector(plan, dy, w):
+    return _phases_vector(plan, dy, w, np.zeros(plan.geometry.C, dtype=dy.dtype))
 
 
-def _shared_pack_inner(g, cpu, dtype):
-    """The NHWC forward strategy the phases of ``phases_shared_pack`` run on the shared pack of dy."""
-    if g.C >= cpu.lanes(dtype):
-        return STRATEGIES["conv2d_forward", "vector"]
-    return STRATEGIES["conv2d_forward", "tiled"]
+_input_grad_phases_vector.with_bias = _phases_vector
 
 
 def _input_grad_inner(g, cpu, dtype):
     """The forward strategies the input gradient runs inside (for :meth:`ConvPlan.explain`)."""
-    name = _choose_input_grad(g).name
-    if name == "full_correlation":
+    if _choose_input_grad(g, cpu, dtype).name == "full_correlation":
         return (_choose_forward(g.correlation(g.N, g.F, g.Ho, g.Wo, g.C, g.KH, g.KW, g.KH - 1 - g.ph,
                                               g.KW - 1 - g.pw), cpu, dtype),)
-    if name == "phases_shared_pack":
-        return (_shared_pack_inner(g, cpu, dtype),)
-    if name == "phases":
-        inner = []
-        for rh, rw in _phases(g):
-            th, tw = len(range(rh, g.KH, g.sh)), len(range(rw, g.KW, g.sw))
-            s = _choose_forward(g.correlation(g.N, g.F, g.Ho, g.Wo, g.C, th, tw, th - 1, tw - 1), cpu, dtype)
-            if s not in inner:
-                inner.append(s)
-        return tuple(inner)
     return ()
 
 
@@ -660,17 +692,16 @@ def _tap_range(size, out_size, k, stride, pad):
     return o0, o1, o0 * stride + k - pad, (o1 - 1) * stride + k - pad + 1
 
 
-def _choose_input_grad(g):
+def _choose_input_grad(g, cpu, dtype):
     if g.pointwise:
         return STRATEGIES["conv2d_input_grad", "pointwise_matmul"]
     if _strided_pointwise(g):
         return STRATEGIES["conv2d_input_grad", "pointwise_strided"]
     if g.sh == g.sw == 1 and g.KH - 1 - g.ph >= 0 and g.KW - 1 - g.pw >= 0:
         return STRATEGIES["conv2d_input_grad", "full_correlation"]
-    smallest = g.F * max(g.KH // g.sh, 1) * max(g.KW // g.sw, 1)  # the smallest phase's reduction
-    if smallest >= TUNING.short_reduction:
+    if 4 * g.C <= cpu.lanes(dtype) and g.F >= TUNING.phases_narrow_filters:
         return STRATEGIES["conv2d_input_grad", "phases_shared_pack"]
-    return STRATEGIES["conv2d_input_grad", "phases"]
+    return STRATEGIES["conv2d_input_grad", "phases_vector"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -781,6 +812,8 @@ def _choose_tiled_weight_grad(g, itemsize, threads):
 def _choose_weight_grad(g, itemsize, threads, cpu):
     if g.pointwise:
         return STRATEGIES["conv2d_weight_grad", "pointwise_matmul_nt"]
+    if _strided_pointwise_vector(g, cpu.vector_bytes // itemsize):
+        return STRATEGIES["conv2d_weight_grad", "pointwise_strided_vector"]
     if _strided_pointwise(g):
         return STRATEGIES["conv2d_weight_grad", "pointwise_strided_nt"]
     if g.sh == g.sw == 1 and g.C * g.KH * g.KW < TUNING.short_reduction:
@@ -958,11 +991,21 @@ def _depthwise_plan(geometry, dtype, cpu, threads):
 # ---------------------------------------------------------------------------------------
 
 
+def _subsampled_pointwise(g):
+    """A dense 1x1 convolution without padding at a stride above 1: a pointwise one on ``x[:, :, ::sh, ::sw]``."""
+    return g.dense and g.KH == g.KW == 1 and g.ph == g.pw == 0 and (g.sh, g.sw) != (1, 1)
+
+
 def _strided_pointwise(g):
-    """A dense 1x1 convolution without padding at a stride above 1, output planes of at least
-    ``TUNING.strided_pointwise_pixels``: a pointwise one on ``x[:, :, ::sh, ::sw]``."""
-    return (g.dense and g.KH == g.KW == 1 and g.ph == g.pw == 0 and (g.sh, g.sw) != (1, 1)
-            and g.Ho * g.Wo >= TUNING.strided_pointwise_pixels)
+    """:func:`_subsampled_pointwise`, output planes of at least ``TUNING.strided_pointwise_pixels``."""
+    return _subsampled_pointwise(g) and g.Ho * g.Wo >= TUNING.strided_pointwise_pixels
+
+
+def _strided_pointwise_vector(g, lanes):
+    """:func:`_subsampled_pointwise` with a vector of ``lanes`` filters and a long reduction, on a small plane or
+    with ``TUNING.strided_pointwise_channels`` channels: the vector tiles on the subsampled ``x``."""
+    return (_subsampled_pointwise(g) and g.F >= lanes and g.C >= TUNING.short_reduction
+            and (g.Ho * g.Wo < TUNING.strided_pointwise_pixels or g.C >= TUNING.strided_pointwise_channels))
 
 
 def _subsampled(g, x, packed=None):
@@ -980,6 +1023,35 @@ def _forward_pointwise_strided(g, x, w, b, out, cpu, relu=False):
          out.reshape(g.N, g.F, -1), work=out.size * g.C)
     _relu_in_place(out, relu)
     return Packed(Layout.NCHW_SUBSAMPLED, (0, 0), xs)
+
+
+@_strategy("conv2d_forward", "pointwise_strided_vector",
+           ["pack.pack_nhwc_padded", "pack.pack_vector_weights", "vector.vector_forward"], Layout.NHWC_SUBSAMPLED,
+           "1x1, stride above 1, no padding: x subsampled once and packed NHWC, the vector tiles at stride 1")
+def _forward_pointwise_strided_vector(g, x, w, b, out, cpu, relu=False):
+    packed = _subsampled_nhwc(g, x)
+    _vector_on_packed(_subsampled_geometry(g), packed.array, w, b, out, cpu, relu)
+    return packed
+
+
+def _subsampled_geometry(g):
+    """The stride-1 1x1 convolution of ``x[:, :, ::sh, ::sw]``."""
+    return g.correlation(g.N, g.C, g.Ho, g.Wo, g.F, 1, 1, 0, 0)
+
+
+def _subsampled_nhwc(g, x, packed=None):
+    """``x[:, :, ::sh, ::sw]`` packed NHWC (the forward's when it made one)."""
+    if packed is not None and packed.layout is Layout.NHWC_SUBSAMPLED:
+        return packed
+    return Packed(Layout.NHWC_SUBSAMPLED, (0, 0), _pack_nhwc(_subsampled(g, x), 0, 0).array)
+
+
+@_strategy("conv2d_weight_grad", "pointwise_strided_vector", ["pack.pack_nhwc_padded", "vector.vector_weight_grad"],
+           Layout.NHWC_SUBSAMPLED, "1x1, stride above 1, no padding: the vector weight gradient on the subsampled x, "
+                                   "packed NHWC")
+def _weight_grad_pointwise_strided_vector(g, x, dy, packed, cpu):
+    xs = Packed(Layout.NHWC_PADDED, (0, 0), _subsampled_nhwc(g, x, packed).array)
+    return _weight_grad_vector(_subsampled_geometry(g), None, dy, xs, cpu)
 
 
 @_strategy("conv2d_input_grad", "pointwise_strided", ["matmul.matmul_nn"], None,
@@ -1214,16 +1286,28 @@ class ConvPlan:
         bias = np.zeros(g.F, dtype=self.dtype) if b is None else contiguous(b)
         return out, self.forward.run(g, x, w, bias, out, self.cpu, relu)
 
-    def run_input_grad(self, dy, w):
-        """dx: the full correlation of dy (dilated by the stride) with the 180-degree-rotated kernel."""
+    def run_input_grad(self, dy, w, b=None):
+        """dx: the full correlation of dy (dilated by the stride) with the 180-degree-rotated kernel.
+
+        ``b`` (one value per channel of dx, the transposed convolution's bias) is added to dx, in the
+        kernel's last pass where the strategy has it (``phases_vector``) and one more pass otherwise.
+        """
         g = self.geometry
         _check_operand(self, "dy", dy, g.y_shape)
         _check_operand(self, "w", w, g.w_shape)
+        if b is not None:
+            _check_operand(self, "b", b, (g.C,))
         if g.N == 0:
             return np.zeros(g.x_shape, dtype=self.dtype)
-        if self.input_grad.name not in _EXACT_INPUT_GRADS and not np.isfinite(w).all():
-            return _input_grad_nonfinite_weights(self, contiguous(dy), w)
-        return self.input_grad.run(self, contiguous(dy), w)
+        exact = self.input_grad.name in _EXACT_INPUT_GRADS or np.isfinite(w).all()
+        fused = getattr(self.input_grad.run, "with_bias", None)
+        if b is not None and exact and fused is not None:
+            return fused(self, contiguous(dy), w, contiguous(b))
+        dx = self.input_grad.run(self, contiguous(dy), w) if exact else _input_grad_nonfinite_weights(
+            self, contiguous(dy), w)
+        if b is not None:
+            dx += b[:, None, None]
+        return dx
 
     def run_weight_grad(self, dy, x, packed=None):
         """dw: the correlation of x (zero-padded) with dy, summed over the batch.
@@ -1284,7 +1368,7 @@ def _conv_plan(geometry, dtype, cpu, threads):
     return ConvPlan(
         geometry=g, dtype=dtype, cpu=cpu, threads=threads,
         forward=_choose_forward(g, cpu, dtype),
-        input_grad=_choose_input_grad(g),
+        input_grad=_choose_input_grad(g, cpu, dtype),
         input_grad_inner=_input_grad_inner(g, cpu, dtype),
         weight_grad=wg,
         weight_grad_nonfinite=_choose_tiled_weight_grad(g, dtype.itemsize, threads) if wg.needs_finite else wg,

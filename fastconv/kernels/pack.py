@@ -25,7 +25,9 @@ _PACK_CHANNELS = 16
 def pack_nhwc_padded(x, ph, pw, out):
     """Copy ``x`` (N, C, H, W) into the interior of ``out`` (N, H+2ph, W+2pw, C).
 
-    The border of ``out`` is zeroed here, so ``out`` may come from ``np.empty``.
+    The border of ``out`` is zeroed here, so ``out`` may come from ``np.empty``. ``out`` may be
+    larger than that: everything past ``x`` is zeroed (the stride phases pad each side as far as
+    they read, :mod:`fastconv.kernels.phases`).
     Each job copies a block of 16 channels of one image, row by row: it reads 16
     sequential streams and fills whole cache lines of ``out``. One job per output row
     (reading all C channel rows, a plane apart) ran up to 4x slower when the plane size
