@@ -1,8 +1,9 @@
 """Depthwise convolution (``groups == C``, any channel multiplier): the plan's kernels against independent answers.
 
-Both kernel families run here: ``depthwise`` (NHWC, the vector over channels) and
+The three kernel families run here: ``depthwise`` (NHWC, the vector over channels),
 ``depthwise_rows`` (NCHW, the vector along the rows; ``depthwise_rows_strided`` for the input
-gradient where the stride-1 form does not apply), each at both register widths (the
+gradient where the stride-1 form does not apply) and ``depthwise_flat`` (NCHW, the vector along
+the flattened plane, masked loads; stride 1 with ``Wo == W`` only), each at both register widths (the
 512-bit plan of this machine and the 256-bit AVX2 one, as ``test_vector.py`` does), in
 float32 and float64, against
 
@@ -35,7 +36,7 @@ from _layouts import LAYOUTS, relayout
 CPUS = [pytest.param(P.CPU("512-bit", 64), id="512bit"), pytest.param(P.CPU("256-bit", 32), id="256bit")]
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 TOL = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-12}
-FAMILIES = ("depthwise", "depthwise_rows")
+FAMILIES = ("depthwise", "depthwise_rows", "depthwise_flat")
 
 #: (N, C, H, W, m, K, stride, padding, dilation): narrow maps (the NHWC kernels) and wide ones (the rows).
 CASES = [
@@ -45,6 +46,7 @@ CASES = [
     (1, 40, 7, 9, 1, 5, 3, 2, 1),
     (2, 4, 5, 40, 2, 3, 1, 1, 1),
     (1, 3, 9, 37, 1, 5, (1, 2), (2, 0), (2, 1)),
+    (2, 5, 6, 8, 3, 3, 1, (1, 2), 2),  # the flat kernels: rows as wide as the input's, Ho != H, dilated
 ]
 
 
@@ -85,6 +87,10 @@ def _with(plan, family):
     """``plan`` with every conv pass on ``family`` (where that family computes the pass)."""
     import dataclasses
 
+    g = plan.geometry
+    if family == "depthwise_flat" and not (g.sh == g.sw == 1 and g.Wo == g.W):
+        pytest.skip("the flat kernels compute stride 1 with Wo == W only")
+
     def pick(op, current):
         if op == "conv2d_input_grad" and family == "depthwise_rows":
             g = plan.geometry
@@ -104,6 +110,8 @@ def test_depthwise_geometries_take_the_depthwise_plan():
     assert (wide.forward.name, wide.input_grad.name, wide.weight_grad.name) == ("depthwise_rows",) * 3
     assert wide.bias_grad.name == "plane_sums"
     assert "depthwise_rows" in wide.explain() and "groups == C" in wide.explain()
+    same = _plan(CASES[0], np.float32, P.CPU("t", 64))  # stride 1, 'same' width, 9 wide: the flat kernels
+    assert (same.forward.name, same.input_grad.name, same.weight_grad.name) == ("depthwise_flat",) * 3
     # groups == C == 1 is a dense convolution: the dense strategies
     assert _plan((2, 1, 7, 9, 2, 3, 1, 1, 1), np.float32).forward.name not in FAMILIES
 

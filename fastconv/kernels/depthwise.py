@@ -55,6 +55,21 @@ vector load; the weights are scalars broadcast into the FMA
 - :func:`depthwise_rows_weight_grad`: one dot product per tap and filter of ``dy``'s rows
   with the padded plane, per ``(n, c)`` job; per-image partials, summed by the caller in
   image order (the same result for any thread count).
+
+Flat planes
+-----------
+On narrow maps (14 x 14, 7 x 7) the rows kernels pay per plane (the copy, vectors of 7 or 14
+lanes out of 16, a scalar write-back): 3.5 GB/s. At stride 1 with ``Wo == W`` (``'same'``
+padding) output ``p = oh*W + ow`` of the flattened plane reads tap ``(i, j)`` at
+``p + (i*dh - ph)*W + j*dw - pw`` of the flattened input plane, a constant offset, so the
+vector runs along the whole plane (a 7 x 7 plane is 4 vectors) and each tap is one masked
+load (:func:`fastconv.kernels.simd.vloadz`) whose lanes in the padding are left out, never
+read (:func:`_flat_taps` tabulates them); no copy of the plane.
+
+- :func:`depthwise_flat_forward`: the forward pass and, with ``dy`` and the rotated kernel,
+  the stride-1 input gradient; tiles of 4 vectors, :func:`_flat_store` at the plane's end.
+- :func:`depthwise_flat_weight_grad`: per filter and tap one dot product of ``dy``'s flat
+  planes with ``x``'s shifted by the tap, every image summed in registers: no partials.
 """
 
 import numpy as np
@@ -579,3 +594,161 @@ def depthwise_rows_input_grad(width, dy, wt, geom, KH, dx):
                     drow = dx[n, c, h]
                     for u in range((W - rw + sw - 1) // sw):
                         drow[rw + sw * u] = acc[u]
+
+
+@njit(**SERIAL_JIT)
+def _flat_taps(geom, shape, L, S):
+    """Offsets and lane masks of the flat-plane kernels: output ``p = oh*W + ow`` (``ow < W``) of a plane
+    ``(H, W)`` reads tap ``t = (i, j)`` at ``p + toff[t]``, valid in the lanes set in ``bits[s, t]`` of the
+    vector ``s`` (outputs ``s*L .. s*L + L - 1``); ``bits[s, T]``: the lanes inside the ``Ho * W`` outputs.
+
+    ``geom = (dh, dw, ph, pw, KH, KW)``, ``shape = (H, W, Ho)``; ``S`` vectors (the ones past the
+    plane get no lane)."""
+    dh, dw, ph, pw, KH, KW = geom
+    H, W, Ho = shape
+    T = KH * KW
+    toff = np.empty(T, dtype=np.int64)
+    for t in range(T):
+        toff[t] = ((t // KW) * dh - ph) * W + (t % KW) * dw - pw
+    bits = np.zeros((S, T + 1), dtype=np.int64)
+    for p in range(min(S * L, Ho * W)):
+        s = p // L
+        bits[s, T] |= 1 << (p - s * L)
+        for t in range(T):
+            u = p // W + (t // KW) * dh - ph
+            v = p % W + (t % KW) * dw - pw
+            if u >= 0 and u < H and v >= 0 and v < W:
+                bits[s, t] |= 1 << (p - s * L)
+    return toff, bits
+
+
+@njit(**SERIAL_JIT, inline="always")
+def _flat_store(a, i, v, bits):
+    """``a[i + l] = v[l]`` for the lanes set in ``bits``: a plain store when all are (a masked store costs
+    more), nothing when none is."""
+    if bits == (1 << lanes(v)) - 1:
+        vstore(a, i, v)
+    elif bits != 0:
+        vstorez(a, i, v, bits)
+
+
+@njit(**PARALLEL_JIT)
+def depthwise_flat_forward(width, x, wt, b, geom, relu, out):
+    """NCHW depthwise correlation at stride 1 with ``Wo == W``, the vector along the flattened plane.
+
+    Output ``p = oh*W + ow`` reads tap ``(i, j)`` at ``p + (i*dh - ph)*W + j*dw - pw`` of the same
+    flat plane: one masked load per tap and vector (:func:`_flat_taps`, the padding is the lanes
+    left out, never read), no copy of the plane, whole vectors across its rows (a 7 x 7 plane is 4
+    vectors, not 7 of 7 lanes each), masked stores at the plane's end. Groups as in
+    :func:`depthwise_rows_forward` (``mi`` input and ``mo`` output planes: the forward pass and the
+    stride-1 input gradient); register tiles of 4 vectors.
+
+    Parameters
+    ----------
+    width : fastconv.kernels.simd.Width
+    x : (N, G*mi, H, W) array
+        NCHW, C-contiguous.
+    wt : (G*mo*mi, KH, KW) array
+    b : (G*mo,) array
+    geom : (int, int, int, int)
+        ``(dh, dw, ph, pw)``: dilation and padding (``Wo == W``: ``2*pw == (KW-1)*dw``).
+    relu : bool
+        ``max(y, 0)`` (NaN kept).
+    out : (N, G*mo, Ho, W) array
+        NCHW, C-contiguous, fully overwritten.
+    """
+    N, CI, H, W = x.shape
+    CO, Ho = out.shape[1], out.shape[2]
+    KH, KW = wt.shape[1], wt.shape[2]
+    T = KH * KW
+    mi = wt.shape[0] // CO
+    mo = CO * mi // CI
+    wf = wt.reshape(wt.size)
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    z = vzero(width, wf)
+    L = lanes(z)
+    P = Ho * W
+    S = (P + L - 1) // L
+    toff, bits = _flat_taps(geom + (KH, KW), (H, W, Ho), L, (S + 3) // 4 * 4)
+    one = vload(z, np.ones(L, dtype=wf.dtype), 0)
+    G = CI // mi
+    jobs = min(N * G, _JOBS)
+    for job in prange(jobs):
+        for gj in range(N * G * job // jobs, N * G * (job + 1) // jobs):
+            n = gj // G
+            g = gj - n * G
+            for o in range(mo):
+                f = g * mo + o
+                bias = vfmab(z, one, b, f)
+                for s in range(0, S, 4):
+                    a0 = a1 = a2 = a3 = bias
+                    for ii in range(mi):
+                        xb = ((n * CI + g * mi + ii) * H * W) + s * L
+                        for t in range(T):
+                            xo = xb + toff[t]
+                            wi = (f * mi + ii) * T + t
+                            a0 = vfmab(a0, vloadz(z, xf, xo, bits[s, t]), wf, wi)
+                            a1 = vfmab(a1, vloadz(z, xf, xo + L, bits[s + 1, t]), wf, wi)
+                            a2 = vfmab(a2, vloadz(z, xf, xo + 2 * L, bits[s + 2, t]), wf, wi)
+                            a3 = vfmab(a3, vloadz(z, xf, xo + 3 * L, bits[s + 3, t]), wf, wi)
+                    if relu:
+                        a0, a1, a2, a3 = vmax(a0, z), vmax(a1, z), vmax(a2, z), vmax(a3, z)
+                    ob = (n * CO + f) * P + s * L
+                    _flat_store(of, ob, a0, bits[s, T])
+                    _flat_store(of, ob + L, a1, bits[s + 1, T])
+                    _flat_store(of, ob + 2 * L, a2, bits[s + 2, T])
+                    _flat_store(of, ob + 3 * L, a3, bits[s + 3, T])
+
+
+@njit(**PARALLEL_JIT)
+def depthwise_flat_weight_grad(width, x, dy, geom, KH, dwt):
+    """``dwt[f, t] = sum_{n, p} dy[n, f, p] * x[n, f // m, p + toff[t]]`` over the flat planes (stride 1,
+    ``Wo == W``; :func:`_flat_taps`: a tap's lanes in the padding are 0 and not read), one job per range
+    of filters, every image summed in registers (4 chains) and one horizontal sum per tap: no partials,
+    the same result for any thread count.
+
+    Parameters
+    ----------
+    width : fastconv.kernels.simd.Width
+    x : (N, C, H, W) array
+        NCHW, C-contiguous.
+    dy : (N, C*m, Ho, W) array
+        NCHW, C-contiguous.
+    geom : (int, int, int, int)
+        ``(dh, dw, ph, pw)``.
+    KH : int
+        Kernel height.
+    dwt : (C*m, KH*KW) array
+        Fully overwritten.
+    """
+    N, C, H, W = x.shape
+    F, Ho = dy.shape[1], dy.shape[2]
+    T = dwt.shape[1]
+    m = F // C
+    xf = x.reshape(x.size)
+    df = dy.reshape(dy.size)
+    z = vzero(width, xf)
+    L = lanes(z)
+    P = Ho * W
+    S = (P + L - 1) // L
+    toff, bits = _flat_taps(geom + (KH, T // KH), (H, W, Ho), L, (S + 3) // 4 * 4)
+    jobs = min(F, _JOBS)
+    for job in prange(jobs):
+        lanesum = np.empty(L, dtype=dwt.dtype)
+        for f in range(F * job // jobs, F * (job + 1) // jobs):
+            for t in range(T):
+                a0 = a1 = a2 = a3 = z
+                for n in range(N):
+                    xo = (n * C + f // m) * H * W + toff[t]
+                    do = (n * F + f) * P
+                    for s in range(0, S, 4):
+                        a0 = vfma(a0, vloadz(z, df, do + s * L, bits[s, T]), vloadz(z, xf, xo + s * L, bits[s, t]))
+                        a1 = vfma(a1, vloadz(z, df, do + (s + 1) * L, bits[s + 1, T]),
+                                  vloadz(z, xf, xo + (s + 1) * L, bits[s + 1, t]))
+                        a2 = vfma(a2, vloadz(z, df, do + (s + 2) * L, bits[s + 2, T]),
+                                  vloadz(z, xf, xo + (s + 2) * L, bits[s + 2, t]))
+                        a3 = vfma(a3, vloadz(z, df, do + (s + 3) * L, bits[s + 3, T]),
+                                  vloadz(z, xf, xo + (s + 3) * L, bits[s + 3, t]))
+                vstore(lanesum, 0, vadd(vadd(a0, a1), vadd(a2, a3)))
+                dwt[f, t] = lanesum.sum()
