@@ -76,7 +76,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..config import PARALLEL_JIT, SERIAL_JIT
-from .simd import lanes, vadd, vevens, vfma, vfmab, vload, vloadz, vmask, vmax, vstore, vstorez, vzero
+from .simd import lanes, vadd, vevens, vfma, vfmab, vload, vloadz, vmask, vmax, vstore, vstorez, vziphi, vziplo, vzero
 
 #: Jobs of the rows kernels: each takes a contiguous range of planes and allocates its buffers once.
 _JOBS = 64
@@ -513,6 +513,25 @@ def depthwise_rows_weight_grad(width, x, dy, geom, KH, part):
                     part[n, f, t] = lanesum.sum()
 
 
+@njit(**SERIAL_JIT, inline="always")
+def _interleave_row(z, acc, sw, W, out, o):
+    """``out[o + rw + sw*u] = acc[rw*Uv + u]`` for the ``W`` columns of a row held phase by phase
+    (``Uv = acc.size // sw``, whole vectors); at stride 2 two :func:`fastconv.kernels.simd.vziplo` /
+    :func:`fastconv.kernels.simd.vziphi` stores per vector of each phase instead of a scalar scatter."""
+    L = lanes(z)
+    Uv = acc.size // sw
+    if sw == 2 and W > 1:
+        for u0 in range(0, min(Uv, (W + 1) // 2), L):
+            a0, a1 = vload(z, acc, u0), vload(z, acc, Uv + u0)
+            k = W - 2 * u0  # columns left from 2*u0 on
+            _flat_store(out, o + 2 * u0, vziplo(a0, a1), (1 << min(L, k)) - 1)
+            _flat_store(out, o + 2 * u0 + L, vziphi(a0, a1), (1 << max(0, min(L, k - L))) - 1)
+        return
+    for rw in range(min(sw, W)):
+        for u in range((W - rw + sw - 1) // sw):
+            out[o + rw + sw * u] = acc[rw * Uv + u]
+
+
 @njit(**PARALLEL_JIT)
 def depthwise_rows_input_grad(width, dy, wt, geom, KH, dx):
     """``dx[n, c, h, w] = sum dy[n, c*m + k, oh, ow] * w[c*m + k, 0, i, j]`` over the taps with
@@ -570,10 +589,11 @@ def depthwise_rows_input_grad(width, dy, wt, geom, KH, dx):
                     toff[r, count[r]] = k * plane + (a // sh) * R + PL + b // sw
                     tw[r, count[r]] = k * T + t
                     count[r] += 1
+    dxf = dx.reshape(dx.size)
     jobs = min(N * C, _JOBS)
     for job in prange(jobs):
         buf = np.zeros(m * plane, dtype=wf.dtype)  # zeroed once: the border is never written
-        acc = np.empty(Uv, dtype=wf.dtype)
+        acc = np.empty(sw * Uv, dtype=wf.dtype)  # the row, phase by phase
         for nc in range(N * C * job // jobs, N * C * (job + 1) // jobs):
             n = nc // C
             c = nc - n * C
@@ -590,10 +610,8 @@ def depthwise_rows_input_grad(width, dy, wt, geom, KH, dx):
                         v = z
                         for e in range(count[r]):
                             v = vfmab(v, vload(z, buf, base + toff[r, e] + u0), wf, c * m * T + tw[r, e])
-                        vstore(acc, u0, v)
-                    drow = dx[n, c, h]
-                    for u in range((W - rw + sw - 1) // sw):
-                        drow[rw + sw * u] = acc[u]
+                        vstore(acc, rw * Uv + u0, v)
+                _interleave_row(z, acc, sw, W, dxf, ((n * C + c) * H + h) * W)
 
 
 @njit(**SERIAL_JIT)
@@ -670,7 +688,7 @@ def depthwise_flat_forward(width, x, wt, b, geom, relu, out):
     L = lanes(z)
     P = Ho * W
     S = (P + L - 1) // L
-    toff, bits = _flat_taps(geom + (KH, KW), (H, W, Ho), L, (S + 3) // 4 * 4)
+    toff, bits = _flat_taps(geom + (KH, KW), (H, W, Ho), L, S)
     one = vload(z, np.ones(L, dtype=wf.dtype), 0)
     G = CI // mi
     jobs = min(N * G, _JOBS)
@@ -681,7 +699,7 @@ def depthwise_flat_forward(width, x, wt, b, geom, relu, out):
             for o in range(mo):
                 f = g * mo + o
                 bias = vfmab(z, one, b, f)
-                for s in range(0, S, 4):
+                for s in range(0, S - S % 4, 4):
                     a0 = a1 = a2 = a3 = bias
                     for ii in range(mi):
                         xb = ((n * CI + g * mi + ii) * H * W) + s * L
@@ -699,6 +717,13 @@ def depthwise_flat_forward(width, x, wt, b, geom, relu, out):
                     _flat_store(of, ob + L, a1, bits[s + 1, T])
                     _flat_store(of, ob + 2 * L, a2, bits[s + 2, T])
                     _flat_store(of, ob + 3 * L, a3, bits[s + 3, T])
+                for s in range(S - S % 4, S):  # the last 1-3 vectors one by one
+                    a0 = bias
+                    for ii in range(mi):
+                        for t in range(T):
+                            a0 = vfmab(a0, vloadz(z, xf, (n * CI + g * mi + ii) * H * W + s * L + toff[t], bits[s, t]),
+                                       wf, (f * mi + ii) * T + t)
+                    _flat_store(of, (n * CO + f) * P + s * L, vmax(a0, z) if relu else a0, bits[s, T])
 
 
 @njit(**PARALLEL_JIT)
@@ -732,7 +757,7 @@ def depthwise_flat_weight_grad(width, x, dy, geom, KH, dwt):
     L = lanes(z)
     P = Ho * W
     S = (P + L - 1) // L
-    toff, bits = _flat_taps(geom + (KH, T // KH), (H, W, Ho), L, (S + 3) // 4 * 4)
+    toff, bits = _flat_taps(geom + (KH, T // KH), (H, W, Ho), L, S)
     jobs = min(F, _JOBS)
     for job in prange(jobs):
         lanesum = np.empty(L, dtype=dwt.dtype)
@@ -742,7 +767,9 @@ def depthwise_flat_weight_grad(width, x, dy, geom, KH, dwt):
                 for n in range(N):
                     xo = (n * C + f // m) * H * W + toff[t]
                     do = (n * F + f) * P
-                    for s in range(0, S, 4):
+                    for s in range(S - S % 4, S):
+                        a0 = vfma(a0, vloadz(z, df, do + s * L, bits[s, T]), vloadz(z, xf, xo + s * L, bits[s, t]))
+                    for s in range(0, S - S % 4, 4):
                         a0 = vfma(a0, vloadz(z, df, do + s * L, bits[s, T]), vloadz(z, xf, xo + s * L, bits[s, t]))
                         a1 = vfma(a1, vloadz(z, df, do + (s + 1) * L, bits[s + 1, T]),
                                   vloadz(z, xf, xo + (s + 1) * L, bits[s + 1, t]))

@@ -29,6 +29,8 @@ callers guarantee every index):
   0 in the others, which are not read (a masked load: the index may point outside ``a`` there);
 - :func:`vstorez(a, i, v, bits)`: ``a[i + l] = v[l]`` for the lanes set in ``bits`` only (a masked store);
 - :func:`vevens(u, v)`: the even lanes of ``u`` followed by those of ``v`` (``a[i:i+2L:2]`` from two loads);
+- :func:`vziplo(u, v)`, :func:`vziphi(u, v)`: ``u[0], v[0], u[1], v[1], ...`` from the low (high) halves
+  of ``u`` and ``v``: the inverse of :func:`vevens` (two columns phases written back as one row);
 - :func:`lanes(v)`: ``L``, a compile-time constant;
 - :func:`pow2(k)`: ``2.0 ** k`` for an integral float ``k``, from the exponent bits (scalar, vectorisable).
 """
@@ -39,7 +41,7 @@ from numba.core import cgutils
 from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
 
 __all__ = ["Width", "W512", "W256", "Vec", "vzero", "vload", "vstore", "vfmab", "vfma", "vadd", "vmax", "vmask",
-           "vloadz", "vstorez", "vevens", "lanes", "pow2"]
+           "vloadz", "vstorez", "vevens", "vziplo", "vziphi", "lanes", "pow2"]
 
 
 class Width:
@@ -313,6 +315,31 @@ def vevens(typingctx, u, v):
         return builder.shuffle_vector(args[0], args[1], idx)
 
     return u(u, v), codegen
+
+
+def _zip(u, half):
+    """The signature and code of interleaving the ``half`` (0 low, 1 high) halves of two vectors ``u``."""
+    if not isinstance(u, VecType):
+        return None
+
+    def codegen(context, builder, sig, args):
+        L = u.count
+        idx = [half * L // 2 + k // 2 + (L if k % 2 else 0) for k in range(L)]
+        return builder.shuffle_vector(args[0], args[1], ir.Constant(ir.VectorType(ir.IntType(32), L), idx))
+
+    return u(u, u), codegen
+
+
+@intrinsic
+def vziplo(typingctx, u, v):
+    """``u[0], v[0], u[1], v[1], ...`` up to the middle of ``u`` and ``v``."""
+    return _zip(u, 0) if u == v else None
+
+
+@intrinsic
+def vziphi(typingctx, u, v):
+    """``u[L/2], v[L/2], u[L/2 + 1], v[L/2 + 1], ...``: the high halves interleaved."""
+    return _zip(u, 1) if u == v else None
 
 
 @intrinsic
