@@ -113,8 +113,11 @@ class Tuning:
         A depthwise pass at stride 1 whose output rows are as wide as the input's (``'same'``
         padding) and at most this many vectors long runs ``depthwise_flat`` (the vector along the
         flattened plane, masked loads for the padding; forward, input and weight gradients).
-        float32, 512-bit, 1 thread, against the rows kernels (``benchmarks/bench_depthwise.py``,
-        ``benchmarks/NOTES.md``, "Depthwise on narrow maps").
+        float32, 512-bit, 1 thread (forward / input / weight gradient, ms; ``benchmarks/NOTES.md``,
+        "Depthwise on narrow maps"): 8 x 384 x 14 x 14 0.46 / 0.45 / 0.52 against the rows kernels'
+        1.31 / 1.33 / 1.99; 8 x 960 x 7 x 7 0.38 / 0.37 / 0.49 against 1.50 / 1.66 / 2.75 (NHWC 2.2 /
+        1.1 / 2.1); 8 x 144 x 56 x 56 2.7 / 2.6 / 3.7 against 4.0 / 4.0 / 5.8; 8 x 32 x 112 x 112 3.0 /
+        3.1 / 3.6 against 3.2 / 3.3 / 4.4; 4 x 16 x 224 x 224 4.5 / 4.6 / 4.9 against 3.2 / 3.3 / 4.2.
     strided_pointwise_pixels : int
         A 1x1 convolution at a stride above 1 (no padding) whose output planes have at least
         this many pixels subsamples ``x`` once and runs the pointwise matrix products
@@ -129,7 +132,7 @@ class Tuning:
     small_work: int = 1 << 18
     depthwise_rows: float = 0.3
     depthwise_rows_backward: float = 0.75
-    depthwise_flat: float = 2.0
+    depthwise_flat: float = 8.0
     strided_pointwise_pixels: int = 128
 
 

@@ -105,13 +105,17 @@ def _with(plan, family):
 
 
 def test_depthwise_geometries_take_the_depthwise_plan():
-    narrow, wide = _plan(CASES[1], np.float32, P.CPU("t", 64)), _plan(CASES[4], np.float32, P.CPU("t", 64))
+    narrow, wide = _plan(CASES[1], np.float32, P.CPU("t", 64)), _plan(CASES[5], np.float32, P.CPU("t", 64))
     assert (narrow.forward.name, narrow.input_grad.name, narrow.weight_grad.name) == ("depthwise",) * 3
-    assert (wide.forward.name, wide.input_grad.name, wide.weight_grad.name) == ("depthwise_rows",) * 3
+    assert (wide.forward.name, wide.input_grad.name, wide.weight_grad.name) == \
+        ("depthwise_rows", "depthwise_rows_strided", "depthwise_rows")
     assert wide.bias_grad.name == "plane_sums"
     assert "depthwise_rows" in wide.explain() and "groups == C" in wide.explain()
-    same = _plan(CASES[0], np.float32, P.CPU("t", 64))  # stride 1, 'same' width, 9 wide: the flat kernels
-    assert (same.forward.name, same.input_grad.name, same.weight_grad.name) == ("depthwise_flat",) * 3
+    for case in (CASES[0], CASES[4]):  # stride 1, 'same' width, 9 and 40 wide: the flat kernels
+        same = _plan(case, np.float32, P.CPU("t", 64))
+        assert (same.forward.name, same.input_grad.name, same.weight_grad.name) == ("depthwise_flat",) * 3
+    wider = _plan((1, 2, 3, 200, 1, 3, 1, 1, 1), np.float32, P.CPU("t", 64))  # 200 > 8 vectors: the rows
+    assert (wider.forward.name, wider.input_grad.name, wider.weight_grad.name) == ("depthwise_rows",) * 3
     # groups == C == 1 is a dense convolution: the dense strategies
     assert _plan((2, 1, 7, 9, 2, 3, 1, 1, 1), np.float32).forward.name not in FAMILIES
 

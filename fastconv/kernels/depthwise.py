@@ -730,8 +730,9 @@ def depthwise_flat_forward(width, x, wt, b, geom, relu, out):
 def depthwise_flat_weight_grad(width, x, dy, geom, KH, dwt):
     """``dwt[f, t] = sum_{n, p} dy[n, f, p] * x[n, f // m, p + toff[t]]`` over the flat planes (stride 1,
     ``Wo == W``; :func:`_flat_taps`: a tap's lanes in the padding are 0 and not read), one job per range
-    of filters, every image summed in registers (4 chains) and one horizontal sum per tap: no partials,
-    the same result for any thread count.
+    of filters, every image summed in registers (three taps per pass over ``dy``: one load of ``dy``
+    for three FMA chains) and one horizontal sum per tap: no partials, the same result for any
+    thread count.
 
     Parameters
     ----------
@@ -760,22 +761,23 @@ def depthwise_flat_weight_grad(width, x, dy, geom, KH, dwt):
     toff, bits = _flat_taps(geom + (KH, T // KH), (H, W, Ho), L, S)
     jobs = min(F, _JOBS)
     for job in prange(jobs):
-        lanesum = np.empty(L, dtype=dwt.dtype)
+        lanesum = np.empty(3 * L, dtype=dwt.dtype)
         for f in range(F * job // jobs, F * (job + 1) // jobs):
-            for t in range(T):
-                a0 = a1 = a2 = a3 = z
+            for t0 in range(0, T, 3):  # three taps per pass (the last ones again past T: the same sums)
+                t1, t2 = min(t0 + 1, T - 1), min(t0 + 2, T - 1)
+                a0 = a1 = a2 = z
                 for n in range(N):
-                    xo = (n * C + f // m) * H * W + toff[t]
+                    xo = (n * C + f // m) * H * W
                     do = (n * F + f) * P
-                    for s in range(S - S % 4, S):
-                        a0 = vfma(a0, vloadz(z, df, do + s * L, bits[s, T]), vloadz(z, xf, xo + s * L, bits[s, t]))
-                    for s in range(0, S - S % 4, 4):
-                        a0 = vfma(a0, vloadz(z, df, do + s * L, bits[s, T]), vloadz(z, xf, xo + s * L, bits[s, t]))
-                        a1 = vfma(a1, vloadz(z, df, do + (s + 1) * L, bits[s + 1, T]),
-                                  vloadz(z, xf, xo + (s + 1) * L, bits[s + 1, t]))
-                        a2 = vfma(a2, vloadz(z, df, do + (s + 2) * L, bits[s + 2, T]),
-                                  vloadz(z, xf, xo + (s + 2) * L, bits[s + 2, t]))
-                        a3 = vfma(a3, vloadz(z, df, do + (s + 3) * L, bits[s + 3, T]),
-                                  vloadz(z, xf, xo + (s + 3) * L, bits[s + 3, t]))
-                vstore(lanesum, 0, vadd(vadd(a0, a1), vadd(a2, a3)))
-                dwt[f, t] = lanesum.sum()
+                    for s in range(S):
+                        d = vloadz(z, df, do + s * L, bits[s, T])
+                        o = xo + s * L
+                        a0 = vfma(a0, d, vloadz(z, xf, o + toff[t0], bits[s, t0]))
+                        a1 = vfma(a1, d, vloadz(z, xf, o + toff[t1], bits[s, t1]))
+                        a2 = vfma(a2, d, vloadz(z, xf, o + toff[t2], bits[s, t2]))
+                vstore(lanesum, 0, a0)
+                vstore(lanesum, L, a1)
+                vstore(lanesum, 2 * L, a2)
+                dwt[f, t2] = lanesum[2 * L:].sum()
+                dwt[f, t1] = lanesum[L:2 * L].sum()
+                dwt[f, t0] = lanesum[:L].sum()
