@@ -76,7 +76,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..config import PARALLEL_JIT, SERIAL_JIT
-from .simd import lanes, vadd, vevens, vfma, vfmab, vload, vloadz, vmask, vmax, vstore, vstorez, vziphi, vziplo, vzero
+from .simd import (lanes, vadd, vevens, vfma, vfmab, vload, vloadz, vmask, vmax, vodds, vstore, vstorez, vziphi, vziplo,
+                   vzero)
 
 #: Jobs of the rows kernels: each takes a contiguous range of planes and allocates its buffers once.
 _JOBS = 64
@@ -309,13 +310,27 @@ def depthwise_weight_grad(width, xp, dy, geom, part):
 def _fill_phases(z, x, src, geom, Qs, buf, bo):
     """Copy plane ``x[n, plane]`` (``src = (n, plane)``) into ``buf[bo:]`` zero-padded by ``(ph, pw)`` and split
     by column phase (``geom = (ph, pw, sw)``): ``buf[bo + (r*sw + p)*Qs + q] = xpad[r, q*sw + p]``; the rest of
-    the region is left as it was (zeros). At stride 2 a phase's row is :func:`fastconv.kernels.simd.vevens` of
-    two masked loads per vector (a scalar gather of every other element cost 1 ns each)."""
+    the region is left as it was (zeros). At stride 2 two masked loads of a row give both phases
+    (:func:`fastconv.kernels.simd.vevens`, :func:`fastconv.kernels.simd.vodds`; a scalar gather of every
+    other element cost 1 ns each)."""
     n, plane = src
     ph, pw, sw = geom
     H, W = x.shape[2], x.shape[3]
     L = lanes(z)
     xf = x.reshape(x.size)
+    if sw == 2:  # source column k goes to phase (k + pw) % 2, column (k + pw) // 2
+        for h in range(H):
+            src = ((n * x.shape[1] + plane) * H + h) * W
+            row = bo + (h + ph) * 2 * Qs
+            for k in range(0, W, 2 * L):
+                cnt = min(2 * L, W - k)
+                u = vloadz(z, xf, src + k, (1 << min(L, cnt)) - 1)
+                v = vloadz(z, xf, src + k + L, (1 << max(0, cnt - L)) - 1)
+                e = row + (pw % 2) * Qs + (k + pw) // 2
+                o = row + ((pw + 1) % 2) * Qs + (k + 1 + pw) // 2
+                vstorez(buf, e, vevens(u, v), (1 << ((cnt + 1) // 2)) - 1)
+                vstorez(buf, o, vodds(u, v), (1 << (cnt // 2)) - 1)
+        return
     for p in range(sw):
         q0 = max(0, -(-(pw - p) // sw))  # the first q with q*sw + p - pw >= 0
         q1 = (W - 1 + pw - p) // sw + 1 if W - 1 + pw - p >= 0 else 0
@@ -323,13 +338,6 @@ def _fill_phases(z, x, src, geom, Qs, buf, bo):
             row = bo + ((h + ph) * sw + p) * Qs
             if sw == 1:
                 buf[row + pw:row + pw + W] = x[n, plane, h]
-            elif sw == 2:
-                base = ((n * x.shape[1] + plane) * H + h) * W + p - pw
-                for q in range(q0, q1, L):
-                    cnt = min(L, q1 - q)  # outputs; they read 2*cnt - 1 inputs from base + 2*q
-                    u = vloadz(z, xf, base + 2 * q, (1 << min(L, 2 * cnt - 1)) - 1)
-                    v = vloadz(z, xf, base + 2 * q + L, (1 << max(0, 2 * cnt - 1 - L)) - 1)
-                    vstorez(buf, row + q, vevens(u, v), (1 << cnt) - 1)
             else:
                 srow = x[n, plane, h]
                 for q in range(q0, q1):
@@ -452,7 +460,7 @@ def depthwise_rows_weight_grad(width, x, dy, geom, KH, part):
 
     The job copies ``dy[n, f]`` into rows zero-padded to whole vectors; the lanes past the
     row's end take ``x`` through :func:`fastconv.kernels.simd.vmask` (0, so an infinity
-    there adds nothing). Two FMA chains (even and odd rows).
+    there adds nothing). Three taps per pass over ``dy`` (one load of ``dy`` for three FMA chains).
 
     Parameters
     ----------
@@ -482,11 +490,14 @@ def depthwise_rows_weight_grad(width, x, dy, geom, KH, part):
     Hp = max(H + 2 * ph, (Ho - 1) * sh + (KH - 1) * dh + 1)
     masks = np.zeros(Wv, dtype=part.dtype)
     masks[:Wo] = 1
+    toff = np.empty(T, dtype=np.int64)  # tap t's offset in the buffer
+    for t in range(T):
+        toff[t] = (((t // KW) * dh) * sw + ((t % KW) * dw) % sw) * Qs + ((t % KW) * dw) // sw
     jobs = min(N * C, _JOBS)
     for job in prange(jobs):
         buf = np.zeros(Hp * sw * Qs, dtype=part.dtype)  # zeroed once, as in depthwise_rows_forward
         dyb = np.zeros(Ho * Wv, dtype=part.dtype)
-        lanesum = np.empty(L, dtype=part.dtype)
+        lanesum = np.empty(3 * L, dtype=part.dtype)
         for nc in range(N * C * job // jobs, N * C * (job + 1) // jobs):
             n = nc // C
             c = nc - n * C
@@ -495,22 +506,23 @@ def depthwise_rows_weight_grad(width, x, dy, geom, KH, part):
                 f = c * m + k
                 for oh in range(Ho):
                     dyb[oh * Wv:oh * Wv + Wo] = dy[n, f, oh]
-                for t in range(T):
-                    i = t // KW
-                    off = ((i * dh) * sw + ((t - i * KW) * dw) % sw) * Qs + ((t - i * KW) * dw) // sw
-                    a0 = z
-                    a1 = z
-                    for oh in range(0, Ho, 2):
-                        x0 = oh * sh * sw * Qs + off
-                        pair = oh + 1 < Ho
+                for t0 in range(0, T, 3):  # three taps per pass (the last ones again past T: the same sums)
+                    t1, t2 = min(t0 + 1, T - 1), min(t0 + 2, T - 1)
+                    a0 = a1 = a2 = z
+                    for oh in range(Ho):
+                        x0 = oh * sh * sw * Qs
                         for v in range(nv):
                             mk = vload(z, masks, v * L)
-                            a0 = vfma(a0, vload(z, dyb, oh * Wv + v * L), vmask(vload(z, buf, x0 + v * L), mk))
-                            if pair:
-                                a1 = vfma(a1, vload(z, dyb, (oh + 1) * Wv + v * L),
-                                          vmask(vload(z, buf, x0 + sh * sw * Qs + v * L), mk))
-                    vstore(lanesum, 0, vadd(a0, a1))
-                    part[n, f, t] = lanesum.sum()
+                            d = vload(z, dyb, oh * Wv + v * L)
+                            a0 = vfma(a0, d, vmask(vload(z, buf, x0 + toff[t0] + v * L), mk))
+                            a1 = vfma(a1, d, vmask(vload(z, buf, x0 + toff[t1] + v * L), mk))
+                            a2 = vfma(a2, d, vmask(vload(z, buf, x0 + toff[t2] + v * L), mk))
+                    vstore(lanesum, 0, a0)
+                    vstore(lanesum, L, a1)
+                    vstore(lanesum, 2 * L, a2)
+                    part[n, f, t2] = lanesum[2 * L:].sum()
+                    part[n, f, t1] = lanesum[L:2 * L].sum()
+                    part[n, f, t0] = lanesum[:L].sum()
 
 
 @njit(**SERIAL_JIT, inline="always")

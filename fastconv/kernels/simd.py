@@ -28,7 +28,8 @@ callers guarantee every index):
 - :func:`vloadz(v, a, i, bits)`: ``a[i + l]`` in the lanes ``l`` whose bit is set in the integer ``bits``,
   0 in the others, which are not read (a masked load: the index may point outside ``a`` there);
 - :func:`vstorez(a, i, v, bits)`: ``a[i + l] = v[l]`` for the lanes set in ``bits`` only (a masked store);
-- :func:`vevens(u, v)`: the even lanes of ``u`` followed by those of ``v`` (``a[i:i+2L:2]`` from two loads);
+- :func:`vevens(u, v)`, :func:`vodds(u, v)`: the even (odd) lanes of ``u`` followed by those of ``v``
+  (``a[i:i+2L:2]`` and ``a[i+1:i+2L:2]`` from two loads);
 - :func:`vziplo(u, v)`, :func:`vziphi(u, v)`: ``u[0], v[0], u[1], v[1], ...`` from the low (high) halves
   of ``u`` and ``v``: the inverse of :func:`vevens` (two columns phases written back as one row);
 - :func:`lanes(v)`: ``L``, a compile-time constant;
@@ -41,7 +42,7 @@ from numba.core import cgutils
 from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
 
 __all__ = ["Width", "W512", "W256", "Vec", "vzero", "vload", "vstore", "vfmab", "vfma", "vadd", "vmax", "vmask",
-           "vloadz", "vstorez", "vevens", "vziplo", "vziphi", "lanes", "pow2"]
+           "vloadz", "vstorez", "vevens", "vodds", "vziplo", "vziphi", "lanes", "pow2"]
 
 
 class Width:
@@ -303,18 +304,29 @@ def vstorez(typingctx, a, i, v, bits):
     return types.void(a, i, v, bits), codegen
 
 
+def _strided_lanes(u, first):
+    """The signature and code of lanes ``first, first + 2, ...`` of the concatenation of two vectors ``u``."""
+    if not isinstance(u, VecType):
+        return None
+
+    def codegen(context, builder, sig, args):
+        idx = ir.Constant(ir.VectorType(ir.IntType(32), u.count), [first + 2 * k for k in range(u.count)])
+        return builder.shuffle_vector(args[0], args[1], idx)
+
+    return u(u, u), codegen
+
+
 @intrinsic
 def vevens(typingctx, u, v):
     """Lanes ``0, 2, 4, ...`` of the concatenation ``(u, v)``: with ``u = a[i:i+L]`` and ``v = a[i+L:i+2L]``,
     ``a[i:i+2L:2]`` (one two-source permute on AVX-512)."""
-    if not (isinstance(u, VecType) and u == v):
-        return None
+    return _strided_lanes(u, 0) if u == v else None
 
-    def codegen(context, builder, sig, args):
-        idx = ir.Constant(ir.VectorType(ir.IntType(32), u.count), [2 * k for k in range(u.count)])
-        return builder.shuffle_vector(args[0], args[1], idx)
 
-    return u(u, v), codegen
+@intrinsic
+def vodds(typingctx, u, v):
+    """Lanes ``1, 3, 5, ...`` of the concatenation ``(u, v)``: ``a[i+1:i+2L:2]``."""
+    return _strided_lanes(u, 1) if u == v else None
 
 
 def _zip(u, half):
