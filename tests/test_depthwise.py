@@ -29,7 +29,7 @@ from fastconv import _validation as V
 from fastconv import plan as P
 from fastconv import reference as ref
 from fastconv.kernels import simd
-from fastconv.kernels.simd import lanes, vfma, vload, vmask, vstore, vzero
+from fastconv.kernels.simd import lanes, vfma, vload, vloadz, vmask, vstore, vstorez, vzero
 
 from _layouts import LAYOUTS, relayout
 
@@ -293,3 +293,39 @@ def test_vfma_and_vmask_intrinsics_match_numpy(width, dtype):
     want = np.where(m != 0, exact, 0)
     np.testing.assert_allclose(out, want, rtol=float(np.finfo(dtype).eps) * 4, atol=float(np.finfo(dtype).eps) * 8)
     assert out[3] == 0 and out[5] == 0
+
+
+@njit(cache=False)
+def _masked_and_shuffled(width, a, bits, out):
+    """out[0:L] = vloadz(a[3:], bits), out[L:2L] = vstorez of a[:L] over zeros, then vevens, vodds, vziplo and
+    vziphi of (a[:L], a[L:2L]); the masked load starts 2 elements before ``a`` (lanes 0-1 must be off)."""
+    z = vzero(width, a)
+    L = lanes(z)
+    vstore(out, 0, vloadz(z, a, -2, bits))
+    vstorez(out, L, vload(z, a, 0), bits)
+    u, v = vload(z, a, 0), vload(z, a, L)
+    vstore(out, 2 * L, simd.vevens(u, v))
+    vstore(out, 3 * L, simd.vodds(u, v))
+    vstore(out, 4 * L, simd.vziplo(u, v))
+    vstore(out, 5 * L, simd.vziphi(u, v))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", [pytest.param(simd.Width(n), id=f"{8 * n}bit") for n in (64, 32, 16)])
+def test_masked_and_shuffle_intrinsics_match_numpy(width, dtype):
+    """The masked load and store and the lane shuffles the depthwise kernels use (deinterleaving a stride-2
+    row, writing two column phases back as one row, the padding of the flat-plane kernels)."""
+    L = width.nbytes // np.dtype(dtype).itemsize
+    a = np.arange(1, 2 * L + 1, dtype=dtype)
+    a[1] = np.nan  # a NaN in a masked-off lane stays out
+    bits = sum(1 << k for k in range(2, L) if k % 3 != 1)
+    on = np.array([(bits >> k) & 1 for k in range(L)], dtype=bool)
+    out = np.zeros(6 * L, dtype)
+    _masked_and_shuffled(width, a, bits, out)
+    np.testing.assert_array_equal(out[:L], np.where(on, np.concatenate([[0, 0], a[:L - 2]]), 0))
+    np.testing.assert_array_equal(out[L:2 * L], np.where(on, a[:L], 0))
+    np.testing.assert_array_equal(out[2 * L:3 * L], a[0::2])
+    np.testing.assert_array_equal(out[3 * L:4 * L], a[1::2])
+    zipped = np.empty(2 * L, dtype)
+    zipped[0::2], zipped[1::2] = a[:L], a[L:]
+    np.testing.assert_array_equal(out[4 * L:], zipped)
