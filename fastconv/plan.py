@@ -959,7 +959,8 @@ def _flat_applies(g, L):
 
 @functools.lru_cache(maxsize=1024)
 def _depthwise_plan(geometry, dtype, cpu, threads):
-    """The plan of a depthwise geometry (``groups == C``, any multiplier): NCHW rows on wide maps, else NHWC."""
+    """The plan of a depthwise geometry (``groups == C``, any multiplier): the flat-plane kernels at stride 1
+    with ``Wo == W`` up to ``TUNING.depthwise_flat`` vectors wide, else NCHW rows on wide maps, else NHWC."""
     g = geometry
     L = cpu.lanes(dtype)
 
