@@ -181,7 +181,8 @@ def test_every_tuning_threshold_lives_in_the_plan():
         for name in ("_SHORT_REDUCTION", "_SHORT_ROW", "_BIG_PARTIALS", "SMALL_WORK", "isfinite"):
             assert name not in source, f"fastconv/{module}.py still mentions {name}"
     assert set(vars(P.TUNING)) == {"short_reduction", "short_row", "big_partials", "small_work",
-                                   "depthwise_rows", "depthwise_rows_backward", "strided_pointwise_pixels"}
+                                   "depthwise_rows", "depthwise_rows_backward", "strided_pointwise_pixels",
+                                   "depthwise_flat"}
 
 
 # ---------------------------------------------------------------------------------------
