@@ -320,12 +320,12 @@ def _fill_phases(z, x, src, geom, Qs, buf, bo):
     xf = x.reshape(x.size)
     if sw == 2:  # source column k goes to phase (k + pw) % 2, column (k + pw) // 2
         for h in range(H):
-            src = ((n * x.shape[1] + plane) * H + h) * W
+            first = ((n * x.shape[1] + plane) * H + h) * W
             row = bo + (h + ph) * 2 * Qs
             for k in range(0, W, 2 * L):
                 cnt = min(2 * L, W - k)
-                u = vloadz(z, xf, src + k, (1 << min(L, cnt)) - 1)
-                v = vloadz(z, xf, src + k + L, (1 << max(0, cnt - L)) - 1)
+                u = vloadz(z, xf, first + k, (1 << min(L, cnt)) - 1)
+                v = vloadz(z, xf, first + k + L, (1 << max(0, cnt - L)) - 1)
                 e = row + (pw % 2) * Qs + (k + pw) // 2
                 o = row + ((pw + 1) % 2) * Qs + (k + 1 + pw) // 2
                 vstorez(buf, e, vevens(u, v), (1 << ((cnt + 1) // 2)) - 1)
