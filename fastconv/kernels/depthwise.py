@@ -51,7 +51,8 @@ vector load; the weights are scalars broadcast into the FMA
   into one output plane).
 - :func:`depthwise_rows_input_grad`: the input gradient at any stride as a gather: per
   ``dx`` row and column phase the taps reaching it are fixed, each a contiguous run of
-  ``dy``; the phase's row is written into every ``sw``-th column.
+  ``dy``; the phase's row is written into every ``sw``-th column (:func:`_interleave_row`: at stride
+  2 both phases at once, interleaved in registers).
 - :func:`depthwise_rows_weight_grad`: one dot product per tap and filter of ``dy``'s rows
   with the padded plane, per ``(n, c)`` job; per-image partials, summed by the caller in
   image order (the same result for any thread count).
