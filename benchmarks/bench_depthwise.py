@@ -16,7 +16,8 @@ and write, over its time) against the machine's copy bandwidth (a large ``np.cop
 
     PYTHONPATH=$PWD python benchmarks/bench_depthwise.py [row-name ...]
 
-``BENCH_SECONDS`` (default 2) is the time per measurement. One JSON line per row and pass.
+``BENCH_SECONDS`` (default 2) is the time per measurement. One JSON line per row and pass (on stderr,
+with the strategies that ran); the last lines give the worst ratio of each pass, issue 15's goal being 1.0.
 """
 
 import json
@@ -94,13 +95,15 @@ def main(names):
     rows = [r for r in cases.CONV_DEPTHWISE if r.bench_batch and (not names or r.name in names)]
     rng = np.random.default_rng(0)
     bw = copy_bandwidth()
+    worst_ratio = {}
     print(f"{'row':34} {'pass':9} {'fc 1T ms':>9} {'torch 1T':>9} {'ratio':>6} {'fc 2T ms':>9} {'torch 2T':>9} "
           f"{'ratio':>6} {'fwd GB/s 2T':>11}")
     for row in rows:
         row = row.with_batch(row.bench_batch)
         plan, ops, (xbytes, ybytes) = calls_for(row, rng)
         for name, (ours, theirs) in ops.items():
-            result = {"row": row.name, "pass": name, "strategy": plan.forward.name}
+            result = {"row": row.name, "pass": name, "strategy": plan.forward.name if name == "forward" else
+                      f"{plan.input_grad.name}/{plan.weight_grad.name}"}
             for threads in (1, 2):
                 numba.set_num_threads(threads)
                 torch.set_num_threads(threads)
@@ -115,11 +118,16 @@ def main(names):
                 if name == "forward" else None
             r1 = result["fastconv_1T_ms"] / result["torch_1T_ms"]
             r2 = result["fastconv_2T_ms"] / result["torch_2T_ms"]
+            worst_ratio.setdefault((name, 1), []).append(r1)
+            worst_ratio.setdefault((name, 2), []).append(r2)
             gbs = f"{result['forward_GBps_2T']:.1f}" if result["forward_GBps_2T"] else ""
             print(f"{str(row.name):34} {name:9} {result['fastconv_1T_ms']:9.2f} {result['torch_1T_ms']:9.2f} "
                   f"{r1:6.2f} {result['fastconv_2T_ms']:9.2f} {result['torch_2T_ms']:9.2f} {r2:6.2f} {gbs:>11}")
             print(json.dumps(result), file=sys.stderr)
     print(f"np.copyto bandwidth (read + write, 1 thread): {bw:.1f} GB/s")
+    for name in ("forward", "backward"):  # issue 15's goal: every ratio <= 1.0
+        worst = {t: max(worst_ratio[name, t], default=float("nan")) for t in (1, 2)}
+        print(f"worst {name} ratio (goal <= 1.0): 1T {worst[1]:.2f}, 2T {worst[2]:.2f}")
 
 
 if __name__ == "__main__":

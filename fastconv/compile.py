@@ -34,7 +34,8 @@ CONV_GEOMETRIES = (
     ((2, 16, 5, 20), (3, 16, 3, 3), 1, 1),    # weight gradient by rows
     ((2, 8, 4, 4), (4, 8, 1, 1), 1, 0),       # pointwise matrix products
     ((2, 16, 4, 3), (32, 1, 3, 3), 2, 1, {"groups": 16}),  # depthwise, NHWC (groups 16, 2 filters per channel)
-    ((2, 4, 5, 40), (8, 1, 3, 3), 1, 1, {"groups": 4}),    # depthwise, NCHW rows (wide maps)
+    ((2, 4, 5, 40), (8, 1, 3, 3), 1, 1, {"groups": 4}),    # depthwise, flat planes (stride 1, Wo == W)
+    ((2, 4, 5, 40), (8, 1, 3, 3), 1, 0, {"groups": 4}),    # depthwise, NCHW rows (wide maps, Wo != W)
     ((2, 4, 5, 40), (8, 1, 3, 3), 2, 1, {"groups": 4}),    # depthwise, NCHW rows, the strided input gradient
     ((2, 8, 24, 24), (4, 8, 1, 1), 2, 0),     # 1x1 at stride 2: the subsampled matrix products
     ((2, 40, 9, 10), (17, 40, 1, 1), 2, 0),   # 1x1 at stride 2, small plane: the subsampled vector tiles

@@ -109,6 +109,15 @@ class Tuning:
         ``dy``: 112 x 112 maps 4.5 ms against 11.6, 14 x 14 2.0 against 4.0, 7 x 7 2.9 against
         1.8) and for the strided input gradient (``depthwise_rows_strided``, rows of ``W // sw``
         per column phase: 8 x 96 x 56 x 56 at stride 2 2.9 ms against 5.6, 7 x 7 1.7 against 0.6).
+    depthwise_flat : float
+        A depthwise pass at stride 1 whose output rows are as wide as the input's (``'same'``
+        padding) and at most this many vectors long runs ``depthwise_flat`` (the vector along the
+        flattened plane, masked loads for the padding; forward, input and weight gradients).
+        float32, 512-bit, 1 thread (forward / input / weight gradient, ms; ``benchmarks/NOTES.md``,
+        "Depthwise on narrow maps"): 8 x 384 x 14 x 14 0.46 / 0.45 / 0.52 against the rows kernels'
+        1.31 / 1.33 / 1.99; 8 x 960 x 7 x 7 0.38 / 0.37 / 0.49 against 1.50 / 1.66 / 2.75 (NHWC 2.2 /
+        1.1 / 2.1); 8 x 144 x 56 x 56 2.7 / 2.6 / 3.7 against 4.0 / 4.0 / 5.8; 8 x 32 x 112 x 112 3.0 /
+        3.1 / 3.6 against 3.2 / 3.3 / 4.4; 4 x 16 x 224 x 224 4.5 / 4.6 / 4.9 against 3.2 / 3.3 / 4.2.
     strided_pointwise_pixels : int
         A 1x1 convolution at a stride above 1 (no padding) whose output planes have at least
         this many pixels subsamples ``x`` once and runs the pointwise matrix products
@@ -148,6 +157,7 @@ class Tuning:
     small_work: int = 1 << 18
     depthwise_rows: float = 0.3
     depthwise_rows_backward: float = 0.75
+    depthwise_flat: float = 8.0
     strided_pointwise_pixels: int = 128
     stream_store_bytes: int = 16 << 20
     phase_pixels: int = 64
@@ -962,18 +972,63 @@ def _weight_grad_depthwise_rows(g, x, dy, packed, cpu):
     return part.sum(axis=0).reshape(g.F, 1, g.KH, g.KW)  # partials summed in image order
 
 
+def _flat_geom(g, pad):
+    return tuple(g.dilation) + tuple(pad)
+
+
+@_strategy("conv2d_forward", "depthwise_flat", ["depthwise.depthwise_flat_forward"], Layout.NCHW,
+           "groups == C, stride 1, 'same' width, narrow maps: NCHW, the vector along the flattened plane; each "
+           "tap one masked load (the padding is the lanes left out), no copy of the plane")
+def _forward_depthwise_flat(g, x, w, b, out, cpu, relu=False):
+    packed = Packed(Layout.NCHW, (0, 0), contiguous(x))
+    _run("depthwise.depthwise_flat_forward", cpu.width, packed.array, contiguous(w).reshape(g.F, g.KH, g.KW), b,
+         _flat_geom(g, (g.ph, g.pw)), relu, out, work=out.size * g.KH * g.KW)
+    return packed
+
+
+@_strategy("conv2d_input_grad", "depthwise_flat", ["depthwise.depthwise_flat_forward"], None,
+           "groups == C, stride 1, 'same' width, narrow maps: the flat forward kernel on dy with the rotated "
+           "kernel, each dx plane summing its m filters (the gather when w is not finite)")
+@_finite_weights_rows
+def _input_grad_depthwise_flat(plan, dy, w, dx):
+    g = plan.geometry
+    wt = contiguous(w[:, :, ::-1, ::-1]).reshape(g.F, g.KH, g.KW)
+    _run("depthwise.depthwise_flat_forward", plan.cpu.width, dy, wt, np.zeros(g.C, dtype=dy.dtype),
+         _flat_geom(g, _rows_input_grad_padding(g)), False, dx, work=dy.size * g.KH * g.KW)
+
+
+@_strategy("conv2d_weight_grad", "depthwise_flat", ["depthwise.depthwise_flat_weight_grad"], Layout.NCHW,
+           "groups == C, stride 1, 'same' width, narrow maps: per filter, one dot product per tap of dy's "
+           "flat planes with x's shifted by the tap (masked), every image summed in registers")
+def _weight_grad_depthwise_flat(g, x, dy, packed, cpu):
+    dw = np.empty((g.F, g.KH * g.KW), dtype=dy.dtype)
+    _run("depthwise.depthwise_flat_weight_grad", cpu.width, contiguous(x), dy, _flat_geom(g, (g.ph, g.pw)), g.KH,
+         dw, work=dy.size * g.KH * g.KW)
+    return dw.reshape(g.F, 1, g.KH, g.KW)
+
+
+def _flat_applies(g, L):
+    """The flat-plane kernels compute ``g``: stride 1, output rows as wide as the input's, narrow maps."""
+    return g.sh == g.sw == 1 and g.Wo == g.W and g.Wo <= TUNING.depthwise_flat * L
+
+
 @functools.lru_cache(maxsize=1024)
 def _depthwise_plan(geometry, dtype, cpu, threads):
-    """The plan of a depthwise geometry (``groups == C``, any multiplier): NCHW rows on wide maps, else NHWC."""
+    """The plan of a depthwise geometry (``groups == C``, any multiplier): the flat-plane kernels at stride 1
+    with ``Wo == W`` up to ``TUNING.depthwise_flat`` vectors wide, else NCHW rows on wide maps, else NHWC."""
     g = geometry
     L = cpu.lanes(dtype)
 
+    flat = _flat_applies(g, L)
+
     def pick(op, wide):
-        return STRATEGIES[op, "depthwise_rows" if wide else "depthwise"]
+        return STRATEGIES[op, "depthwise_flat" if flat else "depthwise_rows" if wide else "depthwise"]
 
     wg = pick("conv2d_weight_grad", g.Wo >= TUNING.depthwise_rows_backward * L)
     gather = STRATEGIES["conv2d_input_grad", "depthwise"]
-    if g.sh == g.sw == 1 and min(_rows_input_grad_padding(g)) >= 0 and g.W >= TUNING.depthwise_rows * L:
+    if flat:
+        input_grad = STRATEGIES["conv2d_input_grad", "depthwise_flat"]
+    elif g.sh == g.sw == 1 and min(_rows_input_grad_padding(g)) >= 0 and g.W >= TUNING.depthwise_rows * L:
         input_grad = STRATEGIES["conv2d_input_grad", "depthwise_rows"]
     elif g.W // g.sw >= TUNING.depthwise_rows_backward * L:
         input_grad = STRATEGIES["conv2d_input_grad", "depthwise_rows_strided"]
@@ -1203,7 +1258,7 @@ def _weight_grad_grouped_flat(g, x, dy, packed, cpu):
 #: Input-gradient strategies that multiply only what the reference multiplies (no padding or stride
 #: zeros; the dilation phases' dense plans take care of their own): no non-finite-weight fallback.
 _EXACT_INPUT_GRADS = frozenset({"pointwise_strided", "grouped_gather", "dilation_phases", "grouped_flat",
-                                "depthwise", "depthwise_rows", "depthwise_rows_strided"})
+                                "depthwise", "depthwise_rows", "depthwise_rows_strided", "depthwise_flat"})
 
 
 def _general_plan(g, dtype, cpu, threads):

@@ -1,8 +1,9 @@
 """Depthwise convolution (``groups == C``, any channel multiplier): the plan's kernels against independent answers.
 
-Both kernel families run here: ``depthwise`` (NHWC, the vector over channels) and
+The three kernel families run here: ``depthwise`` (NHWC, the vector over channels),
 ``depthwise_rows`` (NCHW, the vector along the rows; ``depthwise_rows_strided`` for the input
-gradient where the stride-1 form does not apply), each at both register widths (the
+gradient where the stride-1 form does not apply) and ``depthwise_flat`` (NCHW, the vector along
+the flattened plane, masked loads; stride 1 with ``Wo == W`` only), each at both register widths (the
 512-bit plan of this machine and the 256-bit AVX2 one, as ``test_vector.py`` does), in
 float32 and float64, against
 
@@ -28,14 +29,14 @@ from fastconv import _validation as V
 from fastconv import plan as P
 from fastconv import reference as ref
 from fastconv.kernels import simd
-from fastconv.kernels.simd import lanes, vfma, vload, vmask, vstore, vzero
+from fastconv.kernels.simd import lanes, vfma, vload, vloadz, vmask, vstore, vstorez, vzero
 
 from _layouts import LAYOUTS, relayout
 
 CPUS = [pytest.param(P.CPU("512-bit", 64), id="512bit"), pytest.param(P.CPU("256-bit", 32), id="256bit")]
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 TOL = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-12}
-FAMILIES = ("depthwise", "depthwise_rows")
+FAMILIES = ("depthwise", "depthwise_rows", "depthwise_flat")
 
 #: (N, C, H, W, m, K, stride, padding, dilation): narrow maps (the NHWC kernels) and wide ones (the rows).
 CASES = [
@@ -45,6 +46,7 @@ CASES = [
     (1, 40, 7, 9, 1, 5, 3, 2, 1),
     (2, 4, 5, 40, 2, 3, 1, 1, 1),
     (1, 3, 9, 37, 1, 5, (1, 2), (2, 0), (2, 1)),
+    (2, 5, 6, 8, 3, 3, 1, (1, 2), 2),  # the flat kernels: rows as wide as the input's, Ho != H, dilated
 ]
 
 
@@ -85,6 +87,10 @@ def _with(plan, family):
     """``plan`` with every conv pass on ``family`` (where that family computes the pass)."""
     import dataclasses
 
+    g = plan.geometry
+    if family == "depthwise_flat" and not (g.sh == g.sw == 1 and g.Wo == g.W):
+        pytest.skip("the flat kernels compute stride 1 with Wo == W only")
+
     def pick(op, current):
         if op == "conv2d_input_grad" and family == "depthwise_rows":
             g = plan.geometry
@@ -99,11 +105,17 @@ def _with(plan, family):
 
 
 def test_depthwise_geometries_take_the_depthwise_plan():
-    narrow, wide = _plan(CASES[1], np.float32, P.CPU("t", 64)), _plan(CASES[4], np.float32, P.CPU("t", 64))
+    narrow, wide = _plan(CASES[1], np.float32, P.CPU("t", 64)), _plan(CASES[5], np.float32, P.CPU("t", 64))
     assert (narrow.forward.name, narrow.input_grad.name, narrow.weight_grad.name) == ("depthwise",) * 3
-    assert (wide.forward.name, wide.input_grad.name, wide.weight_grad.name) == ("depthwise_rows",) * 3
+    assert (wide.forward.name, wide.input_grad.name, wide.weight_grad.name) == \
+        ("depthwise_rows", "depthwise_rows_strided", "depthwise_rows")
     assert wide.bias_grad.name == "plane_sums"
     assert "depthwise_rows" in wide.explain() and "groups == C" in wide.explain()
+    for case in (CASES[0], CASES[4]):  # stride 1, 'same' width, 9 and 40 wide: the flat kernels
+        same = _plan(case, np.float32, P.CPU("t", 64))
+        assert (same.forward.name, same.input_grad.name, same.weight_grad.name) == ("depthwise_flat",) * 3
+    wider = _plan((1, 2, 3, 200, 1, 3, 1, 1, 1), np.float32, P.CPU("t", 64))  # 200 > 8 vectors: the rows
+    assert (wider.forward.name, wider.input_grad.name, wider.weight_grad.name) == ("depthwise_rows",) * 3
     # groups == C == 1 is a dense convolution: the dense strategies
     assert _plan((2, 1, 7, 9, 2, 3, 1, 1, 1), np.float32).forward.name not in FAMILIES
 
@@ -281,3 +293,39 @@ def test_vfma_and_vmask_intrinsics_match_numpy(width, dtype):
     want = np.where(m != 0, exact, 0)
     np.testing.assert_allclose(out, want, rtol=float(np.finfo(dtype).eps) * 4, atol=float(np.finfo(dtype).eps) * 8)
     assert out[3] == 0 and out[5] == 0
+
+
+@njit(cache=False)
+def _masked_and_shuffled(width, a, bits, out):
+    """out[0:L] = vloadz(a[3:], bits), out[L:2L] = vstorez of a[:L] over zeros, then vevens, vodds, vziplo and
+    vziphi of (a[:L], a[L:2L]); the masked load starts 2 elements before ``a`` (lanes 0-1 must be off)."""
+    z = vzero(width, a)
+    L = lanes(z)
+    vstore(out, 0, vloadz(z, a, -2, bits))
+    vstorez(out, L, vload(z, a, 0), bits)
+    u, v = vload(z, a, 0), vload(z, a, L)
+    vstore(out, 2 * L, simd.vevens(u, v))
+    vstore(out, 3 * L, simd.vodds(u, v))
+    vstore(out, 4 * L, simd.vziplo(u, v))
+    vstore(out, 5 * L, simd.vziphi(u, v))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", [pytest.param(simd.Width(n), id=f"{8 * n}bit") for n in (64, 32, 16)])
+def test_masked_and_shuffle_intrinsics_match_numpy(width, dtype):
+    """The masked load and store and the lane shuffles the depthwise kernels use (deinterleaving a stride-2
+    row, writing two column phases back as one row, the padding of the flat-plane kernels)."""
+    L = width.nbytes // np.dtype(dtype).itemsize
+    a = np.arange(1, 2 * L + 1, dtype=dtype)
+    a[1] = np.nan  # a NaN in a masked-off lane stays out
+    bits = sum(1 << k for k in range(2, L) if k % 3 != 1)
+    on = np.array([(bits >> k) & 1 for k in range(L)], dtype=bool)
+    out = np.zeros(6 * L, dtype)
+    _masked_and_shuffled(width, a, bits, out)
+    np.testing.assert_array_equal(out[:L], np.where(on, np.concatenate([[0, 0], a[:L - 2]]), 0))
+    np.testing.assert_array_equal(out[L:2 * L], np.where(on, a[:L], 0))
+    np.testing.assert_array_equal(out[2 * L:3 * L], a[0::2])
+    np.testing.assert_array_equal(out[3 * L:4 * L], a[1::2])
+    zipped = np.empty(2 * L, dtype)
+    zipped[0::2], zipped[1::2] = a[:L], a[L:]
+    np.testing.assert_array_equal(out[4 * L:], zipped)

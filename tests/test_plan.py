@@ -183,7 +183,8 @@ def test_every_tuning_threshold_lives_in_the_plan():
     assert set(vars(P.TUNING)) == {"short_reduction", "short_row", "big_partials", "small_work",
                                    "depthwise_rows", "depthwise_rows_backward", "strided_pointwise_pixels",
                                    "stream_store_bytes",
-                                   "phase_pixels", "phases_narrow_filters", "strided_pointwise_channels"}
+                                   "phase_pixels", "phases_narrow_filters", "strided_pointwise_channels",
+                                   "depthwise_flat"}
 
 
 # ---------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ module             kernels
 ``flat``           ``flat_forward``, ``flat_weight_grad``, ``flat_bias_grad``
 ``filter_vector``  ``filter_vector_forward``
 ``depthwise``      ``depthwise_pack``, ``depthwise_forward``, ``depthwise_input_grad``, ``depthwise_weight_grad``,
-                   ``depthwise_rows_forward``, ``depthwise_rows_input_grad``, ``depthwise_rows_weight_grad``
+                   ``depthwise_rows_forward``, ``depthwise_rows_input_grad``, ``depthwise_rows_weight_grad``,
+                   ``depthwise_flat_forward``, ``depthwise_flat_weight_grad``
 ``grouped``        ``grouped_forward``, ``grouped_input_grad``, ``grouped_weight_grad`` (groups, dilation, strided)
 ``phases``         ``phases_weights``, ``phases_input_grad`` (the strided input gradient, every stride phase in one launch)
 ``matmul``         ``matmul_nn``, ``matmul_nt``

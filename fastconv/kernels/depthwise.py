@@ -51,17 +51,34 @@ vector load; the weights are scalars broadcast into the FMA
   into one output plane).
 - :func:`depthwise_rows_input_grad`: the input gradient at any stride as a gather: per
   ``dx`` row and column phase the taps reaching it are fixed, each a contiguous run of
-  ``dy``; the phase's row is written into every ``sw``-th column.
+  ``dy``; the phase's row is written into every ``sw``-th column (:func:`_interleave_row`: at stride
+  2 both phases at once, interleaved in registers).
 - :func:`depthwise_rows_weight_grad`: one dot product per tap and filter of ``dy``'s rows
   with the padded plane, per ``(n, c)`` job; per-image partials, summed by the caller in
   image order (the same result for any thread count).
+
+Flat planes
+-----------
+On narrow maps (14 x 14, 7 x 7) the rows kernels pay per plane (the copy, vectors of 7 or 14
+lanes out of 16, a scalar write-back): 3.5 GB/s. At stride 1 with ``Wo == W`` (``'same'``
+padding) output ``p = oh*W + ow`` of the flattened plane reads tap ``(i, j)`` at
+``p + (i*dh - ph)*W + j*dw - pw`` of the flattened input plane, a constant offset, so the
+vector runs along the whole plane (a 7 x 7 plane is 4 vectors) and each tap is one masked
+load (:func:`fastconv.kernels.simd.vloadz`) whose lanes in the padding are left out, never
+read (:func:`_flat_taps` tabulates them); no copy of the plane.
+
+- :func:`depthwise_flat_forward`: the forward pass and, with ``dy`` and the rotated kernel,
+  the stride-1 input gradient; tiles of 4 vectors, :func:`_flat_store` at the plane's end.
+- :func:`depthwise_flat_weight_grad`: per filter and tap one dot product of ``dy``'s flat
+  planes with ``x``'s shifted by the tap, every image summed in registers: no partials.
 """
 
 import numpy as np
 from numba import njit, prange
 
 from ..config import PARALLEL_JIT, SERIAL_JIT
-from .simd import lanes, vadd, vfma, vfmab, vload, vmask, vmax, vstore, vzero
+from .simd import (lanes, vadd, vevens, vfma, vfmab, vload, vloadz, vmask, vmax, vodds, vstore, vstorez, vziphi, vziplo,
+                   vzero)
 
 #: Jobs of the rows kernels: each takes a contiguous range of planes and allocates its buffers once.
 _JOBS = 64
@@ -291,22 +308,41 @@ def depthwise_weight_grad(width, xp, dy, geom, part):
 
 
 @njit(**SERIAL_JIT, inline="always")
-def _fill_phases(x, n, plane, pad, sw, Qs, buf, bo):
-    """Copy plane ``x[n, plane]`` into ``buf[bo:]`` zero-padded by ``pad`` and split by column phase:
-    ``buf[bo + (r*sw + p)*Qs + q] = xpad[r, q*sw + p]``; the rest of the region is left as it was (zeros)."""
-    ph, pw = pad
+def _fill_phases(z, x, src, geom, Qs, buf, bo):
+    """Copy plane ``x[n, plane]`` (``src = (n, plane)``) into ``buf[bo:]`` zero-padded by ``(ph, pw)`` and split
+    by column phase (``geom = (ph, pw, sw)``): ``buf[bo + (r*sw + p)*Qs + q] = xpad[r, q*sw + p]``; the rest of
+    the region is left as it was (zeros). At stride 2 two masked loads of a row give both phases
+    (:func:`fastconv.kernels.simd.vevens`, :func:`fastconv.kernels.simd.vodds`; a scalar gather of every
+    other element cost 1 ns each)."""
+    n, plane = src
+    ph, pw, sw = geom
     H, W = x.shape[2], x.shape[3]
+    L = lanes(z)
+    xf = x.reshape(x.size)
+    if sw == 2:  # source column k goes to phase (k + pw) % 2, column (k + pw) // 2
+        for h in range(H):
+            first = ((n * x.shape[1] + plane) * H + h) * W
+            row = bo + (h + ph) * 2 * Qs
+            for k in range(0, W, 2 * L):
+                cnt = min(2 * L, W - k)
+                u = vloadz(z, xf, first + k, (1 << min(L, cnt)) - 1)
+                v = vloadz(z, xf, first + k + L, (1 << max(0, cnt - L)) - 1)
+                e = row + (pw % 2) * Qs + (k + pw) // 2
+                o = row + ((pw + 1) % 2) * Qs + (k + 1 + pw) // 2
+                vstorez(buf, e, vevens(u, v), (1 << ((cnt + 1) // 2)) - 1)
+                vstorez(buf, o, vodds(u, v), (1 << (cnt // 2)) - 1)
+        return
     for p in range(sw):
         q0 = max(0, -(-(pw - p) // sw))  # the first q with q*sw + p - pw >= 0
         q1 = (W - 1 + pw - p) // sw + 1 if W - 1 + pw - p >= 0 else 0
         for h in range(H):
-            src = x[n, plane, h]
             row = bo + ((h + ph) * sw + p) * Qs
             if sw == 1:
-                buf[row + pw:row + pw + W] = src
+                buf[row + pw:row + pw + W] = x[n, plane, h]
             else:
+                srow = x[n, plane, h]
                 for q in range(q0, q1):
-                    buf[row + q] = src[q * sw + p - pw]
+                    buf[row + q] = srow[q * sw + p - pw]
 
 
 @njit(**SERIAL_JIT)
@@ -399,7 +435,7 @@ def depthwise_rows_forward(width, x, wt, b, geom, relu, out):
             n = gj // (CI // mi)
             g = gj - n * (CI // mi)
             for ii in range(mi):
-                _fill_phases(x, n, g * mi + ii, (ph, pw), sw, Qs, buf, ii * plane)
+                _fill_phases(z, x, (n, g * mi + ii), (ph, pw, sw), Qs, buf, ii * plane)
             for o in range(mo):
                 f = g * mo + o
                 init = (vfmab(z, one, b, f), relu)
@@ -425,7 +461,7 @@ def depthwise_rows_weight_grad(width, x, dy, geom, KH, part):
 
     The job copies ``dy[n, f]`` into rows zero-padded to whole vectors; the lanes past the
     row's end take ``x`` through :func:`fastconv.kernels.simd.vmask` (0, so an infinity
-    there adds nothing). Two FMA chains (even and odd rows).
+    there adds nothing). Three taps per pass over ``dy`` (one load of ``dy`` for three FMA chains).
 
     Parameters
     ----------
@@ -455,35 +491,58 @@ def depthwise_rows_weight_grad(width, x, dy, geom, KH, part):
     Hp = max(H + 2 * ph, (Ho - 1) * sh + (KH - 1) * dh + 1)
     masks = np.zeros(Wv, dtype=part.dtype)
     masks[:Wo] = 1
+    toff = np.empty(T, dtype=np.int64)  # tap t's offset in the buffer
+    for t in range(T):
+        toff[t] = (((t // KW) * dh) * sw + ((t % KW) * dw) % sw) * Qs + ((t % KW) * dw) // sw
     jobs = min(N * C, _JOBS)
     for job in prange(jobs):
         buf = np.zeros(Hp * sw * Qs, dtype=part.dtype)  # zeroed once, as in depthwise_rows_forward
         dyb = np.zeros(Ho * Wv, dtype=part.dtype)
-        lanesum = np.empty(L, dtype=part.dtype)
+        lanesum = np.empty(3 * L, dtype=part.dtype)
         for nc in range(N * C * job // jobs, N * C * (job + 1) // jobs):
             n = nc // C
             c = nc - n * C
-            _fill_phases(x, n, c, (ph, pw), sw, Qs, buf, 0)
+            _fill_phases(z, x, (n, c), (ph, pw, sw), Qs, buf, 0)
             for k in range(m):
                 f = c * m + k
                 for oh in range(Ho):
                     dyb[oh * Wv:oh * Wv + Wo] = dy[n, f, oh]
-                for t in range(T):
-                    i = t // KW
-                    off = ((i * dh) * sw + ((t - i * KW) * dw) % sw) * Qs + ((t - i * KW) * dw) // sw
-                    a0 = z
-                    a1 = z
-                    for oh in range(0, Ho, 2):
-                        x0 = oh * sh * sw * Qs + off
-                        pair = oh + 1 < Ho
+                for t0 in range(0, T, 3):  # three taps per pass (the last ones again past T: the same sums)
+                    t1, t2 = min(t0 + 1, T - 1), min(t0 + 2, T - 1)
+                    a0 = a1 = a2 = z
+                    for oh in range(Ho):
+                        x0 = oh * sh * sw * Qs
                         for v in range(nv):
                             mk = vload(z, masks, v * L)
-                            a0 = vfma(a0, vload(z, dyb, oh * Wv + v * L), vmask(vload(z, buf, x0 + v * L), mk))
-                            if pair:
-                                a1 = vfma(a1, vload(z, dyb, (oh + 1) * Wv + v * L),
-                                          vmask(vload(z, buf, x0 + sh * sw * Qs + v * L), mk))
-                    vstore(lanesum, 0, vadd(a0, a1))
-                    part[n, f, t] = lanesum.sum()
+                            d = vload(z, dyb, oh * Wv + v * L)
+                            a0 = vfma(a0, d, vmask(vload(z, buf, x0 + toff[t0] + v * L), mk))
+                            a1 = vfma(a1, d, vmask(vload(z, buf, x0 + toff[t1] + v * L), mk))
+                            a2 = vfma(a2, d, vmask(vload(z, buf, x0 + toff[t2] + v * L), mk))
+                    vstore(lanesum, 0, a0)
+                    vstore(lanesum, L, a1)
+                    vstore(lanesum, 2 * L, a2)
+                    part[n, f, t2] = lanesum[2 * L:].sum()
+                    part[n, f, t1] = lanesum[L:2 * L].sum()
+                    part[n, f, t0] = lanesum[:L].sum()
+
+
+@njit(**SERIAL_JIT, inline="always")
+def _interleave_row(z, acc, sw, W, out, o):
+    """``out[o + rw + sw*u] = acc[rw*Uv + u]`` for the ``W`` columns of a row held phase by phase
+    (``Uv = acc.size // sw``, whole vectors); at stride 2 two :func:`fastconv.kernels.simd.vziplo` /
+    :func:`fastconv.kernels.simd.vziphi` stores per vector of each phase instead of a scalar scatter."""
+    L = lanes(z)
+    Uv = acc.size // sw
+    if sw == 2 and W > 1:
+        for u0 in range(0, min(Uv, (W + 1) // 2), L):
+            a0, a1 = vload(z, acc, u0), vload(z, acc, Uv + u0)
+            k = W - 2 * u0  # columns left from 2*u0 on
+            _flat_store(out, o + 2 * u0, vziplo(a0, a1), (1 << min(L, k)) - 1)
+            _flat_store(out, o + 2 * u0 + L, vziphi(a0, a1), (1 << max(0, min(L, k - L))) - 1)
+        return
+    for rw in range(min(sw, W)):
+        for u in range((W - rw + sw - 1) // sw):
+            out[o + rw + sw * u] = acc[rw * Uv + u]
 
 
 @njit(**PARALLEL_JIT)
@@ -543,10 +602,11 @@ def depthwise_rows_input_grad(width, dy, wt, geom, KH, dx):
                     toff[r, count[r]] = k * plane + (a // sh) * R + PL + b // sw
                     tw[r, count[r]] = k * T + t
                     count[r] += 1
+    dxf = dx.reshape(dx.size)
     jobs = min(N * C, _JOBS)
     for job in prange(jobs):
         buf = np.zeros(m * plane, dtype=wf.dtype)  # zeroed once: the border is never written
-        acc = np.empty(Uv, dtype=wf.dtype)
+        acc = np.empty(sw * Uv, dtype=wf.dtype)  # the row, phase by phase
         for nc in range(N * C * job // jobs, N * C * (job + 1) // jobs):
             n = nc // C
             c = nc - n * C
@@ -563,7 +623,174 @@ def depthwise_rows_input_grad(width, dy, wt, geom, KH, dx):
                         v = z
                         for e in range(count[r]):
                             v = vfmab(v, vload(z, buf, base + toff[r, e] + u0), wf, c * m * T + tw[r, e])
-                        vstore(acc, u0, v)
-                    drow = dx[n, c, h]
-                    for u in range((W - rw + sw - 1) // sw):
-                        drow[rw + sw * u] = acc[u]
+                        vstore(acc, rw * Uv + u0, v)
+                _interleave_row(z, acc, sw, W, dxf, ((n * C + c) * H + h) * W)
+
+
+@njit(**SERIAL_JIT)
+def _flat_taps(geom, shape, L, S):
+    """Offsets and lane masks of the flat-plane kernels: output ``p = oh*W + ow`` (``ow < W``) of a plane
+    ``(H, W)`` reads tap ``t = (i, j)`` at ``p + toff[t]``, valid in the lanes set in ``bits[s, t]`` of the
+    vector ``s`` (outputs ``s*L .. s*L + L - 1``); ``bits[s, T]``: the lanes inside the ``Ho * W`` outputs.
+
+    ``geom = (dh, dw, ph, pw, KH, KW)``, ``shape = (H, W, Ho)``; ``S`` vectors (the ones past the
+    plane get no lane)."""
+    dh, dw, ph, pw, KH, KW = geom
+    H, W, Ho = shape
+    T = KH * KW
+    toff = np.empty(T, dtype=np.int64)
+    for t in range(T):
+        toff[t] = ((t // KW) * dh - ph) * W + (t % KW) * dw - pw
+    bits = np.zeros((S, T + 1), dtype=np.int64)
+    for p in range(min(S * L, Ho * W)):
+        s = p // L
+        bits[s, T] |= 1 << (p - s * L)
+        for t in range(T):
+            u = p // W + (t // KW) * dh - ph
+            v = p % W + (t % KW) * dw - pw
+            if u >= 0 and u < H and v >= 0 and v < W:
+                bits[s, t] |= 1 << (p - s * L)
+    return toff, bits
+
+
+@njit(**SERIAL_JIT, inline="always")
+def _flat_store(a, i, v, bits):
+    """``a[i + l] = v[l]`` for the lanes set in ``bits``: a plain store when all are (a masked store costs
+    more), nothing when none is."""
+    if bits == (1 << lanes(v)) - 1:
+        vstore(a, i, v)
+    elif bits != 0:
+        vstorez(a, i, v, bits)
+
+
+@njit(**PARALLEL_JIT)
+def depthwise_flat_forward(width, x, wt, b, geom, relu, out):
+    """NCHW depthwise correlation at stride 1 with ``Wo == W``, the vector along the flattened plane.
+
+    Output ``p = oh*W + ow`` reads tap ``(i, j)`` at ``p + (i*dh - ph)*W + j*dw - pw`` of the same
+    flat plane: one masked load per tap and vector (:func:`_flat_taps`, the padding is the lanes
+    left out, never read), no copy of the plane, whole vectors across its rows (a 7 x 7 plane is 4
+    vectors, not 7 of 7 lanes each), masked stores at the plane's end. Groups as in
+    :func:`depthwise_rows_forward` (``mi`` input and ``mo`` output planes: the forward pass and the
+    stride-1 input gradient); register tiles of 4 vectors.
+
+    Parameters
+    ----------
+    width : fastconv.kernels.simd.Width
+    x : (N, G*mi, H, W) array
+        NCHW, C-contiguous.
+    wt : (G*mo*mi, KH, KW) array
+    b : (G*mo,) array
+    geom : (int, int, int, int)
+        ``(dh, dw, ph, pw)``: dilation and padding (``Wo == W``: ``2*pw == (KW-1)*dw``).
+    relu : bool
+        ``max(y, 0)`` (NaN kept).
+    out : (N, G*mo, Ho, W) array
+        NCHW, C-contiguous, fully overwritten.
+    """
+    N, CI, H, W = x.shape
+    CO, Ho = out.shape[1], out.shape[2]
+    KH, KW = wt.shape[1], wt.shape[2]
+    T = KH * KW
+    mi = wt.shape[0] // CO
+    mo = CO * mi // CI
+    wf = wt.reshape(wt.size)
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    z = vzero(width, wf)
+    L = lanes(z)
+    P = Ho * W
+    S = (P + L - 1) // L
+    toff, bits = _flat_taps(geom + (KH, KW), (H, W, Ho), L, S)
+    one = vload(z, np.ones(L, dtype=wf.dtype), 0)
+    G = CI // mi
+    jobs = min(N * G, _JOBS)
+    for job in prange(jobs):
+        for gj in range(N * G * job // jobs, N * G * (job + 1) // jobs):
+            n = gj // G
+            g = gj - n * G
+            for o in range(mo):
+                f = g * mo + o
+                bias = vfmab(z, one, b, f)
+                for s in range(0, S - S % 4, 4):
+                    a0 = a1 = a2 = a3 = bias
+                    for ii in range(mi):
+                        xb = ((n * CI + g * mi + ii) * H * W) + s * L
+                        for t in range(T):
+                            xo = xb + toff[t]
+                            wi = (f * mi + ii) * T + t
+                            a0 = vfmab(a0, vloadz(z, xf, xo, bits[s, t]), wf, wi)
+                            a1 = vfmab(a1, vloadz(z, xf, xo + L, bits[s + 1, t]), wf, wi)
+                            a2 = vfmab(a2, vloadz(z, xf, xo + 2 * L, bits[s + 2, t]), wf, wi)
+                            a3 = vfmab(a3, vloadz(z, xf, xo + 3 * L, bits[s + 3, t]), wf, wi)
+                    if relu:
+                        a0, a1, a2, a3 = vmax(a0, z), vmax(a1, z), vmax(a2, z), vmax(a3, z)
+                    ob = (n * CO + f) * P + s * L
+                    _flat_store(of, ob, a0, bits[s, T])
+                    _flat_store(of, ob + L, a1, bits[s + 1, T])
+                    _flat_store(of, ob + 2 * L, a2, bits[s + 2, T])
+                    _flat_store(of, ob + 3 * L, a3, bits[s + 3, T])
+                for s in range(S - S % 4, S):  # the last 1-3 vectors one by one
+                    a0 = bias
+                    for ii in range(mi):
+                        for t in range(T):
+                            a0 = vfmab(a0, vloadz(z, xf, (n * CI + g * mi + ii) * H * W + s * L + toff[t], bits[s, t]),
+                                       wf, (f * mi + ii) * T + t)
+                    _flat_store(of, (n * CO + f) * P + s * L, vmax(a0, z) if relu else a0, bits[s, T])
+
+
+@njit(**PARALLEL_JIT)
+def depthwise_flat_weight_grad(width, x, dy, geom, KH, dwt):
+    """``dwt[f, t] = sum_{n, p} dy[n, f, p] * x[n, f // m, p + toff[t]]`` over the flat planes (stride 1,
+    ``Wo == W``; :func:`_flat_taps`: a tap's lanes in the padding are 0 and not read), one job per range
+    of filters, every image summed in registers (three taps per pass over ``dy``: one load of ``dy``
+    for three FMA chains) and one horizontal sum per tap: no partials, the same result for any
+    thread count.
+
+    Parameters
+    ----------
+    width : fastconv.kernels.simd.Width
+    x : (N, C, H, W) array
+        NCHW, C-contiguous.
+    dy : (N, C*m, Ho, W) array
+        NCHW, C-contiguous.
+    geom : (int, int, int, int)
+        ``(dh, dw, ph, pw)``.
+    KH : int
+        Kernel height.
+    dwt : (C*m, KH*KW) array
+        Fully overwritten.
+    """
+    N, C, H, W = x.shape
+    F, Ho = dy.shape[1], dy.shape[2]
+    T = dwt.shape[1]
+    m = F // C
+    xf = x.reshape(x.size)
+    df = dy.reshape(dy.size)
+    z = vzero(width, xf)
+    L = lanes(z)
+    P = Ho * W
+    S = (P + L - 1) // L
+    toff, bits = _flat_taps(geom + (KH, T // KH), (H, W, Ho), L, S)
+    jobs = min(F, _JOBS)
+    for job in prange(jobs):
+        lanesum = np.empty(3 * L, dtype=dwt.dtype)
+        for f in range(F * job // jobs, F * (job + 1) // jobs):
+            for t0 in range(0, T, 3):  # three taps per pass (the last ones again past T: the same sums)
+                t1, t2 = min(t0 + 1, T - 1), min(t0 + 2, T - 1)
+                a0 = a1 = a2 = z
+                for n in range(N):
+                    xo = (n * C + f // m) * H * W
+                    do = (n * F + f) * P
+                    for s in range(S):
+                        d = vloadz(z, df, do + s * L, bits[s, T])
+                        o = xo + s * L
+                        a0 = vfma(a0, d, vloadz(z, xf, o + toff[t0], bits[s, t0]))
+                        a1 = vfma(a1, d, vloadz(z, xf, o + toff[t1], bits[s, t1]))
+                        a2 = vfma(a2, d, vloadz(z, xf, o + toff[t2], bits[s, t2]))
+                vstore(lanesum, 0, a0)
+                vstore(lanesum, L, a1)
+                vstore(lanesum, 2 * L, a2)
+                dwt[f, t2] = lanesum[2 * L:].sum()
+                dwt[f, t1] = lanesum[L:2 * L].sum()
+                dwt[f, t0] = lanesum[:L].sum()

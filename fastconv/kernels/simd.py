@@ -32,6 +32,13 @@ callers guarantee every index):
 - :func:`stream_fence()`: a store fence (``sfence`` on x86), ordering the non-temporal stores before it;
 - :func:`vmask(v, m)`: ``v`` where ``m`` is non-zero, else 0 (a select: an infinity or NaN of ``v``
   in a masked-off lane is dropped, not multiplied by 0);
+- :func:`vloadz(v, a, i, bits)`: ``a[i + l]`` in the lanes ``l`` whose bit is set in the integer ``bits``,
+  0 in the others, which are not read (a masked load: the index may point outside ``a`` there);
+- :func:`vstorez(a, i, v, bits)`: ``a[i + l] = v[l]`` for the lanes set in ``bits`` only (a masked store);
+- :func:`vevens(u, v)`, :func:`vodds(u, v)`: the even (odd) lanes of ``u`` followed by those of ``v``
+  (``a[i:i+2L:2]`` and ``a[i+1:i+2L:2]`` from two loads);
+- :func:`vziplo(u, v)`, :func:`vziphi(u, v)`: ``u[0], v[0], u[1], v[1], ...`` from the low (high) halves
+  of ``u`` and ``v``: the inverse of :func:`vevens` (two columns phases written back as one row);
 - :func:`lanes(v)`: ``L``, a compile-time constant;
 - :func:`pow2(k)`: ``2.0 ** k`` for an integral float ``k``, from the exponent bits (scalar, vectorisable).
 """
@@ -42,7 +49,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
 
-__all__ = ["Width", "W512", "W256", "Vec", "vzero", "vload", "vstore", "vfmab", "vfma", "vadd", "vmax", "vmask", "lanes", "pow2",
+__all__ = ["Width", "W512", "W256", "Vec", "vzero", "vload", "vstore", "vfmab", "vfma", "vadd", "vmax", "vmask",
+           "vloadz", "vstorez", "vevens", "vodds", "vziplo", "vziphi", "lanes", "pow2",
            "vsub", "vsplat", "vstream", "misaligned", "stream_fence"]
 
 
@@ -334,6 +342,101 @@ def vmask(typingctx, v, m):
         return builder.select(builder.fcmp_unordered("une", args[1], zero), args[0], zero)
 
     return v(v, m), codegen
+
+
+def _lane_bits(builder, bits, count):
+    """The low ``count`` bits of the integer ``bits`` as an LLVM ``<count x i1>`` mask."""
+    b = builder.trunc(bits, ir.IntType(count)) if bits.type.width > count else builder.zext(bits, ir.IntType(count))
+    return builder.bitcast(b, ir.VectorType(ir.IntType(1), count))
+
+
+def _masked(builder, what, vty, args):
+    """A call of ``llvm.masked.<what>`` (``load`` or ``store``) on vectors of type ``vty``."""
+    name = f"llvm.masked.{what}.v{vty.count}{'f32' if isinstance(vty.element, ir.FloatType) else 'f64'}.p0"
+    types_ = [a.type for a in args]
+    ret = vty if what == "load" else ir.VoidType()
+    return builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, types_), name), args)
+
+
+@intrinsic
+def vloadz(typingctx, v, a, i, bits):
+    """``a[i + l]`` in the lanes ``l`` set in ``bits``, 0 in the others (not read: no fault past ``a``'s ends)."""
+    if not (_vector_access(v, a, i) and isinstance(bits, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _vector_ptr(context, builder, v, sig.args[1], args[1], sig.args[2], args[2])
+        vty = context.get_value_type(v)
+        align = ir.Constant(ir.IntType(32), a.dtype.bitwidth // 8)
+        return _masked(builder, "load", vty, [p, align, _lane_bits(builder, args[3], v.count), ir.Constant(vty, None)])
+
+    return v(v, a, i, bits), codegen
+
+
+@intrinsic
+def vstorez(typingctx, a, i, v, bits):
+    """``a[i + l] = v[l]`` for the lanes ``l`` set in ``bits``; the others are not touched."""
+    if not (_vector_access(v, a, i) and isinstance(bits, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _vector_ptr(context, builder, v, sig.args[0], args[0], sig.args[1], args[1])
+        align = ir.Constant(ir.IntType(32), a.dtype.bitwidth // 8)
+        _masked(builder, "store", context.get_value_type(v), [args[2], p, align,
+                                                             _lane_bits(builder, args[3], v.count)])
+        return context.get_dummy_value()
+
+    return types.void(a, i, v, bits), codegen
+
+
+def _strided_lanes(u, first):
+    """The signature and code of lanes ``first, first + 2, ...`` of the concatenation of two vectors ``u``."""
+    if not isinstance(u, VecType):
+        return None
+
+    def codegen(context, builder, sig, args):
+        idx = ir.Constant(ir.VectorType(ir.IntType(32), u.count), [first + 2 * k for k in range(u.count)])
+        return builder.shuffle_vector(args[0], args[1], idx)
+
+    return u(u, u), codegen
+
+
+@intrinsic
+def vevens(typingctx, u, v):
+    """Lanes ``0, 2, 4, ...`` of the concatenation ``(u, v)``: with ``u = a[i:i+L]`` and ``v = a[i+L:i+2L]``,
+    ``a[i:i+2L:2]`` (one two-source permute on AVX-512)."""
+    return _strided_lanes(u, 0) if u == v else None
+
+
+@intrinsic
+def vodds(typingctx, u, v):
+    """Lanes ``1, 3, 5, ...`` of the concatenation ``(u, v)``: ``a[i+1:i+2L:2]``."""
+    return _strided_lanes(u, 1) if u == v else None
+
+
+def _zip(u, half):
+    """The signature and code of interleaving the ``half`` (0 low, 1 high) halves of two vectors ``u``."""
+    if not isinstance(u, VecType):
+        return None
+
+    def codegen(context, builder, sig, args):
+        L = u.count
+        idx = [half * L // 2 + k // 2 + (L if k % 2 else 0) for k in range(L)]
+        return builder.shuffle_vector(args[0], args[1], ir.Constant(ir.VectorType(ir.IntType(32), L), idx))
+
+    return u(u, u), codegen
+
+
+@intrinsic
+def vziplo(typingctx, u, v):
+    """``u[0], v[0], u[1], v[1], ...`` up to the middle of ``u`` and ``v``."""
+    return _zip(u, 0) if u == v else None
+
+
+@intrinsic
+def vziphi(typingctx, u, v):
+    """``u[L/2], v[L/2], u[L/2 + 1], v[L/2 + 1], ...``: the high halves interleaved."""
+    return _zip(u, 1) if u == v else None
 
 
 @intrinsic
