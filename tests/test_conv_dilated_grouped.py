@@ -362,12 +362,12 @@ def test_concurrent_calls_give_the_serial_results():
     ((2, 8, 9, 9), (32, 4, 3, 3), dict(padding=1, groups=2), "vector", "grouped_flat", "vector"),
     ((2, 8, 9, 9), (8, 2, 3, 3), dict(stride=2, padding=1, groups=4), "vector", "grouped_gather", "vector"),
     ((2, 8, 9, 9), (8, 8, 3, 3), dict(stride=2, dilation=2), "vector", "grouped_gather", "vector"),
-    ((2, 8, 9, 9), (8, 8, 3, 3), dict(padding="same", dilation=2), "grouped_flat", "grouped_flat",
+    ((2, 4, 9, 9), (4, 4, 3, 3), dict(padding="same", dilation=2), "grouped_flat", "grouped_flat",
      "grouped_flat"),
     ((2, 16, 9, 9), (16, 16, 3, 3), dict(padding="same", dilation=2), "vector", "vector_full", "vector"),
-    ((2, 8, 20, 20), (8, 8, 3, 3), dict(padding="same", dilation=4), "grouped_flat", "grouped_flat",
+    ((2, 4, 20, 20), (4, 4, 3, 3), dict(padding="same", dilation=4), "grouped_flat", "grouped_flat",
      "grouped_flat"),
-    ((2, 8, 9, 9), (8, 8, 2, 2), dict(padding=3, dilation=2), "grouped_flat", "dilation_phases",
+    ((2, 4, 9, 9), (4, 4, 2, 2), dict(padding=3, dilation=2), "grouped_flat", "dilation_phases",
      "grouped_flat"),
     ((2, 8, 9, 9), (8, 4, 1, 1), dict(padding=1, groups=2), "grouped_flat", "grouped_gather", "grouped_flat"),
     ((2, 8, 28, 28), (16, 8, 1, 1), dict(stride=2), "pointwise_strided", "pointwise_strided",
@@ -375,6 +375,7 @@ def test_concurrent_calls_give_the_serial_results():
 ], ids=["groups-few-filters", "groups", "groups-few-channels", "groups-strided", "dilated-strided", "dilated-few-filters", "dilated",
         "dilated-d4", "dilated-pad-over-kernel", "grouped-pad-over-kernel", "1x1-s2"])
 def test_the_plan_picks_and_explains_the_new_strategies(x_shape, w_shape, opts, forward, input_grad, weight_grad):
+    """The vector kernels where a group's filters (the input gradient: channels) fill a vector, 512- or 256-bit."""
     p = fc.conv2d_plan(x_shape, w_shape, dtype=np.float32, **{"stride": 1, **opts})
     assert (p.forward.name, p.input_grad.name, p.weight_grad.name) == (forward, input_grad, weight_grad)
     text = p.explain()
