@@ -253,6 +253,7 @@ def _calls(o):
 LAYOUT_GEOMETRIES = {  # one of each strategy family
     "grouped": ((2, 4, 7, 8), (6, 2, 3, 2), dict(stride=(2, 1), padding=1, dilation=(1, 2), groups=2)),
     "grouped-flat": ((2, 6, 7, 8), (6, 2, 3, 2), dict(stride=1, padding=(2, 1), dilation=(1, 2), groups=3)),
+    "grouped-vector": ((2, 32, 5, 9), (32, 16, 3, 3), dict(stride=1, padding=1, dilation=(1, 2), groups=2)),
     "dilated-flat": ((2, 3, 13, 12), (4, 3, 3, 3), dict(stride=1, padding="same", dilation=(3, 2), groups=1)),
     "phases-pad-over-kernel": ((2, 3, 7, 8), (4, 3, 2, 3), dict(stride=1, padding=(3, 4), dilation=2, groups=1)),
     "same-even-dilated": ((2, 3, 7, 8), (4, 3, 2, 3), dict(stride=1, padding="same", dilation=(1, 3), groups=1)),
