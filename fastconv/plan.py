@@ -1058,6 +1058,21 @@ def _forward_grouped_flat(g, x, w, b, out, cpu, relu=False):
     return packed
 
 
+def _gather_unless_finite(run):
+    """The input gradient ``run(plan, dy, w, dx)`` (a forward pass of the zero-padded dy) for finite
+    weights; the gather otherwise, since padding zeros would meet the non-finite taps."""
+
+    @functools.wraps(run)
+    def input_grad(plan, dy, w):
+        if not np.isfinite(w).all():
+            return _input_grad_grouped(plan, dy, w)
+        dx = np.empty(plan.geometry.x_shape, dtype=dy.dtype)
+        run(plan, dy, w, dx)
+        return dx
+
+    return input_grad
+
+
 def _full_padding(g):
     """dy's padding in the input gradient of a stride-1 convolution: ``d * (K - 1) - p`` per axis."""
     return g.dilation[0] * (g.KH - 1) - g.ph, g.dilation[1] * (g.KW - 1) - g.pw
@@ -1066,14 +1081,11 @@ def _full_padding(g):
 @_strategy("conv2d_input_grad", "grouped_flat", ["pack.pack_nchw_padded", "flat.flat_forward"], None,
            "grouped or dilated, stride 1, few filters per group: the forward kernel on dy padded by d*(K-1)-p with "
            "the rotated kernel of each group (grouped_gather when w is not finite)")
-def _input_grad_grouped_flat(plan, dy, w):
+@_gather_unless_finite
+def _input_grad_grouped_flat(plan, dy, w, dx):
     g = plan.geometry
-    if not np.isfinite(w).all():  # padding zeros would meet the non-finite taps
-        return _input_grad_grouped(plan, dy, w)
-    dx = np.empty(g.x_shape, dtype=dy.dtype)
     _run("flat.flat_forward", _pack_nchw(dy, *_full_padding(g)).array, _Rotated(w, g.groups).array(),
          np.zeros(g.C, dtype=dy.dtype), g.dilation, g.groups, False, dx, work=dx.size * g.F // g.groups * g.KH * g.KW)
-    return dx
 
 
 @_strategy("conv2d_weight_grad", "grouped_flat", ["pack.pack_nchw_padded", "flat.flat_weight_grad"],
@@ -1090,15 +1102,12 @@ def _weight_grad_grouped_flat(g, x, dy, packed, cpu):
                                                  "vector.vector_forward"], None,
            "grouped or dilated, stride 1: the vector forward on dy padded by d*(K-1)-p with each group's rotated "
            "kernel, all groups in one launch (grouped_gather when w is not finite)")
-def _input_grad_vector(plan, dy, w):
+@_gather_unless_finite
+def _input_grad_vector(plan, dy, w, dx):
     g = plan.geometry
-    if not np.isfinite(w).all():  # padding zeros would meet the non-finite taps
-        return _input_grad_grouped(plan, dy, w)
-    dx = np.empty(g.x_shape, dtype=dy.dtype)
     inner = ConvGeometry(g.N, g.F, g.Ho, g.Wo, g.C, g.KH, g.KW, 1, 1, *_full_padding(g), g.H, g.W, g.dilation,
                          g.groups)
     _forward_vector(inner, dy, _Rotated(w, g.groups), np.zeros(g.C, dtype=dy.dtype), dx, plan.cpu)
-    return dx
 
 
 #: Input-gradient strategies that multiply only what the reference multiplies (no padding or stride
