@@ -7,6 +7,13 @@ repeated calls (after a warm-up), in float32 at the same thread count for both l
     PYTHONPATH=$PWD python benchmarks/bench_dilated_grouped.py              # 1 thread
     PYTHONPATH=$PWD python benchmarks/bench_dilated_grouped.py --threads 2
     PYTHONPATH=$PWD python benchmarks/bench_dilated_grouped.py --case grouped32 --strategies
+    PYTHONPATH=$PWD python benchmarks/bench_dilated_grouped.py --cpu        # 1 thread, CPU time
+    PYTHONPATH=$PWD python benchmarks/bench_dilated_grouped.py --cpu --case mnist_conv2 --case resnet_conv
+
+``--cpu`` times single calls of the two libraries alternated, by ``time.process_time`` (no thread pool) (one
+thread each), and keeps each one's minimum: on a machine shared with other jobs the CPU time of
+a single-threaded call moves less than its wall time. ``--case`` takes any row of the case table
+(the dense ones too, to check that a change of the vector kernels leaves them as they were).
 
 Wall time, each library in blocks (after a pause, as ``scripts/bench_report.py`` does), the
 blocks of the two alternated: the minimum of each and the median of the per-round ratios. On
@@ -18,6 +25,7 @@ geometry is issue 15's (dilation, groups, 'same', 1x1 at stride 2) plus the tran
 """
 
 import argparse
+import os
 import sys
 import time
 
@@ -54,13 +62,34 @@ def blocks(calls, seconds, rounds=4, pause=0.15):
     return per_round.min(axis=0), float(np.median(per_round[:, 0] / per_round[:, 1]))
 
 
+def cpu_times(calls, seconds, at_least=5):
+    """``(minimum CPU times, median ratio)``: the calls alternated one by one, each timed by ``time.process_time``."""
+    for call in calls:
+        call()
+    times = [[] for _ in calls]
+    end = time.perf_counter() + seconds * len(calls)
+    while time.perf_counter() < end or len(times[0]) < at_least:
+        for k, call in enumerate(calls):
+            start = time.process_time()
+            call()
+            times[k].append(time.process_time() - start)
+    t = np.array(times)
+    return t.min(axis=1), float(np.median(t[0] / t[1]))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=4.0, help="timing budget per call and library")
     parser.add_argument("--case", action="append", help="only these cases (repeatable)")
     parser.add_argument("--strategies", action="store_true", help="print fastconv's plan of each case")
+    parser.add_argument("--cpu", action="store_true", help="1 thread, CPU time of single calls alternated")
     args = parser.parse_args(argv)
+    if args.cpu:
+        # One thread and no thread pool: idle pool threads spinning after a call would be counted in the
+        # process's CPU time, the other library's calls included (NUMBA_NUM_THREADS is read at import).
+        args.threads = 1
+        os.environ["NUMBA_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = "1"
 
     import torch
 
@@ -69,10 +98,12 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     fc.set_num_threads(args.threads)
+    clock = "CPU time of single calls" if args.cpu else "wall time"
     print(f"fastconv {fc.__file__}, torch {torch.__version__}, {args.threads} thread(s), "
-          f"min wall time over {args.seconds:g} s per library", file=sys.stderr)
+          f"min {clock} over {args.seconds:g} s per library", file=sys.stderr)
     rows = []
-    for name in ISSUE_CASES + ("transposed4x4s2",):
+    names = ISSUE_CASES + ("transposed4x4s2",)
+    for name in names + tuple(c for c in args.case or () if c not in names):
         if args.case and name not in args.case:
             continue
         rng = np.random.default_rng(0)
@@ -111,7 +142,7 @@ def main(argv=None):
                 lambda: torch.nn.functional.conv_transpose2d(tdy, tw, None, stride, pad))}
         with torch.no_grad():
             for op, (f_fc, f_t) in ops.items():
-                (t_fc, t_t), median = blocks((f_fc, f_t), args.seconds)
+                (t_fc, t_t), median = (cpu_times if args.cpu else blocks)((f_fc, f_t), args.seconds)
                 rows.append((name, op, t_fc, t_t, median))
                 print(f"{name:16s} {op:24s} fastconv {t_fc * 1e3:8.2f} ms  torch {t_t * 1e3:8.2f} ms  "
                       f"ratio of minima {t_fc / t_t:5.2f}x  median of the rounds' ratios {median:5.2f}x   {label}", flush=True)

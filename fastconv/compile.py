@@ -40,7 +40,8 @@ CONV_GEOMETRIES = (
     ((2, 8, 24, 24), (4, 8, 1, 1), 2, 0),     # 1x1 at stride 2: the subsampled matrix products
     ((2, 40, 9, 10), (17, 40, 1, 1), 2, 0),   # 1x1 at stride 2, small plane: the subsampled vector tiles
     ((2, 4, 7, 7), (4, 2, 3, 3), 1, 1, {"groups": 2}),     # grouped flat kernels (stride 1)
-    ((2, 4, 7, 7), (4, 2, 3, 3), 2, 1, {"groups": 2}),     # grouped NHWC kernels (strided), the gather
+    ((2, 4, 7, 7), (4, 2, 3, 3), 2, 1, {"groups": 2}),     # grouped vector kernels (strided), the gather
+    ((2, 32, 5, 5), (32, 16, 3, 3), 1, 1, {"groups": 2}),  # grouped vector kernels (stride 1), dx a forward pass
     ((2, 4, 7, 7), (4, 4, 2, 2), 1, 3, {"dilation": 2}),   # dilation phases: dx when the padding passes d*(K-1)
 )
 

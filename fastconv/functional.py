@@ -162,9 +162,9 @@ def conv2d_plan(x_shape, w_shape, stride=1, padding=0, dtype=np.float32, *, dila
     >>> fc.conv2d_plan((8, 64, 28, 28), (64, 2, 3, 3), padding=1, groups=32).forward.name
     'grouped_flat'
     >>> fc.conv2d_plan((8, 64, 28, 28), (64, 2, 3, 3), stride=2, padding=1, groups=32).forward.name
-    'grouped'
+    'vector'
     >>> fc.conv2d_plan((8, 16, 28, 28), (16, 16, 3, 3), padding="same", dilation=2).forward.name
-    'grouped_flat'
+    'vector'
     """
     func = "conv2d_plan"
     dt = V.float_dtype(dtype, func)

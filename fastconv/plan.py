@@ -423,18 +423,22 @@ def _pack_nchw(a, ph, pw):
 
 
 class _Rotated:
-    """The input gradient's kernel: ``w`` rotated by 180 degrees, channel axes swapped, not yet copied.
+    """The input gradient's kernel: ``w`` rotated by 180 degrees, channel axes swapped (within each of
+    ``groups`` groups), not yet copied.
 
     The vector strategy packs it straight from ``w``; the others take :meth:`array`.
     """
 
-    def __init__(self, w):
+    def __init__(self, w, groups=1):
         self.w = contiguous(w)
-        self.shape = (w.shape[1], w.shape[0], w.shape[2], w.shape[3])
+        self.groups = groups
+        self.shape = (w.shape[1] * groups, w.shape[0] // groups, w.shape[2], w.shape[3])
         self.dtype = w.dtype
 
     def array(self):
-        return contiguous(self.w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        G, (F, Cg, KH, KW) = self.groups, self.w.shape
+        k = self.w.reshape(G, F // G, Cg, KH, KW)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+        return contiguous(k).reshape(self.shape)
 
 
 def _weights(w):
@@ -503,18 +507,18 @@ def _forward_filter_vector(g, x, w, b, out, cpu, relu=False):
     return packed
 
 
-def _vector_weights(w, lanes):
-    """(F, C, KH, KW) (or a :class:`_Rotated`) -> (blocks, KH, KW * C, lanes), ``blocks = ceil(F / lanes)``."""
-    F, C, KH, KW = w.shape
-    wv = np.empty((-(-F // lanes), KH, KW * C, lanes), dtype=w.dtype)
+def _vector_weights(w, lanes, groups=1):
+    """(F, C/G, KH, KW) (or a :class:`_Rotated`) -> (G, blocks, KH, KW, C/G, lanes), ``blocks = ceil(F/G/lanes)``."""
+    F, Cg, KH, KW = w.shape
+    wv = np.empty((groups, -(-F // groups // lanes), KH, KW, Cg, lanes), dtype=w.dtype)
     rotated = isinstance(w, _Rotated)
     _run("pack.pack_vector_weights", w.w if rotated else contiguous(w), rotated, wv, work=wv.size)
     return wv
 
 
 def _vector_on_packed(g, xp, w, b, out, cpu, relu=False):
-    _run("vector.vector_forward", cpu.width, xp, _vector_weights(w, cpu.lanes(out.dtype)), b, (g.sh, g.sw), relu,
-         out, work=out.size * g.C * g.KH * g.KW)
+    _run("vector.vector_forward", cpu.width, xp, _vector_weights(w, cpu.lanes(out.dtype), g.groups), b,
+         (g.sh, g.sw), g.dilation, relu, out, work=out.size * g.C // g.groups * g.KH * g.KW)
 
 
 @_strategy("conv2d_forward", "vector",
@@ -784,27 +788,28 @@ def _weight_grad_by_rows(g, x, dy, packed, cpu):
            Layout.NHWC_PADDED, "outer-product tiles of 7 entries x 2 vectors of filters over blocks of rows; "
                                "rows or filter groups split between threads")
 def _weight_grad_vector(g, x, dy, packed, cpu):
-    L = cpu.lanes(dy.dtype)
-    blocks = -(-g.F // L)
-    size = blocks * L * g.KH * g.KW * g.C
-    chunks, gjobs = _vector_weight_grad_split(g, blocks, size * dy.itemsize)
-    part = np.empty((chunks, blocks, g.KH, g.KW * g.C, L), dtype=dy.dtype)
-    _run("vector.vector_weight_grad", cpu.width, _nhwc_operand(g, x, packed), dy, g.KH, (g.sh, g.sw),
-         (chunks, gjobs), part, work=dy.size * g.C * g.KH * g.KW)
+    L, G = cpu.lanes(dy.dtype), g.groups
+    Cg, Fg = g.C // G, g.F // G
+    blocks = -(-Fg // L)
+    size = G * blocks * L * g.KH * g.KW * Cg
+    chunks, ujobs = _vector_weight_grad_split(g, G * ((blocks + 1) // 2), size * dy.itemsize)
+    part = np.empty((chunks, G, blocks, g.KH, g.KW, Cg, L), dtype=dy.dtype)
+    _run("vector.vector_weight_grad", cpu.width, _nhwc_operand(g, x, packed), dy, (g.sh, g.sw), g.dilation,
+         (chunks, ujobs), part, work=dy.size * Cg * g.KH * g.KW)
     dw = part.sum(axis=0) if chunks > 1 else part[0]  # partials summed in chunk order
-    # (blocks, KH, KW * C, L) -> (F, C, KH, KW).
-    dw = dw.reshape(blocks, g.KH, g.KW, g.C, L).transpose(0, 4, 3, 1, 2).reshape(blocks * L, g.C, g.KH, g.KW)
-    return contiguous(dw[:g.F])
+    # (G, blocks, KH, KW, Cg, L) -> (F, Cg, KH, KW).
+    dw = dw.transpose(0, 1, 5, 4, 2, 3).reshape(G, blocks * L, Cg, g.KH, g.KW)
+    return contiguous(dw[:, :Fg]).reshape(g.F, Cg, g.KH, g.KW)
 
 
-def _vector_weight_grad_split(g, blocks, partial_bytes):
-    """``(chunks, group_jobs)``: split the rows (one partial each) unless the partials pass
-    ``TUNING.big_partials`` or the rows are too few; then split the filter groups."""
+def _vector_weight_grad_split(g, units, partial_bytes):
+    """``(chunks, unit_jobs)``: split the rows (one partial each) unless the partials pass
+    ``TUNING.big_partials`` or the rows are too few; then split the units (pairs of filter blocks)."""
     threads = numba.get_num_threads()
     if threads * partial_bytes <= TUNING.big_partials and g.N * g.Ho >= 2 * threads:
         return threads, 1
-    gjobs = max(1, min(threads, (blocks + 1) // 2))
-    return max(1, threads // gjobs), gjobs
+    ujobs = max(1, min(threads, units))
+    return max(1, threads // ujobs), ujobs
 
 
 def _row_jobs(g, threads):
@@ -1176,22 +1181,10 @@ def _input_grad_dilation_phases(plan, dy, w):
     return contiguous(dxp[:, :, g.ph:g.ph + g.H, g.pw:g.pw + g.W])
 
 
-def _group_weights(w, G, channels_last):
-    """(F, C/G, KH, KW) -> (G, KH, KW, C/G, F/G), or (G, KH, KW, F/G, C/G) with ``channels_last``."""
+def _group_weights(w, G):
+    """(F, C/G, KH, KW) -> (G, KH, KW, F/G, C/G)."""
     F, Cg, KH, KW = w.shape
-    order = (0, 3, 4, 1, 2) if channels_last else (0, 3, 4, 2, 1)
-    return contiguous(w.reshape(G, F // G, Cg, KH, KW).transpose(order))
-
-
-@_strategy("conv2d_forward", "grouped", ["pack.pack_nhwc_padded", "grouped.grouped_forward",
-                                         "elementwise.elementwise_relu"], Layout.NHWC_PADDED,
-           "grouped or dilated: zero-padded NHWC, all groups in one launch, each group's filters the vector axis")
-def _forward_grouped(g, x, w, b, out, cpu, relu=False):
-    packed = _pack_nhwc(x, g.ph, g.pw)
-    _run("grouped.grouped_forward", packed.array, _group_weights(_weights(w), g.groups, False), b, (g.sh, g.sw),
-         g.dilation, out, work=out.size * g.C // g.groups * g.KH * g.KW)
-    _relu_in_place(out, relu)
-    return packed
+    return contiguous(w.reshape(G, F // G, Cg, KH, KW).transpose(0, 3, 4, 1, 2))
 
 
 @_strategy("conv2d_input_grad", "grouped_gather", ["pack.pack_nhwc_padded", "grouped.grouped_input_grad"], None,
@@ -1199,30 +1192,34 @@ def _forward_grouped(g, x, w, b, out, cpu, relu=False):
 def _input_grad_grouped(plan, dy, w):
     g = plan.geometry
     dx = np.empty(g.x_shape, dtype=dy.dtype)
-    _run("grouped.grouped_input_grad", _pack_nhwc(dy, 0, 0).array, _group_weights(w, g.groups, True), (g.sh, g.sw),
+    _run("grouped.grouped_input_grad", _pack_nhwc(dy, 0, 0).array, _group_weights(w, g.groups), (g.sh, g.sw),
          g.dilation, (g.ph, g.pw), dx, work=dy.size * g.C // g.groups * g.KH * g.KW)
     return dx
 
 
-@_strategy("conv2d_weight_grad", "grouped", ["pack.pack_nhwc_padded", "grouped.grouped_weight_grad"],
-           Layout.NHWC_PADDED, "grouped or dilated: one job per (group, tap), summed over the batch in a fixed order")
-def _weight_grad_grouped(g, x, dy, packed, cpu):
-    G, Cg, Fg = g.groups, g.C // g.groups, g.F // g.groups
-    dwk = np.empty((G, g.KH, g.KW, Cg, Fg), dtype=dy.dtype)
-    _run("grouped.grouped_weight_grad", _nhwc_operand(g, x, packed), _pack_nhwc(dy, 0, 0).array, (g.sh, g.sw),
-         g.dilation, dwk, work=dy.size * Cg * g.KH * g.KW)
-    # (G, KH, KW, Cg, Fg) -> (F, Cg, KH, KW).
-    return contiguous(dwk.transpose(0, 4, 3, 1, 2).reshape(g.F, Cg, g.KH, g.KW))
-
-
 @_strategy("conv2d_forward", "grouped_flat", ["pack.pack_nchw_padded", "flat.flat_forward"], Layout.NCHW_PADDED,
-           "grouped or dilated, stride 1: each tap one run over a whole zero-padded NCHW plane, all groups in one "
-           "launch")
+           "grouped or dilated, stride 1, few filters per group: each tap one run over a whole zero-padded NCHW plane, "
+           "all groups in one launch")
 def _forward_grouped_flat(g, x, w, b, out, cpu, relu=False):
     packed = _pack_nchw(x, g.ph, g.pw)
     _run("flat.flat_forward", packed.array, contiguous(_weights(w)), b, g.dilation, g.groups, relu, out,
          work=out.size * g.C // g.groups * g.KH * g.KW)
     return packed
+
+
+def _gather_unless_finite(run):
+    """The input gradient ``run(plan, dy, w, dx)`` (a forward pass of the zero-padded dy) for finite
+    weights; the gather otherwise, since padding zeros would meet the non-finite taps."""
+
+    @functools.wraps(run)
+    def input_grad(plan, dy, w):
+        if not np.isfinite(w).all():
+            return _input_grad_grouped(plan, dy, w)
+        dx = np.empty(plan.geometry.x_shape, dtype=dy.dtype)
+        run(plan, dy, w, dx)
+        return dx
+
+    return input_grad
 
 
 def _full_padding(g):
@@ -1231,23 +1228,18 @@ def _full_padding(g):
 
 
 @_strategy("conv2d_input_grad", "grouped_flat", ["pack.pack_nchw_padded", "flat.flat_forward"], None,
-           "grouped or dilated, stride 1: the forward kernel on dy padded by d*(K-1)-p with the rotated kernel of each group "
-           "(grouped_gather when w is not finite)")
-def _input_grad_grouped_flat(plan, dy, w):
+           "grouped or dilated, stride 1, few filters per group: the forward kernel on dy padded by d*(K-1)-p with "
+           "the rotated kernel of each group (grouped_gather when w is not finite)")
+@_gather_unless_finite
+def _input_grad_grouped_flat(plan, dy, w, dx):
     g = plan.geometry
-    if not np.isfinite(w).all():  # padding zeros would meet the non-finite taps
-        return _input_grad_grouped(plan, dy, w)
-    G, Fg, Cg = g.groups, g.F // g.groups, g.C // g.groups
-    rotated = contiguous(w.reshape(G, Fg, Cg, g.KH, g.KW)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4))
-    dx = np.empty(g.x_shape, dtype=dy.dtype)
-    _run("flat.flat_forward", _pack_nchw(dy, *_full_padding(g)).array, rotated.reshape(g.C, Fg, g.KH, g.KW),
-         np.zeros(g.C, dtype=dy.dtype), g.dilation, G, False, dx, work=dx.size * Fg * g.KH * g.KW)
-    return dx
+    _run("flat.flat_forward", _pack_nchw(dy, *_full_padding(g)).array, _Rotated(w, g.groups).array(),
+         np.zeros(g.C, dtype=dy.dtype), g.dilation, g.groups, False, dx, work=dx.size * g.F // g.groups * g.KH * g.KW)
 
 
 @_strategy("conv2d_weight_grad", "grouped_flat", ["pack.pack_nchw_padded", "flat.flat_weight_grad"],
-           Layout.NCHW_PADDED, "grouped or dilated, stride 1: per-tap dot products over whole planes; per-thread "
-                               "partials", needs_finite=True)
+           Layout.NCHW_PADDED, "grouped or dilated, stride 1, few filters per group: per-tap dot products over "
+                               "whole planes; per-thread partials", needs_finite=True)
 def _weight_grad_grouped_flat(g, x, dy, packed, cpu):
     partial = np.empty((max(1, min(numba.get_num_threads(), g.N)),) + g.w_shape, dtype=dy.dtype)
     _run("flat.flat_weight_grad", _padded_nchw(g, x, packed), dy, g.dilation, g.groups, partial,
@@ -1255,23 +1247,48 @@ def _weight_grad_grouped_flat(g, x, dy, packed, cpu):
     return partial.sum(axis=0)  # partials summed in thread order
 
 
+@_strategy("conv2d_input_grad", "vector_full", ["pack.pack_nhwc_padded", "pack.pack_vector_weights",
+                                                 "vector.vector_forward"], None,
+           "grouped or dilated, stride 1: the vector forward on dy padded by d*(K-1)-p with each group's rotated "
+           "kernel, all groups in one launch (grouped_gather when w is not finite)")
+@_gather_unless_finite
+def _input_grad_vector(plan, dy, w, dx):
+    g = plan.geometry
+    inner = ConvGeometry(g.N, g.F, g.Ho, g.Wo, g.C, g.KH, g.KW, 1, 1, *_full_padding(g), g.H, g.W, g.dilation,
+                         g.groups)
+    _forward_vector(inner, dy, _Rotated(w, g.groups), np.zeros(g.C, dtype=dy.dtype), dx, plan.cpu)
+
+
 #: Input-gradient strategies that multiply only what the reference multiplies (no padding or stride
 #: zeros; the dilation phases' dense plans take care of their own): no non-finite-weight fallback.
 _EXACT_INPUT_GRADS = frozenset({"pointwise_strided", "grouped_gather", "dilation_phases", "grouped_flat",
-                                "depthwise", "depthwise_rows", "depthwise_rows_strided", "depthwise_flat"})
+                                "vector_full", "depthwise", "depthwise_rows", "depthwise_rows_strided",
+                                "depthwise_flat"})
+
+
+def _fills_vectors(g, filters, channels, cpu, dtype):
+    """A group's ``filters`` fill a vector of ``cpu`` and its receptive field (``channels`` x the kernel) is
+    not short: the vector kernels' condition, as for a dense convolution (``_choose_forward``)."""
+    return filters // g.groups >= cpu.lanes(dtype) and channels // g.groups * g.KH * g.KW >= TUNING.short_reduction
 
 
 def _general_plan(g, dtype, cpu, threads):
-    """The :class:`ConvPlan` of a dilated or grouped (not depthwise) geometry."""
-    if g.sh == g.sw == 1:
-        # The flat kernels, every pass; the input gradient when the padding passes d*(K-1) (dy would need a
-        # negative padding): one group's dilation phases, else the gather. Running the forward pass and weight
-        # gradient as dense convolutions of the phases was slower on two threads (benchmarks/NOTES.md).
-        kind = "grouped_flat"
-        ig = ("grouped_flat" if min(_full_padding(g)) >= 0 else
-              "dilation_phases" if _uses_dilation_phases(g) else "grouped_gather")
+    """The :class:`ConvPlan` of a dilated or grouped (not depthwise) geometry.
+
+    The vector kernels, every pass, where a group's filters fill a vector or the stride is above 1;
+    the flat ones at stride 1 otherwise (fewer filters per group than lanes: 8 x 256 x 14 x 14 with
+    32 groups of 8 filters, float32, 512-bit, 1 thread: flat 2.3 ms forward, vector 3.0;
+    ``benchmarks/NOTES.md``). The input gradient at stride 1 is a forward pass of dy when the
+    padding does not pass d*(K-1) (dy would need a negative padding), else one group's dilation
+    phases, else the gather; strided, the gather.
+    """
+    kind = "vector" if g.sh > 1 or g.sw > 1 or _fills_vectors(g, g.F, g.C, cpu, dtype) else "grouped_flat"
+    if g.sh > 1 or g.sw > 1:
+        ig = "grouped_gather"
+    elif min(_full_padding(g)) >= 0:  # a forward pass of dy, with C filters and F channels
+        ig = "vector_full" if _fills_vectors(g, g.C, g.F, cpu, dtype) else "grouped_flat"
     else:
-        kind, ig = "grouped", "grouped_gather"
+        ig = "dilation_phases" if _uses_dilation_phases(g) else "grouped_gather"
     inner = ()
     if ig == "dilation_phases":
         inner = tuple(dict.fromkeys(s for _, _, p in _phase_plans(g, dtype, cpu)
@@ -1280,7 +1297,7 @@ def _general_plan(g, dtype, cpu, threads):
     return ConvPlan(geometry=g, dtype=dtype, cpu=cpu, threads=threads,
                     forward=STRATEGIES["conv2d_forward", kind], input_grad=STRATEGIES["conv2d_input_grad", ig],
                     input_grad_inner=inner, weight_grad=wg,
-                    weight_grad_nonfinite=STRATEGIES["conv2d_weight_grad", "grouped"] if wg.needs_finite else wg,
+                    weight_grad_nonfinite=STRATEGIES["conv2d_weight_grad", "vector"] if wg.needs_finite else wg,
                     bias_grad=STRATEGIES["conv2d_bias_grad", "plane_sums"])
 
 

@@ -18,17 +18,21 @@ blocks of ``L`` filters (``L`` the vector's lanes) and stores them to the row bu
 ``obuf[(ow + p) * Fp + f]``: ``z`` is a zero vector (it gives the type), ``xf`` the flat
 zero-padded NHWC input, ``xo`` the input offset of the tile's first pixel, ``wf`` the flat
 packed weights ``(blocks, KH, KW * C, L)``, ``wo`` the offset of the tile's first block,
-``steps = (sx, rowstep, RW, KH, bstep, Fp, B)`` the input step between pixels and between
-kernel rows, ``KW * C``, the kernel height, the weight step between blocks, the
-row-buffer pitch and the number of blocks (read by ``_tile_P``, which runs ``_tile_Px2`` or
-``_tile_Px1``); ``oo`` is the buffer offset of the tile's first output.
+``steps = (sx, rowstep, colstep, KW, CW, KH, bstep, Fp, B)`` the input step between pixels, between
+kernel rows and between kernel columns, the kernel's columns and the contiguous taps of one
+column (``CW`` channels, ``colstep`` apart; a dense convolution passes ``KW = 1, CW = KW * C``: a
+kernel row's taps ``(j, c)`` are then one contiguous run and the hot loop is the plain one), the
+kernel height, the weight step between blocks, the row-buffer pitch and the number of blocks
+(read by ``_tile_P``, which runs ``_tile_Px2`` or ``_tile_Px1``); ``oo`` is the buffer offset of
+the tile's first output. Weights ``wf[wo + b*bstep + ((i*KW + j)*CW + r)*L + l]``.
 
 ``_dw_tile_TxB(z, xf, xbase, dyt, steps, part, po)`` is the weight gradient's tile: ``T``
 consecutive entries ``e = j*C + c`` of one kernel row x ``B`` blocks of filters, loaded from
 the partial ``part[po + b*bstep + t*L]``, accumulated over ``nb`` output rows (input row
 offsets ``xbase[k]``) x ``Wo`` pixels of the transposed output gradient ``dyt[k, ow*Fp +
 fo + f]``, and stored back; ``steps = (nb, Wo, sx, Fp, fo, bstep, e0, B)``, ``e0`` the
-first entry and ``B`` the number of blocks (``_dw_tile_T`` chooses by it).
+input offset of the first entry from the start of its input row (``j*dw*C + g*Cg + c``; the ``T`` entries are
+consecutive in the input) and ``B`` the number of blocks (``_dw_tile_T`` chooses by it).
 
 Usage::
 
@@ -74,20 +78,21 @@ def tile(P, B):
         '@njit(**SERIAL_JIT)',
         f"def _tile_{P}x{B}(z, xf, xo, wf, wo, steps, obuf, oo):",
         f'    """{P} pixel{"s" if P > 1 else ""} x {B} filter blocks: {P * B} vector accumulators."""',
-        "    sx, rowstep, RW, KH, bstep, Fp, _ = steps",
+        "    sx, rowstep, colstep, KW, CW, KH, bstep, Fp, _ = steps",
         "    L = lanes(z)",
     ]
     lines += [f"    {name} = z" for row in acc for name in row]
     lines += [
         "    for i in range(KH):",
-        "        xi = xo + i * rowstep",
-        "        wi = wo + i * RW * L",
-        "        for r in range(RW):",
+        "        for j in range(KW):",
+        "            xi = xo + i * rowstep + j * colstep",
+        "            wi = wo + (i * KW + j) * CW * L",
+        "            for r in range(CW):",
     ]
-    lines += [f"            u{b} = vload(z, wf, wi + {_times(b, 'bstep')}r * L)" for b in range(B)]
+    lines += [f"                u{b} = vload(z, wf, wi + {_times(b, 'bstep')}r * L)" for b in range(B)]
     for p in range(P):
         x = f"xi + {_times(p, 'sx')}r"
-        lines += [f"            {acc[p][b]} = vfmab({acc[p][b]}, u{b}, xf, {x})" for b in range(B)]
+        lines += [f"                {acc[p][b]} = vfmab({acc[p][b]}, u{b}, xf, {x})" for b in range(B)]
     for p in range(P):
         for b in range(B):
             where = f"oo + {_times(p, 'Fp')}{_times(b, 'L')}".rstrip(" +")

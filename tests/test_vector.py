@@ -107,8 +107,8 @@ def test_vector_forward_fuses_bias_and_relu(width, dtype, rng):
         xp = P._pack_nhwc(x, 1, 1).array
         wv = P._vector_weights(w, cpu.lanes(dtype))
         plain, fused = (np.empty((2, 20) + shape[2:], dtype) for _ in range(2))
-        vector.vector_forward(width, xp, wv, b, (1, 1), False, plain)
-        vector.vector_forward(width, xp, wv, b, (1, 1), True, fused)
+        vector.vector_forward(width, xp, wv, b, (1, 1), (1, 1), False, plain)
+        vector.vector_forward(width, xp, wv, b, (1, 1), (1, 1), True, fused)
         expected = np.where((plain > 0) | np.isnan(plain), plain, 0)
         np.testing.assert_array_equal(fused, expected)
         assert np.isnan(fused).any()

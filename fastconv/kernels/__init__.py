@@ -16,7 +16,7 @@ module             kernels
 ``depthwise``      ``depthwise_pack``, ``depthwise_forward``, ``depthwise_input_grad``, ``depthwise_weight_grad``,
                    ``depthwise_rows_forward``, ``depthwise_rows_input_grad``, ``depthwise_rows_weight_grad``,
                    ``depthwise_flat_forward``, ``depthwise_flat_weight_grad``
-``grouped``        ``grouped_forward``, ``grouped_input_grad``, ``grouped_weight_grad`` (groups, dilation, strided)
+``grouped``        ``grouped_input_grad`` (groups, dilation: strided, or a gather)
 ``phases``         ``phases_weights``, ``phases_input_grad`` (the strided input gradient, every stride phase in one launch)
 ``matmul``         ``matmul_nn``, ``matmul_nt``
 ``maxpool``        ``maxpool_forward_2x2``, ``maxpool_forward_window``, ``maxpool_forward_columns``,

@@ -8,8 +8,8 @@ Only ``@njit`` code: :mod:`fastconv.plan` decides which layout a strategy needs.
   the flat kernels.
 - :func:`pack_scatter_phase`: one stride phase of an input gradient, computed in padded
   coordinates, written into ``dx`` with the padding cropped.
-- :func:`pack_vector_weights`: ``(F, C, KH, KW)`` weights into the vector kernels' blocks
-  of ``L`` filters.
+- :func:`pack_vector_weights`: ``(F, C/G, KH, KW)`` weights into the vector kernels' blocks
+  of ``L`` filters of each group.
 """
 
 from numba import njit, prange
@@ -129,38 +129,37 @@ def pack_scatter_phase(phase, first, residue, stride, padding, dx):
 
 @njit(**PARALLEL_JIT)
 def pack_vector_weights(w, rotate, wv):
-    """``wv[blk, i, j*C + c, l] = k[blk*L + l, c, i, j]``, zero for the padded filters ``blk*L + l >= F``.
+    """``wv[g, blk, i, j, c, l] = k[g*Fg + blk*L + l, c, i, j]``, zero for the padded filters ``blk*L + l >= Fg``.
 
-    The weight layout of :func:`fastconv.kernels.vector.vector_forward`: blocks of ``L``
-    filters, the taps of one kernel row contiguous. ``k`` is ``w`` itself, or with
-    ``rotate`` the input gradient's kernel -- ``w`` rotated by 180 degrees with its channel
-    axes swapped, ``k[f, c, i, j] = w[c, f, KH-1-i, KW-1-j]`` -- read in place, without a
-    rotated copy. One pass, one job per (block, kernel row).
+    The weight layout of :func:`fastconv.kernels.vector.vector_forward`: each of the ``G``
+    groups' ``Fg`` filters in blocks of ``L``, the taps of one kernel row contiguous. ``k`` is
+    ``w`` itself, or with ``rotate`` the input gradient's kernel -- ``w`` rotated by 180
+    degrees with its channel axes swapped within each group, ``k[g*Fg + f, c, i, j] =
+    w[g*Cg + c, f, KH-1-i, KW-1-j]`` -- read in place, without a rotated copy. One pass, one
+    job per (group, block, kernel row).
 
     Parameters
     ----------
-    w : (F, C, KH, KW) array, or (C, F, KH, KW) with ``rotate``
+    w : (G*Fg, Cg, KH, KW) array, or (G*Cg, Fg, KH, KW) with ``rotate``
     rotate : bool
-    wv : (blocks, KH, KW * C, L) array
-        Fully overwritten; ``blocks * L >= F``.
+    wv : (G, blocks, KH, KW, Cg, L) array
+        Fully overwritten; ``blocks * L >= Fg``.
     """
-    KH, KW = w.shape[2], w.shape[3]
-    F = w.shape[1] if rotate else w.shape[0]
-    C = w.shape[0] if rotate else w.shape[1]
-    blocks, _, RW, L = wv.shape
-    for job in prange(blocks * KH):
-        blk = job // KH
-        i = job - blk * KH
-        dst = wv[blk, i]
-        for r in range(RW):
-            j = r // C
-            c = r - j * C
-            row = dst[r]
-            for k in range(L):
-                f = blk * L + k
-                if f >= F:
-                    row[k] = 0
-                elif rotate:
-                    row[k] = w[c, f, KH - 1 - i, KW - 1 - j]
-                else:
-                    row[k] = w[f, c, i, j]
+    G, blocks, KH, KW, Cg, L = wv.shape
+    Fg = w.shape[1] if rotate else w.shape[0] // G
+    for job in prange(G * blocks * KH):
+        g = job // (blocks * KH)
+        blk = (job - g * blocks * KH) // KH
+        i = job - (g * blocks + blk) * KH
+        dst = wv[g, blk, i]
+        for j in range(KW):
+            for c in range(Cg):
+                row = dst[j, c]
+                for k in range(L):
+                    f = blk * L + k
+                    if f >= Fg:
+                        row[k] = 0
+                    elif rotate:
+                        row[k] = w[g * Cg + c, f, KH - 1 - i, KW - 1 - j]
+                    else:
+                        row[k] = w[g * Fg + f, c, i, j]

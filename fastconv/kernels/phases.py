@@ -109,8 +109,8 @@ def _phase_run(z, xf, wf, at, shape, run, obuf):
     L = lanes(z)
     P = _tile_pixels(z)
     bstep = th * tw * F * L
-    pairs = (F, Wp * F, tw * F, th, bstep, sw * Cp, 2)
-    last = (F, Wp * F, tw * F, th, bstep, sw * Cp, 2 - blocks % 2)
+    pairs = (F, Wp * F, 0, 1, tw * F, th, bstep, sw * Cp, 2)  # one contiguous run of taps per kernel row
+    last = (F, Wp * F, 0, 1, tw * F, th, bstep, sw * Cp, 2 - blocks % 2)
     count = o1 - o0
     for g in range((blocks + 1) // 2):
         steps = pairs if 2 * g + 2 <= blocks else last

@@ -12,23 +12,27 @@ a register for each broadcast); the tiles are generated (:mod:`.vector_tiles`).
 
 Layouts
 -------
-Input: zero-padded NHWC ``xp[n, h, w, c]``. For one kernel row ``i`` the taps ``(j, c)``
-of an output pixel are ``KW * C`` contiguous elements. Weights: ``wv[blk, i, j*C + c, l]``
-= ``w[blk*L + l, c, i, j]``, with the filters zero-padded to whole blocks. Blocks go in
-pairs (2 vectors of filters per tile); an odd last block gets a tile of 1 block.
-Each job computes one output row ``(n, oh)`` into a small NHWC buffer, then adds the bias
-(and applies a ReLU when asked) while transposing it to the NCHW output.
+Input: zero-padded NHWC ``xp[n, h, w, c]``. Tap ``(i, j, c)`` of output pixel ``(oh, ow)`` of
+group ``g`` reads ``xp[n, oh*sh + i*dh, ow*sw + j*dw, g*Cg + c]``: for one kernel row ``i`` the
+taps ``(j, c)`` of a dense convolution are ``KW * C`` contiguous elements (one run of the tile's
+tap loop), those of a dilated or grouped one ``KW`` runs of ``Cg``, ``dw * C`` apart.
+Weights: ``wv[g, blk, i, j, c, l]`` = ``w[g*Fg + blk*L + l, c, i, j]``, each group's ``Fg`` filters
+zero-padded to whole blocks. Blocks go in pairs (2 vectors of filters per tile); an odd last
+block gets a tile of 1 block.
+Each job computes one output row ``(n, oh)`` of one group into a small NHWC buffer, then adds
+the bias (and applies a ReLU when asked) while transposing it to the NCHW output; the jobs are
+``rows x groups``, all groups in one launch.
 
 Kernels
 -------
 - :func:`vector_forward`: the forward pass (and, through the plan, the input gradient,
   which is a forward pass of ``dy`` with the rotated kernel).
 - :func:`vector_weight_grad`: the weight gradient, the same tile with the roles swapped:
-  7 consecutive entries ``j*C + c`` of a kernel row x 2 blocks of filters, accumulated
-  over a block of output rows of ``dy`` transposed to ``(Wo, F)`` (:func:`_transpose_rows`).
+  7 taps ``(j, c)`` of a kernel row consecutive in the input x 2 blocks of one group's filters,
+  accumulated over a block of output rows of ``dy`` transposed to ``(Wo, F)`` (:func:`_transpose_rows`).
 
 Inline helpers: :func:`_full_tile` and :func:`_full_dw_tile` (the register tiles of the
-width), :func:`_tile_pixels`, :func:`_transpose_rows`.
+width), :func:`_tile_pixels`, :func:`_tap_runs`, :func:`_transpose_rows`.
 """
 
 import numpy as np
@@ -87,9 +91,23 @@ def _full_dw_tile_impl(z, xf, xbase, dyt, steps, part, po):
     return impl
 
 
+@njit(**SERIAL_JIT, inline="always")
+def _tap_runs(C, Cg, KW, dw):
+    """``(KW', CW)``: the kernel columns and the contiguous taps per column a tile loops over.
+
+    A dense kernel row's taps ``(j, c)`` are one contiguous run of ``KW * C`` (``(1, KW * C)``: the
+    plain hot loop); a dilated or grouped one's are ``KW`` runs of ``Cg``, ``dw * C`` apart.
+    """
+    if Cg == C and dw == 1:
+        return 1, KW * C
+    return KW, Cg
+
+
 @njit(**PARALLEL_JIT)
-def vector_forward(width, xp, wv, b, stride, relu, out):
+def vector_forward(width, xp, wv, b, stride, dilation, relu, out):
     """Direct cross-correlation with vector accumulators: ``out = b + sum xp[...] * w[...]``.
+
+    Output ``(n, g*Fg + f, oh, ow)`` sums ``xp[n, oh*sh + i*dh, ow*sw + j*dw, g*Cg + c] * w[g*Fg + f, c, i, j]``.
 
     Parameters
     ----------
@@ -97,76 +115,87 @@ def vector_forward(width, xp, wv, b, stride, relu, out):
         The register width (512 or 256 bits): chooses the lanes ``L`` and the tile.
     xp : (N, Hp, Wp, C) array
         Zero-padded input, NHWC.
-    wv : (blocks, KH, KW * C, L) array
-        Weights in blocks of ``L`` filters (see the module).
+    wv : (G, blocks, KH, KW, Cg, L) array
+        Weights of each of the ``G`` groups in blocks of ``L`` of its ``Fg = F / G`` filters (see the module).
     b : (F,) array
         Bias.
-    stride : (int, int)
+    stride, dilation : (int, int)
     relu : bool
         Apply ``max(y, 0)`` (NaN kept) to the output.
     out : (N, F, Ho, Wo) array
         Output, NCHW, fully overwritten.
     """
     sh, sw = stride
+    dh, dw = dilation
     N, Hp, Wp, C = xp.shape
-    blocks, KH, RW, _ = wv.shape
+    G, blocks, KH, KW, Cg, _ = wv.shape
     F, Ho, Wo = out.shape[1], out.shape[2], out.shape[3]
+    Fg = F // G
     xf = xp.reshape(N * Hp * Wp * C)
     wf = wv.reshape(wv.size)
     z = vzero(width, wf)
     L = lanes(z)
-    Fp = blocks * L
+    Fp = blocks * L  # the row buffer holds one group's blocks
     P = _tile_pixels(z)
     tiles = (Wo + P - 1) // P if Wo >= P else 0
     narrow = 0 if Wo >= P else Wo
-    pairs = (sw * C, Wp * C, RW, KH, KH * RW * L, Fp, 2)
-    last = (sw * C, Wp * C, RW, KH, KH * RW * L, Fp, 2 - blocks % 2)  # an odd last block: 1
+    KWr, CW = _tap_runs(C, Cg, KW, dw)
+    bstep = KH * KW * Cg * L
+    pairs = (sw * C, dh * Wp * C, dw * C, KWr, CW, KH, bstep, Fp, 2)
+    last = (sw * C, dh * Wp * C, dw * C, KWr, CW, KH, bstep, Fp, 2 - blocks % 2)  # an odd last block: 1
     zero = np.zeros(1, dtype=out.dtype)[0]
-    for job in prange(N * Ho):
-        n = job // Ho
-        oh = job - n * Ho
+    for job in prange(N * Ho * G):  # (output row, group), the groups of a row next to each other
+        row = job // G
+        grp = job - row * G
+        n = row // Ho
+        oh = row - n * Ho
         obuf = np.empty(Wo * Fp, dtype=out.dtype)
-        xrow = (n * Hp + oh * sh) * Wp * C
-        for g in range((blocks + 1) // 2):
-            wo = 2 * g * KH * RW * L
-            steps = pairs if 2 * g + 2 <= blocks else last
+        xrow = (n * Hp + oh * sh) * Wp * C + grp * Cg
+        for q in range((blocks + 1) // 2):
+            wo = (grp * blocks + 2 * q) * bstep
+            steps = pairs if 2 * q + 2 <= blocks else last
             for t in range(tiles):
                 ow = min(t * P, Wo - P)  # the last tile overlaps the one before it
-                _full_tile(z, xf, xrow + ow * sw * C, wf, wo, steps, obuf, ow * Fp + 2 * g * L)
+                _full_tile(z, xf, xrow + ow * sw * C, wf, wo, steps, obuf, ow * Fp + 2 * q * L)
             for ow in range(narrow):
-                _tile_1(z, xf, xrow + ow * sw * C, wf, wo, steps, obuf, ow * Fp + 2 * g * L)
-        for f in range(F):
-            orow = out[n, f, oh]
-            bias = b[f]
+                _tile_1(z, xf, xrow + ow * sw * C, wf, wo, steps, obuf, ow * Fp + 2 * q * L)
+        for f in range(Fg):
+            orow = out[n, grp * Fg + f, oh]
+            bias = b[grp * Fg + f]
             for q in range(Wo):
                 v = obuf[q * Fp + f] + bias
                 orow[q] = zero if relu and v <= zero else v
 
 
 @njit(**SERIAL_JIT, inline="always")
-def _transpose_rows(dy, r0, nb, Fp, dyt):
-    """``dyt[k, ow, f] = dy[n, f, oh, ow]`` for the output rows ``r0 + k = n * Ho + oh``, ``k < nb``."""
+def _transpose_rows(dy, r0, nb, Fp, G, dyt):
+    """``dyt[k, ow, g*Fp/G + f] = dy[n, g*Fg + f, oh, ow]`` for the output rows ``r0 + k = n * Ho + oh``, ``k < nb``
+    (each of the ``G`` groups' ``Fg`` filters padded to ``Fp / G``)."""
     F, Ho, Wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    Fg = F // G
+    gp = Fp // G
     for k in range(nb):
         n = (r0 + k) // Ho
         oh = r0 + k - n * Ho
         base = k * Wo * Fp
         for f in range(F):
             src = dy[n, f, oh]
+            col = base + (f // Fg) * gp + f % Fg
             for ow in range(Wo):
-                dyt[base + ow * Fp + f] = src[ow]
+                dyt[col + ow * Fp] = src[ow]
 
 
 @njit(**PARALLEL_JIT)
-def vector_weight_grad(width, xp, dy, KH, stride, split, part):
+def vector_weight_grad(width, xp, dy, stride, dilation, split, part):
     """Partial weight gradients with vector accumulators: the correlation of ``xp`` with ``dy``.
 
-    ``part[t, blk, i, j*C + c, l] = sum dy[n, blk*L + l, oh, ow] * xp[n, oh*sh + i, ow*sw + j, c]``
+    ``part[t, g, blk, i, j, c, l] = sum dy[n, g*Fg + blk*L + l, oh, ow] * xp[n, oh*sh + i*dh, ow*sw + j*dw, g*Cg + c]``
     over the ``t``-th contiguous chunk of the ``N * Ho`` output rows. Jobs are ``chunks x
-    group_jobs``: each owns a chunk of rows and a range of filter groups (2 blocks of
-    ``L``, or the odd last one), so nothing is written by two threads; the caller sums ``part`` over ``t`` in
-    order. A tile holds 7 entries ``j*C + c`` x 2 blocks (6 x 2 with 256-bit registers)
-    across a block of rows; the entries left over by the tile go one at a time.
+    unit_jobs``: each owns a chunk of rows and a range of units (2 blocks of ``L`` filters of
+    one group, or a group's odd last block), so nothing is written by two threads; the caller
+    sums ``part`` over ``t`` in order. A tile holds 7 taps ``(j, c)`` consecutive in the input
+    x 2 blocks (6 x 2 with 256-bit registers) across a block of rows; the taps of a kernel row
+    (``KW * C`` contiguous ones dense, else ``Cg`` per column) left over by the tile go one at a time.
 
     Parameters
     ----------
@@ -175,51 +204,58 @@ def vector_weight_grad(width, xp, dy, KH, stride, split, part):
         Zero-padded input, NHWC.
     dy : (N, F, Ho, Wo) array
         Output gradient, NCHW.
-    KH : int
-        Kernel height.
-    stride : (int, int)
+    stride, dilation : (int, int)
     split : (int, int)
-        ``(chunks, group_jobs)``.
-    part : (chunks, blocks, KH, KW * C, L) array
-        Fully overwritten; ``blocks * L >= F`` (padded filters get zeros).
+        ``(chunks, unit_jobs)``.
+    part : (chunks, G, blocks, KH, KW, Cg, L) array
+        Fully overwritten; ``blocks * L >= F / G`` (padded filters get zeros).
     """
     sh, sw = stride
-    chunks, gjobs = split
+    dh, dw = dilation
+    chunks, ujobs = split
     N, Hp, Wp, C = xp.shape
     Ho, Wo = dy.shape[2], dy.shape[3]
-    blocks, RW = part.shape[1], part.shape[3]
+    _, G, blocks, KH, KW, Cg, _ = part.shape
     xf = xp.reshape(xp.size)
     z = vzero(width, xf)
     L = lanes(z)
-    Fp = blocks * L
+    Fp = G * blocks * L
     T = _tile_pixels(z)
-    full = RW - RW % T
-    groups = (blocks + 1) // 2  # pairs of blocks; an odd last block is a group of its own
-    bstep = KH * RW * L
+    KWr, CW = _tap_runs(C, Cg, KW, dw)
+    full = CW - CW % T
+    pairs = (blocks + 1) // 2  # units per group: pairs of blocks, an odd last block a unit of its own
+    units = G * pairs
+    bstep = KH * KW * Cg * L
     rows = N * Ho
-    for job in prange(chunks * gjobs):
-        ch = job // gjobs
-        gj = job - ch * gjobs
-        g_lo = groups * gj // gjobs
-        g_hi = groups * (gj + 1) // gjobs
-        pf = part[ch].reshape(blocks * bstep)
-        pf[2 * g_lo * bstep:min(2 * g_hi, blocks) * bstep] = 0
+    for job in prange(chunks * ujobs):
+        ch = job // ujobs
+        uj = job - ch * ujobs
+        u_lo = units * uj // ujobs
+        u_hi = units * (uj + 1) // ujobs
+        pf = part[ch].reshape(G * blocks * bstep)
+        # The units' blocks are contiguous: unit u starts at block (u // pairs) * blocks + 2 * (u % pairs).
+        pf[((u_lo // pairs) * blocks + 2 * (u_lo % pairs)) * bstep:((u_hi // pairs) * blocks + 2 * (u_hi % pairs))
+           * bstep] = 0
         dyt = np.zeros(_ROW_BLOCK * Wo * Fp, dtype=xp.dtype)  # the padded filters stay 0
         xbase = np.empty(_ROW_BLOCK, dtype=np.int64)
         r_end = rows * (ch + 1) // chunks
         for r0 in range(rows * ch // chunks, r_end, _ROW_BLOCK):
             nb = min(_ROW_BLOCK, r_end - r0)
-            _transpose_rows(dy, r0, nb, Fp, dyt)
+            _transpose_rows(dy, r0, nb, Fp, G, dyt)
             for i in range(KH):
                 for k in range(nb):
                     n = (r0 + k) // Ho
-                    xbase[k] = ((n * Hp + (r0 + k - n * Ho) * sh + i) * Wp) * C
-                for g in range(g_lo, g_hi):
-                    po = (2 * g * KH + i) * RW * L
-                    nblk = min(2, blocks - 2 * g)  # 1 for an odd last block
-                    for e0 in range(0, full, T):
-                        _full_dw_tile(z, xf, xbase, dyt, (nb, Wo, sw * C, Fp, 2 * g * L, bstep, e0, nblk), pf,
-                                      po + e0 * L)
-                    for e0 in range(full, RW):
-                        _dw_tile_1(z, xf, xbase, dyt, (nb, Wo, sw * C, Fp, 2 * g * L, bstep, e0, nblk), pf,
-                                   po + e0 * L)
+                    xbase[k] = ((n * Hp + (r0 + k - n * Ho) * sh + i * dh) * Wp) * C
+                for u in range(u_lo, u_hi):
+                    grp = u // pairs
+                    b0 = grp * blocks + 2 * (u - grp * pairs)
+                    nblk = min(2, (grp + 1) * blocks - b0)  # 1 for an odd last block
+                    for j in range(KWr):
+                        xo = j * dw * C + grp * Cg
+                        po = b0 * bstep + (i * KW * Cg + j * CW) * L
+                        for e0 in range(0, full, T):
+                            _full_dw_tile(z, xf, xbase, dyt, (nb, Wo, sw * C, Fp, b0 * L, bstep, xo + e0, nblk), pf,
+                                          po + e0 * L)
+                        for e0 in range(full, CW):
+                            _dw_tile_1(z, xf, xbase, dyt, (nb, Wo, sw * C, Fp, b0 * L, bstep, xo + e0, nblk), pf,
+                                       po + e0 * L)

@@ -14,7 +14,7 @@ from .simd import lanes, vfmab, vload, vstore
 @njit(**SERIAL_JIT)
 def _tile_7x2(z, xf, xo, wf, wo, steps, obuf, oo):
     """7 pixels x 2 filter blocks: 14 vector accumulators."""
-    sx, rowstep, RW, KH, bstep, Fp, _ = steps
+    sx, rowstep, colstep, KW, CW, KH, bstep, Fp, _ = steps
     L = lanes(z)
     a0_0 = z
     a0_1 = z
@@ -31,25 +31,26 @@ def _tile_7x2(z, xf, xo, wf, wo, steps, obuf, oo):
     a6_0 = z
     a6_1 = z
     for i in range(KH):
-        xi = xo + i * rowstep
-        wi = wo + i * RW * L
-        for r in range(RW):
-            u0 = vload(z, wf, wi + r * L)
-            u1 = vload(z, wf, wi + bstep + r * L)
-            a0_0 = vfmab(a0_0, u0, xf, xi + r)
-            a0_1 = vfmab(a0_1, u1, xf, xi + r)
-            a1_0 = vfmab(a1_0, u0, xf, xi + sx + r)
-            a1_1 = vfmab(a1_1, u1, xf, xi + sx + r)
-            a2_0 = vfmab(a2_0, u0, xf, xi + 2 * sx + r)
-            a2_1 = vfmab(a2_1, u1, xf, xi + 2 * sx + r)
-            a3_0 = vfmab(a3_0, u0, xf, xi + 3 * sx + r)
-            a3_1 = vfmab(a3_1, u1, xf, xi + 3 * sx + r)
-            a4_0 = vfmab(a4_0, u0, xf, xi + 4 * sx + r)
-            a4_1 = vfmab(a4_1, u1, xf, xi + 4 * sx + r)
-            a5_0 = vfmab(a5_0, u0, xf, xi + 5 * sx + r)
-            a5_1 = vfmab(a5_1, u1, xf, xi + 5 * sx + r)
-            a6_0 = vfmab(a6_0, u0, xf, xi + 6 * sx + r)
-            a6_1 = vfmab(a6_1, u1, xf, xi + 6 * sx + r)
+        for j in range(KW):
+            xi = xo + i * rowstep + j * colstep
+            wi = wo + (i * KW + j) * CW * L
+            for r in range(CW):
+                u0 = vload(z, wf, wi + r * L)
+                u1 = vload(z, wf, wi + bstep + r * L)
+                a0_0 = vfmab(a0_0, u0, xf, xi + r)
+                a0_1 = vfmab(a0_1, u1, xf, xi + r)
+                a1_0 = vfmab(a1_0, u0, xf, xi + sx + r)
+                a1_1 = vfmab(a1_1, u1, xf, xi + sx + r)
+                a2_0 = vfmab(a2_0, u0, xf, xi + 2 * sx + r)
+                a2_1 = vfmab(a2_1, u1, xf, xi + 2 * sx + r)
+                a3_0 = vfmab(a3_0, u0, xf, xi + 3 * sx + r)
+                a3_1 = vfmab(a3_1, u1, xf, xi + 3 * sx + r)
+                a4_0 = vfmab(a4_0, u0, xf, xi + 4 * sx + r)
+                a4_1 = vfmab(a4_1, u1, xf, xi + 4 * sx + r)
+                a5_0 = vfmab(a5_0, u0, xf, xi + 5 * sx + r)
+                a5_1 = vfmab(a5_1, u1, xf, xi + 5 * sx + r)
+                a6_0 = vfmab(a6_0, u0, xf, xi + 6 * sx + r)
+                a6_1 = vfmab(a6_1, u1, xf, xi + 6 * sx + r)
     vstore(obuf, oo, a0_0)
     vstore(obuf, oo + L, a0_1)
     vstore(obuf, oo + Fp, a1_0)
@@ -69,7 +70,7 @@ def _tile_7x2(z, xf, xo, wf, wo, steps, obuf, oo):
 @njit(**SERIAL_JIT)
 def _tile_6x2(z, xf, xo, wf, wo, steps, obuf, oo):
     """6 pixels x 2 filter blocks: 12 vector accumulators."""
-    sx, rowstep, RW, KH, bstep, Fp, _ = steps
+    sx, rowstep, colstep, KW, CW, KH, bstep, Fp, _ = steps
     L = lanes(z)
     a0_0 = z
     a0_1 = z
@@ -84,23 +85,24 @@ def _tile_6x2(z, xf, xo, wf, wo, steps, obuf, oo):
     a5_0 = z
     a5_1 = z
     for i in range(KH):
-        xi = xo + i * rowstep
-        wi = wo + i * RW * L
-        for r in range(RW):
-            u0 = vload(z, wf, wi + r * L)
-            u1 = vload(z, wf, wi + bstep + r * L)
-            a0_0 = vfmab(a0_0, u0, xf, xi + r)
-            a0_1 = vfmab(a0_1, u1, xf, xi + r)
-            a1_0 = vfmab(a1_0, u0, xf, xi + sx + r)
-            a1_1 = vfmab(a1_1, u1, xf, xi + sx + r)
-            a2_0 = vfmab(a2_0, u0, xf, xi + 2 * sx + r)
-            a2_1 = vfmab(a2_1, u1, xf, xi + 2 * sx + r)
-            a3_0 = vfmab(a3_0, u0, xf, xi + 3 * sx + r)
-            a3_1 = vfmab(a3_1, u1, xf, xi + 3 * sx + r)
-            a4_0 = vfmab(a4_0, u0, xf, xi + 4 * sx + r)
-            a4_1 = vfmab(a4_1, u1, xf, xi + 4 * sx + r)
-            a5_0 = vfmab(a5_0, u0, xf, xi + 5 * sx + r)
-            a5_1 = vfmab(a5_1, u1, xf, xi + 5 * sx + r)
+        for j in range(KW):
+            xi = xo + i * rowstep + j * colstep
+            wi = wo + (i * KW + j) * CW * L
+            for r in range(CW):
+                u0 = vload(z, wf, wi + r * L)
+                u1 = vload(z, wf, wi + bstep + r * L)
+                a0_0 = vfmab(a0_0, u0, xf, xi + r)
+                a0_1 = vfmab(a0_1, u1, xf, xi + r)
+                a1_0 = vfmab(a1_0, u0, xf, xi + sx + r)
+                a1_1 = vfmab(a1_1, u1, xf, xi + sx + r)
+                a2_0 = vfmab(a2_0, u0, xf, xi + 2 * sx + r)
+                a2_1 = vfmab(a2_1, u1, xf, xi + 2 * sx + r)
+                a3_0 = vfmab(a3_0, u0, xf, xi + 3 * sx + r)
+                a3_1 = vfmab(a3_1, u1, xf, xi + 3 * sx + r)
+                a4_0 = vfmab(a4_0, u0, xf, xi + 4 * sx + r)
+                a4_1 = vfmab(a4_1, u1, xf, xi + 4 * sx + r)
+                a5_0 = vfmab(a5_0, u0, xf, xi + 5 * sx + r)
+                a5_1 = vfmab(a5_1, u1, xf, xi + 5 * sx + r)
     vstore(obuf, oo, a0_0)
     vstore(obuf, oo + L, a0_1)
     vstore(obuf, oo + Fp, a1_0)
@@ -118,18 +120,19 @@ def _tile_6x2(z, xf, xo, wf, wo, steps, obuf, oo):
 @njit(**SERIAL_JIT)
 def _tile_1x2(z, xf, xo, wf, wo, steps, obuf, oo):
     """1 pixel x 2 filter blocks: 2 vector accumulators."""
-    sx, rowstep, RW, KH, bstep, Fp, _ = steps
+    sx, rowstep, colstep, KW, CW, KH, bstep, Fp, _ = steps
     L = lanes(z)
     a0_0 = z
     a0_1 = z
     for i in range(KH):
-        xi = xo + i * rowstep
-        wi = wo + i * RW * L
-        for r in range(RW):
-            u0 = vload(z, wf, wi + r * L)
-            u1 = vload(z, wf, wi + bstep + r * L)
-            a0_0 = vfmab(a0_0, u0, xf, xi + r)
-            a0_1 = vfmab(a0_1, u1, xf, xi + r)
+        for j in range(KW):
+            xi = xo + i * rowstep + j * colstep
+            wi = wo + (i * KW + j) * CW * L
+            for r in range(CW):
+                u0 = vload(z, wf, wi + r * L)
+                u1 = vload(z, wf, wi + bstep + r * L)
+                a0_0 = vfmab(a0_0, u0, xf, xi + r)
+                a0_1 = vfmab(a0_1, u1, xf, xi + r)
     vstore(obuf, oo, a0_0)
     vstore(obuf, oo + L, a0_1)
 
@@ -137,7 +140,7 @@ def _tile_1x2(z, xf, xo, wf, wo, steps, obuf, oo):
 @njit(**SERIAL_JIT)
 def _tile_7x1(z, xf, xo, wf, wo, steps, obuf, oo):
     """7 pixels x 1 filter blocks: 7 vector accumulators."""
-    sx, rowstep, RW, KH, bstep, Fp, _ = steps
+    sx, rowstep, colstep, KW, CW, KH, bstep, Fp, _ = steps
     L = lanes(z)
     a0_0 = z
     a1_0 = z
@@ -147,17 +150,18 @@ def _tile_7x1(z, xf, xo, wf, wo, steps, obuf, oo):
     a5_0 = z
     a6_0 = z
     for i in range(KH):
-        xi = xo + i * rowstep
-        wi = wo + i * RW * L
-        for r in range(RW):
-            u0 = vload(z, wf, wi + r * L)
-            a0_0 = vfmab(a0_0, u0, xf, xi + r)
-            a1_0 = vfmab(a1_0, u0, xf, xi + sx + r)
-            a2_0 = vfmab(a2_0, u0, xf, xi + 2 * sx + r)
-            a3_0 = vfmab(a3_0, u0, xf, xi + 3 * sx + r)
-            a4_0 = vfmab(a4_0, u0, xf, xi + 4 * sx + r)
-            a5_0 = vfmab(a5_0, u0, xf, xi + 5 * sx + r)
-            a6_0 = vfmab(a6_0, u0, xf, xi + 6 * sx + r)
+        for j in range(KW):
+            xi = xo + i * rowstep + j * colstep
+            wi = wo + (i * KW + j) * CW * L
+            for r in range(CW):
+                u0 = vload(z, wf, wi + r * L)
+                a0_0 = vfmab(a0_0, u0, xf, xi + r)
+                a1_0 = vfmab(a1_0, u0, xf, xi + sx + r)
+                a2_0 = vfmab(a2_0, u0, xf, xi + 2 * sx + r)
+                a3_0 = vfmab(a3_0, u0, xf, xi + 3 * sx + r)
+                a4_0 = vfmab(a4_0, u0, xf, xi + 4 * sx + r)
+                a5_0 = vfmab(a5_0, u0, xf, xi + 5 * sx + r)
+                a6_0 = vfmab(a6_0, u0, xf, xi + 6 * sx + r)
     vstore(obuf, oo, a0_0)
     vstore(obuf, oo + Fp, a1_0)
     vstore(obuf, oo + 2 * Fp, a2_0)
@@ -170,7 +174,7 @@ def _tile_7x1(z, xf, xo, wf, wo, steps, obuf, oo):
 @njit(**SERIAL_JIT)
 def _tile_6x1(z, xf, xo, wf, wo, steps, obuf, oo):
     """6 pixels x 1 filter blocks: 6 vector accumulators."""
-    sx, rowstep, RW, KH, bstep, Fp, _ = steps
+    sx, rowstep, colstep, KW, CW, KH, bstep, Fp, _ = steps
     L = lanes(z)
     a0_0 = z
     a1_0 = z
@@ -179,16 +183,17 @@ def _tile_6x1(z, xf, xo, wf, wo, steps, obuf, oo):
     a4_0 = z
     a5_0 = z
     for i in range(KH):
-        xi = xo + i * rowstep
-        wi = wo + i * RW * L
-        for r in range(RW):
-            u0 = vload(z, wf, wi + r * L)
-            a0_0 = vfmab(a0_0, u0, xf, xi + r)
-            a1_0 = vfmab(a1_0, u0, xf, xi + sx + r)
-            a2_0 = vfmab(a2_0, u0, xf, xi + 2 * sx + r)
-            a3_0 = vfmab(a3_0, u0, xf, xi + 3 * sx + r)
-            a4_0 = vfmab(a4_0, u0, xf, xi + 4 * sx + r)
-            a5_0 = vfmab(a5_0, u0, xf, xi + 5 * sx + r)
+        for j in range(KW):
+            xi = xo + i * rowstep + j * colstep
+            wi = wo + (i * KW + j) * CW * L
+            for r in range(CW):
+                u0 = vload(z, wf, wi + r * L)
+                a0_0 = vfmab(a0_0, u0, xf, xi + r)
+                a1_0 = vfmab(a1_0, u0, xf, xi + sx + r)
+                a2_0 = vfmab(a2_0, u0, xf, xi + 2 * sx + r)
+                a3_0 = vfmab(a3_0, u0, xf, xi + 3 * sx + r)
+                a4_0 = vfmab(a4_0, u0, xf, xi + 4 * sx + r)
+                a5_0 = vfmab(a5_0, u0, xf, xi + 5 * sx + r)
     vstore(obuf, oo, a0_0)
     vstore(obuf, oo + Fp, a1_0)
     vstore(obuf, oo + 2 * Fp, a2_0)
@@ -200,15 +205,16 @@ def _tile_6x1(z, xf, xo, wf, wo, steps, obuf, oo):
 @njit(**SERIAL_JIT)
 def _tile_1x1(z, xf, xo, wf, wo, steps, obuf, oo):
     """1 pixel x 1 filter blocks: 1 vector accumulators."""
-    sx, rowstep, RW, KH, bstep, Fp, _ = steps
+    sx, rowstep, colstep, KW, CW, KH, bstep, Fp, _ = steps
     L = lanes(z)
     a0_0 = z
     for i in range(KH):
-        xi = xo + i * rowstep
-        wi = wo + i * RW * L
-        for r in range(RW):
-            u0 = vload(z, wf, wi + r * L)
-            a0_0 = vfmab(a0_0, u0, xf, xi + r)
+        for j in range(KW):
+            xi = xo + i * rowstep + j * colstep
+            wi = wo + (i * KW + j) * CW * L
+            for r in range(CW):
+                u0 = vload(z, wf, wi + r * L)
+                a0_0 = vfmab(a0_0, u0, xf, xi + r)
     vstore(obuf, oo, a0_0)
 
 
