@@ -952,9 +952,16 @@ def _finite_weights_rows(run):
 @_finite_weights_rows
 def _input_grad_depthwise_rows(plan, dy, w, dx):
     g = plan.geometry
+    _rotated_forward(plan, "depthwise.depthwise_rows_forward", (1, 1) + tuple(g.dilation) + _rows_input_grad_padding(g),
+                     dy, w, dx)
+
+
+def _rotated_forward(plan, forward, geom, dy, w, dx):
+    """dx of a stride-1 depthwise convolution: the depthwise ``forward`` kernel (rows or flat, with its ``geom``)
+    on dy with the 180-degree-rotated kernel and no bias."""
+    g = plan.geometry
     wt = contiguous(w[:, :, ::-1, ::-1]).reshape(g.F, g.KH, g.KW)
-    _run("depthwise.depthwise_rows_forward", plan.cpu.width, dy, wt, np.zeros(g.C, dtype=dy.dtype),
-         (1, 1) + tuple(g.dilation) + _rows_input_grad_padding(g), False, dx, work=dy.size * g.KH * g.KW)
+    _run(forward, plan.cpu.width, dy, wt, np.zeros(g.C, dtype=dy.dtype), geom, False, dx, work=dy.size * g.KH * g.KW)
 
 
 @_strategy("conv2d_input_grad", "depthwise_rows_strided", ["depthwise.depthwise_rows_input_grad"], None,
@@ -997,9 +1004,7 @@ def _forward_depthwise_flat(g, x, w, b, out, cpu, relu=False):
 @_finite_weights_rows
 def _input_grad_depthwise_flat(plan, dy, w, dx):
     g = plan.geometry
-    wt = contiguous(w[:, :, ::-1, ::-1]).reshape(g.F, g.KH, g.KW)
-    _run("depthwise.depthwise_flat_forward", plan.cpu.width, dy, wt, np.zeros(g.C, dtype=dy.dtype),
-         _flat_geom(g, _rows_input_grad_padding(g)), False, dx, work=dy.size * g.KH * g.KW)
+    _rotated_forward(plan, "depthwise.depthwise_flat_forward", _flat_geom(g, _rows_input_grad_padding(g)), dy, w, dx)
 
 
 @_strategy("conv2d_weight_grad", "depthwise_flat", ["depthwise.depthwise_flat_weight_grad"], Layout.NCHW,
