@@ -439,7 +439,7 @@ CONV_DILATED_GROUPED = (
 CONV_ROWS = CONV_GRID + CONV_KERNELS + CONV_SHAPES + CONV_RANDOM + CONV_LAYERS + CONV_BENCH + CONV_DILATED_GROUPED
 #: Depthwise rows (issue 15: ``groups == c``, any channel multiplier ``f // c``): small test
 #: rows for the kernels' edges (channels not a whole vector, multiplier 2, strides,
-#: dilation, 5x5; narrow maps for the NHWC kernels, wide ones for the NCHW rows), then MobileNet's 3x3 layers (benchmarks/bench_depthwise.py times them
+#: dilation, 5x5; narrow maps for the NHWC kernels, wide ones for the NCHW rows), then MobileNet's 3x3 layers (benchmarks/layers.py times them
 #: against torch at ``bench_batch``). Walked by the plan-level tests (:data:`CONV_PLAN_ROWS`);
 #: the functional API's depthwise calls are tested in ``tests/test_depthwise.py``.
 CONV_DEPTHWISE = (
@@ -525,7 +525,7 @@ POOL_VARIANTS = (
 POOL_ROWS = POOL_SHAPES + POOL_RANDOM + POOL_LAYERS + POOL_BENCH + POOL_VARIANTS
 
 #: Average-pooling rows (issue 16): every option, the whole-plane window (the ``global``
-#: strategy), and the layers :mod:`benchmarks.bench_pool_variants` times at full size.
+#: strategy), and the layers :mod:`benchmarks.layers` times at full size.
 AVG_POOL_ROWS = (
     AvgPoolCase("avg-k2", 2, 3, 8, 9, 2),
     AvgPoolCase("avg-k3s2p1", 2, 3, 9, 10, 3, 2, 1),
@@ -566,8 +566,8 @@ class NormCase:
     """A normalisation layer's input: ``shape`` (N, C, ...) for the tests, ``bench_shape`` for the benchmark.
 
     ``tests/test_norm.py`` runs :func:`fastconv.functional.batch_norm` and its backward on
-    every row against the reference; ``benchmarks/bench_norm.py`` times the ``bench_shape``
-    of a row (``--case``) against PyTorch.
+    every row against the reference; ``benchmarks/layers.py`` times BatchNorm2d at ResNet's
+    shapes against PyTorch.
     """
 
     name: str

@@ -101,7 +101,7 @@ class Tuning:
         A depthwise forward pass (and stride-1 input gradient) whose output rows are at least
         this many vectors long runs ``depthwise_rows`` (NCHW, the vector along the row), else
         the NHWC ``depthwise`` kernels (the vector over channels). float32, 512-bit, 1 thread
-        (``benchmarks/bench_depthwise.py``): 8 x 144 x 56 x 56 3.9 ms against 14.2; 8 x 384 x 14 x 14
+        (``benchmarks/layers.py --clock cpu --only depthwise``): 8 x 144 x 56 x 56 3.9 ms against 14.2; 8 x 384 x 14 x 14
         1.1 against 2.7; 8 x 960 x 7 x 7 1.4 against 1.9; 4-wide outputs 1.7 against 1.3 (8 x 960 x 7 x 7
         at stride 2), 3-wide 0.74 against 0.63.
     depthwise_rows_backward : float

@@ -69,6 +69,9 @@ def parse_args(argv=None):
     p.add_argument("--repeat", type=int, default=None, help="timed samples per implementation (default 15, quick 5)")
     p.add_argument("--no-train", action="store_true", help="skip the training-step benchmark")
     p.add_argument("--no-compile", action="store_true", help="skip the first-call (compile) benchmark")
+    p.add_argument("--no-layers", action="store_true",
+                   help="skip the goal rows of issues 15 and 16 (benchmarks/layers.py: depthwise, grouped, transposed, "
+                        "BatchNorm, pooling)")
     p.add_argument("--out", default=os.path.join(REPO, "BENCHMARKS.md"),
                    help="Markdown report path (default: %(default)s); the chart and JSON go next to it")
     args = p.parse_args(argv)
@@ -402,7 +405,43 @@ def ratio_rows(results, dtype="float32"):
     return rows
 
 
-def write_markdown(path, cases, info, results, train, compile_results, command, chart_note):
+def run_layers(args, log):
+    """The goal rows of :mod:`benchmarks.layers`, fastconv against torch (skipped without torch)."""
+    if importlib.util.find_spec("torch") is None:
+        log("layers: torch is not installed, skipped")
+        return []
+    from benchmarks import layers
+
+    log("layers: the goal rows of issues 15 and 16")
+    rows = layers.rows()
+    if args.quick:
+        rows = rows[::4]
+    return layers.measure(rows, 0.5 if args.quick else 2.0, out=sys.stdout)
+
+
+def _layers_markdown(layer_results):
+    from benchmarks import layers
+
+    met = sum(r["ratio"] <= r["goal"] for r in layer_results)
+    lines = ["## Goal rows: the layers of issues 15 and 16 (float32)", "",
+             "fastconv against PyTorch through the public API (`benchmarks/layers.py`): each library timed in blocks "
+             "of calls, the blocks alternated, the minimum of each; `median` is the median over the rounds of the "
+             "blocks' ratio. Every row was checked against torch first. The goal is the issue's bound on "
+             f"fastconv's time / torch's. {met} of {len(layer_results)} rows meet it.", "",
+             "| pass | input (N, C, H, W) | fastconv | torch | fastconv/torch | median | goal | |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in layer_results:
+        shape = "x".join(map(str, r["shape"]))
+        lines.append(f"| {r['name']} | {shape} | {_fmt_time(r['fastconv_ms'] / 1e3)} | {_fmt_time(r['torch_ms'] / 1e3)} "
+                     f"| {r['ratio']:.2f} | {r['median_ratio']:.2f} | <= {r['goal']:.1f} "
+                     f"| {'met' if r['ratio'] <= r['goal'] else '**not met**'} |")
+    lines += ["", f"Reproduce one group: `PYTHONPATH=$PWD python benchmarks/layers.py --only depthwise` (or "
+              f"`--clock cpu` for 1-thread CPU time on a busy machine). Depthwise goal {layers.GOAL_DEPTHWISE}, the "
+              f"other convolutions of issue 15 {layers.GOAL_ISSUE15}, issue 16's layers {layers.GOAL_ISSUE16}.", ""]
+    return lines
+
+
+def write_markdown(path, cases, info, results, train, compile_results, command, chart_note, layer_results=()):
     index = _index(results)
     impls = [i for i in cases.IMPLEMENTATIONS if any(r.get("impl") == i for r in results)]
     lines = [
@@ -543,6 +582,9 @@ def write_markdown(path, cases, info, results, train, compile_results, command, 
                 lines += [f"- **{r['impl']} {r['case']}**: {r['status']}", ""]
 
 
+    if layer_results:
+        lines += _layers_markdown(layer_results)
+
     if train:
         from benchmarks import training
 
@@ -592,7 +634,7 @@ def write_markdown(path, cases, info, results, train, compile_results, command, 
 
     lines += ["## Reproduce", "", "```", command, "```", "",
               "Options: `--quick`, `--cases`, `--ops`, `--impls`, `--float64 {subset,all,none}`, `--threads N`, "
-              "`--repeat R`, `--no-train`, `--no-compile`, `--out PATH`. The pytest-benchmark suite "
+              "`--repeat R`, `--no-train`, `--no-compile`, `--no-layers`, `--out PATH`. The pytest-benchmark suite "
               "(`pytest benchmarks --benchmark-enable`) times the same table.", ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
@@ -683,6 +725,7 @@ def main(argv=None):
     with cases.pinned_threads(threads):
         results = run_ops(args, cases, log)
         train = [] if args.no_train else run_training(args, log)
+        layer_results = [] if args.no_layers else run_layers(args, log)
         info = machine_info(threads, cases, env_before)
         info["strategies"] = strategies(cases)
         info["env_set_by_script"] = env_set
@@ -692,10 +735,11 @@ def main(argv=None):
     chart_note = write_chart(stem + ".png", results)
     if chart_note and chart_note.startswith("matplotlib"):
         log(chart_note)
-    write_markdown(out, cases, info, results, train, compile_results, command, chart_note)
+    write_markdown(out, cases, info, results, train, compile_results, command, chart_note, layer_results)
     with open(stem + ".json", "w") as f:
         json.dump({"command": command, "machine": info, "ops": results, "train_step": train,
-                   "first_call": compile_results}, f, indent=1, default=str)
+                   "first_call": compile_results,
+                   "layers": layer_results}, f, indent=1, default=str)
     chart_written = chart_note is not None and not chart_note.startswith("matplotlib")
     log(f"wrote {out}, {stem}.json" + (f", {stem}.png" if chart_written else ""))
     failed = [r for r in results + train if str(r.get("status", "")).startswith("FAILED")]
