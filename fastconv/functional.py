@@ -741,6 +741,26 @@ def adaptive_avg_pool2d(x, output_size):
 
 
 def _adaptive_plan(func, kind, x_shape, output_size, dtype, x_name="x"):
+    key = (func, kind, tuple(x_shape), output_size, np.dtype(dtype), x_name)
+    try:
+        return _ADAPTIVE_PLANS[key]
+    except (KeyError, TypeError):  # not seen yet, or an output_size that is not hashable (a list)
+        pass
+    plan = _checked_adaptive_plan(func, kind, x_shape, output_size, dtype, x_name)
+    if len(_ADAPTIVE_PLANS) < 256:
+        try:
+            _ADAPTIVE_PLANS[key] = plan
+        except TypeError:
+            pass
+    return plan
+
+
+#: Plans of adaptive pools whose arguments were checked, by their arguments: the global average
+#: pool of a ResNet head takes microseconds, and the checks would be a fifth of it.
+_ADAPTIVE_PLANS = {}
+
+
+def _checked_adaptive_plan(func, kind, x_shape, output_size, dtype, x_name):
     V.check_nonempty(func, x_name, tuple(x_shape), (1, 2, 3), _X)
     out = V.adaptive_output_size(func, output_size, x_shape)
     # the output (and max-pooling's int64 indices): a size too large to allocate is a named error, not NumPy's
