@@ -410,7 +410,7 @@ def _pack_nhwc(a, ph, pw):
     """Copy an NCHW array into a new zero-padded NHWC array (one parallel pass)."""
     N, C, H, W = a.shape
     out = np.empty((N, H + 2 * ph, W + 2 * pw, C), dtype=a.dtype)
-    _run("pack.pack_nhwc_padded", contiguous(a), ph, pw, out, work=out.size)
+    _run("pack.pack_nhwc_padded", HOST.width, contiguous(a), ph, pw, out, work=out.size)
     return Packed(Layout.NHWC_PADDED, (ph, pw), out)
 
 
@@ -642,7 +642,7 @@ def _phases_vector(plan, dy, w, b):
     (top, bottom), (left, right) = (_phase_padding(g.H, g.Ho, g.KH, g.sh, g.ph),
                                     _phase_padding(g.W, g.Wo, g.KW, g.sw, g.pw))
     dyp = np.empty((g.N, top + g.Ho + bottom, left + g.Wo + right, g.F), dtype=dy.dtype)
-    _run("pack.pack_nhwc_padded", dy, top, left, dyp, work=dyp.size)
+    _run("pack.pack_nhwc_padded", plan.cpu.width, contiguous(dy), top, left, dyp, work=dyp.size)
     L = plan.cpu.lanes(dy.dtype)
     wv = np.empty((-(-g.C // L) * g.KH * g.KW * g.F, L), dtype=dy.dtype)
     _run("phases.phases_weights", contiguous(w), (g.sh, g.sw), wv, work=wv.size)

@@ -119,3 +119,20 @@ def test_generated_tiles_are_up_to_date():
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "generate_kernels.py"), "--check"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("width, dtype", [pytest.param(simd.W512, np.float32, id="512bit-f32"),
+                                          pytest.param(simd.W512, np.float64, id="512bit-f64"),
+                                          pytest.param(simd.W256, np.float32, id="256bit-f32")])
+def test_nhwc_pack_transposes_tiles_with_channel_and_width_tails(width, dtype, rng):
+    from fastconv.kernels.pack import pack_nhwc_padded
+
+    # channels and widths below, at and past a tile (4, 8 or 16 lanes), paddings, and an output larger than x
+    for (N, C, H, W), (ph, pw), extra in [((2, 17, 3, 14), (1, 1), 0), ((1, 16, 2, 16), (0, 0), 0),
+                                          ((1, 5, 4, 3), (2, 1), 1), ((1, 33, 2, 35), (1, 2), 2)]:
+        x = rng.standard_normal((N, C, H, W)).astype(dtype)
+        out = np.full((N, H + 2 * ph + extra, W + 2 * pw + extra, C), np.nan, dtype)
+        pack_nhwc_padded(width, x, ph, pw, out)
+        want = np.zeros_like(out)
+        want[:, ph:ph + H, pw:pw + W] = x.transpose(0, 2, 3, 1)
+        np.testing.assert_array_equal(out, want, err_msg=f"x {x.shape}, padding {(ph, pw)}, {extra} more")
