@@ -794,7 +794,7 @@ def _weight_grad_vector(g, x, dy, packed, cpu):
     size = G * blocks * L * g.KH * g.KW * Cg
     chunks, ujobs = _vector_weight_grad_split(g, G * ((blocks + 1) // 2), size * dy.itemsize)
     part = np.empty((chunks, G, blocks, g.KH, g.KW, Cg, L), dtype=dy.dtype)
-    _run("vector.vector_weight_grad", cpu.width, _nhwc_operand(g, x, packed), dy, (g.sh, g.sw), g.dilation,
+    _run("vector.vector_weight_grad", cpu.width, _nhwc_operand(g, x, packed), contiguous(dy), (g.sh, g.sw), g.dilation,
          (chunks, ujobs), part, work=dy.size * Cg * g.KH * g.KW)
     dw = part.sum(axis=0) if chunks > 1 else part[0]  # partials summed in chunk order
     # (G, blocks, KH, KW, Cg, L) -> (F, Cg, KH, KW).

@@ -40,6 +40,7 @@ from numba import njit, prange
 from numba.extending import overload
 
 from ..config import PARALLEL_JIT, SERIAL_JIT
+from .pack import _tile
 from .simd import lanes, vzero
 from .vector_tiles import _dw_tile_1, _dw_tile_6, _dw_tile_7, _tile_1, _tile_6, _tile_7
 
@@ -168,21 +169,26 @@ def vector_forward(width, xp, wv, b, stride, dilation, relu, out):
 
 
 @njit(**SERIAL_JIT, inline="always")
-def _transpose_rows(dy, r0, nb, Fp, G, dyt):
+def _transpose_rows(z, dy, r0, nb, Fp, G, dyt):
     """``dyt[k, ow, g*Fp/G + f] = dy[n, g*Fg + f, oh, ow]`` for the output rows ``r0 + k = n * Ho + oh``, ``k < nb``
-    (each of the ``G`` groups' ``Fg`` filters padded to ``Fp / G``)."""
+    (each of the ``G`` groups' ``Fg`` filters padded to ``Fp / G``), in tiles of ``L`` filters x ``L`` pixels
+    transposed in registers (:func:`fastconv.kernels.pack._tile`)."""
     F, Ho, Wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    L = lanes(z)
     Fg = F // G
     gp = Fp // G
+    dyf = dy.reshape(dy.size)
     for k in range(nb):
         n = (r0 + k) // Ho
         oh = r0 + k - n * Ho
-        base = k * Wo * Fp
-        for f in range(F):
-            src = dy[n, f, oh]
-            col = base + (f // Fg) * gp + f % Fg
-            for ow in range(Wo):
-                dyt[col + ow * Fp] = src[ow]
+        for g in range(G):
+            for f0 in range(0, Fg, L):
+                nc = min(L, Fg - f0)
+                src = ((n * F + g * Fg + f0) * Ho + oh) * Wo
+                for w0 in range(0, Wo, L):
+                    nw = min(L, Wo - w0)
+                    _tile(z, (dyf, src + w0, Ho * Wo, nc, (1 << nw) - 1),
+                          (dyt, (k * Wo + w0) * Fp + g * gp + f0, Fp, nw, (1 << nc) - 1))
 
 
 @njit(**PARALLEL_JIT)
@@ -241,7 +247,7 @@ def vector_weight_grad(width, xp, dy, stride, dilation, split, part):
         r_end = rows * (ch + 1) // chunks
         for r0 in range(rows * ch // chunks, r_end, _ROW_BLOCK):
             nb = min(_ROW_BLOCK, r_end - r0)
-            _transpose_rows(dy, r0, nb, Fp, G, dyt)
+            _transpose_rows(z, dy, r0, nb, Fp, G, dyt)
             for i in range(KH):
                 for k in range(nb):
                     n = (r0 + k) // Ho
