@@ -41,7 +41,7 @@ from numba.extending import overload
 
 from ..config import PARALLEL_JIT, SERIAL_JIT
 from .pack import _tile
-from .simd import lanes, vzero
+from .simd import lanes, vadd, vload, vmax, vstore, vzero
 from .vector_tiles import _dw_tile_1, _dw_tile_6, _dw_tile_7, _tile_1, _tile_6, _tile_7
 
 #: Output rows per block of the weight gradient: each tile's accumulators are loaded from
@@ -144,7 +144,7 @@ def vector_forward(width, xp, wv, b, stride, dilation, relu, out):
     bstep = KH * KW * Cg * L
     pairs = (sw * C, dh * Wp * C, dw * C, KWr, CW, KH, bstep, Fp, 2)
     last = (sw * C, dh * Wp * C, dw * C, KWr, CW, KH, bstep, Fp, 2 - blocks % 2)  # an odd last block: 1
-    zero = np.zeros(1, dtype=out.dtype)[0]
+    of = out.reshape(out.size)
     for job in prange(N * Ho * G):  # (output row, group), the groups of a row next to each other
         row = job // G
         grp = job - row * G
@@ -160,12 +160,20 @@ def vector_forward(width, xp, wv, b, stride, dilation, relu, out):
                 _full_tile(z, xf, xrow + ow * sw * C, wf, wo, steps, obuf, ow * Fp + 2 * q * L)
             for ow in range(narrow):
                 _tile_1(z, xf, xrow + ow * sw * C, wf, wo, steps, obuf, ow * Fp + 2 * q * L)
-        for f in range(Fg):
-            orow = out[n, grp * Fg + f, oh]
-            bias = b[grp * Fg + f]
-            for q in range(Wo):
-                v = obuf[q * Fp + f] + bias
-                orow[q] = zero if relu and v <= zero else v
+        # bias and ReLU on the (Wo, Fp) row buffer, then its tiles of L pixels x L filters transposed into
+        # the group's Fg output planes (a gather Fp apart per element before)
+        bias = np.zeros(Fp, dtype=out.dtype)
+        bias[:Fg] = b[grp * Fg:grp * Fg + Fg]
+        for q in range(Wo):
+            for f0 in range(0, Fp, L):
+                a = vadd(vload(z, obuf, q * Fp + f0), vload(z, bias, f0))
+                vstore(obuf, q * Fp + f0, vmax(a, z) if relu else a)
+        for f0 in range(0, Fg, L):
+            nf = min(L, Fg - f0)
+            for q0 in range(0, Wo, L):
+                nq = min(L, Wo - q0)
+                _tile(z, (obuf, q0 * Fp + f0, Fp, nq, (1 << nf) - 1),
+                      (of, ((n * F + grp * Fg + f0) * Ho + oh) * Wo + q0, Ho * Wo, nf, (1 << nq) - 1))
 
 
 @njit(**SERIAL_JIT, inline="always")
