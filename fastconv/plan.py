@@ -463,7 +463,8 @@ def _relu_in_place(out, relu):
            "1x1, stride 1, no padding: y[n] = w @ x[n] per image, no repacking")
 def _forward_pointwise(g, x, w, b, out, cpu, relu=False):
     packed = Packed(Layout.NCHW, (0, 0), contiguous(x))
-    _run("matmul.matmul_nn", contiguous(_weights(w)).reshape(g.F, g.C), packed.array.reshape(g.N, g.C, g.H * g.W), b,
+    _run("matmul.matmul_nn", cpu.width, contiguous(_weights(w)).reshape(g.F, g.C),
+         packed.array.reshape(g.N, g.C, g.H * g.W), b,
          out.reshape(g.N, g.F, g.H * g.W), work=out.size * g.C)
     _relu_in_place(out, relu)
     return packed
@@ -568,7 +569,7 @@ def _full_correlation(plan, dy, w, pad, out):
 def _input_grad_pointwise(plan, dy, w):
     g = plan.geometry
     dx = np.empty(g.x_shape, dtype=dy.dtype)
-    _run("matmul.matmul_nn", contiguous(w.reshape(g.F, g.C).T), contiguous(dy).reshape(g.N, g.F, -1),
+    _run("matmul.matmul_nn", plan.cpu.width, contiguous(w.reshape(g.F, g.C).T), contiguous(dy).reshape(g.N, g.F, -1),
          np.zeros(g.C, dtype=dy.dtype), dx.reshape(g.N, g.C, -1), work=dy.size * g.C)
     return dx
 
@@ -1084,7 +1085,7 @@ def _subsampled(g, x, packed=None):
            Layout.NCHW_SUBSAMPLED, "1x1, stride above 1, no padding: x subsampled once, then y[n] = w @ xs[n]")
 def _forward_pointwise_strided(g, x, w, b, out, cpu, relu=False):
     xs = _subsampled(g, x)
-    _run("matmul.matmul_nn", contiguous(_weights(w)).reshape(g.F, g.C), xs.reshape(g.N, g.C, -1), b,
+    _run("matmul.matmul_nn", cpu.width, contiguous(_weights(w)).reshape(g.F, g.C), xs.reshape(g.N, g.C, -1), b,
          out.reshape(g.N, g.F, -1), work=out.size * g.C)
     _relu_in_place(out, relu)
     return Packed(Layout.NCHW_SUBSAMPLED, (0, 0), xs)
@@ -1124,7 +1125,7 @@ def _weight_grad_pointwise_strided_vector(g, x, dy, packed, cpu):
 def _input_grad_pointwise_strided(plan, dy, w):
     g = plan.geometry
     dxs = np.empty((g.N, g.C, g.Ho, g.Wo), dtype=dy.dtype)
-    _run("matmul.matmul_nn", contiguous(w.reshape(g.F, g.C).T), dy.reshape(g.N, g.F, -1),
+    _run("matmul.matmul_nn", plan.cpu.width, contiguous(w.reshape(g.F, g.C).T), contiguous(dy).reshape(g.N, g.F, -1),
          np.zeros(g.C, dtype=dy.dtype), dxs.reshape(g.N, g.C, -1), work=dy.size * g.C)
     dx = np.zeros(g.x_shape, dtype=dy.dtype)
     dx[:, :, ::g.sh, ::g.sw] = dxs
@@ -1926,7 +1927,8 @@ def linear_forward(x2, weight, bias):
     return out
 
 
-@_strategy("matmul", "matmul_nn", ["matmul.matmul_nn"], None, "4 rows x 256 columns of the product per job")
+@_strategy("matmul", "matmul_nn", ["matmul.matmul_nn"], None,
+           "12 rows (6 with 16 vector registers) x 2 vectors of the product in registers, 256 columns per job")
 def matmul(a, b):
     """``a @ b`` for 2-D arrays on fastconv's thread pool (no checks: see :func:`fastconv.functional.matmul`).
 
@@ -1934,7 +1936,7 @@ def matmul(a, b):
     """
     a, b = contiguous(a), contiguous(b)
     out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
-    _run("matmul.matmul_nn", a, b[None], np.zeros(a.shape[0], dtype=a.dtype), out[None],
+    _run("matmul.matmul_nn", HOST.width, a, b[None], np.zeros(a.shape[0], dtype=a.dtype), out[None],
          work=a.shape[0] * a.shape[1] * b.shape[1])
     return out
 

@@ -34,6 +34,12 @@ fo + f]``, and stored back; ``steps = (nb, Wo, sx, Fp, fo, bstep, e0, B)``, ``e0
 input offset of the first entry from the start of its input row (``j*dw*C + g*Cg + c``; the ``T`` entries are
 consecutive in the input) and ``B`` the number of blocks (``_dw_tile_T`` chooses by it).
 
+``_mm_tile_R(z, src, dst)`` is :func:`fastconv.kernels.matmul.matmul_nn`'s tile: ``R`` rows of ``C`` x 3 vectors of
+columns, started from ``init``, accumulated over the whole reduction axis (one broadcast of ``A`` per row, three
+loads of ``B`` per step) and stored once; ``src = (af, ao, Q, bf, bo, K, masks)`` (row ``r`` of ``A`` at
+``af[ao + r*Q]``, row ``q`` of ``B`` at ``bf[bo + q*K]``, ``masks`` the lanes of the three vectors: columns past
+``K`` are neither read nor written), ``dst = (cf, co, init, r0)`` (row ``r`` of ``C`` at ``cf[co + r*K]``).
+
 Usage::
 
     python scripts/generate_kernels.py            # rewrite the file
@@ -51,6 +57,9 @@ TARGET = Path(__file__).resolve().parents[1] / "fastconv" / "kernels" / "vector_
 #: narrower than a tile. Each comes with 2 filter blocks, and with 1 for the odd last block.
 PIXELS = (7, 6, 1)
 TILES = tuple((p, b) for b in (2, 1) for p in PIXELS)
+#: Rows per matmul tile (each x 3 vectors of columns): 8 for 32 vector registers (24 accumulators + 3 loads),
+#: 4 for 16, 1 for the rows a tile leaves (layer widths are multiples of 8 more often than of 12).
+MM_ROWS = (8, 4, 1)
 
 HEADER = '''"""Register tiles of the vector kernels (:mod:`fastconv.kernels.vector`).
 
@@ -62,7 +71,7 @@ Tiles: {tiles}; by the number of blocks: {choosers}.
 from numba import njit
 
 from ..config import SERIAL_JIT
-from .simd import lanes, vfmab, vload, vstore'''
+from .simd import lanes, vfmab, vload, vloadz, vsplat, vstore, vstorez'''
 
 
 def _times(k, name):
@@ -131,6 +140,25 @@ def dw_tile(T, B):
     return lines
 
 
+def mm_tile(R):
+    """The source lines of ``_mm_tile_{R}``: ``R`` rows x 3 vectors."""
+    out = ["", "", "@njit(**SERIAL_JIT)", f"def _mm_tile_{R}(z, src, dst):",
+           f'    """{R} row(s) x 3 vectors of the product, accumulators in registers (see the generator)."""',
+           "    af, ao, Q, bf, bo, K, masks = src", "    cf, co, init, r0 = dst", "    m0, m1, m2 = masks",
+           "    L = lanes(z)"]
+    for r in range(R):
+        out += [f"    a{r}_0 = vsplat(z, init[r0 + {r}])", f"    a{r}_1 = a{r}_0", f"    a{r}_2 = a{r}_0"]
+    out += ["    for q in range(Q):", "        u0 = vloadz(z, bf, bo + q * K, m0)",
+            "        u1 = vloadz(z, bf, bo + q * K + L, m1)", "        u2 = vloadz(z, bf, bo + q * K + 2 * L, m2)"]
+    for r in range(R):
+        out += [f"        a{r}_{v} = vfmab(a{r}_{v}, u{v}, af, ao + {_times(r, 'Q')}q)" for v in range(3)]
+    for r in range(R):
+        row = f"co + {_times(r, 'K')}"
+        out += [f"    vstorez(cf, {row}0, a{r}_0, m0)".replace(" + 0,", ","),
+                f"    vstorez(cf, {row}L, a{r}_1, m1)", f"    vstorez(cf, {row}2 * L, a{r}_2, m2)"]
+    return out
+
+
 def chooser(prefix, P, args):
     """``{prefix}_{P}(z, ...)``: the 2-block tile, or the 1-block one when ``steps[-1]`` is 1."""
     return [
@@ -148,6 +176,7 @@ def chooser(prefix, P, args):
 
 def generate():
     tiles = ", ".join([f":func:`_tile_{p}x{b}`" for p, b in TILES] + [f":func:`_dw_tile_{t}x{b}`" for t, b in TILES])
+    tiles += ", " + ", ".join(f":func:`_mm_tile_{r}`" for r in MM_ROWS)
     choosers = ", ".join([f":func:`_tile_{p}`" for p in PIXELS] + [f":func:`_dw_tile_{p}`" for p in PIXELS])
     out = HEADER.format(tiles=tiles, choosers=choosers).split("\n")
     for p, b in TILES:
@@ -158,6 +187,8 @@ def generate():
         out += chooser("_tile", p, "xf, xo, wf, wo, steps, obuf, oo")
     for p in PIXELS:
         out += chooser("_dw_tile", p, "xf, xbase, dyt, steps, part, po")
+    for r in MM_ROWS:
+        out += mm_tile(r)
     return "\n".join(out).rstrip() + "\n"
 
 

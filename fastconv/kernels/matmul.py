@@ -9,98 +9,91 @@ One Numba kernel keeps every layer on one thread pool.
 
 Kernels
 -------
-- :func:`matmul_nn`: ``C[n] = init + A @ B[n]``.
+- :func:`matmul_nn`: ``C[n] = init + A @ B[n]``, register tiles of 8 (AVX2: 4) rows x 3 vectors
+  (``vector_tiles._mm_tile_8``).
 - :func:`matmul_nt`: ``C = sum_n A[n] @ B[n].T``.
 """
 
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
 
-from ..config import PARALLEL_JIT
+from ..config import PARALLEL_JIT, SERIAL_JIT
+from .simd import lanes, vzero
+from .vector_tiles import _mm_tile_1, _mm_tile_4, _mm_tile_8
 
-#: Columns of C per parallel job: a few KiB of each row of B, which stays in L1 while
-#: four rows of C are updated.
-_COLS = 256
+#: Columns of C per parallel job (a whole number of 3-vector tiles for 16 and 8 lanes): a few KiB of each row
+#: of B, which stays in L1 while the rows of C of one tile are updated.
+_COLS = 288
+
+
+def _mm_rows(z, src, dst):
+    """The matmul tile of as many rows as ``z``'s register file holds (8 with 32 vector registers, 4 with 16)."""
+
+
+@overload(_mm_rows, jit_options=SERIAL_JIT)
+def _mm_rows_for_lanes(z, src, dst):
+    tile = _mm_tile_8 if z.count * z.dtype.bitwidth == 512 else _mm_tile_4
+
+    def impl(z, src, dst):
+        tile(z, src, dst)
+
+    return impl
+
+
+def _mm_tile_height(z):
+    """Rows of :func:`_mm_rows`'s tile."""
+
+
+@overload(_mm_tile_height, jit_options=SERIAL_JIT)
+def _mm_tile_height_for_lanes(z):
+    rows = 8 if z.count * z.dtype.bitwidth == 512 else 4
+    return lambda z: rows
 
 
 @njit(**PARALLEL_JIT)
-def matmul_nn(A, B, init, C):
+def matmul_nn(width, A, B, init, C):
     """``C[n] = init[:, None] + A @ B[n]`` for C-contiguous ``A`` (R, Q), ``B`` (N, Q, K),
-    ``init`` (R,) and ``C`` (N, R, K).
+    ``init`` (R,) and ``C`` (N, R, K), with vectors of register ``width``.
 
     The dense layer's products (``N = 1``, ``init`` zero) and, per image, a 1x1
     convolution in NCHW (``W @ x[n]`` plus the bias; its input gradient ``W.T @ dy[n]``).
 
-    Each job owns a block of up to 4 rows and ``_COLS`` columns of ``C`` and sweeps the
-    reduction axis 4 rows of ``B`` at a time: per column, 4 loads of ``B`` feed 16
-    multiply-adds into the 4 rows of ``C``. Jobs write disjoint blocks, and each element
-    is summed in the same order whatever the thread count.
+    Each job owns a block of rows (a tile's height: 8 with 32 vector registers, 4 with 16) and
+    ``_COLS`` columns of ``C``; a tile keeps its rows x 3 vectors of columns in registers over the
+    whole reduction axis (three loads of ``B`` and one broadcast of ``A`` per row each step;
+    ``vector_tiles._mm_tile_8``), masked past ``K``; the rows a tile leaves go one at a time. Jobs
+    write disjoint blocks, and each element is summed in the same order whatever the thread count.
     """
     R, Q = A.shape
     N = B.shape[0]
     K = B.shape[2]
-    row_blocks = (R + 3) // 4
+    z = vzero(width, C)
+    L = lanes(z)
+    RT = _mm_tile_height(z)
+    full = (1 << L) - 1
+    row_blocks = (R + RT - 1) // RT
     col_blocks = (K + _COLS - 1) // _COLS
-    Q4 = Q - Q % 4
+    af = A.reshape(A.size)
+    bf = B.reshape(B.size)
+    cf = C.reshape(C.size)
     for job in prange(N * row_blocks * col_blocks):
         n = job // (row_blocks * col_blocks)
         rest = job - n * row_blocks * col_blocks
         rb = rest // col_blocks
-        k0 = (rest - rb * col_blocks) * _COLS
-        Bn = B[n]
-        Cn = C[n]
-        k1 = min(K, k0 + _COLS)
-        r0 = rb * 4
-        if r0 + 4 <= R:
-            c0 = Cn[r0, k0:k1]
-            c1 = Cn[r0 + 1, k0:k1]
-            c2 = Cn[r0 + 2, k0:k1]
-            c3 = Cn[r0 + 3, k0:k1]
-            c0[:] = init[r0]
-            c1[:] = init[r0 + 1]
-            c2[:] = init[r0 + 2]
-            c3[:] = init[r0 + 3]
-            a0 = A[r0]
-            a1 = A[r0 + 1]
-            a2 = A[r0 + 2]
-            a3 = A[r0 + 3]
-            for q in range(0, Q4, 4):
-                b0 = Bn[q, k0:k1]
-                b1 = Bn[q + 1, k0:k1]
-                b2 = Bn[q + 2, k0:k1]
-                b3 = Bn[q + 3, k0:k1]
-                a00, a01, a02, a03 = a0[q], a0[q + 1], a0[q + 2], a0[q + 3]
-                a10, a11, a12, a13 = a1[q], a1[q + 1], a1[q + 2], a1[q + 3]
-                a20, a21, a22, a23 = a2[q], a2[q + 1], a2[q + 2], a2[q + 3]
-                a30, a31, a32, a33 = a3[q], a3[q + 1], a3[q + 2], a3[q + 3]
-                for k in range(k1 - k0):
-                    v0 = b0[k]
-                    v1 = b1[k]
-                    v2 = b2[k]
-                    v3 = b3[k]
-                    c0[k] += a00 * v0 + a01 * v1 + a02 * v2 + a03 * v3
-                    c1[k] += a10 * v0 + a11 * v1 + a12 * v2 + a13 * v3
-                    c2[k] += a20 * v0 + a21 * v1 + a22 * v2 + a23 * v3
-                    c3[k] += a30 * v0 + a31 * v1 + a32 * v2 + a33 * v3
-            for q in range(Q4, Q):
-                b0 = Bn[q, k0:k1]
-                a00, a10, a20, a30 = a0[q], a1[q], a2[q], a3[q]
-                for k in range(k1 - k0):
-                    v0 = b0[k]
-                    c0[k] += a00 * v0
-                    c1[k] += a10 * v0
-                    c2[k] += a20 * v0
-                    c3[k] += a30 * v0
-        else:
-            for r in range(r0, R):
-                c0 = Cn[r, k0:k1]
-                c0[:] = init[r]
-                a0 = A[r]
-                for q in range(Q):
-                    b0 = Bn[q, k0:k1]
-                    a00 = a0[q]
-                    for k in range(k1 - k0):
-                        c0[k] += a00 * b0[k]
+        kc = (rest - rb * col_blocks) * _COLS
+        r0 = rb * RT
+        for k0 in range(kc, min(K, kc + _COLS), 3 * L):
+            left = K - k0
+            masks = (full if left >= L else (1 << left) - 1,
+                     full if left >= 2 * L else (1 << min(L, max(0, left - L))) - 1,
+                     full if left >= 3 * L else (1 << min(L, max(0, left - 2 * L))) - 1)
+            bo = n * Q * K + k0
+            if r0 + RT <= R:
+                _mm_rows(z, (af, r0 * Q, Q, bf, bo, K, masks), (cf, (n * R + r0) * K + k0, init, r0))
+            else:
+                for r in range(r0, R):
+                    _mm_tile_1(z, (af, r * Q, Q, bf, bo, K, masks), (cf, (n * R + r) * K + k0, init, r))
 
 
 #: Reduction-axis chunk of :func:`matmul_nt`: 4 rows of A and 4 rows of B of this
