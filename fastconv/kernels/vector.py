@@ -136,44 +136,54 @@ def vector_forward(width, xp, wv, b, stride, dilation, relu, out):
     wf = wv.reshape(wv.size)
     z = vzero(width, wf)
     L = lanes(z)
-    Fp = blocks * L  # the row buffer holds one group's blocks
     P = _tile_pixels(z)
     tiles = (Wo + P - 1) // P if Wo >= P else 0
     narrow = 0 if Wo >= P else Wo
     KWr, CW = _tap_runs(C, Cg, KW, dw)
     bstep = KH * KW * Cg * L
-    pairs = (sw * C, dh * Wp * C, dw * C, KWr, CW, KH, bstep, Fp, 2)
-    last = (sw * C, dh * Wp * C, dw * C, KWr, CW, KH, bstep, Fp, 2 - blocks % 2)  # an odd last block: 1
+    npairs = (blocks + 1) // 2
+    # The row buffer holds one pair of blocks (2L filters) of one output row: pitch 2L.
+    pair = (sw * C, dh * Wp * C, dw * C, KWr, CW, KH, bstep, 2 * L, 2)
+    last = (sw * C, dh * Wp * C, dw * C, KWr, CW, KH, bstep, 2 * L, 2 - blocks % 2)  # an odd last block: 1
+    rows = N * Ho
+    # Jobs are (group, pair of filter blocks, chunk of output rows): a job's weights (2L filters x the receptive
+    # field, 590 KB for 512 channels x 3 x 3) stay in L2 over its rows. Jobs of whole output rows streamed every
+    # filter's weights per row: a 512 x 512 x 3 x 3 layer on 7 x 7 maps read 9.4 MB a row, and two threads then
+    # shared the memory bandwidth (benchmarks/NOTES.md). At least 32 jobs, for the load balance.
+    chunks = min(rows, max(1, -(-32 // (G * npairs))))
     of = out.reshape(out.size)
-    for job in prange(N * Ho * G):  # (output row, group), the groups of a row next to each other
-        row = job // G
-        grp = job - row * G
-        n = row // Ho
-        oh = row - n * Ho
-        obuf = np.empty(Wo * Fp, dtype=out.dtype)
-        xrow = (n * Hp + oh * sh) * Wp * C + grp * Cg
-        for q in range((blocks + 1) // 2):
-            wo = (grp * blocks + 2 * q) * bstep
-            steps = pairs if 2 * q + 2 <= blocks else last
+    for job in prange(G * npairs * chunks):
+        grp = job // (npairs * chunks)
+        q = (job - grp * npairs * chunks) // chunks
+        ch = job - (grp * npairs + q) * chunks
+        wo = (grp * blocks + 2 * q) * bstep
+        steps = pair if 2 * q + 2 <= blocks else last
+        f_lo = 2 * q * L
+        nf2 = min(2 * L, Fg - f_lo)  # the pair's real filters
+        obuf = np.empty(Wo * 2 * L, dtype=out.dtype)
+        bias = np.zeros(2 * L, dtype=out.dtype)
+        bias[:nf2] = b[grp * Fg + f_lo:grp * Fg + f_lo + nf2]
+        for row in range(rows * ch // chunks, rows * (ch + 1) // chunks):
+            n = row // Ho
+            oh = row - n * Ho
+            xrow = (n * Hp + oh * sh) * Wp * C + grp * Cg
             for t in range(tiles):
                 ow = min(t * P, Wo - P)  # the last tile overlaps the one before it
-                _full_tile(z, xf, xrow + ow * sw * C, wf, wo, steps, obuf, ow * Fp + 2 * q * L)
+                _full_tile(z, xf, xrow + ow * sw * C, wf, wo, steps, obuf, ow * 2 * L)
             for ow in range(narrow):
-                _tile_1(z, xf, xrow + ow * sw * C, wf, wo, steps, obuf, ow * Fp + 2 * q * L)
-        # bias and ReLU on the (Wo, Fp) row buffer, then its tiles of L pixels x L filters transposed into
-        # the group's Fg output planes (a gather Fp apart per element before)
-        bias = np.zeros(Fp, dtype=out.dtype)
-        bias[:Fg] = b[grp * Fg:grp * Fg + Fg]
-        for q in range(Wo):
-            for f0 in range(0, Fp, L):
-                a = vadd(vload(z, obuf, q * Fp + f0), vload(z, bias, f0))
-                vstore(obuf, q * Fp + f0, vmax(a, z) if relu else a)
-        for f0 in range(0, Fg, L):
-            nf = min(L, Fg - f0)
-            for q0 in range(0, Wo, L):
-                nq = min(L, Wo - q0)
-                _tile(z, (obuf, q0 * Fp + f0, Fp, nq, (1 << nf) - 1),
-                      (of, ((n * F + grp * Fg + f0) * Ho + oh) * Wo + q0, Ho * Wo, nf, (1 << nq) - 1))
+                _tile_1(z, xf, xrow + ow * sw * C, wf, wo, steps, obuf, ow * 2 * L)
+            # bias and ReLU on the (Wo, 2L) row buffer, then its tiles of L pixels x L filters transposed into
+            # the pair's output planes (a gather Fp apart per element before)
+            for ow in range(Wo):
+                for f0 in range(0, 2 * L, L):
+                    a = vadd(vload(z, obuf, ow * 2 * L + f0), vload(z, bias, f0))
+                    vstore(obuf, ow * 2 * L + f0, vmax(a, z) if relu else a)
+            for f0 in range(0, nf2, L):
+                nf = min(L, nf2 - f0)
+                for q0 in range(0, Wo, L):
+                    nq = min(L, Wo - q0)
+                    _tile(z, (obuf, q0 * 2 * L + f0, 2 * L, nq, (1 << nf) - 1),
+                          (of, ((n * F + grp * Fg + f_lo + f0) * Ho + oh) * Wo + q0, Ho * Wo, nf, (1 << nq) - 1))
 
 
 @njit(**SERIAL_JIT, inline="always")
