@@ -1685,18 +1685,12 @@ class PoolPlan:
     forward: Strategy
     backward: Strategy
 
-    def run_forward(self, x, index_dtype=np.int64):
-        """``(y, indices)``: the maxima and the flat index of each winner in its plane.
-
-        ``index_dtype=np.int32`` halves the indices' memory traffic (the ``nn`` layers keep them so for their
-        backward pass); planes of 2**31 elements or more always get int64.
-        """
+    def run_forward(self, x):
+        """``(y, indices)``: the maxima and the flat index of each winner in its plane."""
         g = self.geometry
         _check_operand(self, "x", x, g.x_shape)
         out = np.empty(g.y_shape, dtype=self.dtype)
-        if g.x_shape[2] * g.x_shape[3] >= 2 ** 31:
-            index_dtype = np.int64
-        indices = np.empty(g.y_shape, dtype=index_dtype)
+        indices = np.empty(g.y_shape, dtype=np.int64)
         if out.size:
             P = g.N * g.C
             self.forward.run(g, _planes(x, g), out.reshape(P, g.Ho, g.Wo), indices.reshape(P, g.Ho, g.Wo))
@@ -1748,8 +1742,7 @@ def route_max_pool2d(dy, indices, x_shape, func="max_pool2d_backward", relu_outp
         # inside the routing loop made the plain route 20-90% slower (benchmarks/NOTES.md).
         dy = relu_backward(dy, relu_output)
     bad = STRATEGIES["max_pool2d_backward", "route"].run(
-        contiguous(dy).reshape(P, -1),
-        contiguous(indices, indices.dtype if indices.dtype == np.int32 else np.int64).reshape(P, -1), dx.reshape(P, H * W))
+        contiguous(dy).reshape(P, -1), contiguous(indices, np.int64).reshape(P, -1), dx.reshape(P, H * W))
     if bad:
         lo, hi = int(indices.min()), int(indices.max())
         raise ValueError(

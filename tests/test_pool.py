@@ -377,24 +377,3 @@ def test_repeated_calls_are_bitwise_identical(dtype, rng):
     assert y1.tobytes() == y2.tobytes() and i1.tobytes() == i2.tobytes()
     dy = rng.standard_normal(y1.shape).astype(dtype)
     assert fc.max_pool2d_backward(dy, i1, x.shape).tobytes() == fc.max_pool2d_backward(dy, i1, x.shape).tobytes()
-
-
-@pytest.mark.parametrize("kind", ["ties", "nan"])
-@pytest.mark.parametrize("case", cases.POOL_ROWS[:6], ids=str)
-def test_layer_with_int32_indices_routes_as_the_functional_call(case, kind):
-    """``nn.MaxPool2d`` keeps int32 indices for its own backward pass; outputs, returned (int64) indices and dx
-    are the functional call's."""
-    from fastconv import nn
-
-    rng = np.random.default_rng(_seed(case, kind, "layer"))
-    x = make_input(case.x_shape, kind, rng, np.float32)
-    kh, kw, sh, sw, ph, pw = params(case)
-    opts = dict(stride=(sh, sw), padding=(ph, pw), dilation=case.dilation_hw, ceil_mode=case.ceil_mode)
-    y, idx = fc.max_pool2d(x, (kh, kw), **opts)
-    dy = rng.standard_normal(y.shape).astype(np.float32)
-    layer = nn.MaxPool2d((kh, kw), **opts)
-    np.testing.assert_array_equal(layer(x), y)
-    np.testing.assert_array_equal(layer.backward(dy), fc.max_pool2d_backward(dy, idx, x.shape))
-    y2, idx2 = nn.MaxPool2d((kh, kw), return_indices=True, **opts)(x)
-    assert idx2.dtype == np.int64
-    np.testing.assert_array_equal(idx2, idx)
