@@ -247,6 +247,13 @@ def _audit():
     names = {id(d): n for n, d in _defined_kernels().items()}
     todo = [(P.kernel(k), tuple(sig)) for s in P.STRATEGIES.values() for k in s.kernels
             for sig in P.kernel(k).signatures if any(getattr(t, "dtype", None) == numba.float32 for t in sig)]
+    # The pack's 4-lane tile serves float64 in 256-bit registers only (the walk is float32): type it too.
+    from fastconv.kernels import pack, simd
+
+    x64 = np.zeros((1, 5, 2, 3))
+    pack.pack_nhwc_padded(simd.W256, x64, 1, 1, np.empty((1, 4, 5, 5)))
+    todo += [(pack.pack_nhwc_padded, tuple(sig)) for sig in pack.pack_nhwc_padded.signatures
+             if sig[0] == numba.typeof(simd.W256) and sig[1].dtype == numba.float64]
     found, done = {}, set()
     while todo:
         dispatcher, argtypes = todo.pop()
