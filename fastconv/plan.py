@@ -490,7 +490,7 @@ _forward_tiled.on_packed = _tiled_on_packed
            "stride 1, short receptive field: each tap one loop over a whole zero-padded NCHW plane")
 def _forward_flat(g, x, w, b, out, cpu, relu=False):
     packed = _pack_nchw(x, g.ph, g.pw)
-    _run("flat.flat_forward", packed.array, contiguous(_weights(w)), b, (1, 1), 1, relu, out,
+    _run("flat.flat_forward", cpu.width, packed.array, contiguous(_weights(w)), b, (1, 1), 1, relu, out,
          work=out.size * g.C * g.KH * g.KW)
     return packed
 
@@ -748,7 +748,7 @@ def _weight_grad_flat(g, x, dy, packed, cpu):
     xq = _pack_nchw(x, g.ph, g.pw).array if xq is None else xq
     threads = numba.get_num_threads()
     partial = np.empty((max(1, min(threads, g.N)), g.F, g.C, g.KH, g.KW), dtype=dy.dtype)
-    _run("flat.flat_weight_grad", xq, dy, (1, 1), 1, partial, work=dy.size * partial[0, 0].size)
+    _run("flat.flat_weight_grad", cpu.width, xq, dy, (1, 1), 1, partial, work=dy.size * partial[0, 0].size)
     return partial.sum(axis=0)  # partials summed in thread order
 
 
@@ -1207,7 +1207,7 @@ def _input_grad_grouped(plan, dy, w):
            "all groups in one launch")
 def _forward_grouped_flat(g, x, w, b, out, cpu, relu=False):
     packed = _pack_nchw(x, g.ph, g.pw)
-    _run("flat.flat_forward", packed.array, contiguous(_weights(w)), b, g.dilation, g.groups, relu, out,
+    _run("flat.flat_forward", cpu.width, packed.array, contiguous(_weights(w)), b, g.dilation, g.groups, relu, out,
          work=out.size * g.C // g.groups * g.KH * g.KW)
     return packed
 
@@ -1238,7 +1238,7 @@ def _full_padding(g):
 @_gather_unless_finite
 def _input_grad_grouped_flat(plan, dy, w, dx):
     g = plan.geometry
-    _run("flat.flat_forward", _pack_nchw(dy, *_full_padding(g)).array, _Rotated(w, g.groups).array(),
+    _run("flat.flat_forward", plan.cpu.width, _pack_nchw(dy, *_full_padding(g)).array, _Rotated(w, g.groups).array(),
          np.zeros(g.C, dtype=dy.dtype), g.dilation, g.groups, False, dx, work=dx.size * g.F // g.groups * g.KH * g.KW)
 
 
@@ -1247,7 +1247,7 @@ def _input_grad_grouped_flat(plan, dy, w, dx):
                                "whole planes; per-thread partials", needs_finite=True)
 def _weight_grad_grouped_flat(g, x, dy, packed, cpu):
     partial = np.empty((max(1, min(numba.get_num_threads(), g.N)),) + g.w_shape, dtype=dy.dtype)
-    _run("flat.flat_weight_grad", _padded_nchw(g, x, packed), dy, g.dilation, g.groups, partial,
+    _run("flat.flat_weight_grad", cpu.width, _padded_nchw(g, x, packed), dy, g.dilation, g.groups, partial,
          work=dy.size * partial[0, 0].size)
     return partial.sum(axis=0)  # partials summed in thread order
 

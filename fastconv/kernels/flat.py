@@ -1,61 +1,156 @@
-"""The flat strategy: stride-1 convolutions as long contiguous loops over whole padded planes.
+"""The flat strategy: stride-1 convolutions as vector loops over whole padded planes.
 
 Only ``@njit`` code; :mod:`fastconv.plan` decides when these run.
 
 With the input zero-padded to width ``Wp`` (NCHW) and each plane read as one flat
 vector, tap ``(c, i, j)`` of a stride-1 convolution is a shift by ``i * dh * Wp + j * dw``
-(dilation ``(dh, dw)``, 1 when dense): every tap is one loop over ``L = (Ho - 1) * Wp + Wo``
-positions, whatever the image width (the ``Wp - Wo`` columns past each row's end are
-computed and dropped). For the first layers (C = 1 or 3), whose receptive fields are too
-short to fill the tiled kernels' vectors, and for grouped and dilated convolutions at
-stride 1 (a filter of group ``g`` reads the planes ``g * C/groups`` onwards), all groups in
-one launch.
+(dilation ``(dh, dw)``, 1 when dense): output ``p = oh * Wp + ow`` of the flat plane
+(``p < P = (Ho - 1) * Wp + Wo``) reads the input at ``p + offset``, whatever the image width
+(the ``Wp - Wo`` columns past each row's end are computed and dropped). For the first layers
+(C = 1 or 3), whose receptive fields are too short to fill the vector kernels' tiles, and
+for grouped and dilated convolutions at stride 1 with few filters per group (a filter of
+group ``g`` reads the planes ``g * C/groups`` onwards), all groups in one launch.
+
+Both kernels keep their accumulators in vector registers (:mod:`fastconv.kernels.simd`),
+the vector along the flat plane, with ``Ft`` filters per register tile: 8 with 32 vector
+registers (AVX-512), 4 with 16 (AVX2); the tiles are written out in full below
+(:func:`_fwd_8x3`, :func:`_wg_8x3`, ...) and chosen by the width at compile time.
 
 Kernels
 -------
 - :func:`flat_forward`: the forward pass (and, on dy padded by ``d * (K - 1) - p`` with the
-  rotated kernel, the input gradient of a grouped or dilated convolution); four taps and
-  two filters of one group share each pass.
+  rotated kernel, the input gradient of a grouped or dilated convolution). A job is one
+  image, one group and one tile of ``Ft`` of its filters; the tile holds ``Ft`` filters x 3
+  vectors of consecutive plane positions in registers over every tap (per tap 3 vector
+  loads of the shifted plane and ``3 Ft`` FMAs with the weight broadcast from memory),
+  stores them into a small per-job buffer laid out like the padded plane, and the job
+  copies its rows out dropping the gap columns, the ReLU floor fused (the bias is the
+  accumulators' start). The last 1-2 vectors of a plane go one at a time with masked
+  loads (:func:`fastconv.kernels.simd.vloadz`): nothing past the plane is read.
 - :func:`flat_weight_grad`: per-thread partial weight gradients, the mirror of the
-  forward pass (dy copied at the padded pitch). Needs a finite input.
+  forward pass: with ``dy`` copied at the padded pitch (zeros in the gaps), the gradient
+  of filter ``f`` and tap ``t`` is the dot product of that flat plane with the input plane
+  shifted by the tap. A tile holds ``Ft`` filters x 3 taps as vectors over a block of
+  images (per vector position 3 loads of the shifted planes, ``Ft`` of ``dy``, ``3 Ft``
+  FMAs); its sums go into a per-job vector buffer, reduced horizontally once per filter and
+  tap at the end. The gaps multiply real inputs by zero: ``xq`` must be finite (the plan
+  checks; with an infinity, ``0 * inf`` would add a NaN).
 - :func:`flat_bias_grad`: the bias gradient, each ``(n, f)`` plane summed as one run.
 
-Inline helper: :func:`_tap_run`.
+Filter counts that are not a multiple of ``Ft`` repeat the group's last filter in the last
+tile (computed, not written); tap counts not a multiple of 3 the last tap likewise.
+See ``benchmarks/NOTES.md`` ("Flat kernels with register accumulators").
 """
 
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
 
 from ..config import PARALLEL_JIT, SERIAL_JIT
+from .simd import lanes, vadd, vfma, vfmab, vload, vloadz, vsplat, vstore, vzero
+
+#: Plane positions (vectors) per forward tile and taps per weight-gradient tile.
+_VECTORS = 3
+_TAPS = 3
+
+#: Elements of ``dy`` per weight-gradient job buffer (a block of images of one filter tile), about 32 KiB of float32.
+_DY_BLOCK = 8192
+
+
+def _wide(z):
+    return z.count * z.dtype.bitwidth >= 512
+
+
+def _filter_tile(z):
+    """Filters per register tile for vectors like ``z`` (a compile-time constant): 8 on 512-bit, else 4."""
+
+
+def _fwd_tile(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
+    """The forward tile of the width: ``Ft`` filters x 3 vectors."""
+
+
+def _fwd_tail(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb):
+    """The forward tile of one masked vector: ``Ft`` filters x 1."""
+
+
+def _wg_tile(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
+    """The weight-gradient tile of the width: ``Ft`` filters x 3 taps."""
+
+
+@overload(_filter_tile, inline="always")
+def _filter_tile_impl(z):
+    ft = 8 if _wide(z) else 4
+    return lambda z: ft
+
+
+@overload(_fwd_tile, inline="always")
+def _fwd_tile_impl(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
+    tile = _fwd_8x3 if _wide(z) else _fwd_4x3
+
+    def impl(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
+        tile(z, xf, xb, toff, wp, wo, bias, buf, so, Lb)
+
+    return impl
+
+
+@overload(_fwd_tail, inline="always")
+def _fwd_tail_impl(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb):
+    tile = _fwd_8x1_masked if _wide(z) else _fwd_4x1_masked
+
+    def impl(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb):
+        tile(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb)
+
+    return impl
+
+
+@overload(_wg_tile, inline="always")
+def _wg_tile_impl(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
+    tile = _wg_8x3 if _wide(z) else _wg_4x3
+
+    def impl(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
+        tile(z, xf, xgeom, dyb, dgeom, toff, vs, vo)
+
+    return impl
 
 
 @njit(**SERIAL_JIT, inline="always")
-def _tap_run(planes, base, t, KHW, KW, pitch, L):
-    """The run of ``L`` positions tap ``t = (c * KH + i) * KW + j`` reads: plane ``base + c``
-    shifted by ``i * pitch[0] + j * pitch[1]`` (``pitch = (dh * Wp, dw)``)."""
-    c = t // KHW
-    r = t - c * KHW
-    i = r // KW
-    o = i * pitch[0] + (r - i * KW) * pitch[1]
-    return planes[base + c, o:o + L]
+def _vacc(z, vs, o, a):
+    """``vs[o:o+L] += a``."""
+    vstore(vs, o, vadd(vload(z, vs, o), a))
+
+
+@njit(**SERIAL_JIT)
+def _tap_offsets(Cg, KH, KW, HW, pitch, count):
+    """``toff[t]``: tap ``t = (c * KH + i) * KW + j`` of a group's planes as an offset from its first
+    plane's start, ``c * HW + i * pitch[0] + j * pitch[1]``; ``count >= Cg * KH * KW`` entries, the
+    ones past the last tap repeating it."""
+    T = Cg * KH * KW
+    toff = np.empty(count, dtype=np.int64)
+    for t in range(count):
+        r = min(t, T - 1)
+        c = r // (KH * KW)
+        i = (r - c * KH * KW) // KW
+        toff[t] = c * HW + i * pitch[0] + (r - c * KH * KW - i * KW) * pitch[1]
+    return toff
 
 
 @njit(**PARALLEL_JIT)
-def flat_forward(xq, w, b, dilation, groups, relu, out):
+def flat_forward(width, xq, w, b, dilation, groups, relu, out):
     """Stride-1 cross-correlation (grouped, dilated or dense), vectorised along whole images.
 
     ``out[n, f] = b[f] + sum_{c, i, j} w[f, c, i, j] * xq[n, g*Cg + c, oh + i*dh, ow + j*dw]``
     with ``g = f // (F / groups)``, ``Cg = C / groups``. With each plane read as one flat
     vector, tap ``(c, i, j)`` adds ``w[f, c, i, j] * plane[p + i*dh*Wp + j*dw]`` to output
-    position ``p = oh*Wp + ow`` of an accumulator laid out like the padded image: one long
-    contiguous loop per tap, whatever the image width (the ``Wp - Wo`` columns past each
-    row's end are computed and dropped). Four taps and two filters share each pass, so
-    every accumulator load and store serves eight multiply-adds.
+    position ``p = oh*Wp + ow`` laid out like the padded image (the ``Wp - Wo`` columns past
+    each row's end are computed and dropped). Register tiles of ``Ft`` filters x 3 vectors
+    of positions (see the module); a job is one image, group and filter tile.
 
     See ``benchmarks/NOTES.md``.
 
     Parameters
     ----------
+    width : fastconv.kernels.simd.Width
+        The register width (512 or 256 bits): the lanes and the filter tile.
     xq : (N, C, Hp, Wp) array
         Zero-padded input, NCHW.
     w : (F, C / groups, KH, KW) array
@@ -73,84 +168,73 @@ def flat_forward(xq, w, b, dilation, groups, relu, out):
     F, Cg, KH, KW = w.shape
     Ho = out.shape[2]
     Wo = out.shape[3]
-    L = (Ho - 1) * Wp + Wo
-    KHW = KH * KW
-    T = Cg * KHW
-    T4 = T - T % 4
+    HW = Hp * Wp
+    P = (Ho - 1) * Wp + Wo
+    T = Cg * KH * KW
     Fg = F // groups
-    pairs = (Fg + 1) // 2
-    pitch = (dilation[0] * Wp, dilation[1])
-    planes = xq.reshape(N * C, Hp * Wp)
+    xf = xq.reshape(xq.size)
     wf = w.reshape(F, T)
+    z = vzero(width, xf)
+    L = lanes(z)
+    Ft = _filter_tile(z)
+    V = _VECTORS * L
+    full = P - P % V  # positions in whole tiles; the rest one masked vector at a time
+    Lb = (P + L - 1) // L * L
+    tiles = (Fg + Ft - 1) // Ft
+    toff = _tap_offsets(Cg, KH, KW, HW, (dilation[0] * Wp, dilation[1]), T)
+    # Each tile's weights tap by tap (wp[u, t, k]) and its bias; a short last tile repeats the group's last filter.
+    wp = np.empty((groups * tiles, T, Ft), dtype=out.dtype)
+    bp = np.empty((groups * tiles, Ft), dtype=out.dtype)
+    for u in range(groups * tiles):
+        g = u // tiles
+        for k in range(Ft):
+            f = g * Fg + min((u - g * tiles) * Ft + k, Fg - 1)
+            bp[u, k] = b[f]
+            for t in range(T):
+                wp[u, t, k] = wf[f, t]
+    wpf = wp.reshape(wp.size)
     # The ReLU as a floor: -inf (no change) or 0, one select either way (no branch on ``relu``
     # in the loop: LLVM would compile the loop twice).
     floor = np.full(1, 0 if relu else -np.inf, dtype=out.dtype)[0]
-    for job in prange(N * groups * pairs):
-        n = job // (groups * pairs)
-        g = (job - n * groups * pairs) // pairs
-        f = g * Fg + 2 * (job - n * groups * pairs - g * pairs)
-        h = min(f + 1, g * Fg + Fg - 1)  # odd Fg: the last pair computes its filter twice
-        base = n * C + g * Cg
-        acc = np.empty((2, L), dtype=out.dtype)
-        a0 = acc[0]
-        a1 = acc[1]
-        a0[:] = b[f]
-        a1[:] = b[h]
-        wa = wf[f]
-        wb = wf[h]
-        for t0 in range(0, T4, 4):
-            s0 = _tap_run(planes, base, t0, KHW, KW, pitch, L)
-            s1 = _tap_run(planes, base, t0 + 1, KHW, KW, pitch, L)
-            s2 = _tap_run(planes, base, t0 + 2, KHW, KW, pitch, L)
-            s3 = _tap_run(planes, base, t0 + 3, KHW, KW, pitch, L)
-            v0 = wa[t0]
-            v1 = wa[t0 + 1]
-            v2 = wa[t0 + 2]
-            v3 = wa[t0 + 3]
-            u0 = wb[t0]
-            u1 = wb[t0 + 1]
-            u2 = wb[t0 + 2]
-            u3 = wb[t0 + 3]
-            for p in range(L):
-                x0 = s0[p]
-                x1 = s1[p]
-                x2 = s2[p]
-                x3 = s3[p]
-                a0[p] += v0 * x0 + v1 * x1 + v2 * x2 + v3 * x3
-                a1[p] += u0 * x0 + u1 * x1 + u2 * x2 + u3 * x3
-        for t in range(T4, T):
-            s0 = _tap_run(planes, base, t, KHW, KW, pitch, L)
-            v0 = wa[t]
-            u0 = wb[t]
-            for p in range(L):
-                x0 = s0[p]
-                a0[p] += v0 * x0
-                a1[p] += u0 * x0
-        for k in range(h - f + 1):
-            plane = out[n, f + k]
-            a = acc[k]
+    for job in prange(N * groups * tiles):
+        n = job // (groups * tiles)
+        u = job - n * groups * tiles
+        g = u // tiles
+        f0 = g * Fg + (u - g * tiles) * Ft
+        xb = (n * C + g * Cg) * HW
+        wo = u * T * Ft
+        bias = bp[u]
+        buf = np.empty(Ft * Lb, dtype=out.dtype)
+        for s in range(0, full, V):
+            _fwd_tile(z, xf, xb + s, toff, wpf, wo, bias, buf, s, Lb)
+        for s in range(full, P, L):
+            _fwd_tail(z, xf, xb + s, toff, wpf, wo, bias, (1 << min(L, P - s)) - 1, buf, s, Lb)
+        for k in range(min(Ft, g * Fg + Fg - f0)):
+            plane = out[n, f0 + k]
             for oh in range(Ho):
                 row = plane[oh]
-                src = a[oh * Wp:oh * Wp + Wo]
+                src = buf[k * Lb + oh * Wp:k * Lb + oh * Wp + Wo]
                 for ow in range(Wo):
                     v = src[ow]
                     row[ow] = floor if v <= floor else v
 
 
 @njit(**PARALLEL_JIT)
-def flat_weight_grad(xq, dy, dilation, groups, partial):
+def flat_weight_grad(width, xq, dy, dilation, groups, partial):
     """Per-thread partial weight gradients at stride 1 (grouped, dilated or dense).
 
     The mirror of :func:`flat_forward`: with ``dy``'s rows copied at the padded input's row
     pitch ``Wp`` (zeros in the ``Wp - Wo`` gaps), the gradient of tap ``(c, i, j)`` of filter
     ``f`` (group ``g``) is one dot product of that flat ``dy`` plane with the input plane
-    ``g*Cg + c`` shifted by ``i*dh*Wp + j*dw``: long contiguous loops whatever the image
-    width. Four taps and two filters share each pass (8 accumulators). The gaps multiply
-    real inputs by zero, so ``xq`` must be finite (the plan checks; with an infinity,
-    ``0 * inf`` would add a NaN).
+    ``g*Cg + c`` shifted by ``i*dh*Wp + j*dw``. Register tiles of ``Ft`` filters x 3 taps
+    (see the module) over blocks of images; each job sums its chunk of the batch in a fixed
+    order. The gaps multiply real inputs by zero, so ``xq`` must be finite (the plan checks;
+    with an infinity, ``0 * inf`` would add a NaN).
 
     Parameters
     ----------
+    width : fastconv.kernels.simd.Width
+        The register width (512 or 256 bits).
     xq : (N, C, Hp, Wp) array
         Zero-padded input, NCHW.
     dy : (N, F, Ho, Wo) array
@@ -161,56 +245,47 @@ def flat_weight_grad(xq, dy, dilation, groups, partial):
     """
     N, C, Hp, Wp = xq.shape
     F, Ho, Wo = dy.shape[1], dy.shape[2], dy.shape[3]
-    T, _, Cg, KH, KW = partial.shape
-    L = (Ho - 1) * Wp + Wo
-    KHW = KH * KW
-    R = Cg * KHW
-    R4 = R - R % 4
+    chunks, _, Cg, KH, KW = partial.shape
+    HW = Hp * Wp
+    P = (Ho - 1) * Wp + Wo
+    R = Cg * KH * KW
+    Rp = (R + _TAPS - 1) // _TAPS * _TAPS
     Fg = F // groups
-    pitch = (dilation[0] * Wp, dilation[1])
-    planes = xq.reshape(N * C, Hp * Wp)
-    zero = np.zeros(1, dtype=partial.dtype)[0]
-    for t in prange(T):
-        part = partial[t].reshape(F, R)
-        part[:, :] = 0
-        dyw = np.zeros((F, L), dtype=dy.dtype)
-        for n in range((N * t) // T, (N * (t + 1)) // T):
-            for f in range(F):
-                for oh in range(Ho):
-                    dyw[f, oh * Wp:oh * Wp + Wo] = dy[n, f, oh]
-            for pair in range(groups * ((Fg + 1) // 2)):
-                g = pair // ((Fg + 1) // 2)
-                f = g * Fg + 2 * (pair - g * ((Fg + 1) // 2))
-                h = min(f + 1, g * Fg + Fg - 1)  # an odd Fg: the last pair of a group is one filter, added once
-                da = dyw[f]
-                db = dyw[h]
-                pa = part[f]
-                pb = part[h]
-                base = n * C + g * Cg
-                for r0 in range(0, R, 4):
-                    m = min(4, R - r0)
-                    s0 = _tap_run(planes, base, r0, KHW, KW, pitch, L)
-                    s1 = _tap_run(planes, base, r0 + min(1, m - 1), KHW, KW, pitch, L)
-                    s2 = _tap_run(planes, base, r0 + min(2, m - 1), KHW, KW, pitch, L)
-                    s3 = _tap_run(planes, base, r0 + min(3, m - 1), KHW, KW, pitch, L)
-                    a0 = a1 = a2 = a3 = zero
-                    b0 = b1 = b2 = b3 = zero
-                    for p in range(L):
-                        u = da[p]
-                        v = db[p]
-                        a0 += u * s0[p]
-                        a1 += u * s1[p]
-                        a2 += u * s2[p]
-                        a3 += u * s3[p]
-                        b0 += v * s0[p]
-                        b1 += v * s1[p]
-                        b2 += v * s2[p]
-                        b3 += v * s3[p]
-                    sums = (a0, a1, a2, a3, b0, b1, b2, b3)
-                    for k in range(m):
-                        pa[r0 + k] += sums[k]
-                        if h != f:
-                            pb[r0 + k] += sums[4 + k]
+    xf = xq.reshape(xq.size)
+    z = vzero(width, xf)
+    L = lanes(z)
+    Ft = _filter_tile(z)
+    S = (P + L - 1) // L
+    Pb = S * L
+    bits = (1 << (P - (S - 1) * L)) - 1  # the last vector's lanes inside the plane
+    tiles = (Fg + Ft - 1) // Ft
+    NB = max(1, _DY_BLOCK // (Ft * Pb))
+    toff = _tap_offsets(Cg, KH, KW, HW, (dilation[0] * Wp, dilation[1]), Rp)
+    for ch in prange(chunks):
+        part = partial[ch].reshape(F, R)
+        n0 = (N * ch) // chunks
+        n1 = (N * (ch + 1)) // chunks
+        dyb = np.zeros(NB * Ft * Pb, dtype=dy.dtype)  # the gaps and the tail stay 0
+        vs = np.empty(Ft * Rp * L, dtype=dy.dtype)
+        for u in range(groups * tiles):
+            g = u // tiles
+            f0 = g * Fg + (u - g * tiles) * Ft
+            nf = min(Ft, g * Fg + Fg - f0)  # a short last tile: the slots past nf hold stale finite values
+            vs[:] = 0
+            for m0 in range(n0, n1, NB):
+                nb = min(NB, n1 - m0)
+                for m in range(nb):
+                    for k in range(nf):
+                        src = dy[m0 + m, f0 + k]
+                        o = (m * Ft + k) * Pb
+                        for oh in range(Ho):
+                            dyb[o + oh * Wp:o + oh * Wp + Wo] = src[oh]
+                xgeom = ((m0 * C + g * Cg) * HW, C * HW, nb)
+                for r0 in range(0, Rp, _TAPS):
+                    _wg_tile(z, xf, xgeom, dyb, (Pb, S, bits, Rp), toff[r0:r0 + _TAPS], vs, r0 * L)
+            for k in range(nf):
+                for r in range(R):
+                    part[f0 + k, r] = vs[(k * Rp + r) * L:(k * Rp + r + 1) * L].sum()
 
 
 @njit(**PARALLEL_JIT)
@@ -230,3 +305,359 @@ def flat_bias_grad(dy, db):
             for i in range(L):
                 s += plane[i]
         db[f] = s
+
+
+# ---------------------------------------------------------------------------------------
+# Register tiles (written out: Numba keeps vector locals in registers, not arrays of them)
+# ---------------------------------------------------------------------------------------
+
+
+@njit(**SERIAL_JIT)
+def _fwd_8x3(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
+    """8 filters x 3 vectors of the flat plane: 24 accumulators (see :func:`flat_forward`)."""
+    L = lanes(z)
+    a0_0 = a0_1 = a0_2 = vsplat(z, bias[0])
+    a1_0 = a1_1 = a1_2 = vsplat(z, bias[1])
+    a2_0 = a2_1 = a2_2 = vsplat(z, bias[2])
+    a3_0 = a3_1 = a3_2 = vsplat(z, bias[3])
+    a4_0 = a4_1 = a4_2 = vsplat(z, bias[4])
+    a5_0 = a5_1 = a5_2 = vsplat(z, bias[5])
+    a6_0 = a6_1 = a6_2 = vsplat(z, bias[6])
+    a7_0 = a7_1 = a7_2 = vsplat(z, bias[7])
+    for t in range(toff.size):
+        xo = xb + toff[t]
+        x0 = vload(z, xf, xo)
+        x1 = vload(z, xf, xo + 1 * L)
+        x2 = vload(z, xf, xo + 2 * L)
+        wi = wo + t * 8
+        a0_0 = vfmab(a0_0, x0, wp, wi)
+        a0_1 = vfmab(a0_1, x1, wp, wi)
+        a0_2 = vfmab(a0_2, x2, wp, wi)
+        a1_0 = vfmab(a1_0, x0, wp, wi + 1)
+        a1_1 = vfmab(a1_1, x1, wp, wi + 1)
+        a1_2 = vfmab(a1_2, x2, wp, wi + 1)
+        a2_0 = vfmab(a2_0, x0, wp, wi + 2)
+        a2_1 = vfmab(a2_1, x1, wp, wi + 2)
+        a2_2 = vfmab(a2_2, x2, wp, wi + 2)
+        a3_0 = vfmab(a3_0, x0, wp, wi + 3)
+        a3_1 = vfmab(a3_1, x1, wp, wi + 3)
+        a3_2 = vfmab(a3_2, x2, wp, wi + 3)
+        a4_0 = vfmab(a4_0, x0, wp, wi + 4)
+        a4_1 = vfmab(a4_1, x1, wp, wi + 4)
+        a4_2 = vfmab(a4_2, x2, wp, wi + 4)
+        a5_0 = vfmab(a5_0, x0, wp, wi + 5)
+        a5_1 = vfmab(a5_1, x1, wp, wi + 5)
+        a5_2 = vfmab(a5_2, x2, wp, wi + 5)
+        a6_0 = vfmab(a6_0, x0, wp, wi + 6)
+        a6_1 = vfmab(a6_1, x1, wp, wi + 6)
+        a6_2 = vfmab(a6_2, x2, wp, wi + 6)
+        a7_0 = vfmab(a7_0, x0, wp, wi + 7)
+        a7_1 = vfmab(a7_1, x1, wp, wi + 7)
+        a7_2 = vfmab(a7_2, x2, wp, wi + 7)
+    vstore(buf, so, a0_0)
+    vstore(buf, so + L, a0_1)
+    vstore(buf, so + 2 * L, a0_2)
+    vstore(buf, so + Lb, a1_0)
+    vstore(buf, so + Lb + L, a1_1)
+    vstore(buf, so + Lb + 2 * L, a1_2)
+    vstore(buf, so + 2 * Lb, a2_0)
+    vstore(buf, so + 2 * Lb + L, a2_1)
+    vstore(buf, so + 2 * Lb + 2 * L, a2_2)
+    vstore(buf, so + 3 * Lb, a3_0)
+    vstore(buf, so + 3 * Lb + L, a3_1)
+    vstore(buf, so + 3 * Lb + 2 * L, a3_2)
+    vstore(buf, so + 4 * Lb, a4_0)
+    vstore(buf, so + 4 * Lb + L, a4_1)
+    vstore(buf, so + 4 * Lb + 2 * L, a4_2)
+    vstore(buf, so + 5 * Lb, a5_0)
+    vstore(buf, so + 5 * Lb + L, a5_1)
+    vstore(buf, so + 5 * Lb + 2 * L, a5_2)
+    vstore(buf, so + 6 * Lb, a6_0)
+    vstore(buf, so + 6 * Lb + L, a6_1)
+    vstore(buf, so + 6 * Lb + 2 * L, a6_2)
+    vstore(buf, so + 7 * Lb, a7_0)
+    vstore(buf, so + 7 * Lb + L, a7_1)
+    vstore(buf, so + 7 * Lb + 2 * L, a7_2)
+
+
+@njit(**SERIAL_JIT)
+def _fwd_4x3(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
+    """4 filters x 3 vectors of the flat plane: 12 accumulators (see :func:`flat_forward`)."""
+    L = lanes(z)
+    a0_0 = a0_1 = a0_2 = vsplat(z, bias[0])
+    a1_0 = a1_1 = a1_2 = vsplat(z, bias[1])
+    a2_0 = a2_1 = a2_2 = vsplat(z, bias[2])
+    a3_0 = a3_1 = a3_2 = vsplat(z, bias[3])
+    for t in range(toff.size):
+        xo = xb + toff[t]
+        x0 = vload(z, xf, xo)
+        x1 = vload(z, xf, xo + 1 * L)
+        x2 = vload(z, xf, xo + 2 * L)
+        wi = wo + t * 4
+        a0_0 = vfmab(a0_0, x0, wp, wi)
+        a0_1 = vfmab(a0_1, x1, wp, wi)
+        a0_2 = vfmab(a0_2, x2, wp, wi)
+        a1_0 = vfmab(a1_0, x0, wp, wi + 1)
+        a1_1 = vfmab(a1_1, x1, wp, wi + 1)
+        a1_2 = vfmab(a1_2, x2, wp, wi + 1)
+        a2_0 = vfmab(a2_0, x0, wp, wi + 2)
+        a2_1 = vfmab(a2_1, x1, wp, wi + 2)
+        a2_2 = vfmab(a2_2, x2, wp, wi + 2)
+        a3_0 = vfmab(a3_0, x0, wp, wi + 3)
+        a3_1 = vfmab(a3_1, x1, wp, wi + 3)
+        a3_2 = vfmab(a3_2, x2, wp, wi + 3)
+    vstore(buf, so, a0_0)
+    vstore(buf, so + L, a0_1)
+    vstore(buf, so + 2 * L, a0_2)
+    vstore(buf, so + Lb, a1_0)
+    vstore(buf, so + Lb + L, a1_1)
+    vstore(buf, so + Lb + 2 * L, a1_2)
+    vstore(buf, so + 2 * Lb, a2_0)
+    vstore(buf, so + 2 * Lb + L, a2_1)
+    vstore(buf, so + 2 * Lb + 2 * L, a2_2)
+    vstore(buf, so + 3 * Lb, a3_0)
+    vstore(buf, so + 3 * Lb + L, a3_1)
+    vstore(buf, so + 3 * Lb + 2 * L, a3_2)
+
+
+@njit(**SERIAL_JIT)
+def _fwd_8x1_masked(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb):
+    """8 filters x 1 vector whose lanes past the plane are set in ``bits`` off (not read): the tail."""
+    a0 = vsplat(z, bias[0])
+    a1 = vsplat(z, bias[1])
+    a2 = vsplat(z, bias[2])
+    a3 = vsplat(z, bias[3])
+    a4 = vsplat(z, bias[4])
+    a5 = vsplat(z, bias[5])
+    a6 = vsplat(z, bias[6])
+    a7 = vsplat(z, bias[7])
+    for t in range(toff.size):
+        x0 = vloadz(z, xf, xb + toff[t], bits)
+        wi = wo + t * 8
+        a0 = vfmab(a0, x0, wp, wi)
+        a1 = vfmab(a1, x0, wp, wi + 1)
+        a2 = vfmab(a2, x0, wp, wi + 2)
+        a3 = vfmab(a3, x0, wp, wi + 3)
+        a4 = vfmab(a4, x0, wp, wi + 4)
+        a5 = vfmab(a5, x0, wp, wi + 5)
+        a6 = vfmab(a6, x0, wp, wi + 6)
+        a7 = vfmab(a7, x0, wp, wi + 7)
+    vstore(buf, so, a0)
+    vstore(buf, so + Lb, a1)
+    vstore(buf, so + 2 * Lb, a2)
+    vstore(buf, so + 3 * Lb, a3)
+    vstore(buf, so + 4 * Lb, a4)
+    vstore(buf, so + 5 * Lb, a5)
+    vstore(buf, so + 6 * Lb, a6)
+    vstore(buf, so + 7 * Lb, a7)
+
+
+@njit(**SERIAL_JIT)
+def _fwd_4x1_masked(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb):
+    """4 filters x 1 vector whose lanes past the plane are set in ``bits`` off (not read): the tail."""
+    a0 = vsplat(z, bias[0])
+    a1 = vsplat(z, bias[1])
+    a2 = vsplat(z, bias[2])
+    a3 = vsplat(z, bias[3])
+    for t in range(toff.size):
+        x0 = vloadz(z, xf, xb + toff[t], bits)
+        wi = wo + t * 4
+        a0 = vfmab(a0, x0, wp, wi)
+        a1 = vfmab(a1, x0, wp, wi + 1)
+        a2 = vfmab(a2, x0, wp, wi + 2)
+        a3 = vfmab(a3, x0, wp, wi + 3)
+    vstore(buf, so, a0)
+    vstore(buf, so + Lb, a1)
+    vstore(buf, so + 2 * Lb, a2)
+    vstore(buf, so + 3 * Lb, a3)
+
+
+@njit(**SERIAL_JIT)
+def _wg_8x3(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
+    """8 filters x 3 taps: 24 accumulators over ``nb`` images (see :func:`flat_weight_grad`)."""
+    xb, xstep, nb = xgeom
+    Pb, S, bits, Rp = dgeom
+    L = lanes(z)
+    a0_0 = a0_1 = a0_2 = z
+    a1_0 = a1_1 = a1_2 = z
+    a2_0 = a2_1 = a2_2 = z
+    a3_0 = a3_1 = a3_2 = z
+    a4_0 = a4_1 = a4_2 = z
+    a5_0 = a5_1 = a5_2 = z
+    a6_0 = a6_1 = a6_2 = z
+    a7_0 = a7_1 = a7_2 = z
+    t0 = toff[0]
+    t1 = toff[1]
+    t2 = toff[2]
+    for m in range(nb):
+        xo = xb + m * xstep
+        do = m * 8 * Pb
+        for s in range(S - 1):
+            p = s * L
+            x0 = vload(z, xf, xo + t0 + p)
+            x1 = vload(z, xf, xo + t1 + p)
+            x2 = vload(z, xf, xo + t2 + p)
+            d = vload(z, dyb, do + p)
+            a0_0 = vfma(a0_0, d, x0)
+            a0_1 = vfma(a0_1, d, x1)
+            a0_2 = vfma(a0_2, d, x2)
+            d = vload(z, dyb, do + Pb + p)
+            a1_0 = vfma(a1_0, d, x0)
+            a1_1 = vfma(a1_1, d, x1)
+            a1_2 = vfma(a1_2, d, x2)
+            d = vload(z, dyb, do + 2 * Pb + p)
+            a2_0 = vfma(a2_0, d, x0)
+            a2_1 = vfma(a2_1, d, x1)
+            a2_2 = vfma(a2_2, d, x2)
+            d = vload(z, dyb, do + 3 * Pb + p)
+            a3_0 = vfma(a3_0, d, x0)
+            a3_1 = vfma(a3_1, d, x1)
+            a3_2 = vfma(a3_2, d, x2)
+            d = vload(z, dyb, do + 4 * Pb + p)
+            a4_0 = vfma(a4_0, d, x0)
+            a4_1 = vfma(a4_1, d, x1)
+            a4_2 = vfma(a4_2, d, x2)
+            d = vload(z, dyb, do + 5 * Pb + p)
+            a5_0 = vfma(a5_0, d, x0)
+            a5_1 = vfma(a5_1, d, x1)
+            a5_2 = vfma(a5_2, d, x2)
+            d = vload(z, dyb, do + 6 * Pb + p)
+            a6_0 = vfma(a6_0, d, x0)
+            a6_1 = vfma(a6_1, d, x1)
+            a6_2 = vfma(a6_2, d, x2)
+            d = vload(z, dyb, do + 7 * Pb + p)
+            a7_0 = vfma(a7_0, d, x0)
+            a7_1 = vfma(a7_1, d, x1)
+            a7_2 = vfma(a7_2, d, x2)
+        p = (S - 1) * L  # the last vector: the lanes past the plane are not read
+        x0 = vloadz(z, xf, xo + t0 + p, bits)
+        x1 = vloadz(z, xf, xo + t1 + p, bits)
+        x2 = vloadz(z, xf, xo + t2 + p, bits)
+        d = vload(z, dyb, do + p)
+        a0_0 = vfma(a0_0, d, x0)
+        a0_1 = vfma(a0_1, d, x1)
+        a0_2 = vfma(a0_2, d, x2)
+        d = vload(z, dyb, do + Pb + p)
+        a1_0 = vfma(a1_0, d, x0)
+        a1_1 = vfma(a1_1, d, x1)
+        a1_2 = vfma(a1_2, d, x2)
+        d = vload(z, dyb, do + 2 * Pb + p)
+        a2_0 = vfma(a2_0, d, x0)
+        a2_1 = vfma(a2_1, d, x1)
+        a2_2 = vfma(a2_2, d, x2)
+        d = vload(z, dyb, do + 3 * Pb + p)
+        a3_0 = vfma(a3_0, d, x0)
+        a3_1 = vfma(a3_1, d, x1)
+        a3_2 = vfma(a3_2, d, x2)
+        d = vload(z, dyb, do + 4 * Pb + p)
+        a4_0 = vfma(a4_0, d, x0)
+        a4_1 = vfma(a4_1, d, x1)
+        a4_2 = vfma(a4_2, d, x2)
+        d = vload(z, dyb, do + 5 * Pb + p)
+        a5_0 = vfma(a5_0, d, x0)
+        a5_1 = vfma(a5_1, d, x1)
+        a5_2 = vfma(a5_2, d, x2)
+        d = vload(z, dyb, do + 6 * Pb + p)
+        a6_0 = vfma(a6_0, d, x0)
+        a6_1 = vfma(a6_1, d, x1)
+        a6_2 = vfma(a6_2, d, x2)
+        d = vload(z, dyb, do + 7 * Pb + p)
+        a7_0 = vfma(a7_0, d, x0)
+        a7_1 = vfma(a7_1, d, x1)
+        a7_2 = vfma(a7_2, d, x2)
+    _vacc(z, vs, vo, a0_0)
+    _vacc(z, vs, vo + L, a0_1)
+    _vacc(z, vs, vo + 2 * L, a0_2)
+    _vacc(z, vs, vo + Rp * L, a1_0)
+    _vacc(z, vs, vo + Rp * L + L, a1_1)
+    _vacc(z, vs, vo + Rp * L + 2 * L, a1_2)
+    _vacc(z, vs, vo + 2 * Rp * L, a2_0)
+    _vacc(z, vs, vo + 2 * Rp * L + L, a2_1)
+    _vacc(z, vs, vo + 2 * Rp * L + 2 * L, a2_2)
+    _vacc(z, vs, vo + 3 * Rp * L, a3_0)
+    _vacc(z, vs, vo + 3 * Rp * L + L, a3_1)
+    _vacc(z, vs, vo + 3 * Rp * L + 2 * L, a3_2)
+    _vacc(z, vs, vo + 4 * Rp * L, a4_0)
+    _vacc(z, vs, vo + 4 * Rp * L + L, a4_1)
+    _vacc(z, vs, vo + 4 * Rp * L + 2 * L, a4_2)
+    _vacc(z, vs, vo + 5 * Rp * L, a5_0)
+    _vacc(z, vs, vo + 5 * Rp * L + L, a5_1)
+    _vacc(z, vs, vo + 5 * Rp * L + 2 * L, a5_2)
+    _vacc(z, vs, vo + 6 * Rp * L, a6_0)
+    _vacc(z, vs, vo + 6 * Rp * L + L, a6_1)
+    _vacc(z, vs, vo + 6 * Rp * L + 2 * L, a6_2)
+    _vacc(z, vs, vo + 7 * Rp * L, a7_0)
+    _vacc(z, vs, vo + 7 * Rp * L + L, a7_1)
+    _vacc(z, vs, vo + 7 * Rp * L + 2 * L, a7_2)
+
+
+@njit(**SERIAL_JIT)
+def _wg_4x3(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
+    """4 filters x 3 taps: 12 accumulators over ``nb`` images (see :func:`flat_weight_grad`)."""
+    xb, xstep, nb = xgeom
+    Pb, S, bits, Rp = dgeom
+    L = lanes(z)
+    a0_0 = a0_1 = a0_2 = z
+    a1_0 = a1_1 = a1_2 = z
+    a2_0 = a2_1 = a2_2 = z
+    a3_0 = a3_1 = a3_2 = z
+    t0 = toff[0]
+    t1 = toff[1]
+    t2 = toff[2]
+    for m in range(nb):
+        xo = xb + m * xstep
+        do = m * 4 * Pb
+        for s in range(S - 1):
+            p = s * L
+            x0 = vload(z, xf, xo + t0 + p)
+            x1 = vload(z, xf, xo + t1 + p)
+            x2 = vload(z, xf, xo + t2 + p)
+            d = vload(z, dyb, do + p)
+            a0_0 = vfma(a0_0, d, x0)
+            a0_1 = vfma(a0_1, d, x1)
+            a0_2 = vfma(a0_2, d, x2)
+            d = vload(z, dyb, do + Pb + p)
+            a1_0 = vfma(a1_0, d, x0)
+            a1_1 = vfma(a1_1, d, x1)
+            a1_2 = vfma(a1_2, d, x2)
+            d = vload(z, dyb, do + 2 * Pb + p)
+            a2_0 = vfma(a2_0, d, x0)
+            a2_1 = vfma(a2_1, d, x1)
+            a2_2 = vfma(a2_2, d, x2)
+            d = vload(z, dyb, do + 3 * Pb + p)
+            a3_0 = vfma(a3_0, d, x0)
+            a3_1 = vfma(a3_1, d, x1)
+            a3_2 = vfma(a3_2, d, x2)
+        p = (S - 1) * L  # the last vector: the lanes past the plane are not read
+        x0 = vloadz(z, xf, xo + t0 + p, bits)
+        x1 = vloadz(z, xf, xo + t1 + p, bits)
+        x2 = vloadz(z, xf, xo + t2 + p, bits)
+        d = vload(z, dyb, do + p)
+        a0_0 = vfma(a0_0, d, x0)
+        a0_1 = vfma(a0_1, d, x1)
+        a0_2 = vfma(a0_2, d, x2)
+        d = vload(z, dyb, do + Pb + p)
+        a1_0 = vfma(a1_0, d, x0)
+        a1_1 = vfma(a1_1, d, x1)
+        a1_2 = vfma(a1_2, d, x2)
+        d = vload(z, dyb, do + 2 * Pb + p)
+        a2_0 = vfma(a2_0, d, x0)
+        a2_1 = vfma(a2_1, d, x1)
+        a2_2 = vfma(a2_2, d, x2)
+        d = vload(z, dyb, do + 3 * Pb + p)
+        a3_0 = vfma(a3_0, d, x0)
+        a3_1 = vfma(a3_1, d, x1)
+        a3_2 = vfma(a3_2, d, x2)
+    _vacc(z, vs, vo, a0_0)
+    _vacc(z, vs, vo + L, a0_1)
+    _vacc(z, vs, vo + 2 * L, a0_2)
+    _vacc(z, vs, vo + Rp * L, a1_0)
+    _vacc(z, vs, vo + Rp * L + L, a1_1)
+    _vacc(z, vs, vo + Rp * L + 2 * L, a1_2)
+    _vacc(z, vs, vo + 2 * Rp * L, a2_0)
+    _vacc(z, vs, vo + 2 * Rp * L + L, a2_1)
+    _vacc(z, vs, vo + 2 * Rp * L + 2 * L, a2_2)
+    _vacc(z, vs, vo + 3 * Rp * L, a3_0)
+    _vacc(z, vs, vo + 3 * Rp * L + L, a3_1)
+    _vacc(z, vs, vo + 3 * Rp * L + 2 * L, a3_2)
+
