@@ -47,7 +47,7 @@ from numba import njit, prange
 from numba.extending import overload
 
 from ..config import PARALLEL_JIT, SERIAL_JIT
-from .simd import lanes, vadd, vfma, vfmab, vload, vloadz, vsplat, vstore, vzero
+from .simd import lanes, vadd, vfma, vfmab, vload, vloadz, vmax, vsplat, vstore, vstorez, vzero
 
 #: Plane positions (vectors) per forward tile and taps per weight-gradient tile.
 _VECTORS = 3
@@ -73,8 +73,39 @@ def _fwd_tail(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb):
     """The forward tile of one masked vector: ``Ft`` filters x 1."""
 
 
+def _fwd_half_tail(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb):
+    """The masked vector of :func:`_fwd_half`: 4 filters x 1."""
+
+
+@overload(_fwd_half_tail, inline="always")
+def _fwd_half_tail_impl(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb):
+    def impl(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb):
+        _fwd_4x1_masked(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb)
+
+    return impl
+
+
+def _fwd_half(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
+    """The forward tile for groups of at most ``Ft / 2`` filters: 4 filters x 6 vectors on 512-bit (the
+    same register count as 8 x 3), the 4 x 3 tile on 256-bit."""
+
+
+def _half_vectors(z):
+    """Vectors of plane positions per :func:`_fwd_half` tile (a compile-time constant): 6 on 512-bit, else 3."""
+
+
 def _wg_tile(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
     """The weight-gradient tile of the width: ``Ft`` filters x 3 taps."""
+
+
+def _has_half(z):
+    """Whether the width has tiles of half as many filters (a compile-time constant): 512-bit only."""
+
+
+@overload(_has_half, inline="always")
+def _has_half_impl(z):
+    wide = _wide(z)
+    return lambda z: wide
 
 
 @overload(_filter_tile, inline="always")
@@ -93,6 +124,22 @@ def _fwd_tile_impl(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
     return impl
 
 
+@overload(_fwd_half, inline="always")
+def _fwd_half_impl(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
+    tile = _fwd_4x6 if _wide(z) else _fwd_4x3
+
+    def impl(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
+        tile(z, xf, xb, toff, wp, wo, bias, buf, so, Lb)
+
+    return impl
+
+
+@overload(_half_vectors, inline="always")
+def _half_vectors_impl(z):
+    v = 2 * _VECTORS if _wide(z) else _VECTORS
+    return lambda z: v
+
+
 @overload(_fwd_tail, inline="always")
 def _fwd_tail_impl(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb):
     tile = _fwd_8x1_masked if _wide(z) else _fwd_4x1_masked
@@ -101,6 +148,31 @@ def _fwd_tail_impl(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb):
         tile(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb)
 
     return impl
+
+
+def _wg_half(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
+    """The weight-gradient tile for groups of at most ``Ft / 2`` filters: 4 filters x 6 taps on 512-bit, the
+    4 x 3 tile on 256-bit."""
+
+
+def _half_taps(z):
+    """Taps per :func:`_wg_half` tile (a compile-time constant): 6 on 512-bit, else 3."""
+
+
+@overload(_wg_half, inline="always")
+def _wg_half_impl(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
+    tile = _wg_4x6 if _wide(z) else _wg_4x3
+
+    def impl(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
+        tile(z, xf, xgeom, dyb, dgeom, toff, vs, vo)
+
+    return impl
+
+
+@overload(_half_taps, inline="always")
+def _half_taps_impl(z):
+    v = 2 * _TAPS if _wide(z) else _TAPS
+    return lambda z: v
 
 
 @overload(_wg_tile, inline="always")
@@ -177,7 +249,10 @@ def flat_forward(width, xq, w, b, dilation, groups, relu, out):
     z = vzero(width, xf)
     L = lanes(z)
     Ft = _filter_tile(z)
-    V = _VECTORS * L
+    half = _has_half(z) and Fg <= Ft // 2  # few filters per group: the tile of half as many filters and twice the vectors
+    if half:
+        Ft = Ft // 2
+    V = (_half_vectors(z) if half else _VECTORS) * L
     full = P - P % V  # positions in whole tiles; the rest one masked vector at a time
     Lb = (P + L - 1) // L * L
     tiles = (Fg + Ft - 1) // Ft
@@ -193,9 +268,9 @@ def flat_forward(width, xq, w, b, dilation, groups, relu, out):
             for t in range(T):
                 wp[u, t, k] = wf[f, t]
     wpf = wp.reshape(wp.size)
-    # The ReLU as a floor: -inf (no change) or 0, one select either way (no branch on ``relu``
-    # in the loop: LLVM would compile the loop twice).
-    floor = np.full(1, 0 if relu else -np.inf, dtype=out.dtype)[0]
+    of = out.reshape(out.size)
+    # The ReLU as a floor: -inf (no change) or 0, one vmax either way (NaN kept).
+    fl = vsplat(z, np.full(1, 0 if relu else -np.inf, dtype=out.dtype)[0])
     for job in prange(N * groups * tiles):
         n = job // (groups * tiles)
         u = job - n * groups * tiles
@@ -205,18 +280,28 @@ def flat_forward(width, xq, w, b, dilation, groups, relu, out):
         wo = u * T * Ft
         bias = bp[u]
         buf = np.empty(Ft * Lb, dtype=out.dtype)
-        for s in range(0, full, V):
-            _fwd_tile(z, xf, xb + s, toff, wpf, wo, bias, buf, s, Lb)
-        for s in range(full, P, L):
-            _fwd_tail(z, xf, xb + s, toff, wpf, wo, bias, (1 << min(L, P - s)) - 1, buf, s, Lb)
+        if half:
+            for s in range(0, full, V):
+                _fwd_half(z, xf, xb + s, toff, wpf, wo, bias, buf, s, Lb)
+            for s in range(full, P, L):
+                _fwd_half_tail(z, xf, xb + s, toff, wpf, wo, bias, (1 << min(L, P - s)) - 1, buf, s, Lb)
+        else:
+            for s in range(0, full, V):
+                _fwd_tile(z, xf, xb + s, toff, wpf, wo, bias, buf, s, Lb)
+            for s in range(full, P, L):
+                _fwd_tail(z, xf, xb + s, toff, wpf, wo, bias, (1 << min(L, P - s)) - 1, buf, s, Lb)
+        # The rows out of the buffer, the gap columns dropped: one masked load and store per vector of a row.
         for k in range(min(Ft, g * Fg + Fg - f0)):
-            plane = out[n, f0 + k]
+            ob = (n * F + f0 + k) * Ho * Wo
             for oh in range(Ho):
-                row = plane[oh]
-                src = buf[k * Lb + oh * Wp:k * Lb + oh * Wp + Wo]
-                for ow in range(Wo):
-                    v = src[ow]
-                    row[ow] = floor if v <= floor else v
+                for c0 in range(0, Wo, L):
+                    cnt = min(L, Wo - c0)
+                    bits = (1 << cnt) - 1
+                    v = vmax(vloadz(z, buf, k * Lb + oh * Wp + c0, bits), fl)
+                    if cnt == L:
+                        vstore(of, ob + oh * Wo + c0, v)
+                    else:
+                        vstorez(of, ob + oh * Wo + c0, v, bits)
 
 
 @njit(**PARALLEL_JIT)
@@ -249,12 +334,16 @@ def flat_weight_grad(width, xq, dy, dilation, groups, partial):
     HW = Hp * Wp
     P = (Ho - 1) * Wp + Wo
     R = Cg * KH * KW
-    Rp = (R + _TAPS - 1) // _TAPS * _TAPS
     Fg = F // groups
     xf = xq.reshape(xq.size)
     z = vzero(width, xf)
     L = lanes(z)
     Ft = _filter_tile(z)
+    half = _has_half(z) and Fg <= Ft // 2  # few filters per group: the tile of half as many filters and twice the taps
+    if half:
+        Ft = Ft // 2
+    Tt = _half_taps(z) if half else _TAPS
+    Rp = (R + Tt - 1) // Tt * Tt
     S = (P + L - 1) // L
     Pb = S * L
     bits = (1 << (P - (S - 1) * L)) - 1  # the last vector's lanes inside the plane
@@ -281,8 +370,11 @@ def flat_weight_grad(width, xq, dy, dilation, groups, partial):
                         for oh in range(Ho):
                             dyb[o + oh * Wp:o + oh * Wp + Wo] = src[oh]
                 xgeom = ((m0 * C + g * Cg) * HW, C * HW, nb)
-                for r0 in range(0, Rp, _TAPS):
-                    _wg_tile(z, xf, xgeom, dyb, (Pb, S, bits, Rp), toff[r0:r0 + _TAPS], vs, r0 * L)
+                for r0 in range(0, Rp, Tt):
+                    if half:
+                        _wg_half(z, xf, xgeom, dyb, (Pb, S, bits, Rp), toff[r0:r0 + Tt], vs, r0 * L)
+                    else:
+                        _wg_tile(z, xf, xgeom, dyb, (Pb, S, bits, Rp), toff[r0:r0 + Tt], vs, r0 * L)
             for k in range(nf):
                 for r in range(R):
                     part[f0 + k, r] = vs[(k * Rp + r) * L:(k * Rp + r + 1) * L].sum()
@@ -378,6 +470,73 @@ def _fwd_8x3(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
     vstore(buf, so + 7 * Lb, a7_0)
     vstore(buf, so + 7 * Lb + L, a7_1)
     vstore(buf, so + 7 * Lb + 2 * L, a7_2)
+
+
+@njit(**SERIAL_JIT)
+def _fwd_4x6(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
+    """4 filters x 6 vectors of the flat plane: 24 accumulators (see :func:`flat_forward`)."""
+    L = lanes(z)
+    a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = vsplat(z, bias[0])
+    a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = vsplat(z, bias[1])
+    a2_0 = a2_1 = a2_2 = a2_3 = a2_4 = a2_5 = vsplat(z, bias[2])
+    a3_0 = a3_1 = a3_2 = a3_3 = a3_4 = a3_5 = vsplat(z, bias[3])
+    for t in range(toff.size):
+        xo = xb + toff[t]
+        x0 = vload(z, xf, xo)
+        x1 = vload(z, xf, xo + 1 * L)
+        x2 = vload(z, xf, xo + 2 * L)
+        x3 = vload(z, xf, xo + 3 * L)
+        x4 = vload(z, xf, xo + 4 * L)
+        x5 = vload(z, xf, xo + 5 * L)
+        wi = wo + t * 4
+        a0_0 = vfmab(a0_0, x0, wp, wi)
+        a0_1 = vfmab(a0_1, x1, wp, wi)
+        a0_2 = vfmab(a0_2, x2, wp, wi)
+        a0_3 = vfmab(a0_3, x3, wp, wi)
+        a0_4 = vfmab(a0_4, x4, wp, wi)
+        a0_5 = vfmab(a0_5, x5, wp, wi)
+        a1_0 = vfmab(a1_0, x0, wp, wi + 1)
+        a1_1 = vfmab(a1_1, x1, wp, wi + 1)
+        a1_2 = vfmab(a1_2, x2, wp, wi + 1)
+        a1_3 = vfmab(a1_3, x3, wp, wi + 1)
+        a1_4 = vfmab(a1_4, x4, wp, wi + 1)
+        a1_5 = vfmab(a1_5, x5, wp, wi + 1)
+        a2_0 = vfmab(a2_0, x0, wp, wi + 2)
+        a2_1 = vfmab(a2_1, x1, wp, wi + 2)
+        a2_2 = vfmab(a2_2, x2, wp, wi + 2)
+        a2_3 = vfmab(a2_3, x3, wp, wi + 2)
+        a2_4 = vfmab(a2_4, x4, wp, wi + 2)
+        a2_5 = vfmab(a2_5, x5, wp, wi + 2)
+        a3_0 = vfmab(a3_0, x0, wp, wi + 3)
+        a3_1 = vfmab(a3_1, x1, wp, wi + 3)
+        a3_2 = vfmab(a3_2, x2, wp, wi + 3)
+        a3_3 = vfmab(a3_3, x3, wp, wi + 3)
+        a3_4 = vfmab(a3_4, x4, wp, wi + 3)
+        a3_5 = vfmab(a3_5, x5, wp, wi + 3)
+    vstore(buf, so, a0_0)
+    vstore(buf, so + L, a0_1)
+    vstore(buf, so + 2 * L, a0_2)
+    vstore(buf, so + 3 * L, a0_3)
+    vstore(buf, so + 4 * L, a0_4)
+    vstore(buf, so + 5 * L, a0_5)
+    vstore(buf, so + Lb, a1_0)
+    vstore(buf, so + Lb + L, a1_1)
+    vstore(buf, so + Lb + 2 * L, a1_2)
+    vstore(buf, so + Lb + 3 * L, a1_3)
+    vstore(buf, so + Lb + 4 * L, a1_4)
+    vstore(buf, so + Lb + 5 * L, a1_5)
+    vstore(buf, so + 2 * Lb, a2_0)
+    vstore(buf, so + 2 * Lb + L, a2_1)
+    vstore(buf, so + 2 * Lb + 2 * L, a2_2)
+    vstore(buf, so + 2 * Lb + 3 * L, a2_3)
+    vstore(buf, so + 2 * Lb + 4 * L, a2_4)
+    vstore(buf, so + 2 * Lb + 5 * L, a2_5)
+    vstore(buf, so + 3 * Lb, a3_0)
+    vstore(buf, so + 3 * Lb + L, a3_1)
+    vstore(buf, so + 3 * Lb + 2 * L, a3_2)
+    vstore(buf, so + 3 * Lb + 3 * L, a3_3)
+    vstore(buf, so + 3 * Lb + 4 * L, a3_4)
+    vstore(buf, so + 3 * Lb + 5 * L, a3_5)
 
 
 @njit(**SERIAL_JIT)
@@ -589,6 +748,122 @@ def _wg_8x3(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
     _vacc(z, vs, vo + 7 * Rp * L, a7_0)
     _vacc(z, vs, vo + 7 * Rp * L + L, a7_1)
     _vacc(z, vs, vo + 7 * Rp * L + 2 * L, a7_2)
+
+
+@njit(**SERIAL_JIT)
+def _wg_4x6(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
+    """4 filters x 6 taps: 24 accumulators over ``nb`` images (see :func:`flat_weight_grad`)."""
+    xb, xstep, nb = xgeom
+    Pb, S, bits, Rp = dgeom
+    L = lanes(z)
+    a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = z
+    a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = z
+    a2_0 = a2_1 = a2_2 = a2_3 = a2_4 = a2_5 = z
+    a3_0 = a3_1 = a3_2 = a3_3 = a3_4 = a3_5 = z
+    t0 = toff[0]
+    t1 = toff[1]
+    t2 = toff[2]
+    t3 = toff[3]
+    t4 = toff[4]
+    t5 = toff[5]
+    for m in range(nb):
+        xo = xb + m * xstep
+        do = m * 4 * Pb
+        for s in range(S - 1):
+            p = s * L
+            x0 = vload(z, xf, xo + t0 + p)
+            x1 = vload(z, xf, xo + t1 + p)
+            x2 = vload(z, xf, xo + t2 + p)
+            x3 = vload(z, xf, xo + t3 + p)
+            x4 = vload(z, xf, xo + t4 + p)
+            x5 = vload(z, xf, xo + t5 + p)
+            d = vload(z, dyb, do + p)
+            a0_0 = vfma(a0_0, d, x0)
+            a0_1 = vfma(a0_1, d, x1)
+            a0_2 = vfma(a0_2, d, x2)
+            a0_3 = vfma(a0_3, d, x3)
+            a0_4 = vfma(a0_4, d, x4)
+            a0_5 = vfma(a0_5, d, x5)
+            d = vload(z, dyb, do + Pb + p)
+            a1_0 = vfma(a1_0, d, x0)
+            a1_1 = vfma(a1_1, d, x1)
+            a1_2 = vfma(a1_2, d, x2)
+            a1_3 = vfma(a1_3, d, x3)
+            a1_4 = vfma(a1_4, d, x4)
+            a1_5 = vfma(a1_5, d, x5)
+            d = vload(z, dyb, do + 2 * Pb + p)
+            a2_0 = vfma(a2_0, d, x0)
+            a2_1 = vfma(a2_1, d, x1)
+            a2_2 = vfma(a2_2, d, x2)
+            a2_3 = vfma(a2_3, d, x3)
+            a2_4 = vfma(a2_4, d, x4)
+            a2_5 = vfma(a2_5, d, x5)
+            d = vload(z, dyb, do + 3 * Pb + p)
+            a3_0 = vfma(a3_0, d, x0)
+            a3_1 = vfma(a3_1, d, x1)
+            a3_2 = vfma(a3_2, d, x2)
+            a3_3 = vfma(a3_3, d, x3)
+            a3_4 = vfma(a3_4, d, x4)
+            a3_5 = vfma(a3_5, d, x5)
+        p = (S - 1) * L  # the last vector: the lanes past the plane are not read
+        x0 = vloadz(z, xf, xo + t0 + p, bits)
+        x1 = vloadz(z, xf, xo + t1 + p, bits)
+        x2 = vloadz(z, xf, xo + t2 + p, bits)
+        x3 = vloadz(z, xf, xo + t3 + p, bits)
+        x4 = vloadz(z, xf, xo + t4 + p, bits)
+        x5 = vloadz(z, xf, xo + t5 + p, bits)
+        d = vload(z, dyb, do + p)
+        a0_0 = vfma(a0_0, d, x0)
+        a0_1 = vfma(a0_1, d, x1)
+        a0_2 = vfma(a0_2, d, x2)
+        a0_3 = vfma(a0_3, d, x3)
+        a0_4 = vfma(a0_4, d, x4)
+        a0_5 = vfma(a0_5, d, x5)
+        d = vload(z, dyb, do + Pb + p)
+        a1_0 = vfma(a1_0, d, x0)
+        a1_1 = vfma(a1_1, d, x1)
+        a1_2 = vfma(a1_2, d, x2)
+        a1_3 = vfma(a1_3, d, x3)
+        a1_4 = vfma(a1_4, d, x4)
+        a1_5 = vfma(a1_5, d, x5)
+        d = vload(z, dyb, do + 2 * Pb + p)
+        a2_0 = vfma(a2_0, d, x0)
+        a2_1 = vfma(a2_1, d, x1)
+        a2_2 = vfma(a2_2, d, x2)
+        a2_3 = vfma(a2_3, d, x3)
+        a2_4 = vfma(a2_4, d, x4)
+        a2_5 = vfma(a2_5, d, x5)
+        d = vload(z, dyb, do + 3 * Pb + p)
+        a3_0 = vfma(a3_0, d, x0)
+        a3_1 = vfma(a3_1, d, x1)
+        a3_2 = vfma(a3_2, d, x2)
+        a3_3 = vfma(a3_3, d, x3)
+        a3_4 = vfma(a3_4, d, x4)
+        a3_5 = vfma(a3_5, d, x5)
+    _vacc(z, vs, vo, a0_0)
+    _vacc(z, vs, vo + L, a0_1)
+    _vacc(z, vs, vo + 2 * L, a0_2)
+    _vacc(z, vs, vo + 3 * L, a0_3)
+    _vacc(z, vs, vo + 4 * L, a0_4)
+    _vacc(z, vs, vo + 5 * L, a0_5)
+    _vacc(z, vs, vo + Rp * L, a1_0)
+    _vacc(z, vs, vo + Rp * L + L, a1_1)
+    _vacc(z, vs, vo + Rp * L + 2 * L, a1_2)
+    _vacc(z, vs, vo + Rp * L + 3 * L, a1_3)
+    _vacc(z, vs, vo + Rp * L + 4 * L, a1_4)
+    _vacc(z, vs, vo + Rp * L + 5 * L, a1_5)
+    _vacc(z, vs, vo + 2 * Rp * L, a2_0)
+    _vacc(z, vs, vo + 2 * Rp * L + L, a2_1)
+    _vacc(z, vs, vo + 2 * Rp * L + 2 * L, a2_2)
+    _vacc(z, vs, vo + 2 * Rp * L + 3 * L, a2_3)
+    _vacc(z, vs, vo + 2 * Rp * L + 4 * L, a2_4)
+    _vacc(z, vs, vo + 2 * Rp * L + 5 * L, a2_5)
+    _vacc(z, vs, vo + 3 * Rp * L, a3_0)
+    _vacc(z, vs, vo + 3 * Rp * L + L, a3_1)
+    _vacc(z, vs, vo + 3 * Rp * L + 2 * L, a3_2)
+    _vacc(z, vs, vo + 3 * Rp * L + 3 * L, a3_3)
+    _vacc(z, vs, vo + 3 * Rp * L + 4 * L, a3_4)
+    _vacc(z, vs, vo + 3 * Rp * L + 5 * L, a3_5)
 
 
 @njit(**SERIAL_JIT)
