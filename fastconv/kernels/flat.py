@@ -12,33 +12,39 @@ for grouped and dilated convolutions at stride 1 with few filters per group (a f
 group ``g`` reads the planes ``g * C/groups`` onwards), all groups in one launch.
 
 Both kernels keep their accumulators in vector registers (:mod:`fastconv.kernels.simd`),
-the vector along the flat plane, with ``Ft`` filters per register tile: 8 with 32 vector
-registers (AVX-512), 4 with 16 (AVX2); the tiles are written out in full below
-(:func:`_fwd_8x3`, :func:`_wg_8x3`, ...) and chosen by the width at compile time.
+the vector along the flat plane, in register tiles of ``Ft`` filters: 8 with 32 vector
+registers (AVX-512), 4 with 16 (AVX2); with 32 registers, groups of at most 4 filters take
+tiles of 4 filters and twice the vectors (taps) instead, which the 8-filter tiles would
+half waste. The tiles are written out in full at the end of the module (:func:`_fwd_8x3`,
+:func:`_wg_8x3`, ...) and chosen by the width at compile time.
 
 Kernels
 -------
 - :func:`flat_forward`: the forward pass (and, on dy padded by ``d * (K - 1) - p`` with the
-  rotated kernel, the input gradient of a grouped or dilated convolution). A job is one
-  image, one group and one tile of ``Ft`` of its filters; the tile holds ``Ft`` filters x 3
-  vectors of consecutive plane positions in registers over every tap (per tap 3 vector
-  loads of the shifted plane and ``3 Ft`` FMAs with the weight broadcast from memory),
-  stores them into a small per-job buffer laid out like the padded plane, and the job
-  copies its rows out dropping the gap columns, the ReLU floor fused (the bias is the
-  accumulators' start). The last 1-2 vectors of a plane go one at a time with masked
-  loads (:func:`fastconv.kernels.simd.vloadz`): nothing past the plane is read.
+  rotated kernel, the input gradient of a grouped or dilated convolution). It reads the
+  input unpadded: a job is one image and one group, and first copies the group's planes
+  zero-padded into a buffer the caches hold (:func:`_pad_planes`; a separate padded copy of
+  the whole batch cost grouped32 a third of its time). A tile holds ``Ft`` filters x 3
+  vectors of consecutive plane positions (4 x 6) in registers over every tap: per tap 3
+  vector loads of the shifted plane and ``3 Ft`` FMAs with the weights broadcast
+  (:func:`fastconv.kernels.simd.vfmab`; the bias is the accumulators' start). The tiles
+  go into a small buffer laid out like the padded plane, whose rows are written out with
+  the gap columns dropped and the ReLU floor applied (masked loads and stores). The last
+  1-5 vectors of a plane go one at a time with masked loads
+  (:func:`fastconv.kernels.simd.vloadz`): nothing past the plane is read.
 - :func:`flat_weight_grad`: per-thread partial weight gradients, the mirror of the
-  forward pass: with ``dy`` copied at the padded pitch (zeros in the gaps), the gradient
-  of filter ``f`` and tap ``t`` is the dot product of that flat plane with the input plane
-  shifted by the tap. A tile holds ``Ft`` filters x 3 taps as vectors over a block of
-  images (per vector position 3 loads of the shifted planes, ``Ft`` of ``dy``, ``3 Ft``
-  FMAs); its sums go into a per-job vector buffer, reduced horizontally once per filter and
-  tap at the end. The gaps multiply real inputs by zero: ``xq`` must be finite (the plan
-  checks; with an infinity, ``0 * inf`` would add a NaN).
+  forward pass, on the zero-padded input: with ``dy`` copied at the padded pitch (zeros in
+  the gaps), the gradient of filter ``f`` and tap ``t`` is the dot product of that flat plane
+  with the input plane shifted by the tap. A tile holds ``Ft`` filters x 3 taps (4 x 6) as
+  vectors over a block of images (per vector position 3 loads of the shifted planes, ``Ft``
+  of ``dy``, ``3 Ft`` FMAs, the plane's last vector masked); its sums go into a per-job
+  vector buffer, reduced horizontally once per filter and tap at the end. The gaps
+  multiply real inputs by zero: the input must be finite (the plan checks; with an
+  infinity, ``0 * inf`` would add a NaN).
 - :func:`flat_bias_grad`: the bias gradient, each ``(n, f)`` plane summed as one run.
 
-Filter counts that are not a multiple of ``Ft`` repeat the group's last filter in the last
-tile (computed, not written); tap counts not a multiple of 3 the last tap likewise.
+Filter counts that are not a multiple of the tile repeat the group's last filter in the
+last tile (computed, not written); tap counts not a multiple of 3 (6) the last tap likewise.
 See ``benchmarks/NOTES.md`` ("Flat kernels with register accumulators").
 """
 
@@ -65,89 +71,37 @@ def _filter_tile(z):
     """Filters per register tile for vectors like ``z`` (a compile-time constant): 8 on 512-bit, else 4."""
 
 
-def _fwd_tile(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
-    """The forward tile of the width: ``Ft`` filters x 3 vectors."""
-
-
-def _fwd_tail(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb):
-    """The forward tile of one masked vector: ``Ft`` filters x 1."""
-
-
-def _fwd_half_tail(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb):
-    """The masked vector of :func:`_fwd_half`: 4 filters x 1."""
-
-
-@overload(_fwd_half_tail, inline="always")
-def _fwd_half_tail_impl(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb):
-    def impl(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb):
-        _fwd_4x1_masked(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb)
-
-    return impl
-
-
-def _fwd_half(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
-    """The forward tile for groups of at most ``Ft / 2`` filters: 4 filters x 6 vectors on 512-bit (the
-    same register count as 8 x 3), the 4 x 3 tile on 256-bit."""
+def _has_half(z):
+    """Whether the width has tiles of half as many filters (a compile-time constant): 512-bit only."""
 
 
 def _half_vectors(z):
     """Vectors of plane positions per :func:`_fwd_half` tile (a compile-time constant): 6 on 512-bit, else 3."""
 
 
+def _half_taps(z):
+    """Taps per :func:`_wg_half` tile (a compile-time constant): 6 on 512-bit, else 3."""
+
+
+def _fwd_tile(z, xf, xb, toff, wgt, dst):
+    """The forward tile of the width: ``Ft`` filters x 3 vectors (:func:`_fwd_8x3`, :func:`_fwd_4x3`)."""
+
+
+def _fwd_half(z, xf, xb, toff, wgt, dst):
+    """The forward tile for groups of at most ``Ft / 2`` filters: 4 filters x 6 vectors on 512-bit (the register
+    count of 8 x 3), the 4 x 3 tile on 256-bit."""
+
+
+def _fwd_tail(z, xf, xb, toff, wgt, bits, dst):
+    """The forward tile of one masked vector: ``Ft`` filters x 1."""
+
+
+def _fwd_half_tail(z, xf, xb, toff, wgt, bits, dst):
+    """The masked vector of :func:`_fwd_half`: 4 filters x 1."""
+
+
 def _wg_tile(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
-    """The weight-gradient tile of the width: ``Ft`` filters x 3 taps."""
-
-
-def _has_half(z):
-    """Whether the width has tiles of half as many filters (a compile-time constant): 512-bit only."""
-
-
-@overload(_has_half, inline="always")
-def _has_half_impl(z):
-    wide = _wide(z)
-    return lambda z: wide
-
-
-@overload(_filter_tile, inline="always")
-def _filter_tile_impl(z):
-    ft = 8 if _wide(z) else 4
-    return lambda z: ft
-
-
-@overload(_fwd_tile, inline="always")
-def _fwd_tile_impl(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
-    tile = _fwd_8x3 if _wide(z) else _fwd_4x3
-
-    def impl(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
-        tile(z, xf, xb, toff, wp, wo, bias, buf, so, Lb)
-
-    return impl
-
-
-@overload(_fwd_half, inline="always")
-def _fwd_half_impl(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
-    tile = _fwd_4x6 if _wide(z) else _fwd_4x3
-
-    def impl(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
-        tile(z, xf, xb, toff, wp, wo, bias, buf, so, Lb)
-
-    return impl
-
-
-@overload(_half_vectors, inline="always")
-def _half_vectors_impl(z):
-    v = 2 * _VECTORS if _wide(z) else _VECTORS
-    return lambda z: v
-
-
-@overload(_fwd_tail, inline="always")
-def _fwd_tail_impl(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb):
-    tile = _fwd_8x1_masked if _wide(z) else _fwd_4x1_masked
-
-    def impl(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb):
-        tile(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb)
-
-    return impl
+    """The weight-gradient tile of the width: ``Ft`` filters x 3 taps (:func:`_wg_8x3`, :func:`_wg_4x3`)."""
 
 
 def _wg_half(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
@@ -155,40 +109,58 @@ def _wg_half(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
     4 x 3 tile on 256-bit."""
 
 
-def _half_taps(z):
-    """Taps per :func:`_wg_half` tile (a compile-time constant): 6 on 512-bit, else 3."""
+def _constant(fn, value):
+    """Overload ``fn(z)`` as the compile-time constant ``value(z)``."""
+
+    @overload(fn, inline="always")
+    def impl(z):
+        v = value(z)
+        return lambda z: v
 
 
-@overload(_wg_half, inline="always")
-def _wg_half_impl(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
-    tile = _wg_4x6 if _wide(z) else _wg_4x3
+def _by_width(fn, wide, narrow):
+    """Overload ``fn`` (a forward tile, a tail or a weight-gradient tile, by its arguments) as a call of the tile
+    ``wide`` on 512-bit vectors, ``narrow`` otherwise."""
 
-    def impl(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
-        tile(z, xf, xgeom, dyb, dgeom, toff, vs, vo)
+    def pick(z):
+        return wide if _wide(z) else narrow
 
-    return impl
+    if fn in (_fwd_tile, _fwd_half):
+        @overload(fn, inline="always")
+        def impl(z, xf, xb, toff, wgt, dst):
+            tile = pick(z)
+            return lambda z, xf, xb, toff, wgt, dst: tile(z, xf, xb, toff, wgt, dst)
+    elif fn in (_fwd_tail, _fwd_half_tail):
+        @overload(fn, inline="always")
+        def impl(z, xf, xb, toff, wgt, bits, dst):
+            tile = pick(z)
+            return lambda z, xf, xb, toff, wgt, bits, dst: tile(z, xf, xb, toff, wgt, bits, dst)
+    else:
+        @overload(fn, inline="always")
+        def impl(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
+            tile = pick(z)
+            return lambda z, xf, xgeom, dyb, dgeom, toff, vs, vo: tile(z, xf, xgeom, dyb, dgeom, toff, vs, vo)
 
 
-@overload(_half_taps, inline="always")
-def _half_taps_impl(z):
-    v = 2 * _TAPS if _wide(z) else _TAPS
-    return lambda z: v
-
-
-@overload(_wg_tile, inline="always")
-def _wg_tile_impl(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
-    tile = _wg_8x3 if _wide(z) else _wg_4x3
-
-    def impl(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
-        tile(z, xf, xgeom, dyb, dgeom, toff, vs, vo)
-
-    return impl
+_constant(_filter_tile, lambda z: 8 if _wide(z) else 4)
+_constant(_has_half, _wide)
+_constant(_half_vectors, lambda z: 2 * _VECTORS if _wide(z) else _VECTORS)
+_constant(_half_taps, lambda z: 2 * _TAPS if _wide(z) else _TAPS)
 
 
 @njit(**SERIAL_JIT, inline="always")
-def _vacc(z, vs, o, a):
-    """``vs[o:o+L] += a``."""
-    vstore(vs, o, vadd(vload(z, vs, o), a))
+def _fma3(d, x, a):
+    """``(a[j] + d * x[j] for j < 3)``: one vector of dy against three taps' vectors."""
+    return vfma(a[0], d, x[0]), vfma(a[1], d, x[1]), vfma(a[2], d, x[2])
+
+
+@njit(**SERIAL_JIT, inline="always")
+def _vacc3(z, vs, o, a):
+    """``vs[o + j*L:o + (j+1)*L] += a[j]`` for ``j < 3``."""
+    L = lanes(z)
+    vstore(vs, o, vadd(vload(z, vs, o), a[0]))
+    vstore(vs, o + L, vadd(vload(z, vs, o + L), a[1]))
+    vstore(vs, o + 2 * L, vadd(vload(z, vs, o + 2 * L), a[2]))
 
 
 @njit(**SERIAL_JIT)
@@ -206,8 +178,23 @@ def _tap_offsets(Cg, KH, KW, HW, pitch, count):
     return toff
 
 
+@njit(**SERIAL_JIT, inline="always")
+def _pad_planes(x, src, pad, pitch, buf, bo):
+    """``buf[bo + c*Hp*Wp + (h + ph)*Wp + pw + w] = x[n, c0 + c, h, w]`` for ``c < cnt`` (``src = (n, c0, cnt)``,
+    ``pitch = (Hp, Wp)``): the interior of ``cnt`` zero-padded planes; the rest of the region is left as it was
+    (zeros)."""
+    n, c0, cnt = src
+    ph, pw = pad
+    Hp, Wp = pitch
+    H, W = x.shape[2], x.shape[3]
+    for c in range(cnt):
+        for h in range(H):
+            o = bo + (c * Hp + h + ph) * Wp + pw
+            buf[o:o + W] = x[n, c0 + c, h]
+
+
 @njit(**PARALLEL_JIT)
-def flat_forward(width, xq, w, b, dilation, groups, relu, out):
+def flat_forward(width, x, w, b, geom, groups, relu, out):
     """Stride-1 cross-correlation (grouped, dilated or dense), vectorised along whole images.
 
     ``out[n, f] = b[f] + sum_{c, i, j} w[f, c, i, j] * xq[n, g*Cg + c, oh + i*dh, ow + j*dw]``
@@ -215,7 +202,7 @@ def flat_forward(width, xq, w, b, dilation, groups, relu, out):
     vector, tap ``(c, i, j)`` adds ``w[f, c, i, j] * plane[p + i*dh*Wp + j*dw]`` to output
     position ``p = oh*Wp + ow`` laid out like the padded image (the ``Wp - Wo`` columns past
     each row's end are computed and dropped). Register tiles of ``Ft`` filters x 3 vectors
-    of positions (see the module); a job is one image, group and filter tile.
+    of positions (see the module); a job is one image and group, its planes padded in a buffer.
 
     See ``benchmarks/NOTES.md``.
 
@@ -223,20 +210,23 @@ def flat_forward(width, xq, w, b, dilation, groups, relu, out):
     ----------
     width : fastconv.kernels.simd.Width
         The register width (512 or 256 bits): the lanes and the filter tile.
-    xq : (N, C, Hp, Wp) array
-        Zero-padded input, NCHW.
+    x : (N, C, H, W) array
+        Input, NCHW, C-contiguous (each job copies its planes zero-padded into a buffer the caches hold).
     w : (F, C / groups, KH, KW) array
         Filters (C-contiguous).
     b : (F,) array
         Bias.
-    dilation : (int, int)
+    geom : (int, int, int, int)
+        ``(ph, pw, dh, dw)``: the zero padding (``Hp = H + 2 ph``, ``Wp = W + 2 pw``) and the dilation.
     groups : int
     relu : bool
         Apply ``max(y, 0)`` (NaN kept) to the output as it is written.
     out : (N, F, Ho, Wo) array
         Output, fully overwritten; ``Ho = Hp - dh*(KH - 1)``, ``Wo = Wp - dw*(KW - 1)``.
     """
-    N, C, Hp, Wp = xq.shape
+    ph, pw, dh, dw = geom
+    N, C, H, W = x.shape
+    Hp, Wp = H + 2 * ph, W + 2 * pw
     F, Cg, KH, KW = w.shape
     Ho = out.shape[2]
     Wo = out.shape[3]
@@ -244,9 +234,8 @@ def flat_forward(width, xq, w, b, dilation, groups, relu, out):
     P = (Ho - 1) * Wp + Wo
     T = Cg * KH * KW
     Fg = F // groups
-    xf = xq.reshape(xq.size)
     wf = w.reshape(F, T)
-    z = vzero(width, xf)
+    z = vzero(width, wf)
     L = lanes(z)
     Ft = _filter_tile(z)
     half = _has_half(z) and Fg <= Ft // 2  # few filters per group: the tile of half as many filters and twice the vectors
@@ -256,7 +245,7 @@ def flat_forward(width, xq, w, b, dilation, groups, relu, out):
     full = P - P % V  # positions in whole tiles; the rest one masked vector at a time
     Lb = (P + L - 1) // L * L
     tiles = (Fg + Ft - 1) // Ft
-    toff = _tap_offsets(Cg, KH, KW, HW, (dilation[0] * Wp, dilation[1]), T)
+    toff = _tap_offsets(Cg, KH, KW, HW, (dh * Wp, dw), T)
     # Each tile's weights tap by tap (wp[u, t, k]) and its bias; a short last tile repeats the group's last filter.
     wp = np.empty((groups * tiles, T, Ft), dtype=out.dtype)
     bp = np.empty((groups * tiles, Ft), dtype=out.dtype)
@@ -271,37 +260,38 @@ def flat_forward(width, xq, w, b, dilation, groups, relu, out):
     of = out.reshape(out.size)
     # The ReLU as a floor: -inf (no change) or 0, one vmax either way (NaN kept).
     fl = vsplat(z, np.full(1, 0 if relu else -np.inf, dtype=out.dtype)[0])
-    for job in prange(N * groups * tiles):
-        n = job // (groups * tiles)
-        u = job - n * groups * tiles
-        g = u // tiles
-        f0 = g * Fg + (u - g * tiles) * Ft
-        xb = (n * C + g * Cg) * HW
-        wo = u * T * Ft
-        bias = bp[u]
+    for job in prange(N * groups):
+        n = job // groups
+        g = job - n * groups
+        xf = np.zeros(Cg * HW, dtype=out.dtype)  # the group's planes, zero-padded
+        _pad_planes(x, (n, g * Cg, Cg), (ph, pw), (Hp, Wp), xf, 0)
         buf = np.empty(Ft * Lb, dtype=out.dtype)
-        if half:
-            for s in range(0, full, V):
-                _fwd_half(z, xf, xb + s, toff, wpf, wo, bias, buf, s, Lb)
-            for s in range(full, P, L):
-                _fwd_half_tail(z, xf, xb + s, toff, wpf, wo, bias, (1 << min(L, P - s)) - 1, buf, s, Lb)
-        else:
-            for s in range(0, full, V):
-                _fwd_tile(z, xf, xb + s, toff, wpf, wo, bias, buf, s, Lb)
-            for s in range(full, P, L):
-                _fwd_tail(z, xf, xb + s, toff, wpf, wo, bias, (1 << min(L, P - s)) - 1, buf, s, Lb)
-        # The rows out of the buffer, the gap columns dropped: one masked load and store per vector of a row.
-        for k in range(min(Ft, g * Fg + Fg - f0)):
-            ob = (n * F + f0 + k) * Ho * Wo
-            for oh in range(Ho):
-                for c0 in range(0, Wo, L):
-                    cnt = min(L, Wo - c0)
-                    bits = (1 << cnt) - 1
-                    v = vmax(vloadz(z, buf, k * Lb + oh * Wp + c0, bits), fl)
-                    if cnt == L:
-                        vstore(of, ob + oh * Wo + c0, v)
-                    else:
-                        vstorez(of, ob + oh * Wo + c0, v, bits)
+        for u in range(g * tiles, (g + 1) * tiles):
+            f0 = g * Fg + (u - g * tiles) * Ft
+            wo = u * T * Ft
+            bias = bp[u]
+            if half:
+                for s in range(0, full, V):
+                    _fwd_half(z, xf, s, toff, (wpf, wo, bias), (buf, s, Lb))
+                for s in range(full, P, L):
+                    _fwd_half_tail(z, xf, s, toff, (wpf, wo, bias), (1 << min(L, P - s)) - 1, (buf, s, Lb))
+            else:
+                for s in range(0, full, V):
+                    _fwd_tile(z, xf, s, toff, (wpf, wo, bias), (buf, s, Lb))
+                for s in range(full, P, L):
+                    _fwd_tail(z, xf, s, toff, (wpf, wo, bias), (1 << min(L, P - s)) - 1, (buf, s, Lb))
+            # The rows out of the buffer, the gap columns dropped: one masked load and store per vector of a row.
+            for k in range(min(Ft, g * Fg + Fg - f0)):
+                ob = (n * F + f0 + k) * Ho * Wo
+                for oh in range(Ho):
+                    for c0 in range(0, Wo, L):
+                        cnt = min(L, Wo - c0)
+                        bits = (1 << cnt) - 1
+                        v = vmax(vloadz(z, buf, k * Lb + oh * Wp + c0, bits), fl)
+                        if cnt == L:
+                            vstore(of, ob + oh * Wo + c0, v)
+                        else:
+                            vstorez(of, ob + oh * Wo + c0, v, bits)
 
 
 @njit(**PARALLEL_JIT)
@@ -405,8 +395,13 @@ def flat_bias_grad(dy, db):
 
 
 @njit(**SERIAL_JIT)
-def _fwd_8x3(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
-    """8 filters x 3 vectors of the flat plane: 24 accumulators (see :func:`flat_forward`)."""
+def _fwd_8x3(z, xf, xb, toff, wgt, dst):
+    """8 filters x 3 vectors of the flat plane from ``xf[xb:]``: 24 accumulators (see :func:`flat_forward`).
+
+    ``wgt = (wp, wo, bias)``: filter ``k``'s weight of tap ``t`` at ``wp[wo + t*Ft + k]``, its bias ``bias[k]``;
+    ``dst = (buf, so, Lb)``: vector ``v`` of filter ``k`` goes to ``buf[so + k*Lb + v*L]``."""
+    wp, wo, bias = wgt
+    buf, so, Lb = dst
     L = lanes(z)
     a0_0 = a0_1 = a0_2 = vsplat(z, bias[0])
     a1_0 = a1_1 = a1_2 = vsplat(z, bias[1])
@@ -419,7 +414,7 @@ def _fwd_8x3(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
     for t in range(toff.size):
         xo = xb + toff[t]
         x0 = vload(z, xf, xo)
-        x1 = vload(z, xf, xo + 1 * L)
+        x1 = vload(z, xf, xo + L)
         x2 = vload(z, xf, xo + 2 * L)
         wi = wo + t * 8
         a0_0 = vfmab(a0_0, x0, wp, wi)
@@ -473,8 +468,13 @@ def _fwd_8x3(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
 
 
 @njit(**SERIAL_JIT)
-def _fwd_4x6(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
-    """4 filters x 6 vectors of the flat plane: 24 accumulators (see :func:`flat_forward`)."""
+def _fwd_4x6(z, xf, xb, toff, wgt, dst):
+    """4 filters x 6 vectors of the flat plane from ``xf[xb:]``: 24 accumulators (see :func:`flat_forward`).
+
+    ``wgt = (wp, wo, bias)``: filter ``k``'s weight of tap ``t`` at ``wp[wo + t*Ft + k]``, its bias ``bias[k]``;
+    ``dst = (buf, so, Lb)``: vector ``v`` of filter ``k`` goes to ``buf[so + k*Lb + v*L]``."""
+    wp, wo, bias = wgt
+    buf, so, Lb = dst
     L = lanes(z)
     a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = vsplat(z, bias[0])
     a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = vsplat(z, bias[1])
@@ -483,7 +483,7 @@ def _fwd_4x6(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
     for t in range(toff.size):
         xo = xb + toff[t]
         x0 = vload(z, xf, xo)
-        x1 = vload(z, xf, xo + 1 * L)
+        x1 = vload(z, xf, xo + L)
         x2 = vload(z, xf, xo + 2 * L)
         x3 = vload(z, xf, xo + 3 * L)
         x4 = vload(z, xf, xo + 4 * L)
@@ -540,8 +540,13 @@ def _fwd_4x6(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
 
 
 @njit(**SERIAL_JIT)
-def _fwd_4x3(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
-    """4 filters x 3 vectors of the flat plane: 12 accumulators (see :func:`flat_forward`)."""
+def _fwd_4x3(z, xf, xb, toff, wgt, dst):
+    """4 filters x 3 vectors of the flat plane from ``xf[xb:]``: 12 accumulators (see :func:`flat_forward`).
+
+    ``wgt = (wp, wo, bias)``: filter ``k``'s weight of tap ``t`` at ``wp[wo + t*Ft + k]``, its bias ``bias[k]``;
+    ``dst = (buf, so, Lb)``: vector ``v`` of filter ``k`` goes to ``buf[so + k*Lb + v*L]``."""
+    wp, wo, bias = wgt
+    buf, so, Lb = dst
     L = lanes(z)
     a0_0 = a0_1 = a0_2 = vsplat(z, bias[0])
     a1_0 = a1_1 = a1_2 = vsplat(z, bias[1])
@@ -550,7 +555,7 @@ def _fwd_4x3(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
     for t in range(toff.size):
         xo = xb + toff[t]
         x0 = vload(z, xf, xo)
-        x1 = vload(z, xf, xo + 1 * L)
+        x1 = vload(z, xf, xo + L)
         x2 = vload(z, xf, xo + 2 * L)
         wi = wo + t * 4
         a0_0 = vfmab(a0_0, x0, wp, wi)
@@ -580,8 +585,10 @@ def _fwd_4x3(z, xf, xb, toff, wp, wo, bias, buf, so, Lb):
 
 
 @njit(**SERIAL_JIT)
-def _fwd_8x1_masked(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb):
-    """8 filters x 1 vector whose lanes past the plane are set in ``bits`` off (not read): the tail."""
+def _fwd_8x1_masked(z, xf, xb, toff, wgt, bits, dst):
+    """8 filters x 1 vector, the lanes not set in ``bits`` (past the plane) not read: the tail of a plane."""
+    wp, wo, bias = wgt
+    buf, so, Lb = dst
     a0 = vsplat(z, bias[0])
     a1 = vsplat(z, bias[1])
     a2 = vsplat(z, bias[2])
@@ -612,8 +619,10 @@ def _fwd_8x1_masked(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb):
 
 
 @njit(**SERIAL_JIT)
-def _fwd_4x1_masked(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb):
-    """4 filters x 1 vector whose lanes past the plane are set in ``bits`` off (not read): the tail."""
+def _fwd_4x1_masked(z, xf, xb, toff, wgt, bits, dst):
+    """4 filters x 1 vector, the lanes not set in ``bits`` (past the plane) not read: the tail of a plane."""
+    wp, wo, bias = wgt
+    buf, so, Lb = dst
     a0 = vsplat(z, bias[0])
     a1 = vsplat(z, bias[1])
     a2 = vsplat(z, bias[2])
@@ -633,7 +642,11 @@ def _fwd_4x1_masked(z, xf, xb, toff, wp, wo, bias, bits, buf, so, Lb):
 
 @njit(**SERIAL_JIT)
 def _wg_8x3(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
-    """8 filters x 3 taps: 24 accumulators over ``nb`` images (see :func:`flat_weight_grad`)."""
+    """8 filters x 3 taps: 24 accumulators over ``nb`` images, added into ``vs`` (see :func:`flat_weight_grad`).
+
+    ``xgeom = (xb, xstep, nb)``: image ``m``'s planes at ``xf[xb + m*xstep:]``; ``dgeom = (Pb, S, bits, Rp)``: its
+    filter ``k``'s dy at ``dyb[(m*Ft + k)*Pb:]``, ``S`` vectors, the last one's lanes inside the plane set in
+    ``bits``; tap ``j``'s sum of filter ``k`` is added at ``vs[vo + (k*Rp + j)*L]``."""
     xb, xstep, nb = xgeom
     Pb, S, bits, Rp = dgeom
     L = lanes(z)
@@ -645,114 +658,67 @@ def _wg_8x3(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
     a5_0 = a5_1 = a5_2 = z
     a6_0 = a6_1 = a6_2 = z
     a7_0 = a7_1 = a7_2 = z
-    t0 = toff[0]
-    t1 = toff[1]
-    t2 = toff[2]
     for m in range(nb):
         xo = xb + m * xstep
         do = m * 8 * Pb
         for s in range(S - 1):
             p = s * L
-            x0 = vload(z, xf, xo + t0 + p)
-            x1 = vload(z, xf, xo + t1 + p)
-            x2 = vload(z, xf, xo + t2 + p)
+            x0 = vload(z, xf, xo + toff[0] + p)
+            x1 = vload(z, xf, xo + toff[1] + p)
+            x2 = vload(z, xf, xo + toff[2] + p)
             d = vload(z, dyb, do + p)
-            a0_0 = vfma(a0_0, d, x0)
-            a0_1 = vfma(a0_1, d, x1)
-            a0_2 = vfma(a0_2, d, x2)
+            a0_0, a0_1, a0_2 = _fma3(d, (x0, x1, x2), (a0_0, a0_1, a0_2))
             d = vload(z, dyb, do + Pb + p)
-            a1_0 = vfma(a1_0, d, x0)
-            a1_1 = vfma(a1_1, d, x1)
-            a1_2 = vfma(a1_2, d, x2)
+            a1_0, a1_1, a1_2 = _fma3(d, (x0, x1, x2), (a1_0, a1_1, a1_2))
             d = vload(z, dyb, do + 2 * Pb + p)
-            a2_0 = vfma(a2_0, d, x0)
-            a2_1 = vfma(a2_1, d, x1)
-            a2_2 = vfma(a2_2, d, x2)
+            a2_0, a2_1, a2_2 = _fma3(d, (x0, x1, x2), (a2_0, a2_1, a2_2))
             d = vload(z, dyb, do + 3 * Pb + p)
-            a3_0 = vfma(a3_0, d, x0)
-            a3_1 = vfma(a3_1, d, x1)
-            a3_2 = vfma(a3_2, d, x2)
+            a3_0, a3_1, a3_2 = _fma3(d, (x0, x1, x2), (a3_0, a3_1, a3_2))
             d = vload(z, dyb, do + 4 * Pb + p)
-            a4_0 = vfma(a4_0, d, x0)
-            a4_1 = vfma(a4_1, d, x1)
-            a4_2 = vfma(a4_2, d, x2)
+            a4_0, a4_1, a4_2 = _fma3(d, (x0, x1, x2), (a4_0, a4_1, a4_2))
             d = vload(z, dyb, do + 5 * Pb + p)
-            a5_0 = vfma(a5_0, d, x0)
-            a5_1 = vfma(a5_1, d, x1)
-            a5_2 = vfma(a5_2, d, x2)
+            a5_0, a5_1, a5_2 = _fma3(d, (x0, x1, x2), (a5_0, a5_1, a5_2))
             d = vload(z, dyb, do + 6 * Pb + p)
-            a6_0 = vfma(a6_0, d, x0)
-            a6_1 = vfma(a6_1, d, x1)
-            a6_2 = vfma(a6_2, d, x2)
+            a6_0, a6_1, a6_2 = _fma3(d, (x0, x1, x2), (a6_0, a6_1, a6_2))
             d = vload(z, dyb, do + 7 * Pb + p)
-            a7_0 = vfma(a7_0, d, x0)
-            a7_1 = vfma(a7_1, d, x1)
-            a7_2 = vfma(a7_2, d, x2)
+            a7_0, a7_1, a7_2 = _fma3(d, (x0, x1, x2), (a7_0, a7_1, a7_2))
         p = (S - 1) * L  # the last vector: the lanes past the plane are not read
-        x0 = vloadz(z, xf, xo + t0 + p, bits)
-        x1 = vloadz(z, xf, xo + t1 + p, bits)
-        x2 = vloadz(z, xf, xo + t2 + p, bits)
+        x0 = vloadz(z, xf, xo + toff[0] + p, bits)
+        x1 = vloadz(z, xf, xo + toff[1] + p, bits)
+        x2 = vloadz(z, xf, xo + toff[2] + p, bits)
         d = vload(z, dyb, do + p)
-        a0_0 = vfma(a0_0, d, x0)
-        a0_1 = vfma(a0_1, d, x1)
-        a0_2 = vfma(a0_2, d, x2)
+        a0_0, a0_1, a0_2 = _fma3(d, (x0, x1, x2), (a0_0, a0_1, a0_2))
         d = vload(z, dyb, do + Pb + p)
-        a1_0 = vfma(a1_0, d, x0)
-        a1_1 = vfma(a1_1, d, x1)
-        a1_2 = vfma(a1_2, d, x2)
+        a1_0, a1_1, a1_2 = _fma3(d, (x0, x1, x2), (a1_0, a1_1, a1_2))
         d = vload(z, dyb, do + 2 * Pb + p)
-        a2_0 = vfma(a2_0, d, x0)
-        a2_1 = vfma(a2_1, d, x1)
-        a2_2 = vfma(a2_2, d, x2)
+        a2_0, a2_1, a2_2 = _fma3(d, (x0, x1, x2), (a2_0, a2_1, a2_2))
         d = vload(z, dyb, do + 3 * Pb + p)
-        a3_0 = vfma(a3_0, d, x0)
-        a3_1 = vfma(a3_1, d, x1)
-        a3_2 = vfma(a3_2, d, x2)
+        a3_0, a3_1, a3_2 = _fma3(d, (x0, x1, x2), (a3_0, a3_1, a3_2))
         d = vload(z, dyb, do + 4 * Pb + p)
-        a4_0 = vfma(a4_0, d, x0)
-        a4_1 = vfma(a4_1, d, x1)
-        a4_2 = vfma(a4_2, d, x2)
+        a4_0, a4_1, a4_2 = _fma3(d, (x0, x1, x2), (a4_0, a4_1, a4_2))
         d = vload(z, dyb, do + 5 * Pb + p)
-        a5_0 = vfma(a5_0, d, x0)
-        a5_1 = vfma(a5_1, d, x1)
-        a5_2 = vfma(a5_2, d, x2)
+        a5_0, a5_1, a5_2 = _fma3(d, (x0, x1, x2), (a5_0, a5_1, a5_2))
         d = vload(z, dyb, do + 6 * Pb + p)
-        a6_0 = vfma(a6_0, d, x0)
-        a6_1 = vfma(a6_1, d, x1)
-        a6_2 = vfma(a6_2, d, x2)
+        a6_0, a6_1, a6_2 = _fma3(d, (x0, x1, x2), (a6_0, a6_1, a6_2))
         d = vload(z, dyb, do + 7 * Pb + p)
-        a7_0 = vfma(a7_0, d, x0)
-        a7_1 = vfma(a7_1, d, x1)
-        a7_2 = vfma(a7_2, d, x2)
-    _vacc(z, vs, vo, a0_0)
-    _vacc(z, vs, vo + L, a0_1)
-    _vacc(z, vs, vo + 2 * L, a0_2)
-    _vacc(z, vs, vo + Rp * L, a1_0)
-    _vacc(z, vs, vo + Rp * L + L, a1_1)
-    _vacc(z, vs, vo + Rp * L + 2 * L, a1_2)
-    _vacc(z, vs, vo + 2 * Rp * L, a2_0)
-    _vacc(z, vs, vo + 2 * Rp * L + L, a2_1)
-    _vacc(z, vs, vo + 2 * Rp * L + 2 * L, a2_2)
-    _vacc(z, vs, vo + 3 * Rp * L, a3_0)
-    _vacc(z, vs, vo + 3 * Rp * L + L, a3_1)
-    _vacc(z, vs, vo + 3 * Rp * L + 2 * L, a3_2)
-    _vacc(z, vs, vo + 4 * Rp * L, a4_0)
-    _vacc(z, vs, vo + 4 * Rp * L + L, a4_1)
-    _vacc(z, vs, vo + 4 * Rp * L + 2 * L, a4_2)
-    _vacc(z, vs, vo + 5 * Rp * L, a5_0)
-    _vacc(z, vs, vo + 5 * Rp * L + L, a5_1)
-    _vacc(z, vs, vo + 5 * Rp * L + 2 * L, a5_2)
-    _vacc(z, vs, vo + 6 * Rp * L, a6_0)
-    _vacc(z, vs, vo + 6 * Rp * L + L, a6_1)
-    _vacc(z, vs, vo + 6 * Rp * L + 2 * L, a6_2)
-    _vacc(z, vs, vo + 7 * Rp * L, a7_0)
-    _vacc(z, vs, vo + 7 * Rp * L + L, a7_1)
-    _vacc(z, vs, vo + 7 * Rp * L + 2 * L, a7_2)
+        a7_0, a7_1, a7_2 = _fma3(d, (x0, x1, x2), (a7_0, a7_1, a7_2))
+    _vacc3(z, vs, vo, (a0_0, a0_1, a0_2))
+    _vacc3(z, vs, vo + Rp * L, (a1_0, a1_1, a1_2))
+    _vacc3(z, vs, vo + 2 * Rp * L, (a2_0, a2_1, a2_2))
+    _vacc3(z, vs, vo + 3 * Rp * L, (a3_0, a3_1, a3_2))
+    _vacc3(z, vs, vo + 4 * Rp * L, (a4_0, a4_1, a4_2))
+    _vacc3(z, vs, vo + 5 * Rp * L, (a5_0, a5_1, a5_2))
+    _vacc3(z, vs, vo + 6 * Rp * L, (a6_0, a6_1, a6_2))
+    _vacc3(z, vs, vo + 7 * Rp * L, (a7_0, a7_1, a7_2))
 
 
 @njit(**SERIAL_JIT)
 def _wg_4x6(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
-    """4 filters x 6 taps: 24 accumulators over ``nb`` images (see :func:`flat_weight_grad`)."""
+    """4 filters x 6 taps: 24 accumulators over ``nb`` images, added into ``vs`` (see :func:`flat_weight_grad`).
+
+    ``xgeom = (xb, xstep, nb)``: image ``m``'s planes at ``xf[xb + m*xstep:]``; ``dgeom = (Pb, S, bits, Rp)``: its
+    filter ``k``'s dy at ``dyb[(m*Ft + k)*Pb:]``, ``S`` vectors, the last one's lanes inside the plane set in
+    ``bits``; tap ``j``'s sum of filter ``k`` is added at ``vs[vo + (k*Rp + j)*L]``."""
     xb, xstep, nb = xgeom
     Pb, S, bits, Rp = dgeom
     L = lanes(z)
@@ -760,115 +726,65 @@ def _wg_4x6(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
     a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = z
     a2_0 = a2_1 = a2_2 = a2_3 = a2_4 = a2_5 = z
     a3_0 = a3_1 = a3_2 = a3_3 = a3_4 = a3_5 = z
-    t0 = toff[0]
-    t1 = toff[1]
-    t2 = toff[2]
-    t3 = toff[3]
-    t4 = toff[4]
-    t5 = toff[5]
     for m in range(nb):
         xo = xb + m * xstep
         do = m * 4 * Pb
         for s in range(S - 1):
             p = s * L
-            x0 = vload(z, xf, xo + t0 + p)
-            x1 = vload(z, xf, xo + t1 + p)
-            x2 = vload(z, xf, xo + t2 + p)
-            x3 = vload(z, xf, xo + t3 + p)
-            x4 = vload(z, xf, xo + t4 + p)
-            x5 = vload(z, xf, xo + t5 + p)
+            x0 = vload(z, xf, xo + toff[0] + p)
+            x1 = vload(z, xf, xo + toff[1] + p)
+            x2 = vload(z, xf, xo + toff[2] + p)
+            x3 = vload(z, xf, xo + toff[3] + p)
+            x4 = vload(z, xf, xo + toff[4] + p)
+            x5 = vload(z, xf, xo + toff[5] + p)
             d = vload(z, dyb, do + p)
-            a0_0 = vfma(a0_0, d, x0)
-            a0_1 = vfma(a0_1, d, x1)
-            a0_2 = vfma(a0_2, d, x2)
-            a0_3 = vfma(a0_3, d, x3)
-            a0_4 = vfma(a0_4, d, x4)
-            a0_5 = vfma(a0_5, d, x5)
+            a0_0, a0_1, a0_2 = _fma3(d, (x0, x1, x2), (a0_0, a0_1, a0_2))
+            a0_3, a0_4, a0_5 = _fma3(d, (x3, x4, x5), (a0_3, a0_4, a0_5))
             d = vload(z, dyb, do + Pb + p)
-            a1_0 = vfma(a1_0, d, x0)
-            a1_1 = vfma(a1_1, d, x1)
-            a1_2 = vfma(a1_2, d, x2)
-            a1_3 = vfma(a1_3, d, x3)
-            a1_4 = vfma(a1_4, d, x4)
-            a1_5 = vfma(a1_5, d, x5)
+            a1_0, a1_1, a1_2 = _fma3(d, (x0, x1, x2), (a1_0, a1_1, a1_2))
+            a1_3, a1_4, a1_5 = _fma3(d, (x3, x4, x5), (a1_3, a1_4, a1_5))
             d = vload(z, dyb, do + 2 * Pb + p)
-            a2_0 = vfma(a2_0, d, x0)
-            a2_1 = vfma(a2_1, d, x1)
-            a2_2 = vfma(a2_2, d, x2)
-            a2_3 = vfma(a2_3, d, x3)
-            a2_4 = vfma(a2_4, d, x4)
-            a2_5 = vfma(a2_5, d, x5)
+            a2_0, a2_1, a2_2 = _fma3(d, (x0, x1, x2), (a2_0, a2_1, a2_2))
+            a2_3, a2_4, a2_5 = _fma3(d, (x3, x4, x5), (a2_3, a2_4, a2_5))
             d = vload(z, dyb, do + 3 * Pb + p)
-            a3_0 = vfma(a3_0, d, x0)
-            a3_1 = vfma(a3_1, d, x1)
-            a3_2 = vfma(a3_2, d, x2)
-            a3_3 = vfma(a3_3, d, x3)
-            a3_4 = vfma(a3_4, d, x4)
-            a3_5 = vfma(a3_5, d, x5)
+            a3_0, a3_1, a3_2 = _fma3(d, (x0, x1, x2), (a3_0, a3_1, a3_2))
+            a3_3, a3_4, a3_5 = _fma3(d, (x3, x4, x5), (a3_3, a3_4, a3_5))
         p = (S - 1) * L  # the last vector: the lanes past the plane are not read
-        x0 = vloadz(z, xf, xo + t0 + p, bits)
-        x1 = vloadz(z, xf, xo + t1 + p, bits)
-        x2 = vloadz(z, xf, xo + t2 + p, bits)
-        x3 = vloadz(z, xf, xo + t3 + p, bits)
-        x4 = vloadz(z, xf, xo + t4 + p, bits)
-        x5 = vloadz(z, xf, xo + t5 + p, bits)
+        x0 = vloadz(z, xf, xo + toff[0] + p, bits)
+        x1 = vloadz(z, xf, xo + toff[1] + p, bits)
+        x2 = vloadz(z, xf, xo + toff[2] + p, bits)
+        x3 = vloadz(z, xf, xo + toff[3] + p, bits)
+        x4 = vloadz(z, xf, xo + toff[4] + p, bits)
+        x5 = vloadz(z, xf, xo + toff[5] + p, bits)
         d = vload(z, dyb, do + p)
-        a0_0 = vfma(a0_0, d, x0)
-        a0_1 = vfma(a0_1, d, x1)
-        a0_2 = vfma(a0_2, d, x2)
-        a0_3 = vfma(a0_3, d, x3)
-        a0_4 = vfma(a0_4, d, x4)
-        a0_5 = vfma(a0_5, d, x5)
+        a0_0, a0_1, a0_2 = _fma3(d, (x0, x1, x2), (a0_0, a0_1, a0_2))
+        a0_3, a0_4, a0_5 = _fma3(d, (x3, x4, x5), (a0_3, a0_4, a0_5))
         d = vload(z, dyb, do + Pb + p)
-        a1_0 = vfma(a1_0, d, x0)
-        a1_1 = vfma(a1_1, d, x1)
-        a1_2 = vfma(a1_2, d, x2)
-        a1_3 = vfma(a1_3, d, x3)
-        a1_4 = vfma(a1_4, d, x4)
-        a1_5 = vfma(a1_5, d, x5)
+        a1_0, a1_1, a1_2 = _fma3(d, (x0, x1, x2), (a1_0, a1_1, a1_2))
+        a1_3, a1_4, a1_5 = _fma3(d, (x3, x4, x5), (a1_3, a1_4, a1_5))
         d = vload(z, dyb, do + 2 * Pb + p)
-        a2_0 = vfma(a2_0, d, x0)
-        a2_1 = vfma(a2_1, d, x1)
-        a2_2 = vfma(a2_2, d, x2)
-        a2_3 = vfma(a2_3, d, x3)
-        a2_4 = vfma(a2_4, d, x4)
-        a2_5 = vfma(a2_5, d, x5)
+        a2_0, a2_1, a2_2 = _fma3(d, (x0, x1, x2), (a2_0, a2_1, a2_2))
+        a2_3, a2_4, a2_5 = _fma3(d, (x3, x4, x5), (a2_3, a2_4, a2_5))
         d = vload(z, dyb, do + 3 * Pb + p)
-        a3_0 = vfma(a3_0, d, x0)
-        a3_1 = vfma(a3_1, d, x1)
-        a3_2 = vfma(a3_2, d, x2)
-        a3_3 = vfma(a3_3, d, x3)
-        a3_4 = vfma(a3_4, d, x4)
-        a3_5 = vfma(a3_5, d, x5)
-    _vacc(z, vs, vo, a0_0)
-    _vacc(z, vs, vo + L, a0_1)
-    _vacc(z, vs, vo + 2 * L, a0_2)
-    _vacc(z, vs, vo + 3 * L, a0_3)
-    _vacc(z, vs, vo + 4 * L, a0_4)
-    _vacc(z, vs, vo + 5 * L, a0_5)
-    _vacc(z, vs, vo + Rp * L, a1_0)
-    _vacc(z, vs, vo + Rp * L + L, a1_1)
-    _vacc(z, vs, vo + Rp * L + 2 * L, a1_2)
-    _vacc(z, vs, vo + Rp * L + 3 * L, a1_3)
-    _vacc(z, vs, vo + Rp * L + 4 * L, a1_4)
-    _vacc(z, vs, vo + Rp * L + 5 * L, a1_5)
-    _vacc(z, vs, vo + 2 * Rp * L, a2_0)
-    _vacc(z, vs, vo + 2 * Rp * L + L, a2_1)
-    _vacc(z, vs, vo + 2 * Rp * L + 2 * L, a2_2)
-    _vacc(z, vs, vo + 2 * Rp * L + 3 * L, a2_3)
-    _vacc(z, vs, vo + 2 * Rp * L + 4 * L, a2_4)
-    _vacc(z, vs, vo + 2 * Rp * L + 5 * L, a2_5)
-    _vacc(z, vs, vo + 3 * Rp * L, a3_0)
-    _vacc(z, vs, vo + 3 * Rp * L + L, a3_1)
-    _vacc(z, vs, vo + 3 * Rp * L + 2 * L, a3_2)
-    _vacc(z, vs, vo + 3 * Rp * L + 3 * L, a3_3)
-    _vacc(z, vs, vo + 3 * Rp * L + 4 * L, a3_4)
-    _vacc(z, vs, vo + 3 * Rp * L + 5 * L, a3_5)
+        a3_0, a3_1, a3_2 = _fma3(d, (x0, x1, x2), (a3_0, a3_1, a3_2))
+        a3_3, a3_4, a3_5 = _fma3(d, (x3, x4, x5), (a3_3, a3_4, a3_5))
+    _vacc3(z, vs, vo, (a0_0, a0_1, a0_2))
+    _vacc3(z, vs, vo + 3 * L, (a0_3, a0_4, a0_5))
+    _vacc3(z, vs, vo + Rp * L, (a1_0, a1_1, a1_2))
+    _vacc3(z, vs, vo + Rp * L + 3 * L, (a1_3, a1_4, a1_5))
+    _vacc3(z, vs, vo + 2 * Rp * L, (a2_0, a2_1, a2_2))
+    _vacc3(z, vs, vo + 2 * Rp * L + 3 * L, (a2_3, a2_4, a2_5))
+    _vacc3(z, vs, vo + 3 * Rp * L, (a3_0, a3_1, a3_2))
+    _vacc3(z, vs, vo + 3 * Rp * L + 3 * L, (a3_3, a3_4, a3_5))
 
 
 @njit(**SERIAL_JIT)
 def _wg_4x3(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
-    """4 filters x 3 taps: 12 accumulators over ``nb`` images (see :func:`flat_weight_grad`)."""
+    """4 filters x 3 taps: 12 accumulators over ``nb`` images, added into ``vs`` (see :func:`flat_weight_grad`).
+
+    ``xgeom = (xb, xstep, nb)``: image ``m``'s planes at ``xf[xb + m*xstep:]``; ``dgeom = (Pb, S, bits, Rp)``: its
+    filter ``k``'s dy at ``dyb[(m*Ft + k)*Pb:]``, ``S`` vectors, the last one's lanes inside the plane set in
+    ``bits``; tap ``j``'s sum of filter ``k`` is added at ``vs[vo + (k*Rp + j)*L]``."""
     xb, xstep, nb = xgeom
     Pb, S, bits, Rp = dgeom
     L = lanes(z)
@@ -876,63 +792,44 @@ def _wg_4x3(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
     a1_0 = a1_1 = a1_2 = z
     a2_0 = a2_1 = a2_2 = z
     a3_0 = a3_1 = a3_2 = z
-    t0 = toff[0]
-    t1 = toff[1]
-    t2 = toff[2]
     for m in range(nb):
         xo = xb + m * xstep
         do = m * 4 * Pb
         for s in range(S - 1):
             p = s * L
-            x0 = vload(z, xf, xo + t0 + p)
-            x1 = vload(z, xf, xo + t1 + p)
-            x2 = vload(z, xf, xo + t2 + p)
+            x0 = vload(z, xf, xo + toff[0] + p)
+            x1 = vload(z, xf, xo + toff[1] + p)
+            x2 = vload(z, xf, xo + toff[2] + p)
             d = vload(z, dyb, do + p)
-            a0_0 = vfma(a0_0, d, x0)
-            a0_1 = vfma(a0_1, d, x1)
-            a0_2 = vfma(a0_2, d, x2)
+            a0_0, a0_1, a0_2 = _fma3(d, (x0, x1, x2), (a0_0, a0_1, a0_2))
             d = vload(z, dyb, do + Pb + p)
-            a1_0 = vfma(a1_0, d, x0)
-            a1_1 = vfma(a1_1, d, x1)
-            a1_2 = vfma(a1_2, d, x2)
+            a1_0, a1_1, a1_2 = _fma3(d, (x0, x1, x2), (a1_0, a1_1, a1_2))
             d = vload(z, dyb, do + 2 * Pb + p)
-            a2_0 = vfma(a2_0, d, x0)
-            a2_1 = vfma(a2_1, d, x1)
-            a2_2 = vfma(a2_2, d, x2)
+            a2_0, a2_1, a2_2 = _fma3(d, (x0, x1, x2), (a2_0, a2_1, a2_2))
             d = vload(z, dyb, do + 3 * Pb + p)
-            a3_0 = vfma(a3_0, d, x0)
-            a3_1 = vfma(a3_1, d, x1)
-            a3_2 = vfma(a3_2, d, x2)
+            a3_0, a3_1, a3_2 = _fma3(d, (x0, x1, x2), (a3_0, a3_1, a3_2))
         p = (S - 1) * L  # the last vector: the lanes past the plane are not read
-        x0 = vloadz(z, xf, xo + t0 + p, bits)
-        x1 = vloadz(z, xf, xo + t1 + p, bits)
-        x2 = vloadz(z, xf, xo + t2 + p, bits)
+        x0 = vloadz(z, xf, xo + toff[0] + p, bits)
+        x1 = vloadz(z, xf, xo + toff[1] + p, bits)
+        x2 = vloadz(z, xf, xo + toff[2] + p, bits)
         d = vload(z, dyb, do + p)
-        a0_0 = vfma(a0_0, d, x0)
-        a0_1 = vfma(a0_1, d, x1)
-        a0_2 = vfma(a0_2, d, x2)
+        a0_0, a0_1, a0_2 = _fma3(d, (x0, x1, x2), (a0_0, a0_1, a0_2))
         d = vload(z, dyb, do + Pb + p)
-        a1_0 = vfma(a1_0, d, x0)
-        a1_1 = vfma(a1_1, d, x1)
-        a1_2 = vfma(a1_2, d, x2)
+        a1_0, a1_1, a1_2 = _fma3(d, (x0, x1, x2), (a1_0, a1_1, a1_2))
         d = vload(z, dyb, do + 2 * Pb + p)
-        a2_0 = vfma(a2_0, d, x0)
-        a2_1 = vfma(a2_1, d, x1)
-        a2_2 = vfma(a2_2, d, x2)
+        a2_0, a2_1, a2_2 = _fma3(d, (x0, x1, x2), (a2_0, a2_1, a2_2))
         d = vload(z, dyb, do + 3 * Pb + p)
-        a3_0 = vfma(a3_0, d, x0)
-        a3_1 = vfma(a3_1, d, x1)
-        a3_2 = vfma(a3_2, d, x2)
-    _vacc(z, vs, vo, a0_0)
-    _vacc(z, vs, vo + L, a0_1)
-    _vacc(z, vs, vo + 2 * L, a0_2)
-    _vacc(z, vs, vo + Rp * L, a1_0)
-    _vacc(z, vs, vo + Rp * L + L, a1_1)
-    _vacc(z, vs, vo + Rp * L + 2 * L, a1_2)
-    _vacc(z, vs, vo + 2 * Rp * L, a2_0)
-    _vacc(z, vs, vo + 2 * Rp * L + L, a2_1)
-    _vacc(z, vs, vo + 2 * Rp * L + 2 * L, a2_2)
-    _vacc(z, vs, vo + 3 * Rp * L, a3_0)
-    _vacc(z, vs, vo + 3 * Rp * L + L, a3_1)
-    _vacc(z, vs, vo + 3 * Rp * L + 2 * L, a3_2)
+        a3_0, a3_1, a3_2 = _fma3(d, (x0, x1, x2), (a3_0, a3_1, a3_2))
+    _vacc3(z, vs, vo, (a0_0, a0_1, a0_2))
+    _vacc3(z, vs, vo + Rp * L, (a1_0, a1_1, a1_2))
+    _vacc3(z, vs, vo + 2 * Rp * L, (a2_0, a2_1, a2_2))
+    _vacc3(z, vs, vo + 3 * Rp * L, (a3_0, a3_1, a3_2))
 
+
+
+_by_width(_fwd_tile, _fwd_8x3, _fwd_4x3)
+_by_width(_fwd_half, _fwd_4x6, _fwd_4x3)
+_by_width(_fwd_tail, _fwd_8x1_masked, _fwd_4x1_masked)
+_by_width(_fwd_half_tail, _fwd_4x1_masked, _fwd_4x1_masked)
+_by_width(_wg_tile, _wg_8x3, _wg_4x3)
+_by_width(_wg_half, _wg_4x6, _wg_4x3)
