@@ -487,12 +487,13 @@ def _forward_tiled(g, x, w, b, out, cpu, relu=False):
 _forward_tiled.on_packed = _tiled_on_packed
 
 
-@_strategy("conv2d_forward", "flat", ["pack.pack_nchw_padded", "flat.flat_forward"], Layout.NCHW_PADDED,
-           "stride 1, short receptive field: each tap one loop over a whole zero-padded NCHW plane")
+@_strategy("conv2d_forward", "flat", ["flat.flat_forward"], Layout.NCHW,
+           "stride 1, short receptive field: vector tiles along whole zero-padded NCHW planes (padded per job, "
+           "in cache), accumulators in registers")
 def _forward_flat(g, x, w, b, out, cpu, relu=False):
-    packed = _pack_nchw(x, g.ph, g.pw)
-    _run("flat.flat_forward", packed.array, contiguous(_weights(w)), b, (1, 1), 1, relu, out,
-         work=out.size * g.C * g.KH * g.KW)
+    packed = Packed(Layout.NCHW, (g.ph, g.pw), contiguous(x))
+    _run("flat.flat_forward", cpu.width, packed.array, contiguous(_weights(w)), b, (g.ph, g.pw, 1, 1), 1, relu,
+         out, work=out.size * g.C * g.KH * g.KW)
     return packed
 
 
@@ -742,14 +743,13 @@ def _weight_grad_pointwise(g, x, dy, packed, cpu):
 
 
 @_strategy("conv2d_weight_grad", "flat", ["pack.pack_nchw_padded", "flat.flat_weight_grad"], Layout.NCHW_PADDED,
-           "stride 1, short receptive field: per-tap dot products over whole planes; per-thread partials",
-           needs_finite=True)
+           "stride 1, short receptive field: per-tap dot products over whole planes, filters x taps vector tiles; "
+           "per-thread partials", needs_finite=True)
 def _weight_grad_flat(g, x, dy, packed, cpu):
-    xq = _reuse(packed, Layout.NCHW_PADDED, g)
-    xq = _pack_nchw(x, g.ph, g.pw).array if xq is None else xq
     threads = numba.get_num_threads()
     partial = np.empty((max(1, min(threads, g.N)), g.F, g.C, g.KH, g.KW), dtype=dy.dtype)
-    _run("flat.flat_weight_grad", xq, dy, (1, 1), 1, partial, work=dy.size * partial[0, 0].size)
+    _run("flat.flat_weight_grad", cpu.width, _pack_nchw(x, g.ph, g.pw).array, dy, (1, 1), 1, partial,
+         work=dy.size * partial[0, 0].size)
     return partial.sum(axis=0)  # partials summed in thread order
 
 
@@ -1171,11 +1171,6 @@ def _phase_plans(g, dtype, cpu):
     return [(a, b, _conv_plan(sub, np.dtype(dtype), cpu, threads)) for a, b, sub in _dilation_phases(g)]
 
 
-def _padded_nchw(g, x, packed):
-    xq = _reuse(packed, Layout.NCHW_PADDED, g)
-    return _pack_nchw(x, g.ph, g.pw).array if xq is None else xq
-
-
 @_strategy("conv2d_input_grad", "dilation_phases", [], None,
            "dilated, stride 1, one group: each phase's dense input gradient, written into the padded dx's phase")
 def _input_grad_dilation_phases(plan, dy, w):
@@ -1203,13 +1198,13 @@ def _input_grad_grouped(plan, dy, w):
     return dx
 
 
-@_strategy("conv2d_forward", "grouped_flat", ["pack.pack_nchw_padded", "flat.flat_forward"], Layout.NCHW_PADDED,
-           "grouped or dilated, stride 1, few filters per group: each tap one run over a whole zero-padded NCHW plane, "
-           "all groups in one launch")
+@_strategy("conv2d_forward", "grouped_flat", ["flat.flat_forward"], Layout.NCHW,
+           "grouped or dilated, stride 1, few filters per group: vector tiles along whole zero-padded NCHW planes "
+           "(padded per job, in cache), all groups in one launch")
 def _forward_grouped_flat(g, x, w, b, out, cpu, relu=False):
-    packed = _pack_nchw(x, g.ph, g.pw)
-    _run("flat.flat_forward", packed.array, contiguous(_weights(w)), b, g.dilation, g.groups, relu, out,
-         work=out.size * g.C // g.groups * g.KH * g.KW)
+    packed = Packed(Layout.NCHW, (g.ph, g.pw), contiguous(x))
+    _run("flat.flat_forward", cpu.width, packed.array, contiguous(_weights(w)), b, (g.ph, g.pw) + g.dilation,
+         g.groups, relu, out, work=out.size * g.C // g.groups * g.KH * g.KW)
     return packed
 
 
@@ -1233,22 +1228,22 @@ def _full_padding(g):
     return g.dilation[0] * (g.KH - 1) - g.ph, g.dilation[1] * (g.KW - 1) - g.pw
 
 
-@_strategy("conv2d_input_grad", "grouped_flat", ["pack.pack_nchw_padded", "flat.flat_forward"], None,
+@_strategy("conv2d_input_grad", "grouped_flat", ["flat.flat_forward"], None,
            "grouped or dilated, stride 1, few filters per group: the forward kernel on dy padded by d*(K-1)-p with "
            "the rotated kernel of each group (grouped_gather when w is not finite)")
 @_gather_unless_finite
 def _input_grad_grouped_flat(plan, dy, w, dx):
     g = plan.geometry
-    _run("flat.flat_forward", _pack_nchw(dy, *_full_padding(g)).array, _Rotated(w, g.groups).array(),
-         np.zeros(g.C, dtype=dy.dtype), g.dilation, g.groups, False, dx, work=dx.size * g.F // g.groups * g.KH * g.KW)
+    _run("flat.flat_forward", plan.cpu.width, contiguous(dy), _Rotated(w, g.groups).array(), np.zeros(g.C, dtype=dy.dtype),
+         _full_padding(g) + g.dilation, g.groups, False, dx, work=dx.size * g.F // g.groups * g.KH * g.KW)
 
 
 @_strategy("conv2d_weight_grad", "grouped_flat", ["pack.pack_nchw_padded", "flat.flat_weight_grad"],
-           Layout.NCHW_PADDED, "grouped or dilated, stride 1, few filters per group: per-tap dot products over "
-                               "whole planes; per-thread partials", needs_finite=True)
+           Layout.NCHW_PADDED, "grouped or dilated, stride 1, few filters per group: per-tap dot products over whole "
+                               "planes, filters x taps vector tiles; per-thread partials", needs_finite=True)
 def _weight_grad_grouped_flat(g, x, dy, packed, cpu):
     partial = np.empty((max(1, min(numba.get_num_threads(), g.N)),) + g.w_shape, dtype=dy.dtype)
-    _run("flat.flat_weight_grad", _padded_nchw(g, x, packed), dy, g.dilation, g.groups, partial,
+    _run("flat.flat_weight_grad", cpu.width, _pack_nchw(x, g.ph, g.pw).array, dy, g.dilation, g.groups, partial,
          work=dy.size * partial[0, 0].size)
     return partial.sum(axis=0)  # partials summed in thread order
 

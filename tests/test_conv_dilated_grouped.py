@@ -182,6 +182,36 @@ def test_the_vector_kernels_with_groups_and_dilation_match_the_reference_and_tor
         assert err <= k * TOL[np.dtype(dtype)], f"{what} {where} against torch: error {err:.3g}"
 
 
+# ------------------------------------------------------------------------- the flat kernels' tiles
+#: The flat kernels' register tiles hold 8 (512-bit) or 4 filters x 3 vectors of the plane (4 x 6 for groups of at
+#: most 4 filters): filter counts that are not a multiple of the tile (6, 13, and an odd 3), flat planes shorter
+#: than one tile (a 3 x 4 map) or not a whole number of them (the masked last vectors), dilation.
+FLAT_CASES = {  # name: (x_shape, w_shape, padding, dilation, groups)
+    "g2-Fg6-tiny-plane": ((2, 4, 3, 4), (12, 2, 3, 3), 1, 1, 2),
+    "g3-Fg3-d2": ((1, 6, 9, 10), (9, 2, 3, 3), 2, 2, 3),
+    "F13-C3": ((2, 3, 11, 13), (13, 3, 3, 3), 1, 1, 1),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(FLAT_CASES))
+def test_the_flat_kernels_short_tiles_and_plane_tails_match_the_reference(name, dtype):
+    x_shape, w_shape, p, d, groups = FLAT_CASES[name]
+    rng = np.random.default_rng(6)
+    x, w, b = (rng.standard_normal(a).astype(np.float32).astype(np.float64) for a in (x_shape, w_shape, w_shape[:1]))
+    o = dict(stride=1, padding=p, dilation=d, groups=groups)
+    plan = fc.conv2d_plan(x_shape, w_shape, 1, p, dtype, dilation=d, groups=groups)
+    kind = "flat" if groups == 1 and d == 1 else "grouped_flat"
+    assert (plan.forward.name, plan.weight_grad.name) == (kind, kind)
+    dy = rng.standard_normal(plan.geometry.y_shape).astype(np.float32).astype(np.float64)
+    want = reference(x, w, b, dy, **o)
+    xd, wd, bd, dyd = (a.astype(dtype) for a in (x, w, b, dy))
+    got = (plan.run_forward(xd, wd, bd)[0], plan.run_input_grad(dyd, wd), plan.run_weight_grad(dyd, xd))
+    for what, g, r in zip(("y", "dx", "dw"), got, want):
+        _close(g, r, dtype, f"{what} {name} {np.dtype(dtype)}")
+    _close(plan.run_forward(xd, wd, bd, relu=True)[0], np.maximum(want[0], 0), dtype, f"relu {name}")
+
+
 # ------------------------------------------------------------------------- finite differences
 FD_CASES = {  # name: (x_shape, w_shape, stride, padding, dilation, groups)
     "dilated": ((1, 2, 6, 7), (2, 2, 3, 2), 1, 1, 2, 1),

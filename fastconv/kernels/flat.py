@@ -1,156 +1,315 @@
-"""The flat strategy: stride-1 convolutions as long contiguous loops over whole padded planes.
+"""The flat strategy: stride-1 convolutions as vector loops over whole padded planes.
 
 Only ``@njit`` code; :mod:`fastconv.plan` decides when these run.
 
 With the input zero-padded to width ``Wp`` (NCHW) and each plane read as one flat
 vector, tap ``(c, i, j)`` of a stride-1 convolution is a shift by ``i * dh * Wp + j * dw``
-(dilation ``(dh, dw)``, 1 when dense): every tap is one loop over ``L = (Ho - 1) * Wp + Wo``
-positions, whatever the image width (the ``Wp - Wo`` columns past each row's end are
-computed and dropped). For the first layers (C = 1 or 3), whose receptive fields are too
-short to fill the tiled kernels' vectors, and for grouped and dilated convolutions at
-stride 1 (a filter of group ``g`` reads the planes ``g * C/groups`` onwards), all groups in
-one launch.
+(dilation ``(dh, dw)``, 1 when dense): output ``p = oh * Wp + ow`` of the flat plane
+(``p < P = (Ho - 1) * Wp + Wo``) reads the input at ``p + offset``, whatever the image width
+(the ``Wp - Wo`` columns past each row's end are computed and dropped). For the first layers
+(C = 1 or 3), whose receptive fields are too short to fill the vector kernels' tiles, and
+for grouped and dilated convolutions at stride 1 with few filters per group (a filter of
+group ``g`` reads the planes ``g * C/groups`` onwards), all groups in one launch.
+
+Both kernels keep their accumulators in vector registers (:mod:`fastconv.kernels.simd`),
+the vector along the flat plane, in register tiles of ``Ft`` filters: 8 with 32 vector
+registers (AVX-512), 4 with 16 (AVX2); with 32 registers, groups of at most 4 filters take
+tiles of 4 filters and twice the vectors (taps) instead, which the 8-filter tiles would
+half waste. The tiles are written out in full at the end of the module (:func:`_fwd_8x3`,
+:func:`_wg_8x3`, ...) and chosen by the width at compile time.
 
 Kernels
 -------
 - :func:`flat_forward`: the forward pass (and, on dy padded by ``d * (K - 1) - p`` with the
-  rotated kernel, the input gradient of a grouped or dilated convolution); four taps and
-  two filters of one group share each pass.
+  rotated kernel, the input gradient of a grouped or dilated convolution). It reads the
+  input unpadded: a job is one image and one group, and first copies the group's planes
+  zero-padded into a buffer the caches hold (:func:`_pad_planes`; a separate padded copy of
+  the whole batch cost grouped32 a third of its time). A tile holds ``Ft`` filters x 3
+  vectors of consecutive plane positions (4 x 6) in registers over every tap: per tap 3
+  vector loads of the shifted plane and ``3 Ft`` FMAs with the weights broadcast
+  (:func:`fastconv.kernels.simd.vfmab`; the bias is the accumulators' start). The tiles
+  go into a small buffer laid out like the padded plane, whose rows are written out with
+  the gap columns dropped and the ReLU floor applied (masked loads and stores). The last
+  1-5 vectors of a plane go one at a time with masked loads
+  (:func:`fastconv.kernels.simd.vloadz`): nothing past the plane is read.
 - :func:`flat_weight_grad`: per-thread partial weight gradients, the mirror of the
-  forward pass (dy copied at the padded pitch). Needs a finite input.
+  forward pass, on the zero-padded input: with ``dy`` copied at the padded pitch (zeros in
+  the gaps), the gradient of filter ``f`` and tap ``t`` is the dot product of that flat plane
+  with the input plane shifted by the tap. A tile holds ``Ft`` filters x 3 taps (4 x 6) as
+  vectors over a block of images (per vector position 3 loads of the shifted planes, ``Ft``
+  of ``dy``, ``3 Ft`` FMAs, the plane's last vector masked); its sums go into a per-job
+  vector buffer, reduced horizontally once per filter and tap at the end. The gaps
+  multiply real inputs by zero: the input must be finite (the plan checks; with an
+  infinity, ``0 * inf`` would add a NaN).
 - :func:`flat_bias_grad`: the bias gradient, each ``(n, f)`` plane summed as one run.
 
-Inline helper: :func:`_tap_run`.
+Filter counts that are not a multiple of the tile repeat the group's last filter in the
+last tile (computed, not written); tap counts not a multiple of 3 (6) the last tap likewise.
+See ``benchmarks/NOTES.md`` ("Flat kernels with register accumulators").
 """
 
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
 
 from ..config import PARALLEL_JIT, SERIAL_JIT
+from .simd import lanes, vadd, vfma, vfmab, vload, vloadz, vmax, vsplat, vstore, vstorez, vzero
+
+#: Plane positions (vectors) per forward tile and taps per weight-gradient tile.
+_VECTORS = 3
+_TAPS = 3
+
+#: Elements of ``dy`` per weight-gradient job buffer (a block of images of one filter tile), about 32 KiB of float32.
+_DY_BLOCK = 8192
+
+
+def _wide(z):
+    return z.count * z.dtype.bitwidth >= 512
+
+
+def _filter_tile(z):
+    """Filters per register tile for vectors like ``z`` (a compile-time constant): 8 on 512-bit, else 4."""
+
+
+def _has_half(z):
+    """Whether the width has tiles of half as many filters (a compile-time constant): 512-bit only."""
+
+
+def _half_vectors(z):
+    """Vectors of plane positions per :func:`_fwd_half` tile (a compile-time constant): 6 on 512-bit, else 3."""
+
+
+def _half_taps(z):
+    """Taps per :func:`_wg_half` tile (a compile-time constant): 6 on 512-bit, else 3."""
+
+
+def _fwd_tile(z, xf, xb, toff, wgt, dst):
+    """The forward tile of the width: ``Ft`` filters x 3 vectors (:func:`_fwd_8x3`, :func:`_fwd_4x3`)."""
+
+
+def _fwd_half(z, xf, xb, toff, wgt, dst):
+    """The forward tile for groups of at most ``Ft / 2`` filters: 4 filters x 6 vectors on 512-bit (the register
+    count of 8 x 3), the 4 x 3 tile on 256-bit."""
+
+
+def _fwd_tail(z, xf, xb, toff, wgt, bits, dst):
+    """The forward tile of one masked vector: ``Ft`` filters x 1."""
+
+
+def _fwd_half_tail(z, xf, xb, toff, wgt, bits, dst):
+    """The masked vector of :func:`_fwd_half`: 4 filters x 1."""
+
+
+def _wg_tile(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
+    """The weight-gradient tile of the width: ``Ft`` filters x 3 taps (:func:`_wg_8x3`, :func:`_wg_4x3`)."""
+
+
+def _wg_half(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
+    """The weight-gradient tile for groups of at most ``Ft / 2`` filters: 4 filters x 6 taps on 512-bit, the
+    4 x 3 tile on 256-bit."""
+
+
+def _constant(fn, value):
+    """Overload ``fn(z)`` as the compile-time constant ``value(z)``."""
+
+    @overload(fn, inline="always")
+    def impl(z):
+        v = value(z)
+        return lambda z: v
+
+
+def _by_width(fn, wide, narrow):
+    """Overload ``fn`` (a forward tile, a tail or a weight-gradient tile, by its arguments) as a call of the tile
+    ``wide`` on 512-bit vectors, ``narrow`` otherwise."""
+
+    def pick(z):
+        return wide if _wide(z) else narrow
+
+    if fn in (_fwd_tile, _fwd_half):
+        @overload(fn, inline="always")
+        def impl(z, xf, xb, toff, wgt, dst):
+            tile = pick(z)
+            return lambda z, xf, xb, toff, wgt, dst: tile(z, xf, xb, toff, wgt, dst)
+    elif fn in (_fwd_tail, _fwd_half_tail):
+        @overload(fn, inline="always")
+        def impl(z, xf, xb, toff, wgt, bits, dst):
+            tile = pick(z)
+            return lambda z, xf, xb, toff, wgt, bits, dst: tile(z, xf, xb, toff, wgt, bits, dst)
+    else:
+        @overload(fn, inline="always")
+        def impl(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
+            tile = pick(z)
+            return lambda z, xf, xgeom, dyb, dgeom, toff, vs, vo: tile(z, xf, xgeom, dyb, dgeom, toff, vs, vo)
+
+
+_constant(_filter_tile, lambda z: 8 if _wide(z) else 4)
+_constant(_has_half, _wide)
+_constant(_half_vectors, lambda z: 2 * _VECTORS if _wide(z) else _VECTORS)
+_constant(_half_taps, lambda z: 2 * _TAPS if _wide(z) else _TAPS)
 
 
 @njit(**SERIAL_JIT, inline="always")
-def _tap_run(planes, base, t, KHW, KW, pitch, L):
-    """The run of ``L`` positions tap ``t = (c * KH + i) * KW + j`` reads: plane ``base + c``
-    shifted by ``i * pitch[0] + j * pitch[1]`` (``pitch = (dh * Wp, dw)``)."""
-    c = t // KHW
-    r = t - c * KHW
-    i = r // KW
-    o = i * pitch[0] + (r - i * KW) * pitch[1]
-    return planes[base + c, o:o + L]
+def _fma3(d, x, a):
+    """``(a[j] + d * x[j] for j < 3)``: one vector of dy against three taps' vectors."""
+    return vfma(a[0], d, x[0]), vfma(a[1], d, x[1]), vfma(a[2], d, x[2])
+
+
+@njit(**SERIAL_JIT, inline="always")
+def _vacc3(z, vs, o, a):
+    """``vs[o + j*L:o + (j+1)*L] += a[j]`` for ``j < 3``."""
+    L = lanes(z)
+    vstore(vs, o, vadd(vload(z, vs, o), a[0]))
+    vstore(vs, o + L, vadd(vload(z, vs, o + L), a[1]))
+    vstore(vs, o + 2 * L, vadd(vload(z, vs, o + 2 * L), a[2]))
+
+
+@njit(**SERIAL_JIT)
+def _tap_offsets(Cg, KH, KW, HW, pitch, count):
+    """``toff[t]``: tap ``t = (c * KH + i) * KW + j`` of a group's planes as an offset from its first
+    plane's start, ``c * HW + i * pitch[0] + j * pitch[1]``; ``count >= Cg * KH * KW`` entries, the
+    ones past the last tap repeating it."""
+    T = Cg * KH * KW
+    toff = np.empty(count, dtype=np.int64)
+    for t in range(count):
+        r = min(t, T - 1)
+        c = r // (KH * KW)
+        i = (r - c * KH * KW) // KW
+        toff[t] = c * HW + i * pitch[0] + (r - c * KH * KW - i * KW) * pitch[1]
+    return toff
+
+
+@njit(**SERIAL_JIT, inline="always")
+def _pad_planes(x, src, pad, pitch, buf, bo):
+    """``buf[bo + c*Hp*Wp + (h + ph)*Wp + pw + w] = x[n, c0 + c, h, w]`` for ``c < cnt`` (``src = (n, c0, cnt)``,
+    ``pitch = (Hp, Wp)``): the interior of ``cnt`` zero-padded planes; the rest of the region is left as it was
+    (zeros)."""
+    n, c0, cnt = src
+    ph, pw = pad
+    Hp, Wp = pitch
+    H, W = x.shape[2], x.shape[3]
+    for c in range(cnt):
+        for h in range(H):
+            o = bo + (c * Hp + h + ph) * Wp + pw
+            buf[o:o + W] = x[n, c0 + c, h]
 
 
 @njit(**PARALLEL_JIT)
-def flat_forward(xq, w, b, dilation, groups, relu, out):
+def flat_forward(width, x, w, b, geom, groups, relu, out):
     """Stride-1 cross-correlation (grouped, dilated or dense), vectorised along whole images.
 
     ``out[n, f] = b[f] + sum_{c, i, j} w[f, c, i, j] * xq[n, g*Cg + c, oh + i*dh, ow + j*dw]``
     with ``g = f // (F / groups)``, ``Cg = C / groups``. With each plane read as one flat
     vector, tap ``(c, i, j)`` adds ``w[f, c, i, j] * plane[p + i*dh*Wp + j*dw]`` to output
-    position ``p = oh*Wp + ow`` of an accumulator laid out like the padded image: one long
-    contiguous loop per tap, whatever the image width (the ``Wp - Wo`` columns past each
-    row's end are computed and dropped). Four taps and two filters share each pass, so
-    every accumulator load and store serves eight multiply-adds.
+    position ``p = oh*Wp + ow`` laid out like the padded image (the ``Wp - Wo`` columns past
+    each row's end are computed and dropped). Register tiles of ``Ft`` filters x 3 vectors
+    of positions (see the module); a job is one image and group, its planes padded in a buffer.
 
     See ``benchmarks/NOTES.md``.
 
     Parameters
     ----------
-    xq : (N, C, Hp, Wp) array
-        Zero-padded input, NCHW.
+    width : fastconv.kernels.simd.Width
+        The register width (512 or 256 bits): the lanes and the filter tile.
+    x : (N, C, H, W) array
+        Input, NCHW, C-contiguous (each job copies its planes zero-padded into a buffer the caches hold).
     w : (F, C / groups, KH, KW) array
         Filters (C-contiguous).
     b : (F,) array
         Bias.
-    dilation : (int, int)
+    geom : (int, int, int, int)
+        ``(ph, pw, dh, dw)``: the zero padding (``Hp = H + 2 ph``, ``Wp = W + 2 pw``) and the dilation.
     groups : int
     relu : bool
         Apply ``max(y, 0)`` (NaN kept) to the output as it is written.
     out : (N, F, Ho, Wo) array
         Output, fully overwritten; ``Ho = Hp - dh*(KH - 1)``, ``Wo = Wp - dw*(KW - 1)``.
     """
-    N, C, Hp, Wp = xq.shape
+    ph, pw, dh, dw = geom
+    N, C, H, W = x.shape
+    Hp, Wp = H + 2 * ph, W + 2 * pw
     F, Cg, KH, KW = w.shape
     Ho = out.shape[2]
     Wo = out.shape[3]
-    L = (Ho - 1) * Wp + Wo
-    KHW = KH * KW
-    T = Cg * KHW
-    T4 = T - T % 4
+    HW = Hp * Wp
+    P = (Ho - 1) * Wp + Wo
+    T = Cg * KH * KW
     Fg = F // groups
-    pairs = (Fg + 1) // 2
-    pitch = (dilation[0] * Wp, dilation[1])
-    planes = xq.reshape(N * C, Hp * Wp)
     wf = w.reshape(F, T)
-    # The ReLU as a floor: -inf (no change) or 0, one select either way (no branch on ``relu``
-    # in the loop: LLVM would compile the loop twice).
-    floor = np.full(1, 0 if relu else -np.inf, dtype=out.dtype)[0]
-    for job in prange(N * groups * pairs):
-        n = job // (groups * pairs)
-        g = (job - n * groups * pairs) // pairs
-        f = g * Fg + 2 * (job - n * groups * pairs - g * pairs)
-        h = min(f + 1, g * Fg + Fg - 1)  # odd Fg: the last pair computes its filter twice
-        base = n * C + g * Cg
-        acc = np.empty((2, L), dtype=out.dtype)
-        a0 = acc[0]
-        a1 = acc[1]
-        a0[:] = b[f]
-        a1[:] = b[h]
-        wa = wf[f]
-        wb = wf[h]
-        for t0 in range(0, T4, 4):
-            s0 = _tap_run(planes, base, t0, KHW, KW, pitch, L)
-            s1 = _tap_run(planes, base, t0 + 1, KHW, KW, pitch, L)
-            s2 = _tap_run(planes, base, t0 + 2, KHW, KW, pitch, L)
-            s3 = _tap_run(planes, base, t0 + 3, KHW, KW, pitch, L)
-            v0 = wa[t0]
-            v1 = wa[t0 + 1]
-            v2 = wa[t0 + 2]
-            v3 = wa[t0 + 3]
-            u0 = wb[t0]
-            u1 = wb[t0 + 1]
-            u2 = wb[t0 + 2]
-            u3 = wb[t0 + 3]
-            for p in range(L):
-                x0 = s0[p]
-                x1 = s1[p]
-                x2 = s2[p]
-                x3 = s3[p]
-                a0[p] += v0 * x0 + v1 * x1 + v2 * x2 + v3 * x3
-                a1[p] += u0 * x0 + u1 * x1 + u2 * x2 + u3 * x3
-        for t in range(T4, T):
-            s0 = _tap_run(planes, base, t, KHW, KW, pitch, L)
-            v0 = wa[t]
-            u0 = wb[t]
-            for p in range(L):
-                x0 = s0[p]
-                a0[p] += v0 * x0
-                a1[p] += u0 * x0
-        for k in range(h - f + 1):
-            plane = out[n, f + k]
-            a = acc[k]
-            for oh in range(Ho):
-                row = plane[oh]
-                src = a[oh * Wp:oh * Wp + Wo]
-                for ow in range(Wo):
-                    v = src[ow]
-                    row[ow] = floor if v <= floor else v
+    z = vzero(width, wf)
+    L = lanes(z)
+    Ft = _filter_tile(z)
+    half = _has_half(z) and Fg <= Ft // 2  # few filters per group: the tile of half as many filters and twice the vectors
+    if half:
+        Ft = Ft // 2
+    V = (_half_vectors(z) if half else _VECTORS) * L
+    full = P - P % V  # positions in whole tiles; the rest one masked vector at a time
+    Lb = (P + L - 1) // L * L
+    tiles = (Fg + Ft - 1) // Ft
+    toff = _tap_offsets(Cg, KH, KW, HW, (dh * Wp, dw), T)
+    # Each tile's weights tap by tap (wp[u, t, k]) and its bias; a short last tile repeats the group's last filter.
+    wp = np.empty((groups * tiles, T, Ft), dtype=out.dtype)
+    bp = np.empty((groups * tiles, Ft), dtype=out.dtype)
+    for u in range(groups * tiles):
+        g = u // tiles
+        for k in range(Ft):
+            f = g * Fg + min((u - g * tiles) * Ft + k, Fg - 1)
+            bp[u, k] = b[f]
+            for t in range(T):
+                wp[u, t, k] = wf[f, t]
+    wpf = wp.reshape(wp.size)
+    of = out.reshape(out.size)
+    # The ReLU as a floor: -inf (no change) or 0, one vmax either way (NaN kept).
+    fl = vsplat(z, np.full(1, 0 if relu else -np.inf, dtype=out.dtype)[0])
+    for job in prange(N * groups):
+        n = job // groups
+        g = job - n * groups
+        xf = np.zeros(Cg * HW, dtype=out.dtype)  # the group's planes, zero-padded
+        _pad_planes(x, (n, g * Cg, Cg), (ph, pw), (Hp, Wp), xf, 0)
+        buf = np.empty(Ft * Lb, dtype=out.dtype)
+        for u in range(g * tiles, (g + 1) * tiles):
+            f0 = g * Fg + (u - g * tiles) * Ft
+            wo = u * T * Ft
+            bias = bp[u]
+            if half:
+                for s in range(0, full, V):
+                    _fwd_half(z, xf, s, toff, (wpf, wo, bias), (buf, s, Lb))
+                for s in range(full, P, L):
+                    _fwd_half_tail(z, xf, s, toff, (wpf, wo, bias), (1 << min(L, P - s)) - 1, (buf, s, Lb))
+            else:
+                for s in range(0, full, V):
+                    _fwd_tile(z, xf, s, toff, (wpf, wo, bias), (buf, s, Lb))
+                for s in range(full, P, L):
+                    _fwd_tail(z, xf, s, toff, (wpf, wo, bias), (1 << min(L, P - s)) - 1, (buf, s, Lb))
+            # The rows out of the buffer, the gap columns dropped: one masked load and store per vector of a row.
+            for k in range(min(Ft, g * Fg + Fg - f0)):
+                ob = (n * F + f0 + k) * Ho * Wo
+                for oh in range(Ho):
+                    for c0 in range(0, Wo, L):
+                        cnt = min(L, Wo - c0)
+                        bits = (1 << cnt) - 1
+                        v = vmax(vloadz(z, buf, k * Lb + oh * Wp + c0, bits), fl)
+                        if cnt == L:
+                            vstore(of, ob + oh * Wo + c0, v)
+                        else:
+                            vstorez(of, ob + oh * Wo + c0, v, bits)
 
 
 @njit(**PARALLEL_JIT)
-def flat_weight_grad(xq, dy, dilation, groups, partial):
+def flat_weight_grad(width, xq, dy, dilation, groups, partial):
     """Per-thread partial weight gradients at stride 1 (grouped, dilated or dense).
 
     The mirror of :func:`flat_forward`: with ``dy``'s rows copied at the padded input's row
     pitch ``Wp`` (zeros in the ``Wp - Wo`` gaps), the gradient of tap ``(c, i, j)`` of filter
     ``f`` (group ``g``) is one dot product of that flat ``dy`` plane with the input plane
-    ``g*Cg + c`` shifted by ``i*dh*Wp + j*dw``: long contiguous loops whatever the image
-    width. Four taps and two filters share each pass (8 accumulators). The gaps multiply
-    real inputs by zero, so ``xq`` must be finite (the plan checks; with an infinity,
-    ``0 * inf`` would add a NaN).
+    ``g*Cg + c`` shifted by ``i*dh*Wp + j*dw``. Register tiles of ``Ft`` filters x 3 taps
+    (see the module) over blocks of images; each job sums its chunk of the batch in a fixed
+    order. The gaps multiply real inputs by zero, so ``xq`` must be finite (the plan checks;
+    with an infinity, ``0 * inf`` would add a NaN).
 
     Parameters
     ----------
+    width : fastconv.kernels.simd.Width
+        The register width (512 or 256 bits).
     xq : (N, C, Hp, Wp) array
         Zero-padded input, NCHW.
     dy : (N, F, Ho, Wo) array
@@ -161,56 +320,54 @@ def flat_weight_grad(xq, dy, dilation, groups, partial):
     """
     N, C, Hp, Wp = xq.shape
     F, Ho, Wo = dy.shape[1], dy.shape[2], dy.shape[3]
-    T, _, Cg, KH, KW = partial.shape
-    L = (Ho - 1) * Wp + Wo
-    KHW = KH * KW
-    R = Cg * KHW
-    R4 = R - R % 4
+    chunks, _, Cg, KH, KW = partial.shape
+    HW = Hp * Wp
+    P = (Ho - 1) * Wp + Wo
+    R = Cg * KH * KW
     Fg = F // groups
-    pitch = (dilation[0] * Wp, dilation[1])
-    planes = xq.reshape(N * C, Hp * Wp)
-    zero = np.zeros(1, dtype=partial.dtype)[0]
-    for t in prange(T):
-        part = partial[t].reshape(F, R)
-        part[:, :] = 0
-        dyw = np.zeros((F, L), dtype=dy.dtype)
-        for n in range((N * t) // T, (N * (t + 1)) // T):
-            for f in range(F):
-                for oh in range(Ho):
-                    dyw[f, oh * Wp:oh * Wp + Wo] = dy[n, f, oh]
-            for pair in range(groups * ((Fg + 1) // 2)):
-                g = pair // ((Fg + 1) // 2)
-                f = g * Fg + 2 * (pair - g * ((Fg + 1) // 2))
-                h = min(f + 1, g * Fg + Fg - 1)  # an odd Fg: the last pair of a group is one filter, added once
-                da = dyw[f]
-                db = dyw[h]
-                pa = part[f]
-                pb = part[h]
-                base = n * C + g * Cg
-                for r0 in range(0, R, 4):
-                    m = min(4, R - r0)
-                    s0 = _tap_run(planes, base, r0, KHW, KW, pitch, L)
-                    s1 = _tap_run(planes, base, r0 + min(1, m - 1), KHW, KW, pitch, L)
-                    s2 = _tap_run(planes, base, r0 + min(2, m - 1), KHW, KW, pitch, L)
-                    s3 = _tap_run(planes, base, r0 + min(3, m - 1), KHW, KW, pitch, L)
-                    a0 = a1 = a2 = a3 = zero
-                    b0 = b1 = b2 = b3 = zero
-                    for p in range(L):
-                        u = da[p]
-                        v = db[p]
-                        a0 += u * s0[p]
-                        a1 += u * s1[p]
-                        a2 += u * s2[p]
-                        a3 += u * s3[p]
-                        b0 += v * s0[p]
-                        b1 += v * s1[p]
-                        b2 += v * s2[p]
-                        b3 += v * s3[p]
-                    sums = (a0, a1, a2, a3, b0, b1, b2, b3)
-                    for k in range(m):
-                        pa[r0 + k] += sums[k]
-                        if h != f:
-                            pb[r0 + k] += sums[4 + k]
+    xf = xq.reshape(xq.size)
+    z = vzero(width, xf)
+    L = lanes(z)
+    Ft = _filter_tile(z)
+    half = _has_half(z) and Fg <= Ft // 2  # few filters per group: the tile of half as many filters and twice the taps
+    if half:
+        Ft = Ft // 2
+    Tt = _half_taps(z) if half else _TAPS
+    Rp = (R + Tt - 1) // Tt * Tt
+    S = (P + L - 1) // L
+    Pb = S * L
+    bits = (1 << (P - (S - 1) * L)) - 1  # the last vector's lanes inside the plane
+    tiles = (Fg + Ft - 1) // Ft
+    NB = max(1, _DY_BLOCK // (Ft * Pb))
+    toff = _tap_offsets(Cg, KH, KW, HW, (dilation[0] * Wp, dilation[1]), Rp)
+    for ch in prange(chunks):
+        part = partial[ch].reshape(F, R)
+        n0 = (N * ch) // chunks
+        n1 = (N * (ch + 1)) // chunks
+        dyb = np.zeros(NB * Ft * Pb, dtype=dy.dtype)  # the gaps and the tail stay 0
+        vs = np.empty(Ft * Rp * L, dtype=dy.dtype)
+        for u in range(groups * tiles):
+            g = u // tiles
+            f0 = g * Fg + (u - g * tiles) * Ft
+            nf = min(Ft, g * Fg + Fg - f0)  # a short last tile: the slots past nf hold stale finite values
+            vs[:] = 0
+            for m0 in range(n0, n1, NB):
+                nb = min(NB, n1 - m0)
+                for m in range(nb):
+                    for k in range(nf):
+                        src = dy[m0 + m, f0 + k]
+                        o = (m * Ft + k) * Pb
+                        for oh in range(Ho):
+                            dyb[o + oh * Wp:o + oh * Wp + Wo] = src[oh]
+                xgeom = ((m0 * C + g * Cg) * HW, C * HW, nb)
+                for r0 in range(0, Rp, Tt):
+                    if half:
+                        _wg_half(z, xf, xgeom, dyb, (Pb, S, bits, Rp), toff[r0:r0 + Tt], vs, r0 * L)
+                    else:
+                        _wg_tile(z, xf, xgeom, dyb, (Pb, S, bits, Rp), toff[r0:r0 + Tt], vs, r0 * L)
+            for k in range(nf):
+                for r in range(R):
+                    part[f0 + k, r] = vs[(k * Rp + r) * L:(k * Rp + r + 1) * L].sum()
 
 
 @njit(**PARALLEL_JIT)
@@ -230,3 +387,449 @@ def flat_bias_grad(dy, db):
             for i in range(L):
                 s += plane[i]
         db[f] = s
+
+
+# ---------------------------------------------------------------------------------------
+# Register tiles (written out: Numba keeps vector locals in registers, not arrays of them)
+# ---------------------------------------------------------------------------------------
+
+
+@njit(**SERIAL_JIT)
+def _fwd_8x3(z, xf, xb, toff, wgt, dst):
+    """8 filters x 3 vectors of the flat plane from ``xf[xb:]``: 24 accumulators (see :func:`flat_forward`).
+
+    ``wgt = (wp, wo, bias)``: filter ``k``'s weight of tap ``t`` at ``wp[wo + t*Ft + k]``, its bias ``bias[k]``;
+    ``dst = (buf, so, Lb)``: vector ``v`` of filter ``k`` goes to ``buf[so + k*Lb + v*L]``."""
+    wp, wo, bias = wgt
+    buf, so, Lb = dst
+    L = lanes(z)
+    a0_0 = a0_1 = a0_2 = vsplat(z, bias[0])
+    a1_0 = a1_1 = a1_2 = vsplat(z, bias[1])
+    a2_0 = a2_1 = a2_2 = vsplat(z, bias[2])
+    a3_0 = a3_1 = a3_2 = vsplat(z, bias[3])
+    a4_0 = a4_1 = a4_2 = vsplat(z, bias[4])
+    a5_0 = a5_1 = a5_2 = vsplat(z, bias[5])
+    a6_0 = a6_1 = a6_2 = vsplat(z, bias[6])
+    a7_0 = a7_1 = a7_2 = vsplat(z, bias[7])
+    for t in range(toff.size):
+        xo = xb + toff[t]
+        x0 = vload(z, xf, xo)
+        x1 = vload(z, xf, xo + L)
+        x2 = vload(z, xf, xo + 2 * L)
+        wi = wo + t * 8
+        a0_0 = vfmab(a0_0, x0, wp, wi)
+        a0_1 = vfmab(a0_1, x1, wp, wi)
+        a0_2 = vfmab(a0_2, x2, wp, wi)
+        a1_0 = vfmab(a1_0, x0, wp, wi + 1)
+        a1_1 = vfmab(a1_1, x1, wp, wi + 1)
+        a1_2 = vfmab(a1_2, x2, wp, wi + 1)
+        a2_0 = vfmab(a2_0, x0, wp, wi + 2)
+        a2_1 = vfmab(a2_1, x1, wp, wi + 2)
+        a2_2 = vfmab(a2_2, x2, wp, wi + 2)
+        a3_0 = vfmab(a3_0, x0, wp, wi + 3)
+        a3_1 = vfmab(a3_1, x1, wp, wi + 3)
+        a3_2 = vfmab(a3_2, x2, wp, wi + 3)
+        a4_0 = vfmab(a4_0, x0, wp, wi + 4)
+        a4_1 = vfmab(a4_1, x1, wp, wi + 4)
+        a4_2 = vfmab(a4_2, x2, wp, wi + 4)
+        a5_0 = vfmab(a5_0, x0, wp, wi + 5)
+        a5_1 = vfmab(a5_1, x1, wp, wi + 5)
+        a5_2 = vfmab(a5_2, x2, wp, wi + 5)
+        a6_0 = vfmab(a6_0, x0, wp, wi + 6)
+        a6_1 = vfmab(a6_1, x1, wp, wi + 6)
+        a6_2 = vfmab(a6_2, x2, wp, wi + 6)
+        a7_0 = vfmab(a7_0, x0, wp, wi + 7)
+        a7_1 = vfmab(a7_1, x1, wp, wi + 7)
+        a7_2 = vfmab(a7_2, x2, wp, wi + 7)
+    vstore(buf, so, a0_0)
+    vstore(buf, so + L, a0_1)
+    vstore(buf, so + 2 * L, a0_2)
+    vstore(buf, so + Lb, a1_0)
+    vstore(buf, so + Lb + L, a1_1)
+    vstore(buf, so + Lb + 2 * L, a1_2)
+    vstore(buf, so + 2 * Lb, a2_0)
+    vstore(buf, so + 2 * Lb + L, a2_1)
+    vstore(buf, so + 2 * Lb + 2 * L, a2_2)
+    vstore(buf, so + 3 * Lb, a3_0)
+    vstore(buf, so + 3 * Lb + L, a3_1)
+    vstore(buf, so + 3 * Lb + 2 * L, a3_2)
+    vstore(buf, so + 4 * Lb, a4_0)
+    vstore(buf, so + 4 * Lb + L, a4_1)
+    vstore(buf, so + 4 * Lb + 2 * L, a4_2)
+    vstore(buf, so + 5 * Lb, a5_0)
+    vstore(buf, so + 5 * Lb + L, a5_1)
+    vstore(buf, so + 5 * Lb + 2 * L, a5_2)
+    vstore(buf, so + 6 * Lb, a6_0)
+    vstore(buf, so + 6 * Lb + L, a6_1)
+    vstore(buf, so + 6 * Lb + 2 * L, a6_2)
+    vstore(buf, so + 7 * Lb, a7_0)
+    vstore(buf, so + 7 * Lb + L, a7_1)
+    vstore(buf, so + 7 * Lb + 2 * L, a7_2)
+
+
+@njit(**SERIAL_JIT)
+def _fwd_4x6(z, xf, xb, toff, wgt, dst):
+    """4 filters x 6 vectors of the flat plane from ``xf[xb:]``: 24 accumulators (see :func:`flat_forward`).
+
+    ``wgt = (wp, wo, bias)``: filter ``k``'s weight of tap ``t`` at ``wp[wo + t*Ft + k]``, its bias ``bias[k]``;
+    ``dst = (buf, so, Lb)``: vector ``v`` of filter ``k`` goes to ``buf[so + k*Lb + v*L]``."""
+    wp, wo, bias = wgt
+    buf, so, Lb = dst
+    L = lanes(z)
+    a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = vsplat(z, bias[0])
+    a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = vsplat(z, bias[1])
+    a2_0 = a2_1 = a2_2 = a2_3 = a2_4 = a2_5 = vsplat(z, bias[2])
+    a3_0 = a3_1 = a3_2 = a3_3 = a3_4 = a3_5 = vsplat(z, bias[3])
+    for t in range(toff.size):
+        xo = xb + toff[t]
+        x0 = vload(z, xf, xo)
+        x1 = vload(z, xf, xo + L)
+        x2 = vload(z, xf, xo + 2 * L)
+        x3 = vload(z, xf, xo + 3 * L)
+        x4 = vload(z, xf, xo + 4 * L)
+        x5 = vload(z, xf, xo + 5 * L)
+        wi = wo + t * 4
+        a0_0 = vfmab(a0_0, x0, wp, wi)
+        a0_1 = vfmab(a0_1, x1, wp, wi)
+        a0_2 = vfmab(a0_2, x2, wp, wi)
+        a0_3 = vfmab(a0_3, x3, wp, wi)
+        a0_4 = vfmab(a0_4, x4, wp, wi)
+        a0_5 = vfmab(a0_5, x5, wp, wi)
+        a1_0 = vfmab(a1_0, x0, wp, wi + 1)
+        a1_1 = vfmab(a1_1, x1, wp, wi + 1)
+        a1_2 = vfmab(a1_2, x2, wp, wi + 1)
+        a1_3 = vfmab(a1_3, x3, wp, wi + 1)
+        a1_4 = vfmab(a1_4, x4, wp, wi + 1)
+        a1_5 = vfmab(a1_5, x5, wp, wi + 1)
+        a2_0 = vfmab(a2_0, x0, wp, wi + 2)
+        a2_1 = vfmab(a2_1, x1, wp, wi + 2)
+        a2_2 = vfmab(a2_2, x2, wp, wi + 2)
+        a2_3 = vfmab(a2_3, x3, wp, wi + 2)
+        a2_4 = vfmab(a2_4, x4, wp, wi + 2)
+        a2_5 = vfmab(a2_5, x5, wp, wi + 2)
+        a3_0 = vfmab(a3_0, x0, wp, wi + 3)
+        a3_1 = vfmab(a3_1, x1, wp, wi + 3)
+        a3_2 = vfmab(a3_2, x2, wp, wi + 3)
+        a3_3 = vfmab(a3_3, x3, wp, wi + 3)
+        a3_4 = vfmab(a3_4, x4, wp, wi + 3)
+        a3_5 = vfmab(a3_5, x5, wp, wi + 3)
+    vstore(buf, so, a0_0)
+    vstore(buf, so + L, a0_1)
+    vstore(buf, so + 2 * L, a0_2)
+    vstore(buf, so + 3 * L, a0_3)
+    vstore(buf, so + 4 * L, a0_4)
+    vstore(buf, so + 5 * L, a0_5)
+    vstore(buf, so + Lb, a1_0)
+    vstore(buf, so + Lb + L, a1_1)
+    vstore(buf, so + Lb + 2 * L, a1_2)
+    vstore(buf, so + Lb + 3 * L, a1_3)
+    vstore(buf, so + Lb + 4 * L, a1_4)
+    vstore(buf, so + Lb + 5 * L, a1_5)
+    vstore(buf, so + 2 * Lb, a2_0)
+    vstore(buf, so + 2 * Lb + L, a2_1)
+    vstore(buf, so + 2 * Lb + 2 * L, a2_2)
+    vstore(buf, so + 2 * Lb + 3 * L, a2_3)
+    vstore(buf, so + 2 * Lb + 4 * L, a2_4)
+    vstore(buf, so + 2 * Lb + 5 * L, a2_5)
+    vstore(buf, so + 3 * Lb, a3_0)
+    vstore(buf, so + 3 * Lb + L, a3_1)
+    vstore(buf, so + 3 * Lb + 2 * L, a3_2)
+    vstore(buf, so + 3 * Lb + 3 * L, a3_3)
+    vstore(buf, so + 3 * Lb + 4 * L, a3_4)
+    vstore(buf, so + 3 * Lb + 5 * L, a3_5)
+
+
+@njit(**SERIAL_JIT)
+def _fwd_4x3(z, xf, xb, toff, wgt, dst):
+    """4 filters x 3 vectors of the flat plane from ``xf[xb:]``: 12 accumulators (see :func:`flat_forward`).
+
+    ``wgt = (wp, wo, bias)``: filter ``k``'s weight of tap ``t`` at ``wp[wo + t*Ft + k]``, its bias ``bias[k]``;
+    ``dst = (buf, so, Lb)``: vector ``v`` of filter ``k`` goes to ``buf[so + k*Lb + v*L]``."""
+    wp, wo, bias = wgt
+    buf, so, Lb = dst
+    L = lanes(z)
+    a0_0 = a0_1 = a0_2 = vsplat(z, bias[0])
+    a1_0 = a1_1 = a1_2 = vsplat(z, bias[1])
+    a2_0 = a2_1 = a2_2 = vsplat(z, bias[2])
+    a3_0 = a3_1 = a3_2 = vsplat(z, bias[3])
+    for t in range(toff.size):
+        xo = xb + toff[t]
+        x0 = vload(z, xf, xo)
+        x1 = vload(z, xf, xo + L)
+        x2 = vload(z, xf, xo + 2 * L)
+        wi = wo + t * 4
+        a0_0 = vfmab(a0_0, x0, wp, wi)
+        a0_1 = vfmab(a0_1, x1, wp, wi)
+        a0_2 = vfmab(a0_2, x2, wp, wi)
+        a1_0 = vfmab(a1_0, x0, wp, wi + 1)
+        a1_1 = vfmab(a1_1, x1, wp, wi + 1)
+        a1_2 = vfmab(a1_2, x2, wp, wi + 1)
+        a2_0 = vfmab(a2_0, x0, wp, wi + 2)
+        a2_1 = vfmab(a2_1, x1, wp, wi + 2)
+        a2_2 = vfmab(a2_2, x2, wp, wi + 2)
+        a3_0 = vfmab(a3_0, x0, wp, wi + 3)
+        a3_1 = vfmab(a3_1, x1, wp, wi + 3)
+        a3_2 = vfmab(a3_2, x2, wp, wi + 3)
+    vstore(buf, so, a0_0)
+    vstore(buf, so + L, a0_1)
+    vstore(buf, so + 2 * L, a0_2)
+    vstore(buf, so + Lb, a1_0)
+    vstore(buf, so + Lb + L, a1_1)
+    vstore(buf, so + Lb + 2 * L, a1_2)
+    vstore(buf, so + 2 * Lb, a2_0)
+    vstore(buf, so + 2 * Lb + L, a2_1)
+    vstore(buf, so + 2 * Lb + 2 * L, a2_2)
+    vstore(buf, so + 3 * Lb, a3_0)
+    vstore(buf, so + 3 * Lb + L, a3_1)
+    vstore(buf, so + 3 * Lb + 2 * L, a3_2)
+
+
+@njit(**SERIAL_JIT)
+def _fwd_8x1_masked(z, xf, xb, toff, wgt, bits, dst):
+    """8 filters x 1 vector, the lanes not set in ``bits`` (past the plane) not read: the tail of a plane."""
+    wp, wo, bias = wgt
+    buf, so, Lb = dst
+    a0 = vsplat(z, bias[0])
+    a1 = vsplat(z, bias[1])
+    a2 = vsplat(z, bias[2])
+    a3 = vsplat(z, bias[3])
+    a4 = vsplat(z, bias[4])
+    a5 = vsplat(z, bias[5])
+    a6 = vsplat(z, bias[6])
+    a7 = vsplat(z, bias[7])
+    for t in range(toff.size):
+        x0 = vloadz(z, xf, xb + toff[t], bits)
+        wi = wo + t * 8
+        a0 = vfmab(a0, x0, wp, wi)
+        a1 = vfmab(a1, x0, wp, wi + 1)
+        a2 = vfmab(a2, x0, wp, wi + 2)
+        a3 = vfmab(a3, x0, wp, wi + 3)
+        a4 = vfmab(a4, x0, wp, wi + 4)
+        a5 = vfmab(a5, x0, wp, wi + 5)
+        a6 = vfmab(a6, x0, wp, wi + 6)
+        a7 = vfmab(a7, x0, wp, wi + 7)
+    vstore(buf, so, a0)
+    vstore(buf, so + Lb, a1)
+    vstore(buf, so + 2 * Lb, a2)
+    vstore(buf, so + 3 * Lb, a3)
+    vstore(buf, so + 4 * Lb, a4)
+    vstore(buf, so + 5 * Lb, a5)
+    vstore(buf, so + 6 * Lb, a6)
+    vstore(buf, so + 7 * Lb, a7)
+
+
+@njit(**SERIAL_JIT)
+def _fwd_4x1_masked(z, xf, xb, toff, wgt, bits, dst):
+    """4 filters x 1 vector, the lanes not set in ``bits`` (past the plane) not read: the tail of a plane."""
+    wp, wo, bias = wgt
+    buf, so, Lb = dst
+    a0 = vsplat(z, bias[0])
+    a1 = vsplat(z, bias[1])
+    a2 = vsplat(z, bias[2])
+    a3 = vsplat(z, bias[3])
+    for t in range(toff.size):
+        x0 = vloadz(z, xf, xb + toff[t], bits)
+        wi = wo + t * 4
+        a0 = vfmab(a0, x0, wp, wi)
+        a1 = vfmab(a1, x0, wp, wi + 1)
+        a2 = vfmab(a2, x0, wp, wi + 2)
+        a3 = vfmab(a3, x0, wp, wi + 3)
+    vstore(buf, so, a0)
+    vstore(buf, so + Lb, a1)
+    vstore(buf, so + 2 * Lb, a2)
+    vstore(buf, so + 3 * Lb, a3)
+
+
+@njit(**SERIAL_JIT)
+def _wg_8x3(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
+    """8 filters x 3 taps: 24 accumulators over ``nb`` images, added into ``vs`` (see :func:`flat_weight_grad`).
+
+    ``xgeom = (xb, xstep, nb)``: image ``m``'s planes at ``xf[xb + m*xstep:]``; ``dgeom = (Pb, S, bits, Rp)``: its
+    filter ``k``'s dy at ``dyb[(m*Ft + k)*Pb:]``, ``S`` vectors, the last one's lanes inside the plane set in
+    ``bits``; tap ``j``'s sum of filter ``k`` is added at ``vs[vo + (k*Rp + j)*L]``."""
+    xb, xstep, nb = xgeom
+    Pb, S, bits, Rp = dgeom
+    L = lanes(z)
+    a0_0 = a0_1 = a0_2 = z
+    a1_0 = a1_1 = a1_2 = z
+    a2_0 = a2_1 = a2_2 = z
+    a3_0 = a3_1 = a3_2 = z
+    a4_0 = a4_1 = a4_2 = z
+    a5_0 = a5_1 = a5_2 = z
+    a6_0 = a6_1 = a6_2 = z
+    a7_0 = a7_1 = a7_2 = z
+    for m in range(nb):
+        xo = xb + m * xstep
+        do = m * 8 * Pb
+        for s in range(S - 1):
+            p = s * L
+            x0 = vload(z, xf, xo + toff[0] + p)
+            x1 = vload(z, xf, xo + toff[1] + p)
+            x2 = vload(z, xf, xo + toff[2] + p)
+            d = vload(z, dyb, do + p)
+            a0_0, a0_1, a0_2 = _fma3(d, (x0, x1, x2), (a0_0, a0_1, a0_2))
+            d = vload(z, dyb, do + Pb + p)
+            a1_0, a1_1, a1_2 = _fma3(d, (x0, x1, x2), (a1_0, a1_1, a1_2))
+            d = vload(z, dyb, do + 2 * Pb + p)
+            a2_0, a2_1, a2_2 = _fma3(d, (x0, x1, x2), (a2_0, a2_1, a2_2))
+            d = vload(z, dyb, do + 3 * Pb + p)
+            a3_0, a3_1, a3_2 = _fma3(d, (x0, x1, x2), (a3_0, a3_1, a3_2))
+            d = vload(z, dyb, do + 4 * Pb + p)
+            a4_0, a4_1, a4_2 = _fma3(d, (x0, x1, x2), (a4_0, a4_1, a4_2))
+            d = vload(z, dyb, do + 5 * Pb + p)
+            a5_0, a5_1, a5_2 = _fma3(d, (x0, x1, x2), (a5_0, a5_1, a5_2))
+            d = vload(z, dyb, do + 6 * Pb + p)
+            a6_0, a6_1, a6_2 = _fma3(d, (x0, x1, x2), (a6_0, a6_1, a6_2))
+            d = vload(z, dyb, do + 7 * Pb + p)
+            a7_0, a7_1, a7_2 = _fma3(d, (x0, x1, x2), (a7_0, a7_1, a7_2))
+        p = (S - 1) * L  # the last vector: the lanes past the plane are not read
+        x0 = vloadz(z, xf, xo + toff[0] + p, bits)
+        x1 = vloadz(z, xf, xo + toff[1] + p, bits)
+        x2 = vloadz(z, xf, xo + toff[2] + p, bits)
+        d = vload(z, dyb, do + p)
+        a0_0, a0_1, a0_2 = _fma3(d, (x0, x1, x2), (a0_0, a0_1, a0_2))
+        d = vload(z, dyb, do + Pb + p)
+        a1_0, a1_1, a1_2 = _fma3(d, (x0, x1, x2), (a1_0, a1_1, a1_2))
+        d = vload(z, dyb, do + 2 * Pb + p)
+        a2_0, a2_1, a2_2 = _fma3(d, (x0, x1, x2), (a2_0, a2_1, a2_2))
+        d = vload(z, dyb, do + 3 * Pb + p)
+        a3_0, a3_1, a3_2 = _fma3(d, (x0, x1, x2), (a3_0, a3_1, a3_2))
+        d = vload(z, dyb, do + 4 * Pb + p)
+        a4_0, a4_1, a4_2 = _fma3(d, (x0, x1, x2), (a4_0, a4_1, a4_2))
+        d = vload(z, dyb, do + 5 * Pb + p)
+        a5_0, a5_1, a5_2 = _fma3(d, (x0, x1, x2), (a5_0, a5_1, a5_2))
+        d = vload(z, dyb, do + 6 * Pb + p)
+        a6_0, a6_1, a6_2 = _fma3(d, (x0, x1, x2), (a6_0, a6_1, a6_2))
+        d = vload(z, dyb, do + 7 * Pb + p)
+        a7_0, a7_1, a7_2 = _fma3(d, (x0, x1, x2), (a7_0, a7_1, a7_2))
+    _vacc3(z, vs, vo, (a0_0, a0_1, a0_2))
+    _vacc3(z, vs, vo + Rp * L, (a1_0, a1_1, a1_2))
+    _vacc3(z, vs, vo + 2 * Rp * L, (a2_0, a2_1, a2_2))
+    _vacc3(z, vs, vo + 3 * Rp * L, (a3_0, a3_1, a3_2))
+    _vacc3(z, vs, vo + 4 * Rp * L, (a4_0, a4_1, a4_2))
+    _vacc3(z, vs, vo + 5 * Rp * L, (a5_0, a5_1, a5_2))
+    _vacc3(z, vs, vo + 6 * Rp * L, (a6_0, a6_1, a6_2))
+    _vacc3(z, vs, vo + 7 * Rp * L, (a7_0, a7_1, a7_2))
+
+
+@njit(**SERIAL_JIT)
+def _wg_4x6(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
+    """4 filters x 6 taps: 24 accumulators over ``nb`` images, added into ``vs`` (see :func:`flat_weight_grad`).
+
+    ``xgeom = (xb, xstep, nb)``: image ``m``'s planes at ``xf[xb + m*xstep:]``; ``dgeom = (Pb, S, bits, Rp)``: its
+    filter ``k``'s dy at ``dyb[(m*Ft + k)*Pb:]``, ``S`` vectors, the last one's lanes inside the plane set in
+    ``bits``; tap ``j``'s sum of filter ``k`` is added at ``vs[vo + (k*Rp + j)*L]``."""
+    xb, xstep, nb = xgeom
+    Pb, S, bits, Rp = dgeom
+    L = lanes(z)
+    a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = z
+    a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = z
+    a2_0 = a2_1 = a2_2 = a2_3 = a2_4 = a2_5 = z
+    a3_0 = a3_1 = a3_2 = a3_3 = a3_4 = a3_5 = z
+    for m in range(nb):
+        xo = xb + m * xstep
+        do = m * 4 * Pb
+        for s in range(S - 1):
+            p = s * L
+            x0 = vload(z, xf, xo + toff[0] + p)
+            x1 = vload(z, xf, xo + toff[1] + p)
+            x2 = vload(z, xf, xo + toff[2] + p)
+            x3 = vload(z, xf, xo + toff[3] + p)
+            x4 = vload(z, xf, xo + toff[4] + p)
+            x5 = vload(z, xf, xo + toff[5] + p)
+            d = vload(z, dyb, do + p)
+            a0_0, a0_1, a0_2 = _fma3(d, (x0, x1, x2), (a0_0, a0_1, a0_2))
+            a0_3, a0_4, a0_5 = _fma3(d, (x3, x4, x5), (a0_3, a0_4, a0_5))
+            d = vload(z, dyb, do + Pb + p)
+            a1_0, a1_1, a1_2 = _fma3(d, (x0, x1, x2), (a1_0, a1_1, a1_2))
+            a1_3, a1_4, a1_5 = _fma3(d, (x3, x4, x5), (a1_3, a1_4, a1_5))
+            d = vload(z, dyb, do + 2 * Pb + p)
+            a2_0, a2_1, a2_2 = _fma3(d, (x0, x1, x2), (a2_0, a2_1, a2_2))
+            a2_3, a2_4, a2_5 = _fma3(d, (x3, x4, x5), (a2_3, a2_4, a2_5))
+            d = vload(z, dyb, do + 3 * Pb + p)
+            a3_0, a3_1, a3_2 = _fma3(d, (x0, x1, x2), (a3_0, a3_1, a3_2))
+            a3_3, a3_4, a3_5 = _fma3(d, (x3, x4, x5), (a3_3, a3_4, a3_5))
+        p = (S - 1) * L  # the last vector: the lanes past the plane are not read
+        x0 = vloadz(z, xf, xo + toff[0] + p, bits)
+        x1 = vloadz(z, xf, xo + toff[1] + p, bits)
+        x2 = vloadz(z, xf, xo + toff[2] + p, bits)
+        x3 = vloadz(z, xf, xo + toff[3] + p, bits)
+        x4 = vloadz(z, xf, xo + toff[4] + p, bits)
+        x5 = vloadz(z, xf, xo + toff[5] + p, bits)
+        d = vload(z, dyb, do + p)
+        a0_0, a0_1, a0_2 = _fma3(d, (x0, x1, x2), (a0_0, a0_1, a0_2))
+        a0_3, a0_4, a0_5 = _fma3(d, (x3, x4, x5), (a0_3, a0_4, a0_5))
+        d = vload(z, dyb, do + Pb + p)
+        a1_0, a1_1, a1_2 = _fma3(d, (x0, x1, x2), (a1_0, a1_1, a1_2))
+        a1_3, a1_4, a1_5 = _fma3(d, (x3, x4, x5), (a1_3, a1_4, a1_5))
+        d = vload(z, dyb, do + 2 * Pb + p)
+        a2_0, a2_1, a2_2 = _fma3(d, (x0, x1, x2), (a2_0, a2_1, a2_2))
+        a2_3, a2_4, a2_5 = _fma3(d, (x3, x4, x5), (a2_3, a2_4, a2_5))
+        d = vload(z, dyb, do + 3 * Pb + p)
+        a3_0, a3_1, a3_2 = _fma3(d, (x0, x1, x2), (a3_0, a3_1, a3_2))
+        a3_3, a3_4, a3_5 = _fma3(d, (x3, x4, x5), (a3_3, a3_4, a3_5))
+    _vacc3(z, vs, vo, (a0_0, a0_1, a0_2))
+    _vacc3(z, vs, vo + 3 * L, (a0_3, a0_4, a0_5))
+    _vacc3(z, vs, vo + Rp * L, (a1_0, a1_1, a1_2))
+    _vacc3(z, vs, vo + Rp * L + 3 * L, (a1_3, a1_4, a1_5))
+    _vacc3(z, vs, vo + 2 * Rp * L, (a2_0, a2_1, a2_2))
+    _vacc3(z, vs, vo + 2 * Rp * L + 3 * L, (a2_3, a2_4, a2_5))
+    _vacc3(z, vs, vo + 3 * Rp * L, (a3_0, a3_1, a3_2))
+    _vacc3(z, vs, vo + 3 * Rp * L + 3 * L, (a3_3, a3_4, a3_5))
+
+
+@njit(**SERIAL_JIT)
+def _wg_4x3(z, xf, xgeom, dyb, dgeom, toff, vs, vo):
+    """4 filters x 3 taps: 12 accumulators over ``nb`` images, added into ``vs`` (see :func:`flat_weight_grad`).
+
+    ``xgeom = (xb, xstep, nb)``: image ``m``'s planes at ``xf[xb + m*xstep:]``; ``dgeom = (Pb, S, bits, Rp)``: its
+    filter ``k``'s dy at ``dyb[(m*Ft + k)*Pb:]``, ``S`` vectors, the last one's lanes inside the plane set in
+    ``bits``; tap ``j``'s sum of filter ``k`` is added at ``vs[vo + (k*Rp + j)*L]``."""
+    xb, xstep, nb = xgeom
+    Pb, S, bits, Rp = dgeom
+    L = lanes(z)
+    a0_0 = a0_1 = a0_2 = z
+    a1_0 = a1_1 = a1_2 = z
+    a2_0 = a2_1 = a2_2 = z
+    a3_0 = a3_1 = a3_2 = z
+    for m in range(nb):
+        xo = xb + m * xstep
+        do = m * 4 * Pb
+        for s in range(S - 1):
+            p = s * L
+            x0 = vload(z, xf, xo + toff[0] + p)
+            x1 = vload(z, xf, xo + toff[1] + p)
+            x2 = vload(z, xf, xo + toff[2] + p)
+            d = vload(z, dyb, do + p)
+            a0_0, a0_1, a0_2 = _fma3(d, (x0, x1, x2), (a0_0, a0_1, a0_2))
+            d = vload(z, dyb, do + Pb + p)
+            a1_0, a1_1, a1_2 = _fma3(d, (x0, x1, x2), (a1_0, a1_1, a1_2))
+            d = vload(z, dyb, do + 2 * Pb + p)
+            a2_0, a2_1, a2_2 = _fma3(d, (x0, x1, x2), (a2_0, a2_1, a2_2))
+            d = vload(z, dyb, do + 3 * Pb + p)
+            a3_0, a3_1, a3_2 = _fma3(d, (x0, x1, x2), (a3_0, a3_1, a3_2))
+        p = (S - 1) * L  # the last vector: the lanes past the plane are not read
+        x0 = vloadz(z, xf, xo + toff[0] + p, bits)
+        x1 = vloadz(z, xf, xo + toff[1] + p, bits)
+        x2 = vloadz(z, xf, xo + toff[2] + p, bits)
+        d = vload(z, dyb, do + p)
+        a0_0, a0_1, a0_2 = _fma3(d, (x0, x1, x2), (a0_0, a0_1, a0_2))
+        d = vload(z, dyb, do + Pb + p)
+        a1_0, a1_1, a1_2 = _fma3(d, (x0, x1, x2), (a1_0, a1_1, a1_2))
+        d = vload(z, dyb, do + 2 * Pb + p)
+        a2_0, a2_1, a2_2 = _fma3(d, (x0, x1, x2), (a2_0, a2_1, a2_2))
+        d = vload(z, dyb, do + 3 * Pb + p)
+        a3_0, a3_1, a3_2 = _fma3(d, (x0, x1, x2), (a3_0, a3_1, a3_2))
+    _vacc3(z, vs, vo, (a0_0, a0_1, a0_2))
+    _vacc3(z, vs, vo + Rp * L, (a1_0, a1_1, a1_2))
+    _vacc3(z, vs, vo + 2 * Rp * L, (a2_0, a2_1, a2_2))
+    _vacc3(z, vs, vo + 3 * Rp * L, (a3_0, a3_1, a3_2))
+
+
+
+_by_width(_fwd_tile, _fwd_8x3, _fwd_4x3)
+_by_width(_fwd_half, _fwd_4x6, _fwd_4x3)
+_by_width(_fwd_tail, _fwd_8x1_masked, _fwd_4x1_masked)
+_by_width(_fwd_half_tail, _fwd_4x1_masked, _fwd_4x1_masked)
+_by_width(_wg_tile, _wg_8x3, _wg_4x3)
+_by_width(_wg_half, _wg_4x6, _wg_4x3)
