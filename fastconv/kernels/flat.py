@@ -38,13 +38,17 @@ Kernels
   with the input plane shifted by the tap. A tile holds ``Ft`` filters x 3 taps (4 x 6) as
   vectors over a block of images (per vector position 3 loads of the shifted planes, ``Ft``
   of ``dy``, ``3 Ft`` FMAs, the plane's last vector masked); its sums go into a per-job
-  vector buffer, reduced horizontally once per filter and tap at the end. The gaps
+  vector buffer, whose lanes the caller sums (NumPy) for each filter and tap. The gaps
   multiply real inputs by zero: the input must be finite (the plan checks; with an
   infinity, ``0 * inf`` would add a NaN).
 - :func:`flat_bias_grad`: the bias gradient, each ``(n, f)`` plane summed as one run.
 
 Filter counts that are not a multiple of the tile repeat the group's last filter in the
 last tile (computed, not written); tap counts not a multiple of 3 (6) the last tap likewise.
+Register tiles: :func:`_fwd_8x3`, :func:`_fwd_4x6`, :func:`_fwd_4x3`, :func:`_fwd_8x1_masked`,
+:func:`_fwd_4x1_masked` (forward), :func:`_wg_8x3`, :func:`_wg_4x6`, :func:`_wg_4x3` (weight gradient), reached
+through :func:`_fwd_tile`, :func:`_fwd_half`, :func:`_fwd_tail`, :func:`_fwd_half_tail`, :func:`_wg_tile`,
+:func:`_wg_half`. Inline helpers: :func:`_pad_planes`, :func:`_tap_offsets`, :func:`_fma3`, :func:`_vacc3`.
 See ``benchmarks/NOTES.md`` ("Flat kernels with register accumulators").
 """
 
@@ -315,12 +319,13 @@ def flat_weight_grad(width, xq, dy, dilation, groups, partial):
     dy : (N, F, Ho, Wo) array
     dilation : (int, int)
     groups : int
-    partial : (T, F, C / groups, KH, KW) array
-        Fully overwritten: ``partial[t]`` sums the ``t``-th contiguous chunk of the batch.
+    partial : (T, F, C / groups, KH, KW, L) array
+        Fully overwritten: ``partial[t, ..., l]`` sums lane ``l`` of the vector sums of the ``t``-th contiguous
+        chunk of the batch (``L`` the lanes of ``width`` and the dtype; the caller sums the lanes, then ``t``).
     """
     N, C, Hp, Wp = xq.shape
     F, Ho, Wo = dy.shape[1], dy.shape[2], dy.shape[3]
-    chunks, _, Cg, KH, KW = partial.shape
+    chunks, _, Cg, KH, KW, _ = partial.shape
     HW = Hp * Wp
     P = (Ho - 1) * Wp + Wo
     R = Cg * KH * KW
@@ -341,7 +346,7 @@ def flat_weight_grad(width, xq, dy, dilation, groups, partial):
     NB = max(1, _DY_BLOCK // (Ft * Pb))
     toff = _tap_offsets(Cg, KH, KW, HW, (dilation[0] * Wp, dilation[1]), Rp)
     for ch in prange(chunks):
-        part = partial[ch].reshape(F, R)
+        part = partial[ch].reshape(F, R * L)
         n0 = (N * ch) // chunks
         n1 = (N * (ch + 1)) // chunks
         dyb = np.zeros(NB * Ft * Pb, dtype=dy.dtype)  # the gaps and the tail stay 0
@@ -367,7 +372,9 @@ def flat_weight_grad(width, xq, dy, dilation, groups, partial):
                         _wg_tile(z, xf, xgeom, dyb, (Pb, S, bits, Rp), toff[r0:r0 + Tt], vs, r0 * L)
             for k in range(nf):
                 for r in range(R):
-                    part[f0 + k, r] = vs[(k * Rp + r) * L:(k * Rp + r + 1) * L].sum()
+                    # the lanes are summed by the caller (NumPy): a horizontal sum here compiled to a different
+                    # order in the serial build a forked child runs, off in the last bits
+                    part[f0 + k, r * L:(r + 1) * L] = vs[(k * Rp + r) * L:(k * Rp + r + 1) * L]
 
 
 @njit(**PARALLEL_JIT)
