@@ -301,19 +301,20 @@ def side_by_side(calls, seconds=2.0, rounds=4, clock=time.perf_counter, pause=0.
     return best.min(axis=0), float(np.median(best[:, 0] / best[:, 1]))
 
 
-def measure(selected, seconds=2.0, clock=time.perf_counter, out=None):
-    """Check and time each row of ``selected``; a list of result dicts (printed as they come when ``out`` is given)."""
-    torch = _torch()
+def measure(selected, seconds=2.0, clock=time.perf_counter, out=None, shape=None):
+    """Check and time each row of ``selected`` (at ``shape``, default each row's own); a list of result dicts
+    (printed as they come when ``out`` is given)."""
+    # No torch.no_grad() around the rows: the BatchNorm backward row builds an autograd graph (its forward
+    # calls take no_grad themselves; the other torch inputs do not require grad, so they record nothing).
     results = []
-    with torch.no_grad():
-        for row in selected:
-            ours, theirs = check(row)
-            (t_fc, t_torch), median = side_by_side((ours, theirs), seconds, clock=clock)
-            res = dict(name=row.name, issue=row.issue, goal=row.goal, shape=row.shape,
-                       fastconv_ms=1e3 * t_fc, torch_ms=1e3 * t_torch, ratio=t_fc / t_torch, median_ratio=median)
-            results.append(res)
-            if out is not None:
-                print(format_result(res), file=out, flush=True)
+    for row in selected:
+        ours, theirs = check(row, shape)
+        (t_fc, t_torch), median = side_by_side((ours, theirs), seconds, clock=clock)
+        res = dict(name=row.name, issue=row.issue, goal=row.goal, shape=shape or row.shape,
+                   fastconv_ms=1e3 * t_fc, torch_ms=1e3 * t_torch, ratio=t_fc / t_torch, median_ratio=median)
+        results.append(res)
+        if out is not None:
+            print(format_result(res), file=out, flush=True)
     return results
 
 

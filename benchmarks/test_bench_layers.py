@@ -36,3 +36,12 @@ def test_side_by_side_times_both_calls():
     calls = (lambda: sum(range(2000)), lambda: sum(range(20)))
     (slow, fast), median = layers.side_by_side(calls, seconds=0.04, rounds=2, pause=0.0)
     assert slow > fast > 0 and median > 1
+
+
+@pytest.mark.torch
+def test_measure_times_every_kind_of_row():
+    """The report's own call (the BatchNorm backward row needs torch's autograd on), on small inputs."""
+    kinds = [r for r in ROWS if r.name in ("depthwise 32x112x112 forward", "BatchNorm2d backward", "global average pool")]
+    results = layers.measure(kinds[:3], seconds=0.02, shape=(2, 32, 6, 6))
+    assert [r["name"] for r in results] == [r.name for r in kinds[:3]]
+    assert all(r["fastconv_ms"] > 0 and r["torch_ms"] > 0 for r in results)
