@@ -747,10 +747,10 @@ def _weight_grad_pointwise(g, x, dy, packed, cpu):
            "per-thread partials", needs_finite=True)
 def _weight_grad_flat(g, x, dy, packed, cpu):
     threads = numba.get_num_threads()
-    partial = np.empty((max(1, min(threads, g.N)), g.F, g.C, g.KH, g.KW, cpu.lanes(dy.dtype)), dtype=dy.dtype)
+    partial = np.empty((max(1, min(threads, g.N)), g.F, g.C, g.KH, g.KW), dtype=dy.dtype)
     _run("flat.flat_weight_grad", cpu.width, _pack_nchw(x, g.ph, g.pw).array, dy, (1, 1), 1, partial,
          work=dy.size * g.C * g.KH * g.KW)
-    return partial.sum(axis=-1).sum(axis=0)  # each partial's lanes, then the partials in thread order
+    return partial.sum(axis=0)  # partials summed in thread order
 
 
 def _nhwc_operand(g, x, packed):
@@ -1242,11 +1242,10 @@ def _input_grad_grouped_flat(plan, dy, w, dx):
            Layout.NCHW_PADDED, "grouped or dilated, stride 1, few filters per group: per-tap dot products over whole "
                                "planes, filters x taps vector tiles; per-thread partials", needs_finite=True)
 def _weight_grad_grouped_flat(g, x, dy, packed, cpu):
-    partial = np.empty((max(1, min(numba.get_num_threads(), g.N)),) + g.w_shape + (cpu.lanes(dy.dtype),),
-                       dtype=dy.dtype)
+    partial = np.empty((max(1, min(numba.get_num_threads(), g.N)),) + g.w_shape, dtype=dy.dtype)
     _run("flat.flat_weight_grad", cpu.width, _pack_nchw(x, g.ph, g.pw).array, dy, g.dilation, g.groups, partial,
          work=dy.size * g.C // g.groups * g.KH * g.KW)
-    return partial.sum(axis=-1).sum(axis=0)  # each partial's lanes, then the partials in thread order
+    return partial.sum(axis=0)  # partials summed in thread order
 
 
 @_strategy("conv2d_input_grad", "vector_full", ["pack.pack_nhwc_padded", "pack.pack_vector_weights",

@@ -17,7 +17,7 @@ import pytest
 from numba import njit
 
 from fastconv import plan as P
-from fastconv.kernels import simd, vector
+from fastconv.kernels import flat, simd, vector
 from fastconv.kernels.simd import lanes, vadd, vfmab, vload, vmax, vstore, vzero
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,3 +136,55 @@ def test_nhwc_pack_transposes_tiles_with_channel_and_width_tails(width, dtype, r
         want = np.zeros_like(out)
         want[:, ph:ph + H, pw:pw + W] = x.transpose(0, 2, 3, 1)
         np.testing.assert_array_equal(out, want, err_msg=f"x {x.shape}, padding {(ph, pw)}, {extra} more")
+
+
+@njit(cache=False)
+def _lane_sums_of(width, vs, V):
+    flat._lane_sums(vzero(width, vs), vs, V)
+
+
+def _pairwise_lane_sums(v):
+    """The sums of the rows of ``v`` (V, L) in the tree ``_lane_sums`` promises: adjacent pairs, then their pairs."""
+    while v.shape[1] > 1:
+        v = v[:, 0::2] + v[:, 1::2]
+    return v[:, 0]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("V", [1, 2, 3, 15, 16, 17, 72, 577])
+def test_lane_sums_add_each_vector_in_a_fixed_pairwise_tree(width, dtype, V, rng):
+    L = width.nbytes // np.dtype(dtype).itemsize
+    vs = (rng.standard_normal((V + 1) * L) * 10.0 ** rng.integers(-3, 4, (V + 1) * L)).astype(dtype)
+    want = _pairwise_lane_sums(vs[:V * L].reshape(V, L))
+    _lane_sums_of(width, vs, V)
+    np.testing.assert_array_equal(vs[:V], want, err_msg=f"{V} vectors of {L} lanes")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", WIDTHS[:2])
+@pytest.mark.parametrize("shape", [pytest.param((4, 64, 10, 10, 64, 32, 3, (1, 1)), id="grouped32"),
+                                   pytest.param((3, 8, 9, 7, 24, 1, 3, (2, 1)), id="dense-dilated"),
+                                   pytest.param((2, 12, 6, 6, 12, 4, 5, (1, 1)), id="grouped4-k5")])
+def test_flat_weight_grad_serial_build_gives_the_parallel_bits(width, dtype, shape, rng):
+    """A forked child of an OpenMP parent runs the serial build: its weight gradient must be bitwise the same."""
+    from fastconv import _runtime
+
+    N, C, Hp, Wp, F, groups, K, dil = shape
+    Ho, Wo = Hp - dil[0] * (K - 1), Wp - dil[1] * (K - 1)
+    xq = rng.standard_normal((N, C, Hp, Wp)).astype(dtype)
+    dy = rng.standard_normal((N, F, Ho, Wo)).astype(dtype)
+    got = [np.full((2, F, C // groups, K, K), np.nan, dtype) for _ in range(2)]
+    flat.flat_weight_grad(width, xq, dy, dil, groups, got[0])
+    _runtime._serial(flat.flat_weight_grad)(width, xq, dy, dil, groups, got[1])
+    assert got[0].tobytes() == got[1].tobytes()
+    want = np.zeros((F, C // groups, K, K))
+    Fg, Cg = F // groups, C // groups
+    for f in range(F):
+        g = f // Fg
+        for i in range(K):
+            for j in range(K):
+                patch = xq[:, g * Cg:(g + 1) * Cg, i * dil[0]:i * dil[0] + Ho, j * dil[1]:j * dil[1] + Wo]
+                want[f, :, i, j] = np.einsum("nchw,nhw->c", patch.astype(np.float64), dy[:, f].astype(np.float64))
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got[0].sum(axis=0), want, rtol=tol, atol=tol)

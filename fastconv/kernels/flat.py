@@ -38,7 +38,9 @@ Kernels
   with the input plane shifted by the tap. A tile holds ``Ft`` filters x 3 taps (4 x 6) as
   vectors over a block of images (per vector position 3 loads of the shifted planes, ``Ft``
   of ``dy``, ``3 Ft`` FMAs, the plane's last vector masked); its sums go into a per-job
-  vector buffer, whose lanes the caller sums (NumPy) for each filter and tap. The gaps
+  vector buffer, whose vectors are summed across their lanes at the end by :func:`_lane_sums`
+  (a fixed pairwise tree of vector shuffles and adds: the serial build a forked child runs
+  gives the parallel build's bits). The gaps
   multiply real inputs by zero: the input must be finite (the plan checks; with an
   infinity, ``0 * inf`` would add a NaN).
 - :func:`flat_bias_grad`: the bias gradient, each ``(n, f)`` plane summed as one run.
@@ -48,7 +50,8 @@ last tile (computed, not written); tap counts not a multiple of 3 (6) the last t
 Register tiles: :func:`_fwd_8x3`, :func:`_fwd_4x6`, :func:`_fwd_4x3`, :func:`_fwd_8x1_masked`,
 :func:`_fwd_4x1_masked` (forward), :func:`_wg_8x3`, :func:`_wg_4x6`, :func:`_wg_4x3` (weight gradient), reached
 through :func:`_fwd_tile`, :func:`_fwd_half`, :func:`_fwd_tail`, :func:`_fwd_half_tail`, :func:`_wg_tile`,
-:func:`_wg_half`. Inline helpers: :func:`_pad_planes`, :func:`_tap_offsets`, :func:`_fma3`, :func:`_vacc3`.
+:func:`_wg_half`. Inline helpers: :func:`_pad_planes`, :func:`_tap_offsets`, :func:`_fma3`, :func:`_vacc3`,
+:func:`_lane_sums`.
 See ``benchmarks/NOTES.md`` ("Flat kernels with register accumulators").
 """
 
@@ -57,7 +60,7 @@ from numba import njit, prange
 from numba.extending import overload
 
 from ..config import PARALLEL_JIT, SERIAL_JIT
-from .simd import lanes, vadd, vfma, vfmab, vload, vloadz, vmax, vsplat, vstore, vstorez, vzero
+from .simd import lanes, vadd, vevens, vfma, vfmab, vload, vloadz, vmax, vodds, vsplat, vstore, vstorez, vzero
 
 #: Plane positions (vectors) per forward tile and taps per weight-gradient tile.
 _VECTORS = 3
@@ -180,6 +183,27 @@ def _tap_offsets(Cg, KH, KW, HW, pitch, count):
         i = (r - c * KH * KW) // KW
         toff[t] = c * HW + i * pitch[0] + (r - c * KH * KW - i * KW) * pitch[1]
     return toff
+
+
+@njit(**SERIAL_JIT)
+def _lane_sums(z, vs, V):
+    """``vs[i] = sum(vs[i*L:(i+1)*L])`` for ``i < V``: each of the first ``V`` vectors summed across its lanes.
+
+    ``log2(L)`` rounds of a fixed pairwise tree: round by round, vector ``j`` becomes the sums of the adjacent
+    lane pairs of vectors ``2j`` and ``2j + 1`` (``vevens + vodds``), so after the last round vector ``j`` holds the
+    sums of vectors ``jL`` to ``jL + L - 1`` in order. Vector shuffles and adds in one order whatever the code
+    around them (a loop of scalar adds under fast-math is vectorised differently in serial and parallel builds).
+    ``vs`` holds at least ``V + 1`` vectors (the last is read, never used)."""
+    L = lanes(z)
+    n = V
+    w = 1
+    while w < L:
+        n = (n + 1) // 2
+        for j in range(n):
+            a = vload(z, vs, 2 * j * L)
+            b = vload(z, vs, (2 * j + 1) * L)
+            vstore(vs, j * L, vadd(vevens(a, b), vodds(a, b)))
+        w *= 2
 
 
 @njit(**SERIAL_JIT, inline="always")
@@ -319,13 +343,12 @@ def flat_weight_grad(width, xq, dy, dilation, groups, partial):
     dy : (N, F, Ho, Wo) array
     dilation : (int, int)
     groups : int
-    partial : (T, F, C / groups, KH, KW, L) array
-        Fully overwritten: ``partial[t, ..., l]`` sums lane ``l`` of the vector sums of the ``t``-th contiguous
-        chunk of the batch (``L`` the lanes of ``width`` and the dtype; the caller sums the lanes, then ``t``).
+    partial : (T, F, C / groups, KH, KW) array
+        Fully overwritten: ``partial[t]`` sums the ``t``-th contiguous chunk of the batch (the caller sums ``t``).
     """
     N, C, Hp, Wp = xq.shape
     F, Ho, Wo = dy.shape[1], dy.shape[2], dy.shape[3]
-    chunks, _, Cg, KH, KW, _ = partial.shape
+    chunks, _, Cg, KH, KW = partial.shape
     HW = Hp * Wp
     P = (Ho - 1) * Wp + Wo
     R = Cg * KH * KW
@@ -346,11 +369,11 @@ def flat_weight_grad(width, xq, dy, dilation, groups, partial):
     NB = max(1, _DY_BLOCK // (Ft * Pb))
     toff = _tap_offsets(Cg, KH, KW, HW, (dilation[0] * Wp, dilation[1]), Rp)
     for ch in prange(chunks):
-        part = partial[ch].reshape(F, R * L)
+        part = partial[ch].reshape(F, R)
         n0 = (N * ch) // chunks
         n1 = (N * (ch + 1)) // chunks
         dyb = np.zeros(NB * Ft * Pb, dtype=dy.dtype)  # the gaps and the tail stay 0
-        vs = np.empty(Ft * Rp * L, dtype=dy.dtype)
+        vs = np.empty((Ft * Rp + 1) * L, dtype=dy.dtype)  # one more vector: :func:`_lane_sums` reads it
         for u in range(groups * tiles):
             g = u // tiles
             f0 = g * Fg + (u - g * tiles) * Ft
@@ -370,11 +393,9 @@ def flat_weight_grad(width, xq, dy, dilation, groups, partial):
                         _wg_half(z, xf, xgeom, dyb, (Pb, S, bits, Rp), toff[r0:r0 + Tt], vs, r0 * L)
                     else:
                         _wg_tile(z, xf, xgeom, dyb, (Pb, S, bits, Rp), toff[r0:r0 + Tt], vs, r0 * L)
+            _lane_sums(z, vs, Ft * Rp)
             for k in range(nf):
-                for r in range(R):
-                    # the lanes are summed by the caller (NumPy): a horizontal sum here compiled to a different
-                    # order in the serial build a forked child runs, off in the last bits
-                    part[f0 + k, r * L:(r + 1) * L] = vs[(k * Rp + r) * L:(k * Rp + r + 1) * L]
+                part[f0 + k] = vs[k * Rp:k * Rp + R]
 
 
 @njit(**PARALLEL_JIT)
