@@ -50,7 +50,7 @@ last tile (computed, not written); tap counts not a multiple of 3 (6) the last t
 Register tiles: :func:`_fwd_8x3`, :func:`_fwd_4x6`, :func:`_fwd_4x3`, :func:`_fwd_8x1_masked`,
 :func:`_fwd_4x1_masked` (forward), :func:`_wg_8x3`, :func:`_wg_4x6`, :func:`_wg_4x3` (weight gradient), reached
 through :func:`_fwd_tile`, :func:`_fwd_half`, :func:`_fwd_tail`, :func:`_fwd_half_tail`, :func:`_wg_tile`,
-:func:`_wg_half`. Inline helpers: :func:`_pad_planes`, :func:`_tap_offsets`, :func:`_fma3`, :func:`_vacc3`,
+:func:`_wg_half`. Helpers: :func:`_pad_planes`, :func:`_fma3`, :func:`_vacc3` (inlined), :func:`_tap_offsets`,
 :func:`_lane_sums`.
 See ``benchmarks/NOTES.md`` ("Flat kernels with register accumulators").
 """
