@@ -13,7 +13,9 @@ epochs, batch 128, lr 0.1, Nesterov, weight decay 5e-4, random 2-pixel shifts).
 Epoch time counts the training steps only, as ``train_mnist.py`` does (not the test
 evaluation).
 
-Needs PyTorch (``pip install torch``); it is not a dependency of fastconv.
+Needs PyTorch (``pip install torch``); it is not a dependency of fastconv. On CPUs without AVX-512, PyTorch
+2.13's oneDNN corrupts memory (a crash, or ``free(): invalid size``) in the backward pass of a 1x1 stride-2
+convolution with fewer than 8 input channels: ``--model resnet --width`` below 8 there.
 
 Example::
 
