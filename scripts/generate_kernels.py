@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""Generate ``fastconv/kernels/vector_tiles.py``: the register tiles of the vector kernels, from one template.
+"""Generate the register tiles of the kernels from templates: ``fastconv/kernels/vector_tiles.py`` (the vector
+kernels and the matmul), ``flat_tiles.py`` (the flat kernels) and ``pack_tiles.py`` (the NHWC pack's transposes).
 
 A tile holds ``P`` output pixels x ``B`` blocks of filters (one vector register of filters
 each) in ``P * B`` vector accumulators across a whole receptive field, so each is written out
 with its accumulators as named locals (Numba has no register arrays). The tiles differ only
 in ``P`` and ``B``; writing each by hand would copy the same code, so this script writes them
-(XNNPACK's template approach) and ``tests/test_vector.py`` checks the committed file is what
+(XNNPACK's template approach) and ``tests/test_vector.py`` checks the committed files are what
 it generates.
 
 The tiles are ordinary ``@njit`` functions, not ``inline="always"``: inlining them into the
@@ -40,23 +41,46 @@ loads of ``B`` per step) and stored once; ``src = (af, ao, Q, bf, bo, K, masks)`
 ``af[ao + r*Q]``, row ``q`` of ``B`` at ``bf[bo + q*K]``, ``masks`` the lanes of the three vectors: columns past
 ``K`` are neither read nor written), ``dst = (cf, co, init, r0)`` (row ``r`` of ``C`` at ``cf[co + r*K]``).
 
+``_fwd_FxV(z, xf, xb, toff, wgt, dst)`` is the flat forward tile (:func:`fastconv.kernels.flat.flat_forward`): ``F``
+filters x ``V`` vectors of consecutive positions of the flat padded plane ``xf[xb:]``, accumulated over the taps
+``toff`` (plane offsets) from the bias, ``wgt = (wp, wo, bias)`` (filter ``k``'s weight of tap ``t`` at
+``wp[wo + t*F + k]``), stored to ``dst = (buf, so, Lb)`` (vector ``v`` of filter ``k`` at ``buf[so + k*Lb + v*L]``);
+``_fwd_Fx1_masked(..., bits, dst)`` is one vector whose lanes outside ``bits`` are not read (a plane's tail).
+``_wg_FxT(z, xf, xgeom, dyb, dgeom, toff, vs, vo)`` is the flat weight gradient's tile: ``F`` filters x ``T`` taps
+over ``nb`` images, ``xgeom = (xb, xstep, nb)`` (image ``m``'s planes at ``xf[xb + m*xstep:]``), ``dgeom = (Pb, S,
+bits, Rp)`` (its filter ``k``'s dy at ``dyb[(m*F + k)*Pb:]``, ``S`` vectors, the last masked by ``bits``), tap
+``j``'s sum of filter ``k`` added at ``vs[vo + (k*Rp + j)*L]``.
+
+``_tileL(v, src, dst)`` is :func:`fastconv.kernels.pack.pack_nhwc_padded`'s transpose of ``L`` channels x ``L``
+pixels: ``src = (xf, i, plane, nc, bits)`` (channel row ``k`` at ``xf[i + k*plane:]``, its lanes in ``bits``, zeros
+past the ``nc`` channels), ``dst = (of, o, C, nw, cbits)`` (pixel ``l`` at ``of[o + l*C:]``, the first ``nw``
+pixels, the lanes of ``cbits``), in ``log2(L)`` rounds of ``_roundL`` (a perfect shuffle).
+
 Usage::
 
-    python scripts/generate_kernels.py            # rewrite the file
-    python scripts/generate_kernels.py --check    # exit 1 if it is out of date
+    python scripts/generate_kernels.py            # rewrite the files
+    python scripts/generate_kernels.py --check    # exit 1 if one is out of date
 """
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
-TARGET = Path(__file__).resolve().parents[1] / "fastconv" / "kernels" / "vector_tiles.py"
+KERNELS = Path(__file__).resolve().parents[1] / "fastconv" / "kernels"
 
 #: Pixels (or weight-gradient entries) per tile: 7 for 32 vector registers (14 accumulators
 #: + 2 weight vectors), 6 for 16 (12 + 2 + the broadcast register AVX2 needs), 1 for rows
 #: narrower than a tile. Each comes with 2 filter blocks, and with 1 for the odd last block.
 PIXELS = (7, 6, 1)
 TILES = tuple((p, b) for b in (2, 1) for p in PIXELS)
+#: The flat forward tiles (filters x vectors): 8 x 3 for 32 vector registers, 4 x 6 for groups of at most 4 filters
+#: there (the same 24 accumulators), 4 x 3 for 16; each with its masked one-vector tail (filters x 1).
+FLAT_FORWARD = ((8, 3), (4, 6), (4, 3))
+#: The flat weight-gradient tiles (filters x taps), likewise.
+FLAT_WEIGHT_GRAD = ((8, 3), (4, 6), (4, 3))
+#: Lanes of the pack's transposes: float32 and float64 on 512 bits, float32 on 256 (16, 8), float64 on 256 (4).
+PACK_LANES = (16, 8, 4)
 #: Rows per matmul tile (each x 3 vectors of columns): 8 for 32 vector registers (24 accumulators + 3 loads),
 #: 4 for 16, 1 for the rows a tile leaves (layer widths are multiples of 8 more often than of 12).
 MM_ROWS = (8, 4, 1)
@@ -174,7 +198,7 @@ def chooser(prefix, P, args):
     ]
 
 
-def generate():
+def generate_vector():
     tiles = ", ".join([f":func:`_tile_{p}x{b}`" for p, b in TILES] + [f":func:`_dw_tile_{t}x{b}`" for t, b in TILES])
     tiles += ", " + ", ".join(f":func:`_mm_tile_{r}`" for r in MM_ROWS)
     choosers = ", ".join([f":func:`_tile_{p}`" for p in PIXELS] + [f":func:`_dw_tile_{p}`" for p in PIXELS])
@@ -192,20 +216,202 @@ def generate():
     return "\n".join(out).rstrip() + "\n"
 
 
+FLAT_HEADER = '''"""Register tiles of the flat kernels (:mod:`fastconv.kernels.flat`).
+
+GENERATED by ``scripts/generate_kernels.py`` from one template: do not edit by hand. The
+generator's docstring describes the arguments.
+{listing}
+"""
+
+from numba import njit
+
+from ..config import SERIAL_JIT
+from .simd import lanes, vadd, vfma, vfmab, vload, vloadz, vsplat, vstore
+
+
+@njit(**SERIAL_JIT, inline="always")
+def _fma3(d, x, a):
+    """``(a[j] + d * x[j] for j < 3)``: one vector of dy against three taps' vectors."""
+    return vfma(a[0], d, x[0]), vfma(a[1], d, x[1]), vfma(a[2], d, x[2])
+
+
+@njit(**SERIAL_JIT, inline="always")
+def _vacc3(z, vs, o, a):
+    """``vs[o + j*L:o + (j+1)*L] += a[j]`` for ``j < 3``."""
+    L = lanes(z)
+    vstore(vs, o, vadd(vload(z, vs, o), a[0]))
+    vstore(vs, o + L, vadd(vload(z, vs, o + L), a[1]))
+    vstore(vs, o + 2 * L, vadd(vload(z, vs, o + 2 * L), a[2]))'''
+
+
+def _plus(*terms):
+    """``a + b + ...`` of the terms that are not empty (``"0"`` if none is)."""
+    return " + ".join(t for t in terms if t) or "0"
+
+
+def _mul(k, name):
+    """``k * name`` as it reads best: ``""`` for 0, ``name`` for 1."""
+    return "" if k == 0 else name if k == 1 else f"{k} * {name}"
+
+
+def flat_fwd(F, V, masked=False):
+    """``_fwd_{F}x{V}`` (or ``_fwd_{F}x1_masked``): ``F`` filters x ``V`` vectors of the flat plane."""
+    acc = [[f"a{k}_{v}" if V > 1 or not masked else f"a{k}" for v in range(V)] for k in range(F)]
+    if masked:
+        head = [f"def _fwd_{F}x1_masked(z, xf, xb, toff, wgt, bits, dst):",
+                f'    """{F} filters x 1 vector, the lanes not set in ``bits`` (past the plane) not read: the tail of a '
+                'plane."""']
+    else:
+        head = [f"def _fwd_{F}x{V}(z, xf, xb, toff, wgt, dst):",
+                f'    """{F} filters x {V} vectors of the flat plane from ``xf[xb:]``: {F * V} accumulators."""']
+    out = ["", "", "@njit(**SERIAL_JIT)"] + head + ["    wp, wo, bias = wgt", "    buf, so, Lb = dst"]
+    if V > 1:
+        out.append("    L = lanes(z)")
+    out += [f"    {' = '.join(row)} = vsplat(z, bias[{k}])" for k, row in enumerate(acc)]
+    out.append("    for t in range(toff.size):")
+    if masked:
+        out.append("        x0 = vloadz(z, xf, xb + toff[t], bits)")
+    else:
+        out.append("        xo = xb + toff[t]")
+        out += [f"        x{v} = vload(z, xf, {_plus('xo', _mul(v, 'L'))})" for v in range(V)]
+    out.append(f"        wi = wo + t * {F}")
+    for k in range(F):
+        wi = _plus("wi", str(k) if k else "")
+        out += [f"        {acc[k][v]} = vfmab({acc[k][v]}, x{v}, wp, {wi})" for v in range(V)]
+    out += [f"    vstore(buf, {_plus('so', _mul(k, 'Lb'), _mul(v, 'L'))}, {acc[k][v]})"
+            for k in range(F) for v in range(V)]
+    return out
+
+
+def _wg_step(F, T, load):
+    """One vector position of ``_wg_{F}x{T}``: ``T`` loads of the shifted planes, per filter a load of dy and
+    ``T`` FMAs."""
+    out = [f"x{j} = {load(j)}" for j in range(T)]
+    for k in range(F):
+        out.append(f"d = vload(z, dyb, {_plus('do', _mul(k, 'Pb'), 'p')})")
+        for j0 in range(0, T, 3):
+            a = ", ".join(f"a{k}_{j}" for j in range(j0, j0 + 3))
+            x = ", ".join(f"x{j}" for j in range(j0, j0 + 3))
+            out.append(f"{a} = _fma3(d, ({x}), ({a}))")
+    return out
+
+
+def flat_wg(F, T):
+    """``_wg_{F}x{T}``: ``F`` filters x ``T`` taps (a multiple of 3) of the flat weight gradient."""
+    out = ["", "", "@njit(**SERIAL_JIT)", f"def _wg_{F}x{T}(z, xf, xgeom, dyb, dgeom, toff, vs, vo):",
+           f'    """{F} filters x {T} taps: {F * T} accumulators over ``nb`` images, added into ``vs``."""',
+           "    xb, xstep, nb = xgeom", "    Pb, S, bits, Rp = dgeom", "    L = lanes(z)"]
+    out += [f"    {' = '.join(f'a{k}_{j}' for j in range(T))} = z" for k in range(F)]
+    out += ["    for m in range(nb):", "        xo = xb + m * xstep", f"        do = m * {F} * Pb",
+            "        for s in range(S - 1):", "            p = s * L"]
+    out += ["            " + line for line in _wg_step(F, T, lambda j: f"vload(z, xf, xo + toff[{j}] + p)")]
+    out.append("        p = (S - 1) * L  # the last vector: the lanes past the plane are not read")
+    out += ["        " + line for line in _wg_step(F, T, lambda j: f"vloadz(z, xf, xo + toff[{j}] + p, bits)")]
+    for k in range(F):
+        for j0 in range(0, T, 3):
+            a = ", ".join(f"a{k}_{j}" for j in range(j0, j0 + 3))
+            out.append(f"    _vacc3(z, vs, {_plus('vo', _mul(k, 'Rp * L'), _mul(j0, 'L'))}, ({a}))")
+    return out
+
+
+def generate_flat():
+    fwd = [f":func:`_fwd_{f}x{v}`" for f, v in FLAT_FORWARD]
+    fwd += [f":func:`_fwd_{f}x1_masked`" for f in sorted({f for f, _ in FLAT_FORWARD}, reverse=True)]
+    wg = ", ".join(f":func:`_wg_{f}x{t}`" for f, t in FLAT_WEIGHT_GRAD)
+    listing = (f"Forward tiles: {', '.join(fwd)}; weight-gradient tiles: {wg}. "
+               "Inline helpers: :func:`_fma3`, :func:`_vacc3`.")
+    out = FLAT_HEADER.format(listing=textwrap.fill(listing, 116)).split("\n")
+    for f, v in FLAT_FORWARD:
+        out += flat_fwd(f, v)
+    for f in sorted({f for f, _ in FLAT_FORWARD}, reverse=True):
+        out += flat_fwd(f, 1, masked=True)
+    for f, t in FLAT_WEIGHT_GRAD:
+        out += flat_wg(f, t)
+    return "\n".join(out).rstrip() + "\n"
+
+
+PACK_HEADER = '''"""The transposes of :func:`fastconv.kernels.pack.pack_nhwc_padded`: tiles of ``L`` channels x ``L`` pixels.
+
+GENERATED by ``scripts/generate_kernels.py`` from one template: do not edit by hand. The
+generator's docstring describes the arguments.
+{listing}
+"""
+
+from numba import njit
+
+from ..config import SERIAL_JIT
+from .simd import vloadz, vstorez, vziphi, vziplo
+
+
+@njit(**SERIAL_JIT)
+def _row(v, xf, i, k, nc, bits):
+    """Channel row ``k`` of a tile (``xf[i:i+L]``, the lanes of ``bits``), or zeros past the ``nc`` channels."""
+    return vloadz(v, xf, i, bits if k < nc else 0)
+
+
+@njit(**SERIAL_JIT)
+def _store(of, o, t, k, nw, nc, cbits):
+    """Pixel ``k``'s channels (vector ``t``) at ``of[o]`` if the tile has pixel ``k``; the first ``nc`` lanes only."""
+    vstorez(of, o, t, cbits if k < nw else 0)'''
+
+
+def pack_round(L):
+    """``_round{L}``: rows ``2i`` and ``2i + 1`` of the new tile interleave rows ``i`` and ``i + L/2``."""
+    h = L // 2
+    pairs = [f"vziplo(t[{i}], t[{i + h}]), vziphi(t[{i}], t[{i + h}])" for i in range(h)]
+    body = ",\n            ".join(", ".join(pairs[i:i + 2]) for i in range(0, h, 2))
+    return ["", "", "@njit(**SERIAL_JIT)", f"def _round{L}(t):",
+            f'    """One perfect-shuffle round of a {L} x {L} tile held as {L} vectors: rows ``2i`` and ``2i + 1`` '
+            f'interleave\n    rows ``i`` and ``i + {h}``. ``log2({L})`` rounds transpose the tile."""',
+            f"    return ({body})"]
+
+
+def pack_tile(L):
+    """``_tile{L}``: load ``L`` channel rows, ``log2(L)`` rounds, store ``L`` pixels."""
+    out = ["", "", "@njit(**SERIAL_JIT)", f"def _tile{L}(v, src, dst):",
+           f'    """Transpose the tile ``xf[i + k*plane + l]`` ({L} channels ``k`` x {L} pixels ``l``) into '
+           '``of[o + l*C + k]``."""',
+           "    xf, i, plane, nc, bits = src", "    of, o, C, nw, cbits = dst"]
+    rows = [f"_row(v, xf, {_plus('i', _mul(k, 'plane'))}, {k}, nc, bits)" for k in range(L)]
+    out.append("    t = (" + ",\n         ".join(rows) + ")")
+    out += [f"    t = _round{L}(t)"] * (L.bit_length() - 1)
+    out += [f"    _store(of, {_plus('o', _mul(k, 'C'))}, t[{k}], {k}, nw, nc, cbits)" for k in range(L)]
+    return out
+
+
+def generate_pack():
+    tiles = ", ".join(f":func:`_tile{L}`" for L in PACK_LANES)
+    rounds = ", ".join(f":func:`_round{L}`" for L in PACK_LANES)
+    listing = (f"Tiles: {tiles}; their perfect-shuffle rounds: {rounds}; the masked load and store of a tile's rows: "
+               ":func:`_row`, :func:`_store` (not inlined in Numba: inlined, the tiles took 24 s to compile instead of "
+               "4; LLVM inlines them).")
+    out = PACK_HEADER.format(listing=textwrap.fill(listing, 116)).split("\n")
+    for L in PACK_LANES:
+        out += pack_round(L)
+    for L in PACK_LANES:
+        out += pack_tile(L)
+    return "\n".join(out).rstrip() + "\n"
+
+
+#: Each generated module and the function that writes it.
+TARGETS = {"vector_tiles.py": generate_vector, "flat_tiles.py": generate_flat, "pack_tiles.py": generate_pack}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="exit 1 if the committed file is out of date")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a committed file is out of date")
     args = parser.parse_args(argv)
-    text = generate()
-    if args.check:
-        current = TARGET.read_text() if TARGET.exists() else ""
-        if current != text:
-            print(f"{TARGET} is out of date: run python scripts/generate_kernels.py", file=sys.stderr)
-            return 1
-        return 0
-    TARGET.write_text(text)
-    print(f"wrote {TARGET}")
-    return 0
+    stale = 0
+    for name, generate in TARGETS.items():
+        target, text = KERNELS / name, generate()
+        if args.check:
+            if (target.read_text() if target.exists() else "") != text:
+                print(f"{target} is out of date: run python scripts/generate_kernels.py", file=sys.stderr)
+                stale = 1
+        else:
+            target.write_text(text)
+            print(f"wrote {target}")
+    return stale
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ compared with NumPy for float32 and float64 at every register width (512, 256 an
 bits: AVX-512, AVX2, and what any other CPU LLVM targets gets). The convolution built on
 them is compared with the reference through the plan in ``test_conv.py`` and
 ``test_plan.py`` (both widths, every case-table row); here the fused ReLU of
-``vector_forward`` is checked, and that ``vector_tiles.py`` is what its generator writes.
+``vector_forward`` is checked, and that the ``*_tiles.py`` modules are what their generator writes.
 """
 
 import subprocess
@@ -115,7 +115,7 @@ def test_vector_forward_fuses_bias_and_relu(width, dtype, rng):
 
 
 def test_generated_tiles_are_up_to_date():
-    """``fastconv/kernels/vector_tiles.py`` is exactly what ``scripts/generate_kernels.py`` writes."""
+    """``fastconv/kernels/{vector,flat,pack}_tiles.py`` are exactly what ``scripts/generate_kernels.py`` writes."""
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "generate_kernels.py"), "--check"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -11,10 +11,8 @@ Only ``@njit`` code: :mod:`fastconv.plan` decides which layout a strategy needs.
 - :func:`pack_vector_weights`: ``(F, C/G, KH, KW)`` weights into the vector kernels' blocks
   of ``L`` filters of each group.
 
-Inline helpers of :func:`pack_nhwc_padded`: :func:`_tile` (one of :func:`_tile16`, :func:`_tile8`,
-:func:`_tile4` by the lanes: a tile of ``L`` channels x ``L`` pixels transposed), :func:`_round16`,
-:func:`_round8`, :func:`_round4` (one perfect-shuffle round), :func:`_row` and :func:`_store` (a tile's
-masked load and store).
+Helper of :func:`pack_nhwc_padded`: :func:`_tile`, a tile of ``L`` channels x ``L`` pixels transposed (one of
+the generated :mod:`.pack_tiles`, by the lanes).
 """
 
 from numba import njit, prange
@@ -22,129 +20,8 @@ from numba.core.errors import TypingError
 from numba.extending import overload
 
 from ..config import PARALLEL_JIT, SERIAL_JIT
-from .simd import lanes, vloadz, vstore, vstorez, vzero, vziphi, vziplo
-
-
-@njit(**SERIAL_JIT)
-def _round4(t):
-    """One perfect-shuffle round of a 4 x 4 tile held as 4 vectors: rows ``2i`` and ``2i + 1`` interleave
-    rows ``i`` and ``i + 2``. ``log2(4)`` rounds transpose the tile."""
-    return (vziplo(t[0], t[2]), vziphi(t[0], t[2]), vziplo(t[1], t[3]), vziphi(t[1], t[3]))
-
-
-@njit(**SERIAL_JIT)
-def _round8(t):
-    """One perfect-shuffle round of a 8 x 8 tile held as 8 vectors: rows ``2i`` and ``2i + 1`` interleave
-    rows ``i`` and ``i + 4``. ``log2(8)`` rounds transpose the tile."""
-    return (vziplo(t[0], t[4]), vziphi(t[0], t[4]), vziplo(t[1], t[5]), vziphi(t[1], t[5]),
-            vziplo(t[2], t[6]), vziphi(t[2], t[6]), vziplo(t[3], t[7]), vziphi(t[3], t[7]))
-
-
-@njit(**SERIAL_JIT)
-def _round16(t):
-    """One perfect-shuffle round of a 16 x 16 tile held as 16 vectors: rows ``2i`` and ``2i + 1`` interleave
-    rows ``i`` and ``i + 8``. ``log2(16)`` rounds transpose the tile."""
-    return (vziplo(t[0], t[8]), vziphi(t[0], t[8]), vziplo(t[1], t[9]), vziphi(t[1], t[9]),
-            vziplo(t[2], t[10]), vziphi(t[2], t[10]), vziplo(t[3], t[11]), vziphi(t[3], t[11]),
-            vziplo(t[4], t[12]), vziphi(t[4], t[12]), vziplo(t[5], t[13]), vziphi(t[5], t[13]),
-            vziplo(t[6], t[14]), vziphi(t[6], t[14]), vziplo(t[7], t[15]), vziphi(t[7], t[15]))
-
-
-@njit(**SERIAL_JIT)
-def _row(v, xf, i, k, nc, bits):
-    """Channel row ``k`` of a tile (``xf[i:i+L]``, the lanes of ``bits``), or zeros past the ``nc`` channels."""
-    return vloadz(v, xf, i, bits if k < nc else 0)
-
-
-@njit(**SERIAL_JIT)
-def _store(of, o, t, k, nw, nc, cbits):
-    """Pixel ``k``'s channels (vector ``t``) at ``of[o]`` if the tile has pixel ``k``; the first ``nc`` lanes only."""
-    vstorez(of, o, t, cbits if k < nw else 0)
-
-@njit(**SERIAL_JIT)
-def _tile16(v, src, dst):
-    """Transpose the tile ``xf[i + k*plane + l]`` (16 channels ``k`` x 16 pixels ``l``) into ``of[o + l*C + k]``."""
-    xf, i, plane, nc, bits = src
-    of, o, C, nw, cbits = dst
-    t = (_row(v, xf, i + 0 * plane, 0, nc, bits),
-         _row(v, xf, i + 1 * plane, 1, nc, bits),
-         _row(v, xf, i + 2 * plane, 2, nc, bits),
-         _row(v, xf, i + 3 * plane, 3, nc, bits),
-         _row(v, xf, i + 4 * plane, 4, nc, bits),
-         _row(v, xf, i + 5 * plane, 5, nc, bits),
-         _row(v, xf, i + 6 * plane, 6, nc, bits),
-         _row(v, xf, i + 7 * plane, 7, nc, bits),
-         _row(v, xf, i + 8 * plane, 8, nc, bits),
-         _row(v, xf, i + 9 * plane, 9, nc, bits),
-         _row(v, xf, i + 10 * plane, 10, nc, bits),
-         _row(v, xf, i + 11 * plane, 11, nc, bits),
-         _row(v, xf, i + 12 * plane, 12, nc, bits),
-         _row(v, xf, i + 13 * plane, 13, nc, bits),
-         _row(v, xf, i + 14 * plane, 14, nc, bits),
-         _row(v, xf, i + 15 * plane, 15, nc, bits))
-    t = _round16(t)
-    t = _round16(t)
-    t = _round16(t)
-    t = _round16(t)
-    _store(of, o + 0 * C, t[0], 0, nw, nc, cbits)
-    _store(of, o + 1 * C, t[1], 1, nw, nc, cbits)
-    _store(of, o + 2 * C, t[2], 2, nw, nc, cbits)
-    _store(of, o + 3 * C, t[3], 3, nw, nc, cbits)
-    _store(of, o + 4 * C, t[4], 4, nw, nc, cbits)
-    _store(of, o + 5 * C, t[5], 5, nw, nc, cbits)
-    _store(of, o + 6 * C, t[6], 6, nw, nc, cbits)
-    _store(of, o + 7 * C, t[7], 7, nw, nc, cbits)
-    _store(of, o + 8 * C, t[8], 8, nw, nc, cbits)
-    _store(of, o + 9 * C, t[9], 9, nw, nc, cbits)
-    _store(of, o + 10 * C, t[10], 10, nw, nc, cbits)
-    _store(of, o + 11 * C, t[11], 11, nw, nc, cbits)
-    _store(of, o + 12 * C, t[12], 12, nw, nc, cbits)
-    _store(of, o + 13 * C, t[13], 13, nw, nc, cbits)
-    _store(of, o + 14 * C, t[14], 14, nw, nc, cbits)
-    _store(of, o + 15 * C, t[15], 15, nw, nc, cbits)
-
-
-@njit(**SERIAL_JIT)
-def _tile8(v, src, dst):
-    """Transpose the tile ``xf[i + k*plane + l]`` (8 channels ``k`` x 8 pixels ``l``) into ``of[o + l*C + k]``."""
-    xf, i, plane, nc, bits = src
-    of, o, C, nw, cbits = dst
-    t = (_row(v, xf, i + 0 * plane, 0, nc, bits),
-         _row(v, xf, i + 1 * plane, 1, nc, bits),
-         _row(v, xf, i + 2 * plane, 2, nc, bits),
-         _row(v, xf, i + 3 * plane, 3, nc, bits),
-         _row(v, xf, i + 4 * plane, 4, nc, bits),
-         _row(v, xf, i + 5 * plane, 5, nc, bits),
-         _row(v, xf, i + 6 * plane, 6, nc, bits),
-         _row(v, xf, i + 7 * plane, 7, nc, bits))
-    t = _round8(t)
-    t = _round8(t)
-    t = _round8(t)
-    _store(of, o + 0 * C, t[0], 0, nw, nc, cbits)
-    _store(of, o + 1 * C, t[1], 1, nw, nc, cbits)
-    _store(of, o + 2 * C, t[2], 2, nw, nc, cbits)
-    _store(of, o + 3 * C, t[3], 3, nw, nc, cbits)
-    _store(of, o + 4 * C, t[4], 4, nw, nc, cbits)
-    _store(of, o + 5 * C, t[5], 5, nw, nc, cbits)
-    _store(of, o + 6 * C, t[6], 6, nw, nc, cbits)
-    _store(of, o + 7 * C, t[7], 7, nw, nc, cbits)
-
-
-@njit(**SERIAL_JIT)
-def _tile4(v, src, dst):
-    """Transpose the tile ``xf[i + k*plane + l]`` (4 channels ``k`` x 4 pixels ``l``) into ``of[o + l*C + k]``."""
-    xf, i, plane, nc, bits = src
-    of, o, C, nw, cbits = dst
-    t = (_row(v, xf, i + 0 * plane, 0, nc, bits),
-         _row(v, xf, i + 1 * plane, 1, nc, bits),
-         _row(v, xf, i + 2 * plane, 2, nc, bits),
-         _row(v, xf, i + 3 * plane, 3, nc, bits))
-    t = _round4(t)
-    t = _round4(t)
-    _store(of, o + 0 * C, t[0], 0, nw, nc, cbits)
-    _store(of, o + 1 * C, t[1], 1, nw, nc, cbits)
-    _store(of, o + 2 * C, t[2], 2, nw, nc, cbits)
-    _store(of, o + 3 * C, t[3], 3, nw, nc, cbits)
+from .pack_tiles import _tile4, _tile8, _tile16
+from .simd import lanes, vzero
 
 
 def _tile(v, src, dst):
@@ -217,7 +94,6 @@ def pack_nchw_padded(x, ph, pw, out):
     """Copy ``x`` (N, C, H, W) into the interior of ``out`` (N, C, H+2ph, W+2pw); zero the border."""
     N, C, H, W = x.shape
     Hp = out.shape[2]
-    Wp = out.shape[3]
     for job in prange(N * C):
         n = job // C
         c = job - n * C
