@@ -49,6 +49,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
 
+from ..config import VECTOR_BYTES
+
 __all__ = ["Width", "W512", "W256", "Vec", "vzero", "vload", "vstore", "vfmab", "vfma", "vadd", "vmax", "vmask",
            "vloadz", "vstorez", "vevens", "vodds", "vziplo", "vziphi", "lanes", "pow2",
            "vsub", "vsplat", "vstream", "misaligned", "stream_fence"]
@@ -56,6 +58,8 @@ __all__ = ["Width", "W512", "W256", "Vec", "vzero", "vload", "vstore", "vfmab", 
 
 #: Whether the code is compiled for x86 (:func:`stream_fence`).
 _X86 = _ll.get_process_triple().startswith(("x86_64", "i386", "i686"))
+#: Whether the compile target has AVX-512's mask registers (how :func:`vloadz` and :func:`vstorez` build masks).
+MASK_REGISTERS = VECTOR_BYTES == 64
 
 
 class Width:
@@ -344,10 +348,24 @@ def vmask(typingctx, v, m):
     return v(v, m), codegen
 
 
-def _lane_bits(builder, bits, count):
-    """The low ``count`` bits of the integer ``bits`` as an LLVM ``<count x i1>`` mask."""
-    b = builder.trunc(bits, ir.IntType(count)) if bits.type.width > count else builder.zext(bits, ir.IntType(count))
-    return builder.bitcast(b, ir.VectorType(ir.IntType(1), count))
+def _lane_bits(builder, bits, vty):
+    """The low ``count`` bits of the integer ``bits`` as an LLVM ``<count x i1>`` mask for vectors ``vty``.
+
+    With AVX-512's mask registers, an integer bitcast (one ``kmov``). Elsewhere LLVM scalarizes that bitcast (about
+    five scalar instructions and a ``vpinsrd`` a lane, 40 a mask on AVX2: ``benchmarks/NOTES.md``), so the mask is
+    built in vector registers: ``bits`` broadcast, ANDed with ``1 << lane`` and compared with zero (three
+    instructions), in lanes as wide as ``vty``'s, as ``vmaskmovps``/``vmaskmovpd`` take it."""
+    count = vty.count
+    if MASK_REGISTERS:
+        b = builder.trunc(bits, ir.IntType(count)) if bits.type.width > count else builder.zext(bits, ir.IntType(count))
+        return builder.bitcast(b, ir.VectorType(ir.IntType(1), count))
+    ity = ir.IntType(64 if isinstance(vty.element, ir.DoubleType) else 32)
+    b = builder.trunc(bits, ity) if bits.type.width > ity.width else builder.zext(bits, ity)
+    vity = ir.VectorType(ity, count)
+    splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vity, None), b, ir.Constant(ir.IntType(32), 0)),
+                                   ir.Constant(vity, None), ir.Constant(ir.VectorType(ir.IntType(32), count), [0] * count))
+    lanes_ = builder.and_(splat, ir.Constant(vity, [1 << k for k in range(count)]))
+    return builder.icmp_unsigned("!=", lanes_, ir.Constant(vity, [0] * count))
 
 
 def _masked(builder, what, vty, args):
@@ -368,7 +386,7 @@ def vloadz(typingctx, v, a, i, bits):
         p = _vector_ptr(context, builder, v, sig.args[1], args[1], sig.args[2], args[2])
         vty = context.get_value_type(v)
         align = ir.Constant(ir.IntType(32), a.dtype.bitwidth // 8)
-        return _masked(builder, "load", vty, [p, align, _lane_bits(builder, args[3], v.count), ir.Constant(vty, None)])
+        return _masked(builder, "load", vty, [p, align, _lane_bits(builder, args[3], vty), ir.Constant(vty, None)])
 
     return v(v, a, i, bits), codegen
 
@@ -382,8 +400,8 @@ def vstorez(typingctx, a, i, v, bits):
     def codegen(context, builder, sig, args):
         p = _vector_ptr(context, builder, v, sig.args[0], args[0], sig.args[1], args[1])
         align = ir.Constant(ir.IntType(32), a.dtype.bitwidth // 8)
-        _masked(builder, "store", context.get_value_type(v), [args[2], p, align,
-                                                             _lane_bits(builder, args[3], v.count)])
+        vty = context.get_value_type(v)
+        _masked(builder, "store", vty, [args[2], p, align, _lane_bits(builder, args[3], vty)])
         return context.get_dummy_value()
 
     return types.void(a, i, v, bits), codegen
