@@ -323,14 +323,20 @@ def _fill_phases(z, x, src, geom, Qs, buf, bo):
         for h in range(H):
             first = ((n * x.shape[1] + plane) * H + h) * W
             row = bo + (h + ph) * 2 * Qs
-            for k in range(0, W, 2 * L):
-                cnt = min(2 * L, W - k)
-                u = vloadz(z, xf, first + k, (1 << min(L, cnt)) - 1)
-                v = vloadz(z, xf, first + k + L, (1 << max(0, cnt - L)) - 1)
-                e = row + (pw % 2) * Qs + (k + pw) // 2
-                o = row + ((pw + 1) % 2) * Qs + (k + 1 + pw) // 2
-                vstorez(buf, e, vevens(u, v), (1 << ((cnt + 1) // 2)) - 1)
-                vstorez(buf, o, vodds(u, v), (1 << (cnt // 2)) - 1)
+            e0 = row + (pw % 2) * Qs + pw // 2
+            o0 = row + ((pw + 1) % 2) * Qs + (1 + pw) // 2
+            whole = W - W % (2 * L)
+            for k in range(0, whole, 2 * L):  # whole pairs of vectors: plain loads and stores
+                u = vload(z, xf, first + k)
+                v = vload(z, xf, first + k + L)
+                vstore(buf, e0 + k // 2, vevens(u, v))
+                vstore(buf, o0 + k // 2, vodds(u, v))
+            if whole < W:  # the row's end: masked (a masked store is microcoded on AMD's AVX2 cores)
+                cnt = W - whole
+                u = vloadz(z, xf, first + whole, (1 << min(L, cnt)) - 1)
+                v = vloadz(z, xf, first + whole + L, (1 << max(0, cnt - L)) - 1)
+                vstorez(buf, e0 + whole // 2, vevens(u, v), (1 << ((cnt + 1) // 2)) - 1)
+                vstorez(buf, o0 + whole // 2, vodds(u, v), (1 << (cnt // 2)) - 1)
         return
     for p in range(sw):
         q0 = max(0, -(-(pw - p) // sw))  # the first q with q*sw + p - pw >= 0
