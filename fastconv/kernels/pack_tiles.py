@@ -10,7 +10,7 @@ inlined in Numba: inlined, the tiles took 24 s to compile instead of 4; LLVM inl
 from numba import njit
 
 from ..config import SERIAL_JIT
-from .simd import vloadz, vstorez, vziphi, vziplo
+from .simd import lanes, vloadz, vstore, vstorez, vziphi, vziplo
 
 
 @njit(**SERIAL_JIT)
@@ -21,8 +21,13 @@ def _row(v, xf, i, k, nc, bits):
 
 @njit(**SERIAL_JIT)
 def _store(of, o, t, k, nw, nc, cbits):
-    """Pixel ``k``'s channels (vector ``t``) at ``of[o]`` if the tile has pixel ``k``; the first ``nc`` lanes only."""
-    vstorez(of, o, t, cbits if k < nw else 0)
+    """Pixel ``k``'s channels (vector ``t``) at ``of[o]`` if the tile has pixel ``k``; the first ``nc`` lanes only.
+
+    A plain store when the tile has the pixel and all ``L`` channels: AMD's AVX2 cores microcode a masked store."""
+    if k < nw and nc >= lanes(t):
+        vstore(of, o, t)
+    else:
+        vstorez(of, o, t, cbits if k < nw else 0)
 
 
 @njit(**SERIAL_JIT)
