@@ -42,7 +42,7 @@ from numba.extending import overload
 from ..config import PARALLEL_JIT, SERIAL_JIT
 from .pack import _tile
 from .simd import lanes, vadd, vload, vmax, vstore, vzero
-from .vector_tiles import _dw_tile_1, _dw_tile_6, _dw_tile_7, _tile_1, _tile_6, _tile_7
+from .vector_tiles import _dw_tile_1, _dw_tile_6, _dw_tile_7, _tile_1, _tile_6, _tile_7, _tile_7x1
 
 #: Output rows per block of the weight gradient: each tile's accumulators are loaded from
 #: and stored to the partial once per block.
@@ -138,7 +138,13 @@ def vector_forward(width, xp, wv, b, stride, dilation, relu, out):
     L = lanes(z)
     P = _tile_pixels(z)
     tiles = (Wo + P - 1) // P if Wo >= P else 0
-    narrow = 0 if Wo >= P else Wo
+    # With 16 registers (6-pixel tiles), rows of 7 and 14 pixels would compute 12 and 18 (overlapping tiles): a
+    # multiple of 7 whose 6-pixel tiles waste a quarter or more takes 7-pixel tiles of one block, twice per pair
+    # (about 0.8-0.9 of the 6 x 2 tile's FMA rate: benchmarks/NOTES.md).
+    seven = P == 6 and Wo % 7 == 0 and 4 * tiles * P > 5 * Wo
+    if seven:
+        tiles = 0
+    narrow = 0 if Wo >= P or seven else Wo
     KWr, CW = _tap_runs(C, Cg, KW, dw)
     bstep = KH * KW * Cg * L
     npairs = (blocks + 1) // 2
@@ -170,6 +176,10 @@ def vector_forward(width, xp, wv, b, stride, dilation, relu, out):
             for t in range(tiles):
                 ow = min(t * P, Wo - P)  # the last tile overlaps the one before it
                 _full_tile(z, xf, xrow + ow * sw * C, wf, wo, steps, obuf, ow * 2 * L)
+            if seven:
+                for ow in range(0, Wo, 7):
+                    for blk in range(steps[-1]):
+                        _tile_7x1(z, xf, xrow + ow * sw * C, wf, wo + blk * bstep, steps, obuf, ow * 2 * L + blk * L)
             for ow in range(narrow):
                 _tile_1(z, xf, xrow + ow * sw * C, wf, wo, steps, obuf, ow * 2 * L)
             # bias and ReLU on the (Wo, 2L) row buffer, then its tiles of L pixels x L filters transposed into
