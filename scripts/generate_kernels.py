@@ -98,9 +98,14 @@ from ..config import SERIAL_JIT
 from .simd import lanes, vfmab, vload, vloadz, vsplat, vstore, vstorez'''
 
 
-def _times(k, name):
-    """``k * name + `` as it reads best: nothing for 0, ``name + `` for 1."""
-    return "" if k == 0 else f"{name} + " if k == 1 else f"{k} * {name} + "
+def _plus(*terms):
+    """``a + b + ...`` of the terms that are not empty (``"0"`` if none is)."""
+    return " + ".join(t for t in terms if t) or "0"
+
+
+def _mul(k, name):
+    """``k * name`` as it reads best: ``""`` for 0, ``name`` for 1."""
+    return "" if k == 0 else name if k == 1 else f"{k} * {name}"
 
 
 def tile(P, B):
@@ -122,13 +127,13 @@ def tile(P, B):
         "            wi = wo + (i * KW + j) * CW * L",
         "            for r in range(CW):",
     ]
-    lines += [f"                u{b} = vload(z, wf, wi + {_times(b, 'bstep')}r * L)" for b in range(B)]
+    lines += [f"                u{b} = vload(z, wf, {_plus('wi', _mul(b, 'bstep'), 'r * L')})" for b in range(B)]
     for p in range(P):
-        x = f"xi + {_times(p, 'sx')}r"
+        x = _plus("xi", _mul(p, "sx"), "r")
         lines += [f"                {acc[p][b]} = vfmab({acc[p][b]}, u{b}, xf, {x})" for b in range(B)]
     for p in range(P):
         for b in range(B):
-            where = f"oo + {_times(p, 'Fp')}{_times(b, 'L')}".rstrip(" +")
+            where = _plus("oo", _mul(p, "Fp"), _mul(b, "L"))
             lines.append(f"    vstore(obuf, {where}, {acc[p][b]})")
     return lines
 
@@ -145,7 +150,7 @@ def dw_tile(T, B):
         "    nb, Wo, sx, Fp, fo, bstep, e0, _ = steps",
         "    L = lanes(z)",
     ]
-    lines += [f"    {acc[t][b]} = vload(z, part, po + {_times(b, 'bstep')}{_times(t, 'L')}".rstrip(" +") + ")"
+    lines += [f"    {acc[t][b]} = vload(z, part, {_plus('po', _mul(b, 'bstep'), _mul(t, 'L'))})"
               for t in range(T) for b in range(B)]
     lines += [
         "    for k in range(nb):",
@@ -154,12 +159,12 @@ def dw_tile(T, B):
         "        for ow in range(Wo):",
         "            xo = xb + ow * sx",
     ]
-    lines += [f"            u{b} = vload(z, dyt, dk + ow * Fp{' + ' + _times(b, 'L').rstrip(' +') if b else ''})"
+    lines += [f"            u{b} = vload(z, dyt, {_plus('dk', 'ow * Fp', _mul(b, 'L'))})"
               for b in range(B)]
     for t in range(T):
         x = f"xo + {t}" if t else "xo"
         lines += [f"            {acc[t][b]} = vfmab({acc[t][b]}, u{b}, xf, {x})" for b in range(B)]
-    lines += [f"    vstore(part, po + {_times(b, 'bstep')}{_times(t, 'L')}".rstrip(" +") + f", {acc[t][b]})"
+    lines += [f"    vstore(part, {_plus('po', _mul(b, 'bstep'), _mul(t, 'L'))}, {acc[t][b]})"
               for t in range(T) for b in range(B)]
     return lines
 
@@ -175,11 +180,9 @@ def mm_tile(R):
     out += ["    for q in range(Q):", "        u0 = vloadz(z, bf, bo + q * K, m0)",
             "        u1 = vloadz(z, bf, bo + q * K + L, m1)", "        u2 = vloadz(z, bf, bo + q * K + 2 * L, m2)"]
     for r in range(R):
-        out += [f"        a{r}_{v} = vfmab(a{r}_{v}, u{v}, af, ao + {_times(r, 'Q')}q)" for v in range(3)]
+        out += [f"        a{r}_{v} = vfmab(a{r}_{v}, u{v}, af, {_plus('ao', _mul(r, 'Q'), 'q')})" for v in range(3)]
     for r in range(R):
-        row = f"co + {_times(r, 'K')}"
-        out += [f"    vstorez(cf, {row}0, a{r}_0, m0)".replace(" + 0,", ","),
-                f"    vstorez(cf, {row}L, a{r}_1, m1)", f"    vstorez(cf, {row}2 * L, a{r}_2, m2)"]
+        out += [f"    vstorez(cf, {_plus('co', _mul(r, 'K'), _mul(v, 'L'))}, a{r}_{v}, m{v})" for v in range(3)]
     return out
 
 
@@ -242,16 +245,6 @@ def _vacc3(z, vs, o, a):
     vstore(vs, o, vadd(vload(z, vs, o), a[0]))
     vstore(vs, o + L, vadd(vload(z, vs, o + L), a[1]))
     vstore(vs, o + 2 * L, vadd(vload(z, vs, o + 2 * L), a[2]))'''
-
-
-def _plus(*terms):
-    """``a + b + ...`` of the terms that are not empty (``"0"`` if none is)."""
-    return " + ".join(t for t in terms if t) or "0"
-
-
-def _mul(k, name):
-    """``k * name`` as it reads best: ``""`` for 0, ``name`` for 1."""
-    return "" if k == 0 else name if k == 1 else f"{k} * {name}"
 
 
 def flat_fwd(F, V, masked=False):

@@ -8,7 +8,8 @@ vector accumulators (:mod:`fastconv.kernels.simd`) in registers for the whole re
 field: per input element, 2 vector loads of weights and ``P`` broadcasts of inputs feed
 ``2P`` fused multiply-adds, with no reduction at the end (oneDNN's direct-convolution
 scheme). ``P = 7`` with 32 vector registers (AVX-512), 6 with 16 (AVX2, which also needs
-a register for each broadcast); the tiles are generated (:mod:`.vector_tiles`).
+a register for each broadcast; there rows of 7 and 14 pixels take the 7-pixel tile of one block
+twice per pair instead of overlapping 6-pixel tiles); the tiles are generated (:mod:`.vector_tiles`).
 
 Layouts
 -------
@@ -144,7 +145,7 @@ def vector_forward(width, xp, wv, b, stride, dilation, relu, out):
     seven = P == 6 and Wo % 7 == 0 and 4 * tiles * P > 5 * Wo
     if seven:
         tiles = 0
-    narrow = 0 if Wo >= P or seven else Wo
+    narrow = 0 if Wo >= P else Wo
     KWr, CW = _tap_runs(C, Cg, KW, dw)
     bstep = KH * KW * Cg * L
     npairs = (blocks + 1) // 2
