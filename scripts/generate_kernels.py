@@ -69,10 +69,14 @@ from pathlib import Path
 
 KERNELS = Path(__file__).resolve().parents[1] / "fastconv" / "kernels"
 
-#: Pixels (or weight-gradient entries) per tile: 7 for 32 vector registers (14 accumulators
+#: Weight-gradient entries (and forward pixels) per tile: 7 for 32 vector registers (14 accumulators
 #: + 2 weight vectors), 6 for 16 (12 + 2 + the broadcast register AVX2 needs), 1 for rows
 #: narrower than a tile. Each comes with 2 filter blocks, and with 1 for the odd last block.
-PIXELS = (7, 6, 1)
+DW_PIXELS = (7, 6, 1)
+DW_TILES = tuple((p, b) for b in (2, 1) for p in DW_PIXELS)
+#: The forward tiles also have 4 pixels: on 16 registers a row is covered by 6-pixel tiles and
+#: one or two 4-pixel ones, so at most one pixel is computed twice (Wo = 7, 14: 8 and 14 pixels, not 12 and 18).
+PIXELS = (7, 6, 4, 1)
 TILES = tuple((p, b) for b in (2, 1) for p in PIXELS)
 #: The flat forward tiles (filters x vectors): 8 x 3 for 32 vector registers, 4 x 6 for groups of at most 4 filters
 #: there (the same 24 accumulators), 4 x 3 for 16; each with its masked one-vector tail (filters x 1).
@@ -202,17 +206,18 @@ def chooser(prefix, P, args):
 
 
 def generate_vector():
-    tiles = ", ".join([f":func:`_tile_{p}x{b}`" for p, b in TILES] + [f":func:`_dw_tile_{t}x{b}`" for t, b in TILES])
+    tiles = ", ".join([f":func:`_tile_{p}x{b}`" for p, b in TILES] +
+                      [f":func:`_dw_tile_{t}x{b}`" for t, b in DW_TILES])
     tiles += ", " + ", ".join(f":func:`_mm_tile_{r}`" for r in MM_ROWS)
-    choosers = ", ".join([f":func:`_tile_{p}`" for p in PIXELS] + [f":func:`_dw_tile_{p}`" for p in PIXELS])
+    choosers = ", ".join([f":func:`_tile_{p}`" for p in PIXELS] + [f":func:`_dw_tile_{p}`" for p in DW_PIXELS])
     out = HEADER.format(tiles=tiles, choosers=choosers).split("\n")
     for p, b in TILES:
         out += tile(p, b)
-    for t, b in TILES:
+    for t, b in DW_TILES:
         out += dw_tile(t, b)
     for p in PIXELS:
         out += chooser("_tile", p, "xf, xo, wf, wo, steps, obuf, oo")
-    for p in PIXELS:
+    for p in DW_PIXELS:
         out += chooser("_dw_tile", p, "xf, xbase, dyt, steps, part, po")
     for r in MM_ROWS:
         out += mm_tile(r)

@@ -114,6 +114,29 @@ def test_vector_forward_fuses_bias_and_relu(width, dtype, rng):
         assert np.isnan(fused).any()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", WIDTHS[:2])
+@pytest.mark.parametrize("Wo", list(range(1, 22)) + [28, 56])
+def test_vector_forward_covers_every_row_width(width, dtype, Wo, rng):
+    """Each row's tiles (full, overlapping, 4-pixel, 1-pixel: ``vector._row_tiles``) cover every output pixel once
+    in effect: the kernel matches the reference at every width of 1-21 pixels, with an odd number of filter
+    blocks (the 1-block tiles) and a stride of 2 (pixels ``2C`` apart)."""
+    cpu = P.CPU("test", width.nbytes)
+    for stride in (1, 2):
+        x = rng.standard_normal((1, 3, 2 * stride + 1, stride * (Wo - 1) + 3)).astype(dtype)
+        F = 3 * cpu.lanes(dtype) - 1
+        w = rng.standard_normal((F, 3, 3, 3)).astype(dtype)
+        b = rng.standard_normal(F).astype(dtype)
+        out = np.full((1, F) + reference.conv2d(x, w, b, stride=stride).shape[2:], np.nan, dtype)
+        assert out.shape[3] == Wo
+        xp = P._pack_nhwc(x, 0, 0).array
+        vector.vector_forward(width, xp, P._vector_weights(w, cpu.lanes(dtype)), b, (stride, stride), (1, 1),
+                              False, out)
+        tol = 1e-4 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(out, reference.conv2d(x, w, b, stride=stride), rtol=tol, atol=tol,
+                                   err_msg=f"Wo={Wo} stride={stride}")
+
+
 def test_generated_tiles_are_up_to_date():
     """``fastconv/kernels/{vector,flat,pack}_tiles.py`` are exactly what ``scripts/generate_kernels.py`` writes."""
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "generate_kernels.py"), "--check"],

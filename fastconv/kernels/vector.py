@@ -8,8 +8,8 @@ vector accumulators (:mod:`fastconv.kernels.simd`) in registers for the whole re
 field: per input element, 2 vector loads of weights and ``P`` broadcasts of inputs feed
 ``2P`` fused multiply-adds, with no reduction at the end (oneDNN's direct-convolution
 scheme). ``P = 7`` with 32 vector registers (AVX-512), 6 with 16 (AVX2, which also needs
-a register for each broadcast; there rows of 7 and 14 pixels take the 7-pixel tile of one block
-twice per pair instead of overlapping 6-pixel tiles); the tiles are generated (:mod:`.vector_tiles`).
+a register for each broadcast; there 4-pixel tiles take a row's remainder, :func:`_row_tiles`);
+the tiles are generated (:mod:`.vector_tiles`).
 
 Layouts
 -------
@@ -32,8 +32,8 @@ Kernels
   7 taps ``(j, c)`` of a kernel row consecutive in the input x 2 blocks of one group's filters,
   accumulated over a block of output rows of ``dy`` transposed to ``(Wo, F)`` (:func:`_transpose_rows`).
 
-Inline helpers: :func:`_full_tile` and :func:`_full_dw_tile` (the register tiles of the
-width), :func:`_tile_pixels`, :func:`_tap_runs`, :func:`_transpose_rows`.
+Inline helpers: :func:`_full_tile`, :func:`_four_tile` and :func:`_full_dw_tile` (the register tiles of the
+width), :func:`_tile_pixels`, :func:`_row_tiles`, :func:`_tap_runs`, :func:`_transpose_rows`.
 """
 
 import numpy as np
@@ -43,7 +43,7 @@ from numba.extending import overload
 from ..config import PARALLEL_JIT, SERIAL_JIT
 from .pack import _tile
 from .simd import lanes, vadd, vload, vmax, vstore, vzero
-from .vector_tiles import _dw_tile_1, _dw_tile_6, _dw_tile_7, _tile_1, _tile_6, _tile_7, _tile_7x1
+from .vector_tiles import _dw_tile_1, _dw_tile_6, _dw_tile_7, _tile_1, _tile_4, _tile_6, _tile_7
 
 #: Output rows per block of the weight gradient: each tile's accumulators are loaded from
 #: and stored to the partial once per block.
@@ -57,6 +57,10 @@ def _tile_pixels(z):
 def _full_tile(z, xf, xo, wf, wo, steps, obuf, oo):
     """The register tile for vectors like ``z``: 7 pixels in 512-bit registers, else 6; x ``steps[-1]``
     (2, or 1 for the last block of an odd number) blocks of filters."""
+
+
+def _four_tile(z, xf, xo, wf, wo, steps, obuf, oo):
+    """The 4-pixel tile x ``steps[-1]`` blocks for 256-bit vectors (nothing for 512: not compiled there)."""
 
 
 def _full_dw_tile(z, xf, xbase, dyt, steps, part, po):
@@ -83,6 +87,17 @@ def _full_tile_impl(z, xf, xo, wf, wo, steps, obuf, oo):
     return impl
 
 
+@overload(_four_tile, inline="always")
+def _four_tile_impl(z, xf, xo, wf, wo, steps, obuf, oo):
+    if _wide(z):
+        return lambda z, xf, xo, wf, wo, steps, obuf, oo: None
+
+    def impl(z, xf, xo, wf, wo, steps, obuf, oo):
+        _tile_4(z, xf, xo, wf, wo, steps, obuf, oo)
+
+    return impl
+
+
 @overload(_full_dw_tile, inline="always")
 def _full_dw_tile_impl(z, xf, xbase, dyt, steps, part, po):
     tile = _dw_tile_7 if _wide(z) else _dw_tile_6
@@ -91,6 +106,29 @@ def _full_dw_tile_impl(z, xf, xbase, dyt, steps, part, po):
         tile(z, xf, xbase, dyt, steps, part, po)
 
     return impl
+
+
+@njit(**SERIAL_JIT, inline="always")
+def _row_tiles(P, Wo):
+    """``(tiles, fours)``: a row of ``Wo`` pixels takes ``tiles`` tiles of ``P`` pixels, then ``fours`` of 4.
+
+    With 32 registers (``P = 7``) only full tiles, the last overlapping the one before it. With 16 (``P = 6``)
+    one or two 4-pixel tiles take the remainder, so at most one pixel is computed twice: 7 = 4 + 4, 14 = 6 + 4 + 4,
+    56 = 8 x 6 + 4 + 4 (overlapping 6-pixel tiles computed 12, 18 and 60; the 4 x 2 tile runs at the 6 x 2
+    tile's FMA rate: ``benchmarks/NOTES.md``); 5 = 4 + 4. Rows narrower than 4 (or than 7 on 32 registers): ``(0, 0)``.
+    """
+    if P != 6:
+        return ((Wo + P - 1) // P if Wo >= P else 0), 0
+    if Wo < 4:
+        return 0, 0
+    six, rest = Wo // 6, Wo % 6
+    if Wo == 5:
+        return 0, 2
+    if rest == 5:
+        return six + 1, 0  # the last 6-pixel tile overlaps by one
+    if rest == 1 or rest == 2:
+        return six - 1, 2  # 7 or 8 pixels left: two 4-pixel tiles
+    return six, (rest + 3) // 4  # 0, 3 or 4 pixels left: none or one
 
 
 @njit(**SERIAL_JIT, inline="always")
@@ -138,14 +176,8 @@ def vector_forward(width, xp, wv, b, stride, dilation, relu, out):
     z = vzero(width, wf)
     L = lanes(z)
     P = _tile_pixels(z)
-    tiles = (Wo + P - 1) // P if Wo >= P else 0
-    # With 16 registers (6-pixel tiles), rows of 7 and 14 pixels would compute 12 and 18 (overlapping tiles): a
-    # multiple of 7 whose 6-pixel tiles waste a quarter or more takes 7-pixel tiles of one block, twice per pair
-    # (about 0.8-0.9 of the 6 x 2 tile's FMA rate: benchmarks/NOTES.md).
-    seven = P == 6 and Wo % 7 == 0 and 4 * tiles * P > 5 * Wo
-    if seven:
-        tiles = 0
-    narrow = 0 if Wo >= P else Wo
+    tiles, fours = _row_tiles(P, Wo)
+    narrow = 0 if tiles + fours else Wo
     KWr, CW = _tap_runs(C, Cg, KW, dw)
     bstep = KH * KW * Cg * L
     npairs = (blocks + 1) // 2
@@ -177,10 +209,9 @@ def vector_forward(width, xp, wv, b, stride, dilation, relu, out):
             for t in range(tiles):
                 ow = min(t * P, Wo - P)  # the last tile overlaps the one before it
                 _full_tile(z, xf, xrow + ow * sw * C, wf, wo, steps, obuf, ow * 2 * L)
-            if seven:
-                for ow in range(0, Wo, 7):
-                    for blk in range(steps[-1]):
-                        _tile_7x1(z, xf, xrow + ow * sw * C, wf, wo + blk * bstep, steps, obuf, ow * 2 * L + blk * L)
+            for t in range(fours):
+                ow = min(tiles * P + 4 * t, Wo - 4)
+                _four_tile(z, xf, xrow + ow * sw * C, wf, wo, steps, obuf, ow * 2 * L)
             for ow in range(narrow):
                 _tile_1(z, xf, xrow + ow * sw * C, wf, wo, steps, obuf, ow * 2 * L)
             # bias and ReLU on the (Wo, 2L) row buffer, then its tiles of L pixels x L filters transposed into
