@@ -181,10 +181,15 @@ def mm_tile(R):
            "    L = lanes(z)"]
     for r in range(R):
         out += [f"    a{r}_0 = vsplat(z, init[r0 + {r}])", f"    a{r}_1 = a{r}_0", f"    a{r}_2 = a{r}_0"]
-    out += ["    for q in range(Q):", "        u0 = vloadz(z, bf, bo + q * K, m0)",
-            "        u1 = vloadz(z, bf, bo + q * K + L, m1)", "        u2 = vloadz(z, bf, bo + q * K + 2 * L, m2)"]
-    for r in range(R):
-        out += [f"        a{r}_{v} = vfmab(a{r}_{v}, u{v}, af, {_plus('ao', _mul(r, 'Q'), 'q')})" for v in range(3)]
+    # Plain loads when all 3L columns are there (m2 full: so are m0 and m1): without AVX-512's mask registers the
+    # three masks would take three of the 16 vector registers and spill the tile.
+    for masked in (False, True):
+        out += ["    if m2 == (1 << L) - 1:" if not masked else "    else:", "        for q in range(Q):"]
+        out += [f"            u{v} = vloadz(z, bf, {_plus('bo', 'q * K', _mul(v, 'L'))}, m{v})" if masked else
+                f"            u{v} = vload(z, bf, {_plus('bo', 'q * K', _mul(v, 'L'))})" for v in range(3)]
+        for r in range(R):
+            out += [f"            a{r}_{v} = vfmab(a{r}_{v}, u{v}, af, {_plus('ao', _mul(r, 'Q'), 'q')})"
+                    for v in range(3)]
     for r in range(R):
         out += [f"    vstorez(cf, {_plus('co', _mul(r, 'K'), _mul(v, 'L'))}, a{r}_{v}, m{v})" for v in range(3)]
     return out

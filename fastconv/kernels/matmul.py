@@ -22,9 +22,12 @@ from ..config import PARALLEL_JIT, SERIAL_JIT
 from .simd import lanes, vzero
 from .vector_tiles import _mm_tile_1, _mm_tile_4, _mm_tile_8
 
-#: Columns of C per parallel job (a whole number of 3-vector tiles for 16 and 8 lanes): a few KiB of each row
-#: of B, which stays in L1 while the rows of C of one tile are updated.
-_COLS = 288
+#: Row blocks per parallel job at most: a job's rows of A (this many tiles' heights x the reduction axis) stay in
+#: L2 while it walks its strips of 3 vectors of B's columns, each strip (Q x 3 vectors) reused from L1 by all of
+#: the job's row blocks.
+_GROUP = 8
+#: Jobs wanted at least (for the load balance): a product of few row groups splits its columns into this many.
+_JOBS = 16
 
 
 def _mm_rows(z, src, dst):
@@ -59,11 +62,14 @@ def matmul_nn(width, A, B, init, C):
     The dense layer's products (``N = 1``, ``init`` zero) and, per image, a 1x1
     convolution in NCHW (``W @ x[n]`` plus the bias; its input gradient ``W.T @ dy[n]``).
 
-    Each job owns a block of rows (a tile's height: 8 with 32 vector registers, 4 with 16) and
-    ``_COLS`` columns of ``C``; a tile keeps its rows x 3 vectors of columns in registers over the
-    whole reduction axis (three loads of ``B`` and one broadcast of ``A`` per row each step;
-    ``vector_tiles._mm_tile_8``), masked past ``K``; the rows a tile leaves go one at a time. Jobs
-    write disjoint blocks, and each element is summed in the same order whatever the thread count.
+    Each job owns a group of row blocks (a tile's height each: 8 with 32 vector registers, 4 with 16) of one
+    image (and a range of its columns when there are fewer than ``_JOBS`` groups): for each strip of 3 vectors of
+    columns of ``B`` it runs the tile of every row block, which keeps its
+    rows x 3 vectors in registers over the whole reduction axis (three loads of ``B`` and one broadcast of ``A``
+    per row each step; ``vector_tiles._mm_tile_8``), masked past ``K``; the rows a tile leaves go one at a time.
+    So ``B`` is read once per group (jobs of one row block and a few columns read it once per row block: 32
+    times for the 128 rows of the MNIST network's dense layer). Jobs write disjoint rows, and each element is
+    summed in the same order whatever the thread count.
     """
     R, Q = A.shape
     N = B.shape[0]
@@ -73,27 +79,31 @@ def matmul_nn(width, A, B, init, C):
     RT = _mm_tile_height(z)
     full = (1 << L) - 1
     row_blocks = (R + RT - 1) // RT
-    col_blocks = (K + _COLS - 1) // _COLS
+    group = min(_GROUP, row_blocks)
+    groups = (row_blocks + group - 1) // group
+    strips = (K + 3 * L - 1) // (3 * L)
+    chunks = min(strips, max(1, -(-_JOBS // (N * groups))))  # split the columns too when there are few row groups
     af = A.reshape(A.size)
     bf = B.reshape(B.size)
     cf = C.reshape(C.size)
-    for job in prange(N * row_blocks * col_blocks):
-        n = job // (row_blocks * col_blocks)
-        rest = job - n * row_blocks * col_blocks
-        rb = rest // col_blocks
-        kc = (rest - rb * col_blocks) * _COLS
-        r0 = rb * RT
-        for k0 in range(kc, min(K, kc + _COLS), 3 * L):
+    for job in prange(N * groups * chunks):
+        n = job // (groups * chunks)
+        g = (job - n * groups * chunks) // chunks
+        ch = job - (n * groups + g) * chunks
+        rb0 = g * group
+        for k0 in range(strips * ch // chunks * 3 * L, strips * (ch + 1) // chunks * 3 * L, 3 * L):
             left = K - k0
             masks = (full if left >= L else (1 << left) - 1,
                      full if left >= 2 * L else (1 << min(L, max(0, left - L))) - 1,
                      full if left >= 3 * L else (1 << min(L, max(0, left - 2 * L))) - 1)
             bo = n * Q * K + k0
-            if r0 + RT <= R:
-                _mm_rows(z, (af, r0 * Q, Q, bf, bo, K, masks), (cf, (n * R + r0) * K + k0, init, r0))
-            else:
-                for r in range(r0, R):
-                    _mm_tile_1(z, (af, r * Q, Q, bf, bo, K, masks), (cf, (n * R + r) * K + k0, init, r))
+            for rb in range(rb0, min(row_blocks, rb0 + group)):
+                r0 = rb * RT
+                if r0 + RT <= R:
+                    _mm_rows(z, (af, r0 * Q, Q, bf, bo, K, masks), (cf, (n * R + r0) * K + k0, init, r0))
+                else:
+                    for r in range(r0, R):
+                        _mm_tile_1(z, (af, r * Q, Q, bf, bo, K, masks), (cf, (n * R + r) * K + k0, init, r))
 
 
 #: Reduction-axis chunk of :func:`matmul_nt`: 4 rows of A and 4 rows of B of this

@@ -401,7 +401,16 @@ def vstorez(typingctx, a, i, v, bits):
         p = _vector_ptr(context, builder, v, sig.args[0], args[0], sig.args[1], args[1])
         align = ir.Constant(ir.IntType(32), a.dtype.bitwidth // 8)
         vty = context.get_value_type(v)
-        _masked(builder, "store", vty, [args[2], p, align, _lane_bits(builder, args[3], vty)])
+        if MASK_REGISTERS:
+            _masked(builder, "store", vty, [args[2], p, align, _lane_bits(builder, args[3], vty)])
+            return context.get_dummy_value()
+        # AMD's AVX2 cores microcode vmaskmovps/vmaskmovpd to memory: a plain store when every lane is set.
+        full = ir.Constant(args[3].type, (1 << v.count) - 1)
+        with builder.if_else(builder.icmp_unsigned("==", builder.and_(args[3], full), full)) as (every, some):
+            with every:
+                builder.store(args[2], p, align=a.dtype.bitwidth // 8)
+            with some:
+                _masked(builder, "store", vty, [args[2], p, align, _lane_bits(builder, args[3], vty)])
         return context.get_dummy_value()
 
     return types.void(a, i, v, bits), codegen
