@@ -343,12 +343,16 @@ generator's docstring describes the arguments.
 from numba import njit
 
 from ..config import SERIAL_JIT
-from .simd import lanes, vloadz, vstore, vstorez, vziphi, vziplo
+from .simd import lanes, vload, vloadz, vstore, vstorez, vziphi, vziplo
 
 
 @njit(**SERIAL_JIT)
 def _row(v, xf, i, k, nc, bits):
-    """Channel row ``k`` of a tile (``xf[i:i+L]``, the lanes of ``bits``), or zeros past the ``nc`` channels."""
+    """Channel row ``k`` of a tile (``xf[i:i+L]``, the lanes of ``bits``), or zeros past the ``nc`` channels.
+
+    A plain load when the row is there and ``bits`` has every lane (``vmaskmovps`` is slower on AVX2)."""
+    if k < nc and bits == (1 << lanes(v)) - 1:
+        return vload(v, xf, i)
     return vloadz(v, xf, i, bits if k < nc else 0)
 
 

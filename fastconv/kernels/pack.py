@@ -21,7 +21,7 @@ from numba.extending import overload
 
 from ..config import PARALLEL_JIT, SERIAL_JIT
 from .pack_tiles import _tile4, _tile8, _tile16
-from .simd import lanes, vzero
+from .simd import lanes, vstorez, vzero
 
 
 def _tile(v, src, dst):
@@ -70,18 +70,17 @@ def pack_nhwc_padded(width, x, ph, pw, out):
         c1 = min(C, c0 + L)
         nc = c1 - c0
         cbits = (1 << nc) - 1
-        img = out[n]
         for hp in range(Hp):
             h = hp - ph
-            row = img[hp]
+            base = (n * Hp + hp) * Wp * C + c0
             if h < 0 or h >= H:
                 for wp in range(Wp):
-                    row[wp, c0:c1] = 0
+                    vstorez(of, base + wp * C, v, cbits)
                 continue
             for wp in range(pw):
-                row[wp, c0:c1] = 0
+                vstorez(of, base + wp * C, v, cbits)
             for wp in range(pw + W, Wp):
-                row[wp, c0:c1] = 0
+                vstorez(of, base + wp * C, v, cbits)
             src = ((n * C + c0) * H + h) * W
             dst = ((n * Hp + hp) * Wp + pw) * C + c0
             for w0 in range(0, W, L):
