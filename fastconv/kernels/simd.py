@@ -393,7 +393,10 @@ def vloadz(typingctx, v, a, i, bits):
 
 @intrinsic
 def vstorez(typingctx, a, i, v, bits):
-    """``a[i + l] = v[l]`` for the lanes ``l`` set in ``bits``; the others are not touched."""
+    """``a[i + l] = v[l]`` for the lanes ``l`` set in ``bits``; the others are not touched.
+
+    Without AVX-512's mask registers a plain store when ``bits`` has every lane (AMD's AVX2 cores microcode
+    ``vmaskmovps`` to memory)."""
     if not (_vector_access(v, a, i) and isinstance(bits, types.Integer)):
         return None
 
