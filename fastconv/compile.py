@@ -41,7 +41,8 @@ CONV_GEOMETRIES = (
     ((2, 40, 9, 10), (17, 40, 1, 1), 2, 0),   # 1x1 at stride 2, small plane: the subsampled vector tiles
     ((2, 4, 7, 7), (4, 2, 3, 3), 1, 1, {"groups": 2}),     # grouped flat kernels (stride 1)
     ((2, 4, 7, 7), (4, 2, 3, 3), 2, 1, {"groups": 2}),     # grouped vector kernels (strided), the gather
-    ((2, 32, 5, 5), (32, 16, 3, 3), 1, 1, {"groups": 2}),  # grouped vector kernels (stride 1), dx a forward pass
+    ((2, 32, 5, 5), (32, 16, 3, 3), 1, 1, {"groups": 2}),  # grouped vector kernels (stride 1, 32 registers)
+    ((2, 32, 5, 5), (32, 32, 3, 3), 1, 2, {"dilation": 2}),  # dilated vector kernels (stride 1), dx a forward pass
     ((2, 4, 7, 7), (4, 4, 2, 2), 1, 3, {"dilation": 2}),   # dilation phases: dx when the padding passes d*(K-1)
 )
 

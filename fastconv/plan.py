@@ -1269,7 +1269,11 @@ _EXACT_INPUT_GRADS = frozenset({"pointwise_strided", "grouped_gather", "dilation
 
 def _fills_vectors(g, filters, channels, cpu, dtype):
     """A group's ``filters`` fill a vector of ``cpu`` and its receptive field (``channels`` x the kernel) is
-    not short: the vector kernels' condition, as for a dense convolution (``_choose_forward``)."""
+    not short: the vector kernels' condition, as for a dense convolution (``_choose_forward``). With 16 vector
+    registers (AVX2) never for more than one group: the flat kernels measured faster there on every grouped shape
+    tried, 2-3.7x with 8 or 16 filters a group, level at 128 (``benchmarks/NOTES.md``)."""
+    if g.groups > 1 and cpu.vector_bytes < 64:
+        return False
     return filters // g.groups >= cpu.lanes(dtype) and channels // g.groups * g.KH * g.KW >= TUNING.short_reduction
 
 
@@ -1278,10 +1282,11 @@ def _general_plan(g, dtype, cpu, threads):
 
     The vector kernels, every pass, where a group's filters fill a vector or the stride is above 1;
     the flat ones at stride 1 otherwise (fewer filters per group than lanes: 8 x 256 x 14 x 14 with
-    32 groups of 8 filters, float32, 512-bit, 1 thread: flat 2.3 ms forward, vector 3.0;
-    ``benchmarks/NOTES.md``). The input gradient at stride 1 is a forward pass of dy when the
-    padding does not pass d*(K-1) (dy would need a negative padding), else one group's dilation
-    phases, else the gather; strided, the gather.
+    32 groups of 8 filters, float32, 512-bit, 1 thread: flat 2.3 ms forward, vector 3.0; and every
+    grouped convolution with 16 vector registers: ``_fills_vectors``, ``benchmarks/NOTES.md``). The
+    input gradient at stride 1 is a forward pass of dy when the padding does not pass d*(K-1) (dy
+    would need a negative padding), else one group's dilation phases, else the gather; strided, the
+    gather.
     """
     kind = "vector" if g.sh > 1 or g.sw > 1 or _fills_vectors(g, g.F, g.C, cpu, dtype) else "grouped_flat"
     if g.sh > 1 or g.sw > 1:

@@ -39,7 +39,8 @@ consecutive in the input) and ``B`` the number of blocks (``_dw_tile_T`` chooses
 columns, started from ``init``, accumulated over the whole reduction axis (one broadcast of ``A`` per row, three
 loads of ``B`` per step) and stored once; ``src = (af, ao, Q, bf, bo, K, masks)`` (row ``r`` of ``A`` at
 ``af[ao + r*Q]``, row ``q`` of ``B`` at ``bf[bo + q*K]``, ``masks`` the lanes of the three vectors: columns past
-``K`` are neither read nor written), ``dst = (cf, co, init, r0)`` (row ``r`` of ``C`` at ``cf[co + r*K]``).
+``K`` are neither read nor written), ``dst = (cf, co, init, r0)`` (row ``r`` of ``C`` at ``cf[co + r*K]``);
+``_mm_tile_R_full`` is the same tile for 3 vectors all within ``K`` (plain loads and stores, ``masks`` unread).
 
 ``_fwd_FxV(z, xf, xb, toff, wgt, dst)`` is the flat forward tile (:func:`fastconv.kernels.flat.flat_forward`): ``F``
 filters x ``V`` vectors of consecutive positions of the flat padded plane ``xf[xb:]``, accumulated over the taps
@@ -173,25 +174,26 @@ def dw_tile(T, B):
     return lines
 
 
-def mm_tile(R):
-    """The source lines of ``_mm_tile_{R}``: ``R`` rows x 3 vectors."""
-    out = ["", "", "@njit(**SERIAL_JIT)", f"def _mm_tile_{R}(z, src, dst):",
-           f'    """{R} row(s) x 3 vectors of the product, accumulators in registers (see the generator)."""',
-           "    af, ao, Q, bf, bo, K, masks = src", "    cf, co, init, r0 = dst", "    m0, m1, m2 = masks",
-           "    L = lanes(z)"]
+def mm_tile(R, full=False):
+    """The source lines of ``_mm_tile_{R}`` (masked loads and stores) or ``_mm_tile_{R}_full`` (all 3L columns in
+    ``K``: plain ones; without AVX-512's mask registers the three masks would take three of the 16 vector registers
+    and spill the tile): ``R`` rows x 3 vectors."""
+    name = f"_mm_tile_{R}_full" if full else f"_mm_tile_{R}"
+    out = ["", "", "@njit(**SERIAL_JIT)", f"def {name}(z, src, dst):",
+           f'    """{R} row(s) x 3 {"whole " if full else ""}vectors of the product, accumulators in registers (see '
+           'the generator)."""',
+           "    af, ao, Q, bf, bo, K, masks = src", "    cf, co, init, r0 = dst"]
+    out += ["    L = lanes(z)"] if full else ["    m0, m1, m2 = masks", "    L = lanes(z)"]
     for r in range(R):
         out += [f"    a{r}_0 = vsplat(z, init[r0 + {r}])", f"    a{r}_1 = a{r}_0", f"    a{r}_2 = a{r}_0"]
-    # Plain loads when all 3L columns are there (m2 full: so are m0 and m1): without AVX-512's mask registers the
-    # three masks would take three of the 16 vector registers and spill the tile.
-    for masked in (False, True):
-        out += ["    if m2 == (1 << L) - 1:" if not masked else "    else:", "        for q in range(Q):"]
-        out += [f"            u{v} = vloadz(z, bf, {_plus('bo', 'q * K', _mul(v, 'L'))}, m{v})" if masked else
-                f"            u{v} = vload(z, bf, {_plus('bo', 'q * K', _mul(v, 'L'))})" for v in range(3)]
-        for r in range(R):
-            out += [f"            a{r}_{v} = vfmab(a{r}_{v}, u{v}, af, {_plus('ao', _mul(r, 'Q'), 'q')})"
-                    for v in range(3)]
+    out += ["    for q in range(Q):"]
+    out += [f"        u{v} = vload(z, bf, {_plus('bo', 'q * K', _mul(v, 'L'))})" if full else
+            f"        u{v} = vloadz(z, bf, {_plus('bo', 'q * K', _mul(v, 'L'))}, m{v})" for v in range(3)]
     for r in range(R):
-        out += [f"    vstorez(cf, {_plus('co', _mul(r, 'K'), _mul(v, 'L'))}, a{r}_{v}, m{v})" for v in range(3)]
+        out += [f"        a{r}_{v} = vfmab(a{r}_{v}, u{v}, af, {_plus('ao', _mul(r, 'Q'), 'q')})" for v in range(3)]
+    for r in range(R):
+        out += [f"    vstore(cf, {_plus('co', _mul(r, 'K'), _mul(v, 'L'))}, a{r}_{v})" if full else
+                f"    vstorez(cf, {_plus('co', _mul(r, 'K'), _mul(v, 'L'))}, a{r}_{v}, m{v})" for v in range(3)]
     return out
 
 
@@ -213,7 +215,8 @@ def chooser(prefix, P, args):
 def generate_vector():
     tiles = ", ".join([f":func:`_tile_{p}x{b}`" for p, b in TILES] +
                       [f":func:`_dw_tile_{t}x{b}`" for t, b in DW_TILES])
-    tiles += ", " + ", ".join(f":func:`_mm_tile_{r}`" for r in MM_ROWS)
+    tiles += ", " + ", ".join([f":func:`_mm_tile_{r}`" for r in MM_ROWS] +
+                              [f":func:`_mm_tile_{r}_full`" for r in MM_ROWS if r > 1])
     choosers = ", ".join([f":func:`_tile_{p}`" for p in PIXELS] + [f":func:`_dw_tile_{p}`" for p in DW_PIXELS])
     out = HEADER.format(tiles=tiles, choosers=choosers).split("\n")
     for p, b in TILES:
@@ -225,7 +228,7 @@ def generate_vector():
     for p in DW_PIXELS:
         out += chooser("_dw_tile", p, "xf, xbase, dyt, steps, part, po")
     for r in MM_ROWS:
-        out += mm_tile(r)
+        out += mm_tile(r) + (mm_tile(r, full=True) if r > 1 else [])  # (the rows a tile leaves: masked)
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -12,6 +12,9 @@ Kernels
 - :func:`matmul_nn`: ``C[n] = init + A @ B[n]``, register tiles of 8 (AVX2: 4) rows x 3 vectors
   (``vector_tiles._mm_tile_8``).
 - :func:`matmul_nt`: ``C = sum_n A[n] @ B[n].T``.
+
+Helpers: :func:`_mm_rows` and :func:`_mm_rows_full` (the tile of the register file's height, masked or for
+3 whole vectors; overloads made by :func:`_rows_overload`), :func:`_mm_tile_height`.
 """
 
 import numpy as np
@@ -20,7 +23,7 @@ from numba.extending import overload
 
 from ..config import PARALLEL_JIT, SERIAL_JIT
 from .simd import lanes, vzero
-from .vector_tiles import _mm_tile_1, _mm_tile_4, _mm_tile_8
+from .vector_tiles import _mm_tile_1, _mm_tile_4, _mm_tile_4_full, _mm_tile_8, _mm_tile_8_full
 
 #: Row blocks per parallel job at most: a job's rows of A (this many tiles' heights x the reduction axis) stay in
 #: L2 while it walks its strips of 3 vectors of B's columns, each strip (Q x 3 vectors) reused from L1 by all of
@@ -34,14 +37,24 @@ def _mm_rows(z, src, dst):
     """The matmul tile of as many rows as ``z``'s register file holds (8 with 32 vector registers, 4 with 16)."""
 
 
-@overload(_mm_rows, jit_options=SERIAL_JIT)
-def _mm_rows_for_lanes(z, src, dst):
-    tile = _mm_tile_8 if z.count * z.dtype.bitwidth == 512 else _mm_tile_4
+def _mm_rows_full(z, src, dst):
+    """:func:`_mm_rows` for 3 vectors of columns all within ``K`` (plain loads and stores)."""
 
-    def impl(z, src, dst):
-        tile(z, src, dst)
 
-    return impl
+def _rows_overload(tile8, tile4):
+    def typer(z, src, dst):
+        tile = tile8 if z.count * z.dtype.bitwidth == 512 else tile4
+
+        def impl(z, src, dst):
+            tile(z, src, dst)
+
+        return impl
+
+    return typer
+
+
+overload(_mm_rows, jit_options=SERIAL_JIT)(_rows_overload(_mm_tile_8, _mm_tile_4))
+overload(_mm_rows_full, jit_options=SERIAL_JIT)(_rows_overload(_mm_tile_8_full, _mm_tile_4_full))
 
 
 def _mm_tile_height(z):
@@ -99,7 +112,9 @@ def matmul_nn(width, A, B, init, C):
             bo = n * Q * K + k0
             for rb in range(rb0, min(row_blocks, rb0 + group)):
                 r0 = rb * RT
-                if r0 + RT <= R:
+                if r0 + RT <= R and left >= 3 * L:
+                    _mm_rows_full(z, (af, r0 * Q, Q, bf, bo, K, masks), (cf, (n * R + r0) * K + k0, init, r0))
+                elif r0 + RT <= R:
                     _mm_rows(z, (af, r0 * Q, Q, bf, bo, K, masks), (cf, (n * R + r0) * K + k0, init, r0))
                 else:
                     for r in range(r0, R):
